@@ -1,0 +1,151 @@
+//! The HMAC chain of format v1: key evolution and per-record MACs.
+//!
+//! K_0 comes from the key file; K_{i+1} = HMAC-SHA256(K_i, "p11audit/v1 evolve");
+//! mac_i = HMAC-SHA256(K_i, P_i) where P_i is record i's line up to `,"mac":"`.
+//! See docs/FORMAT.md.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The label every key evolution step authenticates.
+pub const EVOLVE_LABEL: &[u8] = b"p11audit/v1 evolve";
+/// `prev` of the record with seq 0.
+pub const ZERO_MAC_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One chain key K_i. Wiped from memory when dropped or replaced.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct ChainKey([u8; 32]);
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+/// Why key text could not be read as a chain key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyParseError;
+
+impl std::fmt::Display for KeyParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("expected exactly 64 hexadecimal characters (32 bytes), optionally followed by one newline")
+    }
+}
+
+impl ChainKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ChainKey(bytes)
+    }
+
+    /// Parses key-file text: 64 hex characters, one trailing newline allowed.
+    pub fn from_hex_text(text: &str) -> Result<Self, KeyParseError> {
+        let trimmed = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(text);
+        let mut out = [0u8; 32];
+        if trimmed.len() != 64 || decode_hex_into(trimmed.as_bytes(), &mut out).is_none() {
+            out.zeroize();
+            return Err(KeyParseError);
+        }
+        Ok(ChainKey(out))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex_lower(&self.0)
+    }
+
+    /// K_{i+1} from K_i. The old key is overwritten in place.
+    pub fn evolve(&mut self) {
+        let mut next = hmac(&self.0, EVOLVE_LABEL);
+        self.0.copy_from_slice(&next);
+        next.zeroize();
+    }
+
+    /// mac_i = HMAC-SHA256(K_i, P_i).
+    pub fn mac(&self, payload: &[u8]) -> [u8; 32] {
+        hmac(&self.0, payload)
+    }
+}
+
+fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Decodes hex (either case) into `out`; None unless `hex` is exactly 2*out.len() hex digits.
+pub fn decode_hex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(())
+}
+
+/// True if `s` is exactly 64 lowercase hex characters (the form of `mac` and `prev`).
+pub fn is_mac_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_text_accepts_one_trailing_newline_only() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        assert!(ChainKey::from_hex_text(hex).is_ok());
+        assert!(ChainKey::from_hex_text(&format!("{hex}\n")).is_ok());
+        assert!(ChainKey::from_hex_text(&format!("{hex}\n\n")).is_err());
+        assert!(ChainKey::from_hex_text(&hex[..62]).is_err());
+        assert!(ChainKey::from_hex_text(&hex.replace('a', "g")).is_err());
+        assert_eq!(ChainKey::from_hex_text(hex).unwrap().to_hex(), hex);
+    }
+
+    #[test]
+    fn evolve_matches_rfc4231_style_hmac() {
+        // Independent check: K1 = HMAC-SHA256(K0, label) computed with the hmac crate directly.
+        let k0 = [7u8; 32];
+        let mut key = ChainKey::from_bytes(k0);
+        key.evolve();
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&k0).unwrap();
+        m.update(b"p11audit/v1 evolve");
+        let expect: [u8; 32] = m.finalize().into_bytes().into();
+        assert_eq!(key, ChainKey::from_bytes(expect));
+        assert_ne!(key, ChainKey::from_bytes(k0));
+    }
+
+    #[test]
+    fn mac_hex_shape() {
+        assert!(is_mac_hex(ZERO_MAC_HEX));
+        assert!(!is_mac_hex(&ZERO_MAC_HEX.replace('0', "A")));
+        assert!(!is_mac_hex("00"));
+    }
+}

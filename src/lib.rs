@@ -1,0 +1,9 @@
+//! p11audit: a PKCS#11 module that forwards every call to the real provider and writes a
+//! forward-secure, HMAC-chained audit record for it.
+//!
+//! Layout: `ffi` is the only place with raw pointers (exported entry points, argument decoding,
+//! function tables); `provider` loads the real module; `config` turns the environment into a
+//! validated `Config`; `audit` is the record model, chain, writer and verifier in safe Rust.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod audit;
