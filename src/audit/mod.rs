@@ -4,3 +4,5 @@
 pub mod chain;
 pub mod line;
 pub mod state;
+pub mod names;
+pub mod verify;

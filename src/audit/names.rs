@@ -1,0 +1,1 @@
+//! CK_* constant names (generated; see tools/gen_names.py).

@@ -1,0 +1,1 @@
+//! The chain verifier behind `p11audit verify`.
