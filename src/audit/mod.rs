@@ -1,8 +1,13 @@
 //! The audit record model, the chain, the file writer and the verifier. No `unsafe` here.
 #![forbid(unsafe_code)]
 
+pub mod auditor;
 pub mod chain;
+pub mod context;
 pub mod line;
-pub mod state;
 pub mod names;
+pub mod record;
+pub mod redact;
+pub mod state;
 pub mod verify;
+pub mod writer;

@@ -1,1 +1,1320 @@
 //! The chain verifier behind `p11audit verify`.
+//!
+//! [`verify_files`] reads one or more log files (oldest first) line by line and checks the HMAC
+//! chain of format v1 (see `chain.rs` and `line.rs`): every line's mac under K_seq, that seq
+//! counts up by one from 0 across all files, and that every `prev` is the mac of the record
+//! before. It stops at the first problem and classifies it ([`ProblemKind`]); the [`Summary`]
+//! covers the records verified before that point. With a [`ChainState`] it also checks that the
+//! log ends where the writer's state says it does (truncation).
+//!
+//! Memory does not grow with the size of the log: one line is held at a time (plus a bounded
+//! look-ahead when a record appears early), and a line longer than
+//! [`VerifyOptions::max_line_bytes`] is reported rather than buffered.
+
+use super::chain::{hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HEX};
+use super::line::split_line;
+use super::state::ChainState;
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// Default cap on the length of one line (without its newline).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+/// Default number of lines searched ahead for the expected record when a later one appears.
+pub const DEFAULT_LOOKAHEAD_LINES: usize = 64;
+/// Default bound on how far ahead of the expected seq a line may claim to be before it is
+/// treated as altered instead of evolving the key that far.
+pub const DEFAULT_MAX_SEQ_JUMP: u64 = 10_000_000;
+
+/// What to verify against.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// K_0, from the key file.
+    pub key: ChainKey,
+    /// The writer's state for the last file; `None` skips the truncation check.
+    pub state: Option<ChainState>,
+    /// Longest line (without its newline) that is read; a longer line is a `Malformed` problem.
+    pub max_line_bytes: usize,
+    /// How many lines to search ahead for the expected seq before calling a jump `Missing`.
+    pub lookahead_lines: usize,
+    /// A line claiming a seq more than this far ahead of the expected one is `Altered`.
+    pub max_seq_jump: u64,
+}
+
+impl VerifyOptions {
+    /// Options with the default limits.
+    pub fn new(key: ChainKey, state: Option<ChainState>) -> Self {
+        VerifyOptions {
+            key,
+            state,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            lookahead_lines: DEFAULT_LOOKAHEAD_LINES,
+            max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+        }
+    }
+}
+
+/// A log file could not be opened or read. Not a verification result.
+#[derive(Debug)]
+pub struct VerifyIoError {
+    pub path: PathBuf,
+    /// 1-based line being read when the error happened, if any.
+    pub line: Option<u64>,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for VerifyIoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.path.display(), self.source),
+            None => write!(f, "{}: {}", self.path.display(), self.source),
+        }
+    }
+}
+
+impl std::error::Error for VerifyIoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The kind of the first problem found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A line's mac does not verify, it is not a record, or its `prev` does not link.
+    Altered,
+    /// Records are missing: a later seq appears where the expected one should be.
+    Missing,
+    /// A record (valid mac) repeats a seq that was already verified.
+    Inserted,
+    /// A later record appears before the expected one, which follows shortly after.
+    Reordered,
+    /// The log ends before (or after) where the state file says it does.
+    Truncated,
+    /// The last line of the last file is incomplete (a torn write).
+    TornLastLine,
+    /// A line whose mac verifies is still not a valid v1 record (too long, bad JSON, missing
+    /// members, missing newline in the middle of the chain).
+    Malformed,
+}
+
+impl ProblemKind {
+    /// The snake_case name used in both the human and the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Altered => "altered",
+            ProblemKind::Missing => "missing",
+            ProblemKind::Inserted => "inserted",
+            ProblemKind::Reordered => "reordered",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::TornLastLine => "torn_last_line",
+            ProblemKind::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn ser_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// The first problem found, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The file holding the line (for `Truncated`: the last file).
+    #[serde(serialize_with = "ser_path")]
+    pub file: PathBuf,
+    /// 1-based line number within `file` (for `Truncated`: its last line; 0 if it is empty).
+    pub line: u64,
+    /// The seq the line claims, when it could be read (for `Truncated`: the last seq present).
+    pub seq: Option<u64>,
+    /// One sentence for a human. May quote the log: escape it before printing to a terminal.
+    pub detail: String,
+}
+
+/// One process seen in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub exe: String,
+    /// Records this (pid, exe) wrote.
+    pub records: u64,
+}
+
+/// What the verified records (those before any problem) contain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_ts: Option<String>,
+    pub last_ts: Option<String>,
+    /// Number of distinct (pid, exe) pairs.
+    pub process_count: u64,
+    /// Sorted by pid, then exe.
+    pub processes: Vec<ProcessSummary>,
+    /// Records per `fn`.
+    pub per_fn: BTreeMap<String, u64>,
+    /// Records per `rv`.
+    pub per_rv: BTreeMap<String, u64>,
+    /// Records per `ev`.
+    pub per_ev: BTreeMap<String, u64>,
+    /// Number of `gap` records, and the sum of their `lost` counts.
+    pub gaps: u64,
+    pub lost: u64,
+}
+
+/// The result of [`verify_files`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// True when no problem was found.
+    pub intact: bool,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+    /// True when the last verified record is a `close`.
+    pub closed_cleanly: bool,
+    /// Pids with an `attach` and no later `close`, ascending.
+    pub unclosed_pids: Vec<u32>,
+    /// Whether the end of the log was checked against a state.
+    pub state_checked: bool,
+    /// The seq expected after the last verified record.
+    pub next_seq: u64,
+    /// The mac of the last verified record (64 zeros if none): the chain head.
+    pub head_mac: String,
+    pub summary: Summary,
+}
+
+/// Verifies the chain across `paths` (oldest first). `Err` only for I/O errors; everything
+/// wrong with the content is in the report's `problem`.
+pub fn verify_files(
+    paths: &[PathBuf],
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyIoError> {
+    let mut cursor = Cursor::new(paths, opts.max_line_bytes);
+    let mut verifier = Verifier::new(opts);
+    let mut buf = Vec::new();
+    let mut problem = None;
+    while let Some(meta) = cursor.next_line(&mut buf)? {
+        if let Some(p) = verifier.check_line(&buf, &meta, &mut cursor)? {
+            problem = Some(p);
+            break;
+        }
+    }
+    if problem.is_none() {
+        problem = verifier.check_state(&cursor);
+    }
+    Ok(verifier.finish(problem))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading lines
+
+/// Where a line came from and how it ended.
+#[derive(Debug, Clone, Copy)]
+struct LineMeta {
+    file_idx: usize,
+    /// 1-based within the file.
+    line_no: u64,
+    /// The line ended in `\n` (else it ended at end of file).
+    newline: bool,
+    /// The line was longer than the cap; the buffer holds only its first cap bytes.
+    oversized: bool,
+    /// Full length of the line without its newline.
+    len: u64,
+}
+
+/// Reads lines across the files in order, one bounded line at a time.
+struct Cursor<'a> {
+    paths: &'a [PathBuf],
+    /// The file being read (or to be opened next when `reader` is None).
+    idx: usize,
+    reader: Option<BufReader<File>>,
+    /// Lines read from the current (or, at the end, the last) file.
+    line_no: u64,
+    max_line: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(paths: &'a [PathBuf], max_line: usize) -> Self {
+        Cursor {
+            paths,
+            idx: 0,
+            reader: None,
+            line_no: 0,
+            max_line,
+        }
+    }
+
+    fn io_err(&self, idx: usize, line: Option<u64>, source: io::Error) -> VerifyIoError {
+        VerifyIoError {
+            path: self.paths[idx].clone(),
+            line,
+            source,
+        }
+    }
+
+    /// The next line into `buf` (without its newline), or None after the last file.
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<LineMeta>, VerifyIoError> {
+        loop {
+            if self.reader.is_none() {
+                if self.idx >= self.paths.len() {
+                    return Ok(None);
+                }
+                let file = File::open(&self.paths[self.idx])
+                    .map_err(|e| self.io_err(self.idx, None, e))?;
+                self.reader = Some(BufReader::with_capacity(64 * 1024, file));
+                self.line_no = 0;
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            match read_bounded_line(reader, buf, self.max_line) {
+                Ok(Some((newline, oversized, len))) => {
+                    self.line_no += 1;
+                    return Ok(Some(LineMeta {
+                        file_idx: self.idx,
+                        line_no: self.line_no,
+                        newline,
+                        oversized,
+                        len,
+                    }));
+                }
+                Ok(None) => {
+                    self.reader = None;
+                    self.idx += 1;
+                }
+                Err(e) => return Err(self.io_err(self.idx, Some(self.line_no + 1), e)),
+            }
+        }
+    }
+
+    /// True if nothing follows the line just read: its file is at its end and every later file
+    /// is empty.
+    fn at_end(&mut self) -> Result<bool, VerifyIoError> {
+        if let Some(reader) = self.reader.as_mut() {
+            let more = loop {
+                match reader.fill_buf() {
+                    Ok(b) => break !b.is_empty(),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.io_err(self.idx, Some(self.line_no + 1), e)),
+                }
+            };
+            if more {
+                return Ok(false);
+            }
+        }
+        let next = if self.reader.is_some() {
+            self.idx + 1
+        } else {
+            self.idx
+        };
+        Ok(self.paths.iter().skip(next).all(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.len() == 0)
+                .unwrap_or(false)
+        }))
+    }
+}
+
+/// Reads one line into `buf` (without `\n`), keeping at most `cap` bytes of it. Returns
+/// (ended in newline, longer than cap, full length), or None at end of input.
+fn read_bounded_line<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> io::Result<Option<(bool, bool, u64)>> {
+    buf.clear();
+    let mut any = false;
+    let mut oversized = false;
+    let mut len: u64 = 0;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(any.then_some((false, oversized, len)));
+        }
+        any = true;
+        let (chunk_len, found) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (avail.len(), false),
+        };
+        if !oversized {
+            let room = cap - buf.len();
+            if chunk_len > room {
+                buf.extend_from_slice(&avail[..room]);
+                oversized = true;
+            } else {
+                buf.extend_from_slice(&avail[..chunk_len]);
+            }
+        }
+        len += chunk_len as u64;
+        r.consume(chunk_len + usize::from(found));
+        if found {
+            return Ok(Some((true, oversized, len)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing a line
+
+/// Reads the fixed start `{"v":1,"seq":N,"prev":"<64 hex>",` of a line: (seq, prev).
+fn parse_prefix(line: &[u8]) -> Option<(u64, &str)> {
+    let rest = line.strip_prefix(b"{\"v\":1,\"seq\":".as_slice())?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let seq: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"prev\":\"".as_slice())?;
+    if rest.len() < 66 || &rest[64..66] != b"\"," {
+        return None;
+    }
+    let prev = std::str::from_utf8(&rest[..64]).ok()?;
+    is_mac_hex(prev).then_some((seq, prev))
+}
+
+/// The members the verifier reads; all others are opaque. Duplicate members are rejected by
+/// serde, so a record cannot say two different things about these.
+#[derive(Deserialize)]
+#[allow(dead_code)] // Some members are only checked for presence and type.
+struct Rec<'a> {
+    v: u64,
+    seq: u64,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    host: Cow<'a, str>,
+    pid: u32,
+    tid: u64,
+    uid: u32,
+    #[serde(borrow)]
+    exe: Cow<'a, str>,
+    #[serde(borrow)]
+    ev: Cow<'a, str>,
+    #[serde(rename = "fn", borrow, default)]
+    function: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rv: Option<Cow<'a, str>>,
+    #[serde(default)]
+    lost: Option<u64>,
+    #[serde(borrow)]
+    mac: Cow<'a, str>,
+}
+
+fn count(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(c) => *c += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
+fn range_text(from: u64, to_incl: u64) -> String {
+    if from == to_incl {
+        format!("seq {from}")
+    } else {
+        format!("seq {from}..{to_incl}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chain walk
+
+struct Verifier<'o> {
+    opts: &'o VerifyOptions,
+    /// The expected seq e, and K_e.
+    expected: u64,
+    key_e: ChainKey,
+    /// mac of seq e-1 (zeros for e = 0).
+    last_mac: String,
+    /// Whether the record at state.next_seq-1 was seen, and if its mac matched prev_mac.
+    state_mac_seen: Option<bool>,
+    // Summary material.
+    records: u64,
+    first_seq: Option<u64>,
+    first_ts: Option<String>,
+    last_ts: String,
+    processes: BTreeMap<u32, BTreeMap<String, u64>>,
+    per_fn: BTreeMap<String, u64>,
+    per_rv: BTreeMap<String, u64>,
+    per_ev: BTreeMap<String, u64>,
+    gaps: u64,
+    lost: u64,
+    open_pids: BTreeSet<u32>,
+    last_ev_close: bool,
+}
+
+impl<'o> Verifier<'o> {
+    fn new(opts: &'o VerifyOptions) -> Self {
+        Verifier {
+            opts,
+            expected: 0,
+            key_e: opts.key.clone(),
+            last_mac: ZERO_MAC_HEX.to_string(),
+            state_mac_seen: None,
+            records: 0,
+            first_seq: None,
+            first_ts: None,
+            last_ts: String::new(),
+            processes: BTreeMap::new(),
+            per_fn: BTreeMap::new(),
+            per_rv: BTreeMap::new(),
+            per_ev: BTreeMap::new(),
+            gaps: 0,
+            lost: 0,
+            open_pids: BTreeSet::new(),
+            last_ev_close: false,
+        }
+    }
+
+    fn problem(
+        &self,
+        kind: ProblemKind,
+        meta: &LineMeta,
+        cursor: &Cursor,
+        seq: Option<u64>,
+        detail: String,
+    ) -> Option<Problem> {
+        Some(Problem {
+            kind,
+            file: cursor.paths[meta.file_idx].clone(),
+            line: meta.line_no,
+            seq,
+            detail,
+        })
+    }
+
+    /// K_s, evolved from K_e when s >= e or from K_0 when s < e.
+    fn key_for(&self, s: u64) -> Cow<'_, ChainKey> {
+        let (mut key, steps) = if s == self.expected {
+            return Cow::Borrowed(&self.key_e);
+        } else if s > self.expected {
+            (self.key_e.clone(), s - self.expected)
+        } else {
+            (self.opts.key.clone(), s)
+        };
+        for _ in 0..steps {
+            key.evolve();
+        }
+        Cow::Owned(key)
+    }
+
+    /// Checks one line. Some(problem) stops the walk.
+    fn check_line(
+        &mut self,
+        line: &[u8],
+        meta: &LineMeta,
+        cursor: &mut Cursor,
+    ) -> Result<Option<Problem>, VerifyIoError> {
+        use ProblemKind::*;
+        let e = self.expected;
+        let prefix = parse_prefix(line);
+        let claimed = prefix.map(|p| p.0);
+
+        if meta.oversized {
+            return Ok(self.problem(
+                Malformed,
+                meta,
+                cursor,
+                claimed,
+                format!(
+                    "line is {} bytes long, over the limit of {} bytes; not verified (expected seq {e})",
+                    meta.len, self.opts.max_line_bytes
+                ),
+            ));
+        }
+
+        let split = split_line(line);
+        let split_ok = split.is_some();
+        let (Some(split), Some((s, prev))) = (split, prefix) else {
+            if cursor.at_end()? {
+                let what = if meta.newline {
+                    "is not a complete record"
+                } else {
+                    "is incomplete (no newline)"
+                };
+                return Ok(self.problem(
+                    TornLastLine,
+                    meta,
+                    cursor,
+                    claimed,
+                    format!(
+                        "the last line ({} bytes) {what}: a torn write; expected seq {e}",
+                        meta.len
+                    ),
+                ));
+            }
+            let why = if !split_ok {
+                "does not end in a well-formed \"mac\" member"
+            } else {
+                "does not start with {\"v\":1,\"seq\":N,\"prev\":\"<mac>\","
+            };
+            return Ok(self.problem(
+                Altered,
+                meta,
+                cursor,
+                claimed,
+                format!("line {why}; expected seq {e}"),
+            ));
+        };
+
+        if s > e && s - e > self.opts.max_seq_jump {
+            return Ok(self.problem(
+                Altered,
+                meta,
+                cursor,
+                Some(s),
+                format!(
+                    "line claims seq {s}, more than {} ahead of the expected seq {e}; not checked further",
+                    self.opts.max_seq_jump
+                ),
+            ));
+        }
+
+        let mac_ok = hex_lower(&self.key_for(s).mac(split.payload)) == split.mac;
+        if !mac_ok {
+            if !meta.newline && cursor.at_end()? {
+                return Ok(self.problem(
+                    TornLastLine,
+                    meta,
+                    cursor,
+                    Some(s),
+                    format!(
+                        "the last line ({} bytes) has no newline and its mac does not verify: a torn or altered write",
+                        meta.len
+                    ),
+                ));
+            }
+            let which = if s == e {
+                String::new()
+            } else {
+                format!(" (expected seq {e})")
+            };
+            return Ok(self.problem(
+                Altered,
+                meta,
+                cursor,
+                Some(s),
+                format!("mac does not verify under K_{s}: the line was altered{which}"),
+            ));
+        }
+
+        let rec: Rec = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(err) => {
+                return Ok(self.problem(
+                    Malformed,
+                    meta,
+                    cursor,
+                    Some(s),
+                    format!("mac verifies but the line is not a valid v1 record: {err}"),
+                ))
+            }
+        };
+
+        if s < e {
+            return Ok(self.problem(
+                Inserted,
+                meta,
+                cursor,
+                Some(s),
+                format!("a record with seq {s}, already verified earlier, appears again where seq {e} was expected"),
+            ));
+        }
+        if s > e {
+            return Ok(match self.find_ahead(e, cursor)? {
+                Some((idx, line_no)) => {
+                    let loc = if idx == meta.file_idx {
+                        format!("line {line_no}")
+                    } else {
+                        format!("{}:{line_no}", cursor.paths[idx].display())
+                    };
+                    self.problem(
+                        Reordered,
+                        meta,
+                        cursor,
+                        Some(s),
+                        format!("seq {s} appears before seq {e}, which follows at {loc}"),
+                    )
+                }
+                None => self.problem(
+                    Missing,
+                    meta,
+                    cursor,
+                    Some(s),
+                    format!(
+                        "{} record(s) missing ({}) before this line, which holds seq {s}",
+                        s - e,
+                        range_text(e, s - 1)
+                    ),
+                ),
+            });
+        }
+        if prev != self.last_mac {
+            let whose = if e == 0 {
+                "64 zeros (seq 0)".to_string()
+            } else {
+                format!("the mac of seq {}", e - 1)
+            };
+            return Ok(self.problem(
+                Altered,
+                meta,
+                cursor,
+                Some(s),
+                format!("mac verifies but \"prev\" is not {whose}: the chain does not link"),
+            ));
+        }
+        if !meta.newline {
+            if cursor.at_end()? {
+                return Ok(self.problem(
+                    TornLastLine,
+                    meta,
+                    cursor,
+                    Some(s),
+                    format!("the last record (seq {s}) verifies but its line lacks the final newline: an incomplete write"),
+                ));
+            }
+            return Ok(self.problem(
+                Malformed,
+                meta,
+                cursor,
+                Some(s),
+                format!(
+                    "record seq {s} verifies but its line lacks a newline at the end of its file"
+                ),
+            ));
+        }
+
+        self.accept(s, split.mac, &rec);
+        Ok(None)
+    }
+
+    /// Looks ahead (bounded) for a line holding seq `e` with a valid mac under K_e.
+    fn find_ahead(
+        &self,
+        e: u64,
+        cursor: &mut Cursor,
+    ) -> Result<Option<(usize, u64)>, VerifyIoError> {
+        let mut buf = Vec::new();
+        for _ in 0..self.opts.lookahead_lines {
+            let Some(meta) = cursor.next_line(&mut buf)? else {
+                break;
+            };
+            if meta.oversized {
+                continue;
+            }
+            if let (Some(split), Some((s, _))) = (split_line(&buf), parse_prefix(&buf)) {
+                if s == e && hex_lower(&self.key_e.mac(split.payload)) == split.mac {
+                    return Ok(Some((meta.file_idx, meta.line_no)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn accept(&mut self, s: u64, mac: &str, rec: &Rec) {
+        if let Some(st) = &self.opts.state {
+            if st.next_seq == s + 1 {
+                self.state_mac_seen = Some(st.prev_mac == mac);
+            }
+        }
+        self.last_mac.clear();
+        self.last_mac.push_str(mac);
+        self.key_e.evolve();
+        self.expected = s + 1;
+
+        self.records += 1;
+        self.first_seq.get_or_insert(s);
+        if self.first_ts.is_none() {
+            self.first_ts = Some(rec.ts.to_string());
+        }
+        self.last_ts.clear();
+        self.last_ts.push_str(&rec.ts);
+        let exes = self.processes.entry(rec.pid).or_default();
+        count(exes, &rec.exe);
+        if let Some(f) = &rec.function {
+            count(&mut self.per_fn, f);
+        }
+        if let Some(rv) = &rec.rv {
+            count(&mut self.per_rv, rv);
+        }
+        count(&mut self.per_ev, &rec.ev);
+        match &*rec.ev {
+            "attach" => {
+                self.open_pids.insert(rec.pid);
+            }
+            "close" => {
+                self.open_pids.remove(&rec.pid);
+            }
+            "gap" => {
+                self.gaps += 1;
+                self.lost = self.lost.saturating_add(rec.lost.unwrap_or(0));
+            }
+            _ => {}
+        }
+        self.last_ev_close = rec.ev == "close";
+    }
+
+    /// After the last line: does the log end where the state says?
+    fn check_state(&self, cursor: &Cursor) -> Option<Problem> {
+        let st = self.opts.state.as_ref()?;
+        let e = self.expected;
+        let last_seq = e.checked_sub(1);
+        let file = cursor.paths.last().cloned().unwrap_or_default();
+        let line = cursor.line_no;
+        let mk = |detail: String| {
+            Some(Problem {
+                kind: ProblemKind::Truncated,
+                file: file.clone(),
+                line,
+                seq: last_seq,
+                detail,
+            })
+        };
+        let last_text = match last_seq {
+            Some(l) => format!("the log ends at seq {l}"),
+            None => "the log holds no records".to_string(),
+        };
+        if st.next_seq > e {
+            let n = st.next_seq - e;
+            return mk(format!(
+                "{last_text} but the state expects {n} more record(s) ({}): records missing at the end",
+                range_text(e, st.next_seq - 1)
+            ));
+        }
+        if st.next_seq < e {
+            let n = e - st.next_seq;
+            let state_last = match st.next_seq.checked_sub(1) {
+                Some(l) => format!("seq {l}"),
+                None => "no records".to_string(),
+            };
+            let agrees = match (st.next_seq, self.state_mac_seen) {
+                (0, _) => String::new(),
+                (_, Some(true)) => " (its mac matches the log there)".to_string(),
+                (_, _) => " (and its mac does not match the log there)".to_string(),
+            };
+            return mk(format!(
+                "state behind log: the state ends at {state_last}{agrees} but {last_text}, {n} record(s) later"
+            ));
+        }
+        if st.prev_mac != self.last_mac {
+            return mk(format!(
+                "{last_text} as the state expects, but its mac is not the state's prev mac: the tail was replaced"
+            ));
+        }
+        None
+    }
+
+    fn finish(self, problem: Option<Problem>) -> VerifyReport {
+        let processes: Vec<ProcessSummary> = self
+            .processes
+            .into_iter()
+            .flat_map(|(pid, exes)| {
+                exes.into_iter()
+                    .map(move |(exe, records)| ProcessSummary { pid, exe, records })
+            })
+            .collect();
+        let summary = Summary {
+            records: self.records,
+            first_seq: self.first_seq,
+            last_seq: self.expected.checked_sub(1).filter(|_| self.records > 0),
+            first_ts: self.first_ts,
+            last_ts: (self.records > 0).then_some(self.last_ts),
+            process_count: processes.len() as u64,
+            processes,
+            per_fn: self.per_fn,
+            per_rv: self.per_rv,
+            per_ev: self.per_ev,
+            gaps: self.gaps,
+            lost: self.lost,
+        };
+        VerifyReport {
+            intact: problem.is_none(),
+            problem,
+            closed_cleanly: self.last_ev_close,
+            unclosed_pids: self.open_pids.into_iter().collect(),
+            state_checked: self.opts.state.is_some(),
+            next_seq: self.expected,
+            head_mac: self.last_mac,
+            summary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::line::seal_into;
+    use std::io::Write;
+
+    fn k0() -> ChainKey {
+        ChainKey::from_bytes([0x42; 32])
+    }
+
+    fn body(pid: u32, ev: &str, f: Option<&str>, extra: &str) -> String {
+        let f = f.map(|f| format!(r#","fn":"{f}""#)).unwrap_or_default();
+        format!(
+            r#"{{"ts":"2026-11-26T03:12:45.{pid:06}Z","host":"h","pid":{pid},"tid":1,"uid":0,"exe":"/x","ev":"{ev}"{f}{extra}}}"#
+        )
+    }
+
+    fn sign(pid: u32) -> String {
+        body(
+            pid,
+            "outcome",
+            Some("C_Sign"),
+            r#","rv":"CKR_OK","dur_us":3"#,
+        )
+    }
+
+    /// A chain of the given bodies: one line each (with newline), the macs, and K_n.
+    struct Chain {
+        lines: Vec<Vec<u8>>,
+        macs: Vec<String>,
+        key_next: ChainKey,
+    }
+
+    fn chain(bodies: &[String]) -> Chain {
+        let mut key = k0();
+        let mut prev = ZERO_MAC_HEX.to_string();
+        let mut lines = Vec::new();
+        let mut macs = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            let mut out = Vec::new();
+            prev = seal_into(&mut out, &key, i as u64, &prev, b);
+            key.evolve();
+            lines.push(out);
+            macs.push(prev.clone());
+        }
+        Chain {
+            lines,
+            macs,
+            key_next: key,
+        }
+    }
+
+    fn signs(n: usize) -> Vec<String> {
+        (0..n).map(|i| sign(i as u32 % 3 + 1)).collect()
+    }
+
+    impl Chain {
+        fn state(&self) -> ChainState {
+            ChainState {
+                next_seq: self.lines.len() as u64,
+                prev_mac: self.macs.last().cloned().unwrap_or(ZERO_MAC_HEX.into()),
+                key: self.key_next.clone(),
+                log_dev: 0,
+                log_ino: 0,
+                log_size: 0,
+            }
+        }
+        fn joined(&self, order: &[usize]) -> Vec<u8> {
+            order.iter().flat_map(|&i| self.lines[i].clone()).collect()
+        }
+        fn all(&self) -> Vec<u8> {
+            self.lines.concat()
+        }
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+        p
+    }
+
+    fn run(files: &[&[u8]], state: Option<ChainState>) -> VerifyReport {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, b)| write(&dir, &format!("log.{i}"), b))
+            .collect();
+        verify_files(&paths, &VerifyOptions::new(k0(), state)).unwrap()
+    }
+
+    fn problem(r: &VerifyReport) -> &Problem {
+        r.problem.as_ref().expect("a problem")
+    }
+
+    #[test]
+    fn intact_chain_with_lifecycle_and_summary() {
+        let bodies = vec![
+            body(1, "start", None, ""),
+            body(1, "attach", Some("C_Initialize"), ""),
+            body(2, "attach", Some("C_Initialize"), ""),
+            body(1, "intent", Some("C_Sign"), ""),
+            body(
+                1,
+                "outcome",
+                Some("C_Sign"),
+                r#","rv":"CKR_OK","dur_us":3,"intent":3"#,
+            ),
+            body(
+                2,
+                "outcome",
+                Some("C_Login"),
+                r#","rv":"CKR_PIN_INCORRECT","dur_us":9"#,
+            ),
+            body(
+                1,
+                "gap",
+                None,
+                r#","lost":7,"since":"2026-11-26T03:12:45.000001Z""#,
+            ),
+            body(1, "close", Some("C_Finalize"), r#","note":"opaque \u0007""#),
+        ];
+        let c = chain(&bodies);
+        let r = run(&[&c.all()], Some(c.state()));
+        assert_eq!(r.problem, None);
+        assert!(r.intact && r.state_checked && r.closed_cleanly);
+        assert_eq!(r.unclosed_pids, vec![2]);
+        assert_eq!(r.next_seq, 8);
+        assert_eq!(r.head_mac, c.macs[7]);
+        let s = &r.summary;
+        assert_eq!(s.records, 8);
+        assert_eq!((s.first_seq, s.last_seq), (Some(0), Some(7)));
+        assert_eq!(s.first_ts.as_deref(), Some("2026-11-26T03:12:45.000001Z"));
+        assert_eq!(s.process_count, 2);
+        assert_eq!(s.processes[1].pid, 2);
+        assert_eq!(s.processes[1].records, 2);
+        assert_eq!(s.per_fn["C_Sign"], 2);
+        assert_eq!(s.per_rv["CKR_PIN_INCORRECT"], 1);
+        assert_eq!(s.per_ev["attach"], 2);
+        assert_eq!((s.gaps, s.lost), (1, 7));
+        // The JSON form uses snake_case names.
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["summary"]["per_ev"]["close"], 1);
+    }
+
+    #[test]
+    fn empty_log_is_intact_and_not_closed() {
+        let r = run(&[b""], Some(chain(&[]).state()));
+        assert!(r.intact);
+        assert!(!r.closed_cleanly);
+        assert_eq!(r.summary.records, 0);
+        assert_eq!(r.summary.last_seq, None);
+    }
+
+    #[test]
+    fn altered_byte_in_a_middle_record() {
+        let c = chain(&signs(6));
+        let mut log = c.all();
+        let at = c.lines[..3].iter().map(Vec::len).sum::<usize>() + 150;
+        log[at] ^= 0x01;
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 4, Some(3)));
+        assert_eq!(r.summary.records, 3);
+        assert_eq!(r.next_seq, 3);
+    }
+
+    #[test]
+    fn altered_mac_digit_seq_and_non_json() {
+        let c = chain(&signs(4));
+        // A changed seq: mac checked under the claimed seq's key.
+        let mut log = c.all();
+        let at = c.lines[0].len() + c.lines[1].len() + br#"{"v":1,"seq":"#.len();
+        log[at] = b'3';
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 3, Some(3)));
+        // An uppercased mac digit: not a well-formed tail.
+        let mut lines = c.lines.clone();
+        let n = lines[1].len();
+        lines[1][n - 5] = b'A';
+        let p = problem(&run(&[&lines.concat()], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 2, Some(1)));
+        // A blank line in the middle.
+        let log = [c.lines[0].clone(), b"\n".to_vec(), c.lines[1].clone()].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 2, None));
+    }
+
+    #[test]
+    fn wrong_key_fails_at_the_first_line() {
+        let c = chain(&signs(2));
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "log", &c.all());
+        let opts = VerifyOptions::new(ChainKey::from_bytes([1; 32]), None);
+        let r = verify_files(&[p], &opts).unwrap();
+        let p = problem(&r);
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 1, Some(0)));
+    }
+
+    #[test]
+    fn prev_that_does_not_link_is_altered() {
+        // A record sealed with the right key but the wrong prev (a forked chain).
+        let c = chain(&signs(3));
+        let mut key = k0();
+        key.evolve();
+        key.evolve();
+        let mut forged = Vec::new();
+        seal_into(&mut forged, &key, 2, &c.macs[0], &sign(1));
+        let log = [c.lines[0].clone(), c.lines[1].clone(), forged].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 3, Some(2)));
+        assert!(p.detail.contains("prev"), "{}", p.detail);
+    }
+
+    #[test]
+    fn deleted_line_is_missing() {
+        let c = chain(&signs(6));
+        let log = c.joined(&[0, 1, 2, 4, 5]);
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Missing, 4, Some(4)));
+        assert!(p.detail.contains("seq 3"), "{}", p.detail);
+        assert_eq!(r.summary.records, 3);
+    }
+
+    #[test]
+    fn log_starting_after_seq_0_is_missing() {
+        let c = chain(&signs(4));
+        let p = problem(&run(&[&c.joined(&[2, 3])], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Missing, 1, Some(2)));
+        assert!(p.detail.contains("seq 0..1"), "{}", p.detail);
+    }
+
+    #[test]
+    fn inserted_copy_of_an_earlier_line() {
+        let c = chain(&signs(6));
+        let log = c.joined(&[0, 1, 2, 3, 1, 4, 5]);
+        let p = problem(&run(&[&log], Some(c.state()))).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Inserted, 5, Some(1)));
+        // An adjacent duplicate.
+        let p = problem(&run(&[&c.joined(&[0, 1, 1, 2])], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Inserted, 3, Some(1)));
+    }
+
+    #[test]
+    fn swapped_adjacent_lines_are_reordered() {
+        let c = chain(&signs(6));
+        let log = c.joined(&[0, 1, 3, 2, 4, 5]);
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Reordered, 3, Some(3))
+        );
+        assert!(p.detail.contains("line 4"), "{}", p.detail);
+        assert_eq!(r.summary.records, 2);
+    }
+
+    #[test]
+    fn cut_off_tail_is_truncated_only_with_a_state() {
+        let c = chain(&signs(6));
+        let log = c.joined(&[0, 1, 2, 3]);
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Truncated, 4, Some(3))
+        );
+        assert!(p.detail.contains("2 more record(s)"), "{}", p.detail);
+        assert!(p.detail.contains("seq 4..5"), "{}", p.detail);
+        assert_eq!(r.summary.records, 4);
+        let r = run(&[&log], None);
+        assert!(r.intact && !r.state_checked);
+    }
+
+    #[test]
+    fn replaced_tail_and_state_behind_log() {
+        let c = chain(&signs(5));
+        let mut st = c.state();
+        st.prev_mac = c.macs[0].clone();
+        let p = problem(&run(&[&c.all()], Some(st))).clone();
+        assert_eq!(p.kind, ProblemKind::Truncated);
+        assert!(
+            p.detail.contains("not the state's prev mac"),
+            "{}",
+            p.detail
+        );
+
+        let older = chain(&signs(3)).state();
+        let p = problem(&run(&[&c.all()], Some(older))).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Truncated, 5, Some(4))
+        );
+        assert!(p.detail.contains("state behind log"), "{}", p.detail);
+        assert!(p.detail.contains("matches"), "{}", p.detail);
+    }
+
+    #[test]
+    fn torn_last_line() {
+        let c = chain(&signs(4));
+        let mut log = c.all();
+        log.truncate(log.len() - 30);
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::TornLastLine, 4, Some(3))
+        );
+        assert_eq!(r.summary.records, 3);
+
+        // Only the newline missing: the record verifies but the line is still torn.
+        let mut log = c.all();
+        log.pop();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::TornLastLine, 4, Some(3))
+        );
+
+        // Torn inside the prefix: the seq cannot be read.
+        let log = [c.lines[0].clone(), b"{\"v\":1,\"se".to_vec()].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::TornLastLine, 2, None)
+        );
+
+        // The same fragment followed by more lines is an alteration, not a torn write.
+        let log = [b"{\"v\":1,\"se\n".to_vec(), c.lines[0].clone()].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line), (ProblemKind::Altered, 1));
+    }
+
+    #[test]
+    fn chain_across_two_files() {
+        let c = chain(&signs(7));
+        let (a, b) = (c.joined(&[0, 1, 2]), c.joined(&[3, 4, 5, 6]));
+        let r = run(&[&a, &b], Some(c.state()));
+        assert!(r.intact, "{:?}", r.problem);
+        assert_eq!(r.summary.records, 7);
+
+        // An empty file in between (just rotated) changes nothing.
+        assert!(run(&[&a, b"", &b], Some(c.state())).intact);
+
+        // Line numbers are per file.
+        let mut b2 = b.clone();
+        b2[c.lines[3].len() + 100] ^= 0x20;
+        let p = problem(&run(&[&a, &b2], Some(c.state()))).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 2, Some(4)));
+        assert!(p.file.ends_with("log.1"));
+
+        // Files in the wrong order: seq 0 turns up a few lines later.
+        let p = problem(&run(&[&b, &a], None)).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Reordered, 1, Some(3))
+        );
+        assert!(p.file.ends_with("log.0") && p.detail.contains("log.1:1"));
+
+        // Truncated: the location is the last line of the last file.
+        let p = problem(&run(&[&a, &c.joined(&[3, 4])], Some(c.state()))).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Truncated, 2, Some(4))
+        );
+        assert!(p.file.ends_with("log.1"));
+    }
+
+    #[test]
+    fn reordered_across_a_file_boundary() {
+        let c = chain(&signs(4));
+        let p = problem(&run(&[&c.joined(&[0, 2]), &c.joined(&[1, 3])], None)).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Reordered, 2, Some(2))
+        );
+        assert!(p.detail.contains("log.1:1"), "{}", p.detail);
+    }
+
+    #[test]
+    fn a_two_mib_line_is_reported_not_buffered() {
+        let c = chain(&signs(3));
+        let mut big = br#"{"v":1,"seq":2,"prev":""#.to_vec();
+        big.resize(2 << 20, b'x');
+        big.push(b'\n');
+        let log = [c.lines[0].clone(), c.lines[1].clone(), big].concat();
+        let r = run(&[&log], None);
+        let p = problem(&r);
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Malformed, 3, None));
+        assert!(p.detail.contains("2097152 bytes"), "{}", p.detail);
+        assert_eq!(r.summary.records, 2);
+
+        // A sealed (valid) record over the limit is also refused.
+        let huge = format!(
+            r#"{{"ts":"t","host":"h","pid":1,"tid":1,"uid":0,"exe":"/x","ev":"intent","pad":"{}"}}"#,
+            "y".repeat(2 << 20)
+        );
+        let c = chain(&[huge]);
+        let p = problem(&run(&[&c.all()], None)).clone();
+        assert_eq!((p.kind, p.seq), (ProblemKind::Malformed, Some(0)));
+    }
+
+    #[test]
+    fn bounded_line_reader() {
+        let mut r = io::BufReader::with_capacity(4, &b"abcdefgh\nxy\n\nz"[..]);
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_bounded_line(&mut r, &mut buf, 5).unwrap(),
+            Some((true, true, 8))
+        );
+        assert_eq!(buf, b"abcde");
+        assert_eq!(
+            read_bounded_line(&mut r, &mut buf, 5).unwrap(),
+            Some((true, false, 2))
+        );
+        assert_eq!(buf, b"xy");
+        assert_eq!(
+            read_bounded_line(&mut r, &mut buf, 5).unwrap(),
+            Some((true, false, 0))
+        );
+        assert_eq!(
+            read_bounded_line(&mut r, &mut buf, 5).unwrap(),
+            Some((false, false, 1))
+        );
+        assert_eq!(read_bounded_line(&mut r, &mut buf, 5).unwrap(), None);
+    }
+
+    #[test]
+    fn valid_mac_but_not_a_record_is_malformed() {
+        let c = chain(&[r#"{"ev":"intent"}"#.to_string()]);
+        let p = problem(&run(&[&c.all()], None)).clone();
+        assert_eq!((p.kind, p.seq), (ProblemKind::Malformed, Some(0)));
+        assert!(p.detail.contains("ts"), "{}", p.detail);
+    }
+
+    #[test]
+    fn absurd_seq_jump_is_altered_without_evolving_that_far() {
+        let c = chain(&signs(1));
+        let mut far = Vec::new();
+        seal_into(&mut far, &k0(), 50_000_000, &c.macs[0], &sign(1));
+        let log = [c.lines[0].clone(), far].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Altered, 2, Some(50_000_000))
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = verify_files(
+            std::slice::from_ref(&missing),
+            &VerifyOptions::new(k0(), None),
+        )
+        .unwrap_err();
+        assert_eq!(err.path, missing);
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages p11audit's tests and demo need, if any are missing.
+# The one place the package list lives: scripts/test.sh, scripts/demo.sh and .ci/run use it.
+#
+#   softhsm2    the real PKCS#11 module the tests and the demo forward to
+#   opensc      pkcs11-tool, the client in the demo
+#   gcc         compiles the C test programs in tests/c (libc6-dev: their headers)
+#   pkg-config  used by crate build scripts that look for system libraries
+set -euo pipefail
+
+packages=(softhsm2 opensc gcc libc6-dev pkg-config)
+
+installed() {
+    dpkg -s "$1" 2>/dev/null | grep -qx 'Status: install ok installed'
+}
+
+missing=()
+for p in "${packages[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        sudo=()
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    else
+        echo "install-deps: error: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: error: cargo not found; install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi

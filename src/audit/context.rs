@@ -1,0 +1,262 @@
+//! What the shim remembers between calls so that every record stands on its own: which slot
+//! and token a session belongs to, the login state of each token, the mechanism and key of each
+//! active operation, and a cache of key identities.
+//!
+//! Login state is per token for the whole application (PKCS#11 2.40 §5.6: logging in on one
+//! session logs in all sessions of that token), so it is tracked per slot.
+
+use super::record::{MechanismSummary, ObjectIdentity, TokenRef};
+use std::collections::HashMap;
+
+/// The kinds of operation a session can have active at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Encrypt,
+    Decrypt,
+    Digest,
+    Sign,
+    Verify,
+    SignRecover,
+    VerifyRecover,
+    Find,
+    MessageEncrypt,
+    MessageDecrypt,
+    MessageSign,
+    MessageVerify,
+    VerifySignature,
+}
+
+const OP_COUNT: usize = 13;
+
+impl Op {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The mechanism and key an operation was started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpContext {
+    pub mechanism: Option<MechanismSummary>,
+    pub key: Option<ObjectIdentity>,
+}
+
+/// Login state of a token as this application sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginState {
+    Public,
+    User,
+    So,
+}
+
+impl LoginState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginState::Public => "public",
+            LoginState::User => "user",
+            LoginState::So => "so",
+        }
+    }
+}
+
+#[derive(Default)]
+struct SessionEntry {
+    slot: u64,
+    ops: [Option<OpContext>; OP_COUNT],
+}
+
+struct SlotEntry {
+    token: Option<TokenRef>,
+    login: LoginState,
+}
+
+/// Key identities are cached up to this many handles; past it the cache starts over, so memory
+/// stays bounded however many objects an application touches.
+const MAX_CACHED_KEYS: usize = 4096;
+
+/// Session, token and key context of one process.
+#[derive(Default)]
+pub struct CallContext {
+    sessions: HashMap<u64, SessionEntry>,
+    slots: HashMap<u64, SlotEntry>,
+    keys: HashMap<u64, ObjectIdentity>,
+}
+
+/// Where a session stands, for a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionView {
+    pub slot: Option<u64>,
+    pub token: Option<TokenRef>,
+    pub login: Option<LoginState>,
+}
+
+impl CallContext {
+    pub fn clear(&mut self) {
+        *self = CallContext::default();
+    }
+
+    pub fn session_opened(&mut self, session: u64, slot: u64) {
+        self.sessions.insert(
+            session,
+            SessionEntry {
+                slot,
+                ..Default::default()
+            },
+        );
+        self.slots.entry(slot).or_insert(SlotEntry {
+            token: None,
+            login: LoginState::Public,
+        });
+    }
+
+    /// A session closed. When it was the token's last session the token is logged out
+    /// (PKCS#11 2.40 §5.6, C_CloseSession). Session objects die with it, so cached identities
+    /// are dropped: their handles may be reused.
+    pub fn session_closed(&mut self, session: u64) {
+        if let Some(entry) = self.sessions.remove(&session) {
+            if !self.sessions.values().any(|s| s.slot == entry.slot) {
+                self.set_login(entry.slot, LoginState::Public);
+            }
+        }
+        self.keys.clear();
+    }
+
+    pub fn all_sessions_closed(&mut self, slot: u64) {
+        self.sessions.retain(|_, s| s.slot != slot);
+        self.set_login(slot, LoginState::Public);
+        self.keys.clear();
+    }
+
+    pub fn slot_of(&self, session: u64) -> Option<u64> {
+        self.sessions.get(&session).map(|s| s.slot)
+    }
+
+    pub fn has_token(&self, slot: u64) -> bool {
+        self.slots.get(&slot).is_some_and(|s| s.token.is_some())
+    }
+
+    pub fn set_token(&mut self, slot: u64, token: Option<TokenRef>) {
+        self.slots
+            .entry(slot)
+            .or_insert(SlotEntry {
+                token: None,
+                login: LoginState::Public,
+            })
+            .token = token;
+    }
+
+    pub fn set_login(&mut self, slot: u64, login: LoginState) {
+        self.slots
+            .entry(slot)
+            .or_insert(SlotEntry {
+                token: None,
+                login: LoginState::Public,
+            })
+            .login = login;
+        if login == LoginState::Public {
+            // Private objects become invisible; their handles may be reused.
+            self.keys.clear();
+        }
+    }
+
+    pub fn session_view(&self, session: u64) -> SessionView {
+        let Some(slot) = self.slot_of(session) else {
+            return SessionView::default();
+        };
+        self.slot_view(slot)
+    }
+
+    pub fn slot_view(&self, slot: u64) -> SessionView {
+        let entry = self.slots.get(&slot);
+        SessionView {
+            slot: Some(slot),
+            token: entry.and_then(|e| e.token.clone()),
+            login: entry.map(|e| e.login),
+        }
+    }
+
+    pub fn start_op(&mut self, session: u64, op: Op, ctx: OpContext) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.ops[op.index()] = Some(ctx);
+        }
+    }
+
+    pub fn op(&self, session: u64, op: Op) -> Option<&OpContext> {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.ops[op.index()].as_ref())
+    }
+
+    pub fn end_op(&mut self, session: u64, op: Op) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.ops[op.index()] = None;
+        }
+    }
+
+    pub fn cached_key(&self, handle: u64) -> Option<&ObjectIdentity> {
+        self.keys.get(&handle)
+    }
+
+    pub fn cache_key(&mut self, identity: ObjectIdentity) {
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(identity.handle, identity);
+    }
+
+    /// The object was destroyed or its attributes changed.
+    pub fn forget_key(&mut self, handle: u64) {
+        self.keys.remove(&handle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_session_close_logs_token_out_and_clears_keys() {
+        let mut c = CallContext::default();
+        c.session_opened(1, 7);
+        c.session_opened(2, 7);
+        c.set_login(7, LoginState::User);
+        c.cache_key(ObjectIdentity {
+            handle: 9,
+            ..Default::default()
+        });
+        c.session_closed(1);
+        assert_eq!(c.session_view(2).login, Some(LoginState::User));
+        assert!(c.cached_key(9).is_none());
+        c.session_closed(2);
+        assert_eq!(c.slot_view(7).login, Some(LoginState::Public));
+        assert_eq!(c.session_view(2), SessionView::default());
+    }
+
+    #[test]
+    fn ops_are_per_session_and_kind_and_cache_is_bounded() {
+        let mut c = CallContext::default();
+        c.session_opened(1, 0);
+        c.start_op(
+            1,
+            Op::Sign,
+            OpContext {
+                mechanism: None,
+                key: Some(ObjectIdentity {
+                    handle: 3,
+                    ..Default::default()
+                }),
+            },
+        );
+        assert!(c.op(1, Op::Verify).is_none());
+        assert_eq!(c.op(1, Op::Sign).unwrap().key.as_ref().unwrap().handle, 3);
+        c.end_op(1, Op::Sign);
+        assert!(c.op(1, Op::Sign).is_none());
+        for h in 0..(MAX_CACHED_KEYS as u64 * 2) {
+            c.cache_key(ObjectIdentity {
+                handle: h,
+                ..Default::default()
+            });
+        }
+        assert!(c.keys.len() <= MAX_CACHED_KEYS);
+    }
+}

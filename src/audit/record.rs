@@ -1,0 +1,355 @@
+//! The audit record model (format v1) and its JSON body.
+//!
+//! A `Record` is everything a line holds except `v`, `seq`, `prev` and `mac`, which the writer
+//! adds when it seals the record into the chain (see `line.rs`). Members that do not apply are
+//! left out. Every value that comes from the application or the provider is either a number,
+//! a fixed name, a length, or an allowlisted attribute value (see `redact.rs`); nothing here can
+//! carry a PIN, key bytes or data.
+
+use serde::Serialize;
+use std::sync::Arc;
+
+/// What a record says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Written before an acting call is forwarded.
+    Intent,
+    /// The result of a call.
+    Outcome,
+    /// The first record of a chain (seq 0).
+    Start,
+    /// A process attached (its first successful configuration, at C_Initialize).
+    Attach,
+    /// A process closed its part of the chain cleanly (C_Finalize or normal exit).
+    Close,
+    /// Records were lost while the log could not be written.
+    Gap,
+}
+
+/// Who wrote a record: fixed for a process (except pid after fork).
+#[derive(Clone, Debug)]
+pub struct ProcessIdentity {
+    pub host: Arc<str>,
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: Arc<str>,
+}
+
+/// A byte string from the application or provider (labels, ids). Written as a JSON string when
+/// it is valid UTF-8, else as `{"hex":"..."}`; serde_json escapes control characters, quotes
+/// and backslashes, so any bytes give one valid JSON line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bytes {
+    Text(String),
+    Hex(String),
+}
+
+impl Bytes {
+    pub fn from_slice(b: &[u8]) -> Self {
+        match std::str::from_utf8(b) {
+            Ok(s) => Bytes::Text(s.to_string()),
+            Err(_) => Bytes::Hex(super::chain::hex_lower(b)),
+        }
+    }
+    /// Always hex (CKA_ID and other binary identifiers).
+    pub fn hex(b: &[u8]) -> Self {
+        Bytes::Hex(super::chain::hex_lower(b))
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Bytes::Text(t) => s.serialize_str(t),
+            Bytes::Hex(h) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("hex", h)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// A CK_ULONG-valued constant written by name when known, else as "0x..." hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named(pub std::borrow::Cow<'static, str>);
+
+impl Named {
+    pub fn new(name: Option<&'static str>, value: u64) -> Self {
+        match name {
+            Some(n) => Named(n.into()),
+            None => Named(format!("{value:#x}").into()),
+        }
+    }
+}
+
+impl Serialize for Named {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// The token a call concerns.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TokenRef {
+    pub label: Bytes,
+    pub serial: Bytes,
+}
+
+/// Identity of a key or other object: handle plus what the provider says of it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct ObjectIdentity {
+    pub handle: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Bytes>,
+}
+
+/// A mechanism and a safe summary of its parameter (never IV, AAD or other parameter bytes).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MechanismSummary {
+    #[serde(rename = "type")]
+    pub mechanism: Named,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param_len: Option<u64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<&'static str, ParamValue>,
+}
+
+/// One summarized mechanism parameter.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Name(Named),
+    Number(u64),
+}
+
+/// One attribute of a template: its type, its length, and its value only if allowlisted.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AttributeSummary {
+    #[serde(rename = "type")]
+    pub attr: Named,
+    /// ulValueLen as given (or as returned, for C_GetAttributeValue); -1 stands for
+    /// CK_UNAVAILABLE_INFORMATION.
+    pub len: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<AttributeValue>,
+}
+
+/// An allowlisted attribute value.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AttributeValue {
+    Bool(bool),
+    Number(u64),
+    Name(Named),
+    Bytes(Bytes),
+}
+
+/// What happened to an output buffer.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputDisposition {
+    /// NULL output buffer: the application only asked for the length.
+    LengthQuery,
+    /// The buffer was too small; the provider reported the length needed.
+    BufferTooSmall,
+    /// Output was handed to the application.
+    Returned,
+    /// Output was withheld (wiped) because its record could not be written.
+    Withheld,
+}
+
+/// One audit record, before sealing. Members are written in declaration order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub ts: String,
+    pub host: Arc<str>,
+    pub pid: u32,
+    pub tid: u64,
+    pub uid: u32,
+    pub exe: Arc<str>,
+    pub ev: Event,
+    #[serde(rename = "fn", skip_serializing_if = "Option::is_none")]
+    pub function: Option<&'static str>,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+/// The members that depend on the call. All optional.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Detail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rv: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dur_us: Option<u64>,
+    /// seq of this outcome's intent record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    /// The session's login state: "public", "user", "so" or "context_specific".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<Named>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<MechanismSummary>,
+    /// The key (or object) the call uses: the operation's key, the wrapping or unwrapping key,
+    /// the base key of a derivation, the object copied, destroyed or read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<ObjectIdentity>,
+    /// A second key: the key C_WrapKey wraps, the key C_DigestKey digests, the authentication
+    /// key of C_SetOperationState.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key2: Option<ObjectIdentity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Vec<AttributeSummary>>,
+    /// The private-key template of C_GenerateKeyPair (`template` is the public one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template2: Option<Vec<AttributeSummary>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_len: Option<u64>,
+    /// Length of a signature given to a verify call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<OutputDisposition>,
+    /// Objects returned by C_FindObjects, slots by C_GetSlotList, mechanisms by
+    /// C_GetMechanismList.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Handles the call created (C_CreateObject, C_GenerateKey, ...), or the session handle
+    /// C_OpenSession returned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<Bytes>,
+    /// Gap records: records lost, and when the first was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Free-text note for lifecycle events (e.g. why a chain started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Record {
+    pub fn new(who: &ProcessIdentity, tid: u64, ev: Event, function: Option<&'static str>) -> Self {
+        Record {
+            ts: rfc3339_micros_now(),
+            host: who.host.clone(),
+            pid: who.pid,
+            tid,
+            uid: who.uid,
+            exe: who.exe.clone(),
+            ev,
+            function,
+            detail: Detail::default(),
+        }
+    }
+
+    /// The JSON body (`{...}`) the writer seals.
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("records always serialize")
+    }
+}
+
+/// Now as RFC 3339 UTC with microseconds, e.g. `2026-11-26T03:12:45.123456Z`.
+pub fn rfc3339_micros_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_micros(d.as_secs(), d.subsec_micros())
+}
+
+/// Formats seconds since the epoch plus microseconds as RFC 3339 UTC.
+pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm), valid for all dates after 1970.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_micros() {
+        assert_eq!(rfc3339_micros(0, 0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-26T03:12:45Z = 1795662765
+        assert_eq!(
+            rfc3339_micros(1_795_662_765, 123_456),
+            "2026-11-26T03:12:45.123456Z"
+        );
+        // leap day 2024-02-29T23:59:59Z = 1709251199
+        assert_eq!(
+            rfc3339_micros(1_709_251_199, 1),
+            "2024-02-29T23:59:59.000001Z"
+        );
+    }
+
+    #[test]
+    fn body_member_order_and_hostile_label_stay_one_json_line() {
+        let who = ProcessIdentity {
+            host: "h".into(),
+            pid: 1,
+            uid: 2,
+            exe: "/bin/x".into(),
+        };
+        let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
+        r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
+        r.detail.key = Some(ObjectIdentity {
+            handle: 5,
+            label: Some(Bytes::from_slice(b"a\"b\\c\nd\0e\x1b")),
+            id: Some(Bytes::hex(&[0xff, 0x01])),
+            ..Default::default()
+        });
+        r.detail.token = Some(TokenRef {
+            label: Bytes::from_slice(&[0xff, 0xfe]),
+            serial: Bytes::from_slice(b"1"),
+        });
+        let body = r.to_body();
+        assert!(!body.contains('\n'));
+        assert!(body.starts_with(r#"{"ts":""#));
+        let ev_at = body
+            .find(r#""ev":"outcome","fn":"C_Sign","rv":"CKR_OK""#)
+            .unwrap();
+        assert!(ev_at > body.find(r#""exe":"/bin/x""#).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["key"]["label"], "a\"b\\c\nd\0e\x1b");
+        assert_eq!(v["key"]["id"]["hex"], "ff01");
+        assert_eq!(v["token"]["label"]["hex"], "fffe");
+    }
+}

@@ -1,0 +1,575 @@
+//! One audited call: what it records before and after, and the write-ahead / fail-closed flow.
+
+use super::{args, thread_id, Runtime};
+use crate::audit::auditor::FailurePolicy;
+use crate::audit::context::{LoginState, Op, OpContext};
+use crate::audit::names::{rv_name, user_type_name};
+use crate::audit::record::{
+    Bytes, Detail, Event, Named, ObjectIdentity, OutputDisposition, Record, TokenRef,
+};
+use cryptoki_sys as ck;
+use std::time::Instant;
+
+/// How a function is audited (see docs/FORMAT.md and ../shared/CALL-KINDS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads module, slot, token, mechanism or session information: one outcome that may wait.
+    Informational,
+    /// Changes state or starts something: the intent is in the file before the call is forwarded.
+    Acting,
+    /// Acting, and also hands out key material: the outcome is written before output is returned.
+    ActingResult,
+    /// Hands something back: the outcome is in the file before the output reaches the caller.
+    Result,
+    /// Gives something up: goes ahead even when the log fails (the loss is counted).
+    GivingUp,
+}
+
+impl Kind {
+    fn writes_intent(self) -> bool {
+        matches!(self, Kind::Acting | Kind::ActingResult)
+    }
+}
+
+pub(crate) fn rv_named(rv: ck::CK_RV) -> Named {
+    Named::new(rv_name(rv as u64), rv as u64)
+}
+
+/// A record with identity and no detail.
+pub(crate) fn bare_record(rt: &Runtime, ev: Event, function: Option<&'static str>) -> Record {
+    Record::new(&rt.who(), thread_id(), ev, function)
+}
+
+/// The call being audited.
+pub(crate) struct Call<'rt> {
+    pub rt: &'rt Runtime,
+    pub function: &'static str,
+    pub kind: Kind,
+    pub detail: Detail,
+    session: Option<u64>,
+    /// Operation started by this call (an *Init), remembered if it succeeds.
+    starts: Option<Op>,
+    /// Output regions to wipe if the outcome must be written and cannot be.
+    outputs: Vec<(*mut u8, usize)>,
+    /// The outcome hands something to the application, so it must be in the file first.
+    hands_out: bool,
+}
+
+impl<'rt> Call<'rt> {
+    pub fn new(rt: &'rt Runtime, function: &'static str, kind: Kind) -> Self {
+        Call {
+            rt,
+            function,
+            kind,
+            detail: Detail::default(),
+            session: None,
+            starts: None,
+            outputs: Vec::new(),
+            hands_out: false,
+        }
+    }
+
+    fn record(&self, ev: Event) -> Record {
+        let mut r = bare_record(self.rt, ev, Some(self.function));
+        r.detail = self.detail.clone();
+        r
+    }
+
+    // ---- context -------------------------------------------------------------------------
+
+    /// The call acts on `session`: records the session, its slot, token and login state.
+    pub fn session(&mut self, session: ck::CK_SESSION_HANDLE) {
+        let session = session as u64;
+        self.session = Some(session);
+        self.detail.session = Some(session);
+        self.refresh_session_view();
+    }
+
+    fn refresh_session_view(&mut self) {
+        let Some(session) = self.session else { return };
+        let view = self.rt.context.lock().session_view(session);
+        self.detail.slot = view.slot;
+        self.detail.token = view.token;
+        self.detail.login = view.login.map(LoginState::as_str);
+    }
+
+    /// The call concerns `slot` (fetches the token's label and serial once per slot).
+    pub fn slot(&mut self, slot: ck::CK_SLOT_ID) {
+        self.detail.slot = Some(slot as u64);
+        self.ensure_token(slot);
+        let view = self.rt.context.lock().slot_view(slot as u64);
+        self.detail.token = view.token;
+    }
+
+    fn ensure_token(&self, slot: ck::CK_SLOT_ID) {
+        if self.rt.context.lock().has_token(slot as u64) {
+            return;
+        }
+        let Some(get) = self.rt.provider.functions.C_GetTokenInfo else {
+            return;
+        };
+        // SAFETY: CK_TOKEN_INFO is plain data; all-zero is valid.
+        let mut info: ck::CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out-pointer to a CK_TOKEN_INFO. No audit lock is held.
+        if unsafe { get(slot, &mut info) } != ck::CKR_OK {
+            return;
+        }
+        let token = TokenRef {
+            label: Bytes::from_slice(args::trim_padded(&info.label)),
+            serial: Bytes::from_slice(args::trim_padded(&info.serialNumber)),
+        };
+        self.rt.context.lock().set_token(slot as u64, Some(token));
+    }
+
+    pub fn user_type(&mut self, user: ck::CK_USER_TYPE) {
+        self.detail.user_type = Some(Named::new(user_type_name(user as u64), user as u64));
+    }
+
+    /// # Safety
+    /// See `args::mechanism`.
+    pub unsafe fn mechanism(&mut self, p: *const ck::CK_MECHANISM) {
+        // SAFETY: per the caller.
+        self.detail.mechanism = unsafe { args::mechanism(p) };
+    }
+
+    /// The identity of `handle`, from the cache or read from the provider.
+    fn identity(&self, handle: ck::CK_OBJECT_HANDLE) -> ObjectIdentity {
+        if let Some(id) = self.rt.context.lock().cached_key(handle as u64) {
+            return id.clone();
+        }
+        let Some(session) = self.session else {
+            return ObjectIdentity {
+                handle: handle as u64,
+                ..Default::default()
+            };
+        };
+        // SAFETY: fetch_identity passes only buffers it owns.
+        let (id, exists) = unsafe {
+            fetch_identity(
+                &self.rt.provider.functions,
+                session as ck::CK_SESSION_HANDLE,
+                handle,
+            )
+        };
+        if exists {
+            self.rt.context.lock().cache_key(id.clone());
+        }
+        id
+    }
+
+    pub fn key(&mut self, handle: ck::CK_OBJECT_HANDLE) {
+        self.detail.key = Some(self.identity(handle));
+    }
+
+    pub fn key2(&mut self, handle: ck::CK_OBJECT_HANDLE) {
+        self.detail.key2 = Some(self.identity(handle));
+    }
+
+    /// The object changes or goes away: its cached identity is no longer valid.
+    pub fn forget_key(&self, handle: ck::CK_OBJECT_HANDLE) {
+        self.rt.context.lock().forget_key(handle as u64);
+    }
+
+    /// # Safety
+    /// See `args::template`.
+    pub unsafe fn template(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
+        // SAFETY: per the caller.
+        self.detail.template = Some(unsafe { args::template(p, count, true) });
+    }
+
+    /// # Safety
+    /// See `args::template`.
+    pub unsafe fn template2(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
+        // SAFETY: per the caller.
+        self.detail.template2 = Some(unsafe { args::template(p, count, true) });
+    }
+
+    pub fn in_len(&mut self, len: ck::CK_ULONG) {
+        self.detail.in_len = Some(len as u64);
+    }
+
+    // ---- operations ----------------------------------------------------------------------
+
+    /// This *Init starts `op` with the mechanism and key recorded so far, if it succeeds.
+    pub fn starts(&mut self, op: Op) {
+        self.starts = Some(op);
+    }
+
+    /// This call belongs to `op`: its record carries the operation's mechanism and key.
+    pub fn within(&mut self, op: Op) {
+        let Some(session) = self.session else { return };
+        if let Some(ctx) = self.rt.context.lock().op(session, op) {
+            self.detail.mechanism = ctx.mechanism.clone();
+            self.detail.key = ctx.key.clone();
+        }
+    }
+
+    /// The operation is over whatever the return value (C_Verify and the message finals).
+    pub fn end_op_now(&self, op: Op) {
+        self.end_op(op);
+    }
+
+    fn end_op(&self, op: Op) {
+        if let Some(session) = self.session {
+            self.rt.context.lock().end_op(session, op);
+        }
+    }
+
+    /// After a multi-part Update: an error ends the operation (PKCS#11 2.40 §5.2).
+    pub fn update_done(&mut self, op: Op, rv: ck::CK_RV) {
+        if rv != ck::CKR_OK {
+            self.end_op(op);
+        }
+    }
+
+    /// After a single-part call or a Final that returns output in `buf` / `*len`.
+    /// The operation stays active after a length query (NULL buffer, CKR_OK) and after
+    /// CKR_BUFFER_TOO_SMALL (PKCS#11 2.40 §5.2); anything else ends it.
+    ///
+    /// # Safety
+    /// `len` must be NULL or readable; if the provider returned output, `buf` holds `*len`
+    /// writable bytes.
+    pub unsafe fn output_final(
+        &mut self,
+        op: Option<Op>,
+        buf: *mut u8,
+        len: *const ck::CK_ULONG,
+        rv: ck::CK_RV,
+    ) {
+        // SAFETY: per the caller.
+        let still_active = unsafe { self.output(buf, len, rv) };
+        if let Some(op) = op {
+            if !still_active {
+                self.end_op(op);
+            }
+        }
+    }
+
+    /// Records an output buffer's fate; returns true if the operation stays active
+    /// (length query or buffer too small).
+    ///
+    /// # Safety
+    /// As `output_final`.
+    pub unsafe fn output(&mut self, buf: *mut u8, len: *const ck::CK_ULONG, rv: ck::CK_RV) -> bool {
+        // SAFETY: per the caller.
+        let out_len = unsafe { args::read(len) }.map(|l| l as u64);
+        self.detail.out_len = out_len;
+        match rv {
+            ck::CKR_OK if buf.is_null() => {
+                self.detail.out = Some(OutputDisposition::LengthQuery);
+                true
+            }
+            ck::CKR_BUFFER_TOO_SMALL => {
+                self.detail.out = Some(OutputDisposition::BufferTooSmall);
+                true
+            }
+            ck::CKR_OK => {
+                self.detail.out = Some(OutputDisposition::Returned);
+                self.hands_out = true;
+                if let Some(n) = out_len {
+                    self.outputs.push((buf, n as usize));
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The result is the return value itself (C_Verify's verdict): its record comes first.
+    pub fn verdict(&mut self) {
+        self.hands_out = true;
+    }
+
+    /// Output the caller must not see if the record cannot be written.
+    pub fn output_region(&mut self, buf: *mut u8, len: usize) {
+        self.hands_out = true;
+        if !buf.is_null() && len > 0 {
+            self.outputs.push((buf, len));
+        }
+    }
+
+    /// Handles the call created.
+    ///
+    /// # Safety
+    /// `p` must be NULL or readable.
+    pub unsafe fn created(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
+        if rv == ck::CKR_OK {
+            // SAFETY: per the caller.
+            if let Some(h) = unsafe { args::read(p) } {
+                self.detail.created.push(h as u64);
+            }
+        }
+    }
+
+    /// C_OpenSession returned: remember the session's slot.
+    ///
+    /// # Safety
+    /// `session` must be NULL or readable.
+    pub unsafe fn session_opened(
+        &mut self,
+        slot: ck::CK_SLOT_ID,
+        session: *const ck::CK_SESSION_HANDLE,
+        rv: ck::CK_RV,
+    ) {
+        if rv != ck::CKR_OK {
+            return;
+        }
+        // SAFETY: per the caller.
+        if let Some(h) = unsafe { args::read(session) } {
+            self.rt.context.lock().session_opened(h as u64, slot as u64);
+            self.detail.created.push(h as u64);
+            self.session = Some(h as u64);
+            self.detail.session = Some(h as u64);
+        }
+    }
+
+    pub fn session_closed(&mut self, session: ck::CK_SESSION_HANDLE) {
+        self.rt.context.lock().session_closed(session as u64);
+    }
+
+    pub fn all_sessions_closed(&mut self, slot: ck::CK_SLOT_ID) {
+        self.rt.context.lock().all_sessions_closed(slot as u64);
+    }
+
+    /// C_InitToken succeeded: the token's label, objects and logins are new.
+    pub fn token_reinitialized(&mut self, slot: ck::CK_SLOT_ID) {
+        let mut ctx = self.rt.context.lock();
+        ctx.set_token(slot as u64, None);
+        ctx.set_login(slot as u64, LoginState::Public);
+    }
+
+    /// After C_GetAttributeValue: which attributes were read, their lengths, and allowlisted
+    /// values. Every returned value is output the caller must not see without a record.
+    ///
+    /// # Safety
+    /// `template` must be NULL or point to `count` attributes whose non-NULL `pValue` hold
+    /// `ulValueLen` bytes.
+    pub unsafe fn attributes_read(
+        &mut self,
+        template: *const ck::CK_ATTRIBUTE,
+        count: ck::CK_ULONG,
+        rv: ck::CK_RV,
+    ) {
+        // Per PKCS#11 2.40 §5.7 these return values still fill every attribute they can.
+        let filled = matches!(
+            rv,
+            ck::CKR_OK
+                | ck::CKR_ATTRIBUTE_SENSITIVE
+                | ck::CKR_ATTRIBUTE_TYPE_INVALID
+                | ck::CKR_BUFFER_TOO_SMALL
+        );
+        // SAFETY: per the caller.
+        self.detail.template = Some(unsafe { args::template(template, count, filled) });
+        if !filled || template.is_null() {
+            return;
+        }
+        self.hands_out = true;
+        for i in 0..count as usize {
+            // SAFETY: i < count.
+            let Some(a) = (unsafe { args::read(template.add(i)) }) else {
+                break;
+            };
+            if !a.pValue.is_null() && a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION {
+                self.outputs
+                    .push((a.pValue as *mut u8, a.ulValueLen as usize));
+            }
+        }
+    }
+
+    /// After C_FindObjects: how many handles were returned.
+    ///
+    /// # Safety
+    /// `found` must be NULL or readable; `objects` holds `*found` handles on success.
+    pub unsafe fn objects_found(
+        &mut self,
+        objects: *mut ck::CK_OBJECT_HANDLE,
+        found: *const ck::CK_ULONG,
+        rv: ck::CK_RV,
+    ) {
+        if rv != ck::CKR_OK {
+            return;
+        }
+        // SAFETY: per the caller.
+        let n = unsafe { args::read(found) }.unwrap_or(0);
+        self.detail.count = Some(n as u64);
+        self.output_region(
+            objects as *mut u8,
+            n as usize * std::mem::size_of::<ck::CK_OBJECT_HANDLE>(),
+        );
+    }
+
+    pub fn set_login(&mut self, state: LoginState) {
+        let Some(session) = self.session else { return };
+        let mut ctx = self.rt.context.lock();
+        if let Some(slot) = ctx.slot_of(session) {
+            ctx.set_login(slot, state);
+        }
+    }
+
+    // ---- the flow ------------------------------------------------------------------------
+
+    /// Writes the intent of an acting call. Err(rv) means: do not forward, return rv.
+    fn write_intent(&mut self) -> Result<Option<u64>, ck::CK_RV> {
+        if !self.kind.writes_intent() {
+            return Ok(None);
+        }
+        let mut intent = self.record(Event::Intent);
+        if intent.detail.template.as_ref().is_some_and(Vec::is_empty) {
+            intent.detail.template = None;
+        }
+        match self.rt.auditor.write(&intent) {
+            Ok(seq) => Ok(Some(seq)),
+            Err(_) if self.rt.auditor.policy() == FailurePolicy::Open => Ok(None),
+            Err(_) => Err(ck::CKR_GENERAL_ERROR),
+        }
+    }
+
+    /// Writes (or queues) the outcome and decides what the caller gets.
+    fn finish(mut self, rv: ck::CK_RV, started: Instant, intent: Option<u64>) -> ck::CK_RV {
+        if rv == ck::CKR_OK {
+            if let (Some(op), Some(session)) = (self.starts, self.session) {
+                let ctx = OpContext {
+                    mechanism: self.detail.mechanism.clone(),
+                    key: self.detail.key.clone(),
+                };
+                self.rt.context.lock().start_op(session, op, ctx);
+            }
+        }
+        self.refresh_session_view();
+        let mut outcome = self.record(Event::Outcome);
+        outcome.detail.rv = Some(rv_named(rv));
+        outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);
+        outcome.detail.intent = intent;
+        if intent.is_some() {
+            // The intent already carries the templates.
+            outcome.detail.template = None;
+            outcome.detail.template2 = None;
+        }
+        let must_write = self.hands_out && matches!(self.kind, Kind::Result | Kind::ActingResult);
+        if !must_write {
+            self.rt.auditor.wait(&outcome);
+            return rv;
+        }
+        match self.rt.auditor.write(&outcome) {
+            Ok(_) => rv,
+            Err(_) if self.rt.auditor.policy() == FailurePolicy::Open => rv,
+            Err(_) => {
+                for &(buf, len) in &self.outputs {
+                    // SAFETY: the provider just wrote `len` bytes at `buf` (registered by the
+                    // function's after-block from the provider's reported output length).
+                    unsafe { std::ptr::write_bytes(buf, 0, len) };
+                }
+                ck::CKR_GENERAL_ERROR
+            }
+        }
+    }
+}
+
+/// The audited flow every forwarded function runs through.
+pub(crate) fn run_call(
+    function: &'static str,
+    kind: Kind,
+    before: impl FnOnce(&mut Call),
+    forward: impl FnOnce(&ck::CK_FUNCTION_LIST_3_2) -> ck::CK_RV,
+    after: impl FnOnce(&mut Call, ck::CK_RV),
+) -> ck::CK_RV {
+    super::guard(|| {
+        let Some(rt) = super::runtime() else {
+            // Not configured: nothing can be forwarded. This is what a provider answers
+            // before C_Initialize.
+            return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
+        };
+        let mut call = Call::new(rt, function, kind);
+        before(&mut call);
+        let intent = match call.write_intent() {
+            Ok(seq) => seq,
+            Err(rv) => return rv,
+        };
+        let started = Instant::now();
+        let rv = forward(&rt.provider.functions);
+        after(&mut call, rv);
+        call.finish(rv, started, intent)
+    })
+}
+
+/// Reads CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL and CKA_ID of `handle` in one call. Returns the
+/// identity and whether the object exists (so the identity may be cached).
+///
+/// # Safety
+/// Calls the provider with buffers owned here.
+unsafe fn fetch_identity(
+    f: &ck::CK_FUNCTION_LIST_3_2,
+    session: ck::CK_SESSION_HANDLE,
+    handle: ck::CK_OBJECT_HANDLE,
+) -> (ObjectIdentity, bool) {
+    let mut id = ObjectIdentity {
+        handle: handle as u64,
+        ..Default::default()
+    };
+    let Some(get) = f.C_GetAttributeValue else {
+        return (id, false);
+    };
+    let mut class: ck::CK_ULONG = 0;
+    let mut key_type: ck::CK_ULONG = 0;
+    let mut label = [0u8; 256];
+    let mut obj_id = [0u8; 256];
+    let ulong = std::mem::size_of::<ck::CK_ULONG>() as ck::CK_ULONG;
+    let mut tmpl = [
+        ck::CK_ATTRIBUTE {
+            type_: ck::CKA_CLASS,
+            pValue: &mut class as *mut _ as *mut _,
+            ulValueLen: ulong,
+        },
+        ck::CK_ATTRIBUTE {
+            type_: ck::CKA_KEY_TYPE,
+            pValue: &mut key_type as *mut _ as *mut _,
+            ulValueLen: ulong,
+        },
+        ck::CK_ATTRIBUTE {
+            type_: ck::CKA_LABEL,
+            pValue: label.as_mut_ptr() as *mut _,
+            ulValueLen: 256,
+        },
+        ck::CK_ATTRIBUTE {
+            type_: ck::CKA_ID,
+            pValue: obj_id.as_mut_ptr() as *mut _,
+            ulValueLen: 256,
+        },
+    ];
+    // SAFETY: every pValue points to a buffer of its ulValueLen, owned by this frame.
+    let rv = unsafe {
+        get(
+            session,
+            handle,
+            tmpl.as_mut_ptr(),
+            tmpl.len() as ck::CK_ULONG,
+        )
+    };
+    let exists = matches!(
+        rv,
+        ck::CKR_OK
+            | ck::CKR_ATTRIBUTE_SENSITIVE
+            | ck::CKR_ATTRIBUTE_TYPE_INVALID
+            | ck::CKR_BUFFER_TOO_SMALL
+    );
+    if !exists {
+        return (id, false);
+    }
+    let got = |a: &ck::CK_ATTRIBUTE, cap: usize| {
+        a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION && (a.ulValueLen as usize) <= cap
+    };
+    use crate::audit::names::{key_type_name, object_class_name};
+    if got(&tmpl[0], 8) {
+        id.class = Some(Named::new(object_class_name(class as u64), class as u64));
+    }
+    if got(&tmpl[1], 8) {
+        id.key_type = Some(Named::new(key_type_name(key_type as u64), key_type as u64));
+    }
+    if got(&tmpl[2], 256) {
+        id.label = Some(Bytes::from_slice(&label[..tmpl[2].ulValueLen as usize]));
+    }
+    if got(&tmpl[3], 256) {
+        id.id = Some(Bytes::hex(&obj_id[..tmpl[3].ulValueLen as usize]));
+    }
+    (id, true)
+}

@@ -1,0 +1,277 @@
+//! The C side: exported entry points, the per-call audit flow, and the function tables.
+//! This is the only place with raw pointers.
+
+pub mod args;
+mod call;
+mod functions;
+mod lifecycle;
+
+pub use call::Kind;
+pub use functions::FUNCTIONS;
+
+use crate::audit::auditor::Auditor;
+use crate::audit::context::CallContext;
+use crate::audit::record::ProcessIdentity;
+use crate::config::Config;
+use crate::provider::Provider;
+use cryptoki_sys as ck;
+use parking_lot::Mutex;
+use std::sync::OnceLock;
+
+/// Everything a call needs once p11audit is configured. Created by the first successful
+/// `C_Initialize` and kept for the life of the process (the provider is never unloaded).
+pub(crate) struct Runtime {
+    pub provider: Provider,
+    pub auditor: Auditor,
+    host: std::sync::Arc<str>,
+    exe: std::sync::Arc<str>,
+    uid: u32,
+    pub context: Mutex<CallContext>,
+}
+
+impl Runtime {
+    /// Who is calling, with the current pid (which changes in a forked child).
+    pub fn who(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            host: self.host.clone(),
+            pid: std::process::id(),
+            uid: self.uid,
+            exe: self.exe.clone(),
+        }
+    }
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// Serializes the creation of RUNTIME (OnceLock has no stable fallible init).
+static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+
+pub(crate) fn runtime() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The runtime, created from the environment on first use. Errors are one line for stderr.
+pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let _guard = RUNTIME_INIT.lock();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let provider = Provider::load(&config.module, C_GetFunctionList as *const () as usize)?;
+    // SAFETY: getuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let who = ProcessIdentity {
+        host: hostname().into(),
+        pid: std::process::id(),
+        uid,
+        exe: exe.into(),
+    };
+    let auditor = Auditor::open(&config.log, &who, config.on_failure).map_err(|e| e.to_string())?;
+    let rt = Runtime {
+        provider,
+        auditor,
+        host: who.host,
+        exe: who.exe,
+        uid,
+        context: Mutex::new(CallContext::default()),
+    };
+    let _ = RUNTIME.set(rt);
+    // Waiting records reach the file at normal exit even without C_Finalize.
+    // SAFETY: flush_at_exit is a plain extern "C" fn that never unwinds.
+    unsafe { libc::atexit(flush_at_exit) };
+    Ok(RUNTIME.get().expect("just set"))
+}
+
+extern "C" fn flush_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(rt) = RUNTIME.get() {
+            let rec = call::bare_record(rt, crate::audit::record::Event::Outcome, None);
+            let _ = rt.auditor.flush(&rec);
+        }
+    });
+}
+
+/// Thread id for records.
+pub(crate) fn thread_id() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    (unsafe { libc::gettid() }) as u64
+}
+
+/// Runs `f`, turning a panic into CKR_GENERAL_ERROR: no panic may cross the C boundary.
+pub(crate) fn guard(f: impl FnOnce() -> ck::CK_RV) -> ck::CK_RV {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(ck::CKR_GENERAL_ERROR)
+}
+
+/// The table handed to PKCS#11 2.40 callers. A 2.40 caller reads only the
+/// `CK_FUNCTION_LIST` prefix of this 3.2-sized table (same layout, C-style prefix).
+static FUNCTION_LIST_240: ck::CK_FUNCTION_LIST_3_2 = functions::function_table(ck::CK_VERSION {
+    major: 2,
+    minor: 40,
+});
+
+/// # Safety
+/// `list` must be NULL or a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV {
+    guard(|| {
+        if list.is_null() {
+            return ck::CKR_ARGUMENTS_BAD;
+        }
+        let table =
+            &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2 as *mut ck::CK_FUNCTION_LIST;
+        // SAFETY: checked non-NULL; the caller provides a writable pointer.
+        unsafe { list.write_unaligned(table) };
+        if let Some(rt) = runtime() {
+            let mut rec = call::bare_record(
+                rt,
+                crate::audit::record::Event::Outcome,
+                Some("C_GetFunctionList"),
+            );
+            rec.detail.rv = Some(call::rv_named(ck::CKR_OK));
+            rt.auditor.wait(&rec);
+        }
+        ck::CKR_OK
+    })
+}
+
+/// A static CK_INTERFACE (it holds pointers to static data only).
+struct StaticInterface(ck::CK_INTERFACE);
+// SAFETY: the pointers point to immutable statics.
+unsafe impl Sync for StaticInterface {}
+
+/// The interface name PKCS#11 3.0 §5.2 defines for the standard function list.
+const PKCS11_INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+
+/// The interfaces p11audit offers. The provider is loaded through C_GetFunctionList as a 2.40
+/// module, so only the 2.40 interface is offered; vendor interfaces are never passed through.
+static INTERFACES: [StaticInterface; 1] = [StaticInterface(ck::CK_INTERFACE {
+    pInterfaceName: PKCS11_INTERFACE_NAME.as_ptr() as *mut ck::CK_UTF8CHAR,
+    pFunctionList: &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2
+        as *mut std::os::raw::c_void,
+    flags: 0,
+})];
+
+fn log_informational(function: &'static str, rv: ck::CK_RV) {
+    if let Some(rt) = runtime() {
+        let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(function));
+        rec.detail.rv = Some(call::rv_named(rv));
+        rt.auditor.wait(&rec);
+    }
+}
+
+/// # Safety
+/// `list` must be NULL or hold `*count` CK_INTERFACEs; `count` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterfaceList(
+    list: *mut ck::CK_INTERFACE,
+    count: *mut ck::CK_ULONG,
+) -> ck::CK_RV {
+    guard(|| {
+        let n = INTERFACES.len() as ck::CK_ULONG;
+        let rv = if count.is_null() {
+            ck::CKR_ARGUMENTS_BAD
+        } else if list.is_null() {
+            // SAFETY: checked non-NULL.
+            unsafe { count.write_unaligned(n) };
+            ck::CKR_OK
+        } else {
+            // SAFETY: checked non-NULL.
+            let room = unsafe { count.read_unaligned() };
+            // SAFETY: checked non-NULL.
+            unsafe { count.write_unaligned(n) };
+            if room < n {
+                ck::CKR_BUFFER_TOO_SMALL
+            } else {
+                for (i, iface) in INTERFACES.iter().enumerate() {
+                    // SAFETY: the caller gave room for `room` >= n entries.
+                    unsafe { list.add(i).write_unaligned(iface.0) };
+                }
+                ck::CKR_OK
+            }
+        };
+        log_informational("C_GetInterfaceList", rv);
+        rv
+    })
+}
+
+/// # Safety
+/// `name` must be NULL or NUL-terminated; `version` NULL or readable; `interface` writable.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetInterface(
+    name: *mut ck::CK_UTF8CHAR,
+    version: *mut ck::CK_VERSION,
+    interface: *mut *mut ck::CK_INTERFACE,
+    flags: ck::CK_FLAGS,
+) -> ck::CK_RV {
+    guard(|| {
+        let rv = if interface.is_null() {
+            ck::CKR_ARGUMENTS_BAD
+        } else {
+            // SAFETY: NULL or NUL-terminated per the caller.
+            let wanted_name = (!name.is_null())
+                .then(|| unsafe { std::ffi::CStr::from_ptr(name as *const std::ffi::c_char) });
+            // SAFETY: NULL or readable per the caller.
+            let wanted_version = unsafe { args::read(version) };
+            let found = INTERFACES.iter().find(|iface| {
+                // SAFETY: pInterfaceName and pFunctionList point to our statics.
+                let iname = unsafe {
+                    std::ffi::CStr::from_ptr(iface.0.pInterfaceName as *const std::ffi::c_char)
+                };
+                let iversion = unsafe { (iface.0.pFunctionList as *const ck::CK_VERSION).read() };
+                wanted_name.is_none_or(|n| n == iname)
+                    && wanted_version
+                        .is_none_or(|v| (v.major, v.minor) == (iversion.major, iversion.minor))
+                    && iface.0.flags & flags == flags
+            });
+            match found {
+                Some(iface) => {
+                    // SAFETY: checked non-NULL.
+                    unsafe {
+                        interface.write_unaligned(
+                            &iface.0 as *const ck::CK_INTERFACE as *mut ck::CK_INTERFACE,
+                        )
+                    };
+                    ck::CKR_OK
+                }
+                None => ck::CKR_ARGUMENTS_BAD,
+            }
+        };
+        log_informational("C_GetInterface", rv);
+        rv
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_entry_is_filled() {
+        let t = &FUNCTION_LIST_240;
+        assert_eq!((t.version.major, t.version.minor), (2, 40));
+        // The table is a sequence of pointer-sized Option<fn> after the version.
+        let words = (std::mem::size_of::<ck::CK_FUNCTION_LIST_3_2>() - 8) / 8;
+        assert_eq!(
+            words,
+            FUNCTIONS.len(),
+            "the list has one entry per table slot"
+        );
+        let base = t as *const ck::CK_FUNCTION_LIST_3_2 as *const u8;
+        for (i, (name, _)) in FUNCTIONS.iter().enumerate() {
+            // SAFETY: reading pointer-sized slots inside the static table.
+            let slot = unsafe { (base.add(8 + i * 8) as *const usize).read() };
+            assert_ne!(slot, 0, "slot {i} ({name}) is empty");
+        }
+    }
+}
