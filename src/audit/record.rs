@@ -238,6 +238,9 @@ pub struct Detail {
     /// C_OpenSession returned.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub created: Vec<u64>,
+    /// Handles C_FindObjects returned (the first 64), so a search links to later use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub found: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<Bytes>,
     /// Gap records: records lost, and when the first was lost.

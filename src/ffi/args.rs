@@ -94,7 +94,7 @@ pub unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Option<MechanismSummary> 
         }
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => {
             if let Some(ecdh) = unsafe { param::<ck::CK_ECDH1_DERIVE_PARAMS>(&m) } {
-                params.insert("kdf", ParamValue::Number(ecdh.kdf as u64));
+                params.insert("kdf", name(kdf_name(ecdh.kdf), ecdh.kdf as u64));
                 params.insert(
                     "public_len",
                     ParamValue::Number(ecdh.ulPublicDataLen as u64),
@@ -111,6 +111,18 @@ pub unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Option<MechanismSummary> 
         mechanism: Named::new(mechanism_name(mech), mech),
         param_len: (m.ulParameterLen != 0).then_some(m.ulParameterLen as u64),
         params,
+    })
+}
+
+fn kdf_name(kdf: ck::CK_EC_KDF_TYPE) -> Option<&'static str> {
+    Some(match kdf {
+        ck::CKD_NULL => "CKD_NULL",
+        ck::CKD_SHA1_KDF => "CKD_SHA1_KDF",
+        ck::CKD_SHA224_KDF => "CKD_SHA224_KDF",
+        ck::CKD_SHA256_KDF => "CKD_SHA256_KDF",
+        ck::CKD_SHA384_KDF => "CKD_SHA384_KDF",
+        ck::CKD_SHA512_KDF => "CKD_SHA512_KDF",
+        _ => return None,
     })
 }
 

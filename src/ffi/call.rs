@@ -10,6 +10,9 @@ use crate::audit::record::{
 use cryptoki_sys as ck;
 use std::time::Instant;
 
+/// At most this many handles of one C_FindObjects are written.
+const MAX_LOGGED_HANDLES: usize = 64;
+
 /// How a function is audited (see docs/FORMAT.md and ../shared/CALL-KINDS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -87,7 +90,15 @@ impl<'rt> Call<'rt> {
 
     fn refresh_session_view(&mut self) {
         let Some(session) = self.session else { return };
-        let view = self.rt.context.lock().session_view(session);
+        let view = {
+            let ctx = self.rt.context.lock();
+            match (ctx.slot_of(session), self.detail.slot) {
+                (Some(_), _) => ctx.session_view(session),
+                // The call closed the session: describe its token as it is now.
+                (None, Some(slot)) => ctx.slot_view(slot),
+                (None, None) => return,
+            }
+        };
         self.detail.slot = view.slot;
         self.detail.token = view.token;
         self.detail.login = view.login.map(LoginState::as_str);
@@ -253,7 +264,10 @@ impl<'rt> Call<'rt> {
     pub unsafe fn output(&mut self, buf: *mut u8, len: *const ck::CK_ULONG, rv: ck::CK_RV) -> bool {
         // SAFETY: per the caller.
         let out_len = unsafe { args::read(len) }.map(|l| l as u64);
-        self.detail.out_len = out_len;
+        // On other errors *len is whatever the caller passed in: not an output length.
+        if matches!(rv, ck::CKR_OK | ck::CKR_BUFFER_TOO_SMALL) {
+            self.detail.out_len = out_len;
+        }
         match rv {
             ck::CKR_OK if buf.is_null() => {
                 self.detail.out = Some(OutputDisposition::LengthQuery);
@@ -392,6 +406,14 @@ impl<'rt> Call<'rt> {
         // SAFETY: per the caller.
         let n = unsafe { args::read(found) }.unwrap_or(0);
         self.detail.count = Some(n as u64);
+        if !objects.is_null() {
+            for i in 0..(n as usize).min(MAX_LOGGED_HANDLES) {
+                // SAFETY: the provider returned n >= i+1 handles in `objects`.
+                self.detail
+                    .found
+                    .push(unsafe { objects.add(i).read_unaligned() } as u64);
+            }
+        }
         self.output_region(
             objects as *mut u8,
             n as usize * std::mem::size_of::<ck::CK_OBJECT_HANDLE>(),
