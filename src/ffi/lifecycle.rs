@@ -38,7 +38,11 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
         // SAFETY: the caller passes NULL or a CK_C_INITIALIZE_ARGS.
         let flags = match unsafe { check_init_args(init_args) } {
             Ok(f) => f,
-            Err(rv) => return rv,
+            Err(rv) => {
+                // Answered here, never forwarded; recorded if the shim is configured already.
+                super::log_informational("C_Initialize", rv);
+                return rv;
+            }
         };
         let rt = match runtime_or_init() {
             Ok(rt) => rt,

@@ -125,23 +125,17 @@ static FUNCTION_LIST_240: ck::CK_FUNCTION_LIST_3_2 = functions::function_table(c
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV {
     guard(|| {
-        if list.is_null() {
-            return ck::CKR_ARGUMENTS_BAD;
-        }
-        let table =
-            &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2 as *mut ck::CK_FUNCTION_LIST;
-        // SAFETY: checked non-NULL; the caller provides a writable pointer.
-        unsafe { list.write_unaligned(table) };
-        if let Some(rt) = runtime() {
-            let mut rec = call::bare_record(
-                rt,
-                crate::audit::record::Event::Outcome,
-                Some("C_GetFunctionList"),
-            );
-            rec.detail.rv = Some(call::rv_named(ck::CKR_OK));
-            rt.auditor.wait(&rec);
-        }
-        ck::CKR_OK
+        let rv = if list.is_null() {
+            ck::CKR_ARGUMENTS_BAD
+        } else {
+            let table =
+                &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2 as *mut ck::CK_FUNCTION_LIST;
+            // SAFETY: checked non-NULL; the caller provides a writable pointer.
+            unsafe { list.write_unaligned(table) };
+            ck::CKR_OK
+        };
+        log_informational("C_GetFunctionList", rv);
+        rv
     })
 }
 
@@ -162,7 +156,7 @@ static INTERFACES: [StaticInterface; 1] = [StaticInterface(ck::CK_INTERFACE {
     flags: 0,
 })];
 
-fn log_informational(function: &'static str, rv: ck::CK_RV) {
+pub(crate) fn log_informational(function: &'static str, rv: ck::CK_RV) {
     if let Some(rt) = runtime() {
         let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(function));
         rec.detail.rv = Some(call::rv_named(rv));
