@@ -1,0 +1,447 @@
+//! Bad configurations: `C_Initialize` returns `CKR_GENERAL_ERROR`, stderr has exactly one line
+//! starting `p11audit:` that names the variable involved, the process does not crash, and
+//! `C_GetFunctionList` still hands out a table.
+//!
+//! The shim reads its environment at `C_Initialize` and a process can load SoftHSM only once,
+//! so every case runs in a child: this test binary re-executes itself with
+//! `--exact child_initialize` and P11AUDIT_TEST_ROLE set. The child drives the shim through
+//! `dlopen` and the raw function table (as a C application would), so the exact `CK_RV` is seen,
+//! and prints each return value on stdout for the parent to check.
+//!
+//! Every case starts from a valid configuration with a real SoftHSM token and changes one thing:
+//! if the shim ignored the bad setting and forwarded `C_Initialize`, SoftHSM would answer
+//! `CKR_OK` and the test would notice.
+
+mod common;
+
+use common::*;
+use cryptoki_sys as ck;
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
+const CHILD: &str = "child_initialize";
+
+const CKR_GENERAL_ERROR: &str = "0x5";
+const CKR_OK: &str = "0x0";
+const CKR_CRYPTOKI_NOT_INITIALIZED: &str = "0x190";
+
+// ---- the child ------------------------------------------------------------------------------
+
+type GetFunctionList = unsafe extern "C" fn(*mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV;
+
+/// Calls `C_GetFunctionList` and checks that it hands out a usable 2.40 table.
+fn function_table(get: GetFunctionList, when: &str) -> &'static ck::CK_FUNCTION_LIST {
+    let mut list: *mut ck::CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer.
+    let rv = unsafe { get(&mut list) };
+    assert_eq!(rv, ck::CKR_OK, "C_GetFunctionList {when} returned {rv:#x}");
+    assert!(
+        !list.is_null(),
+        "C_GetFunctionList {when} gave a NULL table"
+    );
+    // SAFETY: the shim's table is a static that lives as long as the (never unloaded) library.
+    let table: &'static ck::CK_FUNCTION_LIST = unsafe { &*list };
+    assert_eq!(
+        (table.version.major, table.version.minor),
+        (2, 40),
+        "table version {when}"
+    );
+    assert!(
+        table.C_Initialize.is_some() && table.C_GetInfo.is_some() && table.C_Finalize.is_some(),
+        "C_GetFunctionList {when} gave a table without C_Initialize/C_GetInfo/C_Finalize"
+    );
+    println!("C_GetFunctionList {when} rv={rv:#x} version=2.40");
+    table
+}
+
+/// The child: loads the shim as an application would and reports each return value.
+#[test]
+fn child_initialize() {
+    if std::env::var(ROLE_VAR).as_deref() != Ok(CHILD) {
+        return;
+    }
+    let lib = shim_library();
+    let c_path = CString::new(lib.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: a valid C string; the handle is kept for the life of the process.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "dlopen {} failed", lib.display());
+    // SAFETY: a live handle and a valid C string.
+    let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
+    assert!(!sym.is_null(), "the shim exports no C_GetFunctionList");
+    // SAFETY: C_GetFunctionList has this signature.
+    let get = unsafe { std::mem::transmute::<*mut libc::c_void, GetFunctionList>(sym) };
+
+    let table = function_table(get, "before C_Initialize");
+    let mut args = ck::CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: ck::CKF_OS_LOCKING_OK,
+        pReserved: std::ptr::null_mut(),
+    };
+    // SAFETY: checked Some above; a valid CK_C_INITIALIZE_ARGS.
+    let rv = unsafe {
+        (table.C_Initialize.unwrap())(&mut args as *mut ck::CK_C_INITIALIZE_ARGS as *mut _)
+    };
+    println!("C_Initialize rv={rv:#x}");
+
+    // A failed C_Initialize leaves the module usable for another try: the table is still there.
+    let table = function_table(get, "after C_Initialize");
+    // SAFETY: CK_INFO is plain data; a valid out-pointer.
+    let mut info: ck::CK_INFO = unsafe { std::mem::zeroed() };
+    let rv_info = unsafe { (table.C_GetInfo.unwrap())(&mut info) };
+    println!("C_GetInfo rv={rv_info:#x}");
+    if rv == ck::CKR_OK {
+        // SAFETY: NULL is the only valid argument.
+        let rv_fin = unsafe { (table.C_Finalize.unwrap())(std::ptr::null_mut()) };
+        println!("C_Finalize rv={rv_fin:#x}");
+    }
+}
+
+// ---- the parent -----------------------------------------------------------------------------
+
+/// One child run: its exit status was checked; these are its outputs.
+struct ChildRun {
+    stdout: String,
+    stderr: String,
+}
+
+impl ChildRun {
+    fn rv(&self, function: &str) -> &str {
+        let prefix = format!("{function} rv=");
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.split_whitespace().next().unwrap_or(""))
+            .unwrap_or_else(|| panic!("child printed no {function} result\n{}", self.dump()))
+    }
+
+    fn p11audit_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("p11audit:"))
+            .collect()
+    }
+
+    fn dump(&self) -> String {
+        format!(
+            "--- stdout ---\n{}--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the child with exactly `env` as its P11AUDIT_* and SoftHSM configuration.
+fn run_child(work: &Path, what: &str, env: &[(&'static str, OsString)]) -> ChildRun {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([CHILD, "--exact", "--nocapture", "--test-threads=1"]);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("P11AUDIT_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env_remove("SOFTHSM2_CONF");
+    cmd.env(ROLE_VAR, CHILD);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let run = run_with_timeout(cmd, work, what);
+    let out = ChildRun {
+        stdout: run.stdout,
+        stderr: run.stderr,
+    };
+    assert!(
+        run.status.success(),
+        "{what}: the child did not exit normally ({})\n{}",
+        run.status,
+        out.dump()
+    );
+    for when in ["before", "after"] {
+        assert!(
+            out.stdout
+                .contains(&format!("C_GetFunctionList {when} C_Initialize rv=0x0")),
+            "{what}: C_GetFunctionList {when} C_Initialize did not return a table\n{}",
+            out.dump()
+        );
+    }
+    out
+}
+
+/// A valid configuration with a fresh token; tests change one thing in `env`.
+struct Case {
+    fx: Fixture,
+    env: Vec<(&'static str, OsString)>,
+}
+
+impl Case {
+    fn new() -> Case {
+        let fx = Fixture::new();
+        let env = fx.env();
+        Case { fx, env }
+    }
+
+    fn work(&self) -> &Path {
+        self.fx.dir.path()
+    }
+
+    fn set(&mut self, var: &'static str, value: impl Into<OsString>) -> &mut Self {
+        self.unset(var);
+        self.env.push((var, value.into()));
+        self
+    }
+
+    fn unset(&mut self, var: &'static str) -> &mut Self {
+        self.env.retain(|(k, _)| *k != var);
+        self
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == "P11AUDIT_LOG")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| self.fx.log.clone())
+    }
+
+    /// Runs the child and checks that C_Initialize was refused because of `var`.
+    fn expect_refused(&self, what: &str, var: &str) -> ChildRun {
+        let run = run_child(self.work(), what, &self.env);
+        assert_eq!(
+            run.rv("C_Initialize"),
+            CKR_GENERAL_ERROR,
+            "{what}: C_Initialize should return CKR_GENERAL_ERROR\n{}",
+            run.dump()
+        );
+        // Nothing was configured, so nothing may be forwarded.
+        assert_eq!(
+            run.rv("C_GetInfo"),
+            CKR_CRYPTOKI_NOT_INITIALIZED,
+            "{what}: after a refused C_Initialize, C_GetInfo should return CKR_CRYPTOKI_NOT_INITIALIZED\n{}",
+            run.dump()
+        );
+        let lines = run.p11audit_lines();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{what}: expected exactly one `p11audit:` line on stderr\n{}",
+            run.dump()
+        );
+        assert!(
+            lines[0].contains(var),
+            "{what}: the `p11audit:` line does not name {var}: {:?}",
+            lines[0]
+        );
+        // A refused configuration starts no chain.
+        let log = self.log_path();
+        let content = fs::symlink_metadata(&log)
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|_| fs::read(&log).expect("read log"))
+            .unwrap_or_default();
+        assert!(
+            content.is_empty(),
+            "{what}: the refused configuration wrote to {}:\n{}",
+            log.display(),
+            String::from_utf8_lossy(&content)
+        );
+        run
+    }
+
+    fn expect_ok(&self, what: &str) -> ChildRun {
+        let run = run_child(self.work(), what, &self.env);
+        assert_eq!(
+            run.rv("C_Initialize"),
+            CKR_OK,
+            "{what}: C_Initialize should succeed\n{}",
+            run.dump()
+        );
+        assert_eq!(run.rv("C_GetInfo"), CKR_OK, "{what}\n{}", run.dump());
+        assert_eq!(run.rv("C_Finalize"), CKR_OK, "{what}\n{}", run.dump());
+        assert!(
+            run.p11audit_lines().is_empty(),
+            "{what}: a valid configuration printed a `p11audit:` line\n{}",
+            run.dump()
+        );
+        run
+    }
+}
+
+/// The positive control: the driver and the baseline configuration work.
+#[test]
+fn valid_configuration_initializes() {
+    let case = Case::new();
+    case.expect_ok("valid");
+    let (code, out) = case.fx.verify();
+    assert_eq!(code, Some(0), "verify\n{out}");
+    let recs = case.fx.records();
+    assert_eq!(recs[0]["ev"], "start");
+    assert!(recs.iter().any(|r| r["ev"] == "attach"));
+}
+
+#[test]
+fn module_unset() {
+    let mut case = Case::new();
+    case.unset("P11AUDIT_MODULE");
+    case.expect_refused("module_unset", "P11AUDIT_MODULE");
+}
+
+#[test]
+fn module_empty() {
+    let mut case = Case::new();
+    case.set("P11AUDIT_MODULE", "");
+    case.expect_refused("module_empty", "P11AUDIT_MODULE");
+}
+
+#[test]
+fn log_unset() {
+    let mut case = Case::new();
+    case.unset("P11AUDIT_LOG");
+    case.expect_refused("log_unset", "P11AUDIT_LOG");
+}
+
+#[test]
+fn key_file_unset_without_chain() {
+    let mut case = Case::new();
+    case.unset("P11AUDIT_KEY_FILE");
+    case.expect_refused("key_unset_no_chain", "P11AUDIT_KEY_FILE");
+}
+
+/// Once a chain exists, the shim works from the state file alone: the key can leave the host.
+#[test]
+fn key_file_unset_with_existing_chain_is_fine() {
+    let mut case = Case::new();
+    case.expect_ok("first_run_with_key");
+    // Move the key away, as the README tells operators to.
+    let away = case.work().join("auditor-copy.key");
+    fs::rename(&case.fx.key, &away).expect("move key");
+    case.unset("P11AUDIT_KEY_FILE");
+    case.expect_ok("second_run_without_key");
+
+    fs::rename(&away, &case.fx.key).expect("restore key for verify");
+    let (code, out) = case.fx.verify();
+    assert_eq!(code, Some(0), "verify\n{out}");
+    let recs = case.fx.records();
+    let starts = recs.iter().filter(|r| r["ev"] == "start").count();
+    let attaches: Vec<_> = recs.iter().filter(|r| r["ev"] == "attach").collect();
+    assert_eq!(starts, 1, "exactly one chain start");
+    assert_eq!(attaches.len(), 2, "both runs attached to the same chain");
+    assert_ne!(attaches[0]["pid"], attaches[1]["pid"]);
+}
+
+#[test]
+fn provider_missing() {
+    let mut case = Case::new();
+    let missing = case.work().join("no-such-module.so");
+    case.set("P11AUDIT_MODULE", missing);
+    case.expect_refused("provider_missing", "P11AUDIT_MODULE");
+}
+
+/// A real shared library that is not a PKCS#11 module (no C_GetFunctionList).
+#[test]
+fn provider_not_pkcs11() {
+    let candidates = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+    ];
+    let lib = candidates
+        .iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or_else(|| panic!("none of {candidates:?} exists: need a non-PKCS#11 .so"));
+    let mut case = Case::new();
+    case.set("P11AUDIT_MODULE", lib);
+    let run = case.expect_refused("provider_not_pkcs11", "P11AUDIT_MODULE");
+    assert!(
+        run.p11audit_lines()[0].contains("C_GetFunctionList"),
+        "the message should say what is missing: {:?}",
+        run.p11audit_lines()[0]
+    );
+}
+
+/// P11AUDIT_MODULE pointing at the shim itself would forward every call to itself.
+#[test]
+fn provider_is_the_shim_itself() {
+    let mut case = Case::new();
+    case.set("P11AUDIT_MODULE", shim_library());
+    case.expect_refused("provider_is_shim", "P11AUDIT_MODULE");
+}
+
+/// Unreadable key files. Tests run as root, and root reads a mode-000 file anyway, so the
+/// unreadable key is made two other ways: a path that does not exist, and a directory.
+#[test]
+fn key_file_missing() {
+    let mut case = Case::new();
+    let missing = case.work().join("no-such.key");
+    case.set("P11AUDIT_KEY_FILE", missing);
+    case.expect_refused("key_missing", "P11AUDIT_KEY_FILE");
+}
+
+#[test]
+fn key_file_is_a_directory() {
+    let mut case = Case::new();
+    let dir = case.work().join("key-dir");
+    fs::create_dir(&dir).expect("mkdir");
+    // Owner-only, so the refusal is about reading it, not about its mode.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+    case.set("P11AUDIT_KEY_FILE", dir);
+    case.expect_refused("key_is_dir", "P11AUDIT_KEY_FILE");
+}
+
+#[test]
+fn key_file_readable_by_group_and_others() {
+    let case = Case::new();
+    fs::set_permissions(&case.fx.key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    case.expect_refused("key_mode_0644", "P11AUDIT_KEY_FILE");
+}
+
+#[test]
+fn log_is_a_symlink() {
+    let mut case = Case::new();
+    let target = case.work().join("elsewhere.jsonl");
+    fs::write(&target, b"").expect("create target");
+    let link = case.work().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    case.set("P11AUDIT_LOG", &link);
+    case.expect_refused("log_symlink", "P11AUDIT_LOG");
+    assert_eq!(
+        fs::read(&target).expect("read target").len(),
+        0,
+        "nothing may be written through the link"
+    );
+    assert!(fs::symlink_metadata(&link)
+        .expect("link still there")
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn log_directory_missing() {
+    let mut case = Case::new();
+    let missing_dir = case.work().join("no-such-dir");
+    case.set("P11AUDIT_LOG", missing_dir.join("audit.jsonl"));
+    case.expect_refused("log_dir_missing", "P11AUDIT_LOG");
+    assert!(
+        !missing_dir.exists(),
+        "the shim must not create the log directory"
+    );
+}
+
+#[test]
+fn sync_bogus() {
+    let mut case = Case::new();
+    case.set("P11AUDIT_SYNC", "bogus");
+    case.expect_refused("sync_bogus", "P11AUDIT_SYNC");
+}
+
+#[test]
+fn on_failure_bogus() {
+    let mut case = Case::new();
+    case.set("P11AUDIT_ON_FAILURE", "sometimes");
+    case.expect_refused("on_failure_bogus", "P11AUDIT_ON_FAILURE");
+}
