@@ -1281,7 +1281,9 @@ fn log_shows_generated_keys() {
     assert_eq!(outcome["rv"], "CKR_OK", "{outcome}");
     let created = outcome["created"].as_array().expect("created handles");
     assert_eq!(created.len(), 1, "{outcome}");
-    let aes_handle = created[0].as_u64().unwrap();
+    let aes_handle = created[0]["handle"].as_u64().unwrap();
+    assert_eq!(created[0]["label"], "wf-aes-gen", "{outcome}");
+    assert_eq!(created[0]["key_type"], "CKK_AES", "{outcome}");
 
     // The new handle is then used under its label.
     let used = recs

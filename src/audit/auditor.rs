@@ -4,9 +4,9 @@
 //! Records are serialized by the calling thread before it takes the lock; the lock covers only
 //! the queue and the append. It is never held across a call into the provider.
 
+use super::lock::Mutex;
 use super::record::{Event, ProcessIdentity, Record};
 use super::writer::{AuditLog, LogSettings, WriterError};
-use parking_lot::Mutex;
 
 /// What to do with a call whose record could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,9 @@ struct Inner {
     queue_pid: u32,
     warned: bool,
 }
+
+/// The auditor's lock, held (see `Auditor::hold`).
+pub struct AuditorHold<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, Inner>);
 
 /// The audit trail of this process.
 pub struct Auditor {
@@ -98,6 +101,12 @@ impl Auditor {
             return Ok(());
         }
         inner.append(None, who).map(|_| ())
+    }
+
+    /// Holds the lock until the returned value is dropped: taken before `fork` so that the child
+    /// never inherits it held by a thread that does not exist there.
+    pub fn hold(&self) -> AuditorHold<'_> {
+        AuditorHold(self.inner.lock())
     }
 
     /// Counts a call that went ahead unrecorded (giving-up calls, fail-open).

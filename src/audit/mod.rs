@@ -5,6 +5,7 @@ pub mod auditor;
 pub mod chain;
 pub mod context;
 pub mod line;
+pub mod lock;
 pub mod names;
 pub mod record;
 pub mod redact;

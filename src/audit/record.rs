@@ -234,10 +234,10 @@ pub struct Detail {
     /// C_GetMechanismList.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-    /// Handles the call created (C_CreateObject, C_GenerateKey, ...), or the session handle
-    /// C_OpenSession returned.
+    /// Objects the call created (C_CreateObject, C_GenerateKey, C_UnwrapKey, ...), with their
+    /// identity as the provider reports it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub created: Vec<u64>,
+    pub created: Vec<ObjectIdentity>,
     /// Handles C_FindObjects returned (the first 64), so a search links to later use.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub found: Vec<u64>,

@@ -302,7 +302,8 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    /// Handles the call created.
+    /// An object the call created: its handle and identity (read from the provider and cached,
+    /// so later use of the key costs no extra call).
     ///
     /// # Safety
     /// `p` must be NULL or readable.
@@ -310,7 +311,8 @@ impl<'rt> Call<'rt> {
         if rv == ck::CKR_OK {
             // SAFETY: per the caller.
             if let Some(h) = unsafe { args::read(p) } {
-                self.detail.created.push(h as u64);
+                let identity = self.identity(h);
+                self.detail.created.push(identity);
             }
         }
     }
@@ -331,7 +333,6 @@ impl<'rt> Call<'rt> {
         // SAFETY: per the caller.
         if let Some(h) = unsafe { args::read(session) } {
             self.rt.context.lock().session_opened(h as u64, slot as u64);
-            self.detail.created.push(h as u64);
             self.session = Some(h as u64);
             self.detail.session = Some(h as u64);
         }

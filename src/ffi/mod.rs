@@ -3,6 +3,7 @@
 
 pub mod args;
 mod call;
+mod fork;
 mod functions;
 mod lifecycle;
 
@@ -11,11 +12,11 @@ pub use functions::FUNCTIONS;
 
 use crate::audit::auditor::Auditor;
 use crate::audit::context::CallContext;
+use crate::audit::lock::Mutex;
 use crate::audit::record::ProcessIdentity;
 use crate::config::Config;
 use crate::provider::Provider;
 use cryptoki_sys as ck;
-use parking_lot::Mutex;
 use std::sync::OnceLock;
 
 /// Everything a call needs once p11audit is configured. Created by the first successful
@@ -87,6 +88,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
         context: Mutex::new(CallContext::default()),
     };
     let _ = RUNTIME.set(rt);
+    fork::install_fork_handlers();
     // Waiting records reach the file at normal exit even without C_Finalize.
     // SAFETY: flush_at_exit is a plain extern "C" fn that never unwinds.
     unsafe { libc::atexit(flush_at_exit) };

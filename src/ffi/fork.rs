@@ -1,0 +1,44 @@
+//! Fork safety: the child must not inherit a p11audit lock held by another thread.
+//!
+//! `pthread_atfork` handlers take the auditor and context locks in the forking thread just
+//! before `fork` and release them right after it, in the parent and in the child. The child then
+//! starts with free locks; its first append reopens the files (its own `flock`) and drops the
+//! records the parent had queued (the parent writes those).
+
+use super::{runtime, Runtime};
+use crate::audit::auditor::AuditorHold;
+use crate::audit::context::CallContext;
+use std::cell::RefCell;
+use std::sync::{MutexGuard, Once};
+
+type Held = (AuditorHold<'static>, MutexGuard<'static, CallContext>);
+
+thread_local! {
+    // Only the forking thread touches this, between its prepare and after-fork handlers.
+    static HELD_ACROSS_FORK: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(rt) = runtime() {
+            let rt: &'static Runtime = rt;
+            // Lock order: auditor, then context. No code path takes the auditor lock while
+            // holding the context lock.
+            let held = (rt.auditor.hold(), rt.context.lock());
+            HELD_ACROSS_FORK.with(|h| *h.borrow_mut() = Some(held));
+        }
+    });
+}
+
+extern "C" fn after_fork() {
+    let _ = std::panic::catch_unwind(|| HELD_ACROSS_FORK.with(|h| drop(h.borrow_mut().take())));
+}
+
+/// Registers the handlers once per process.
+pub(crate) fn install_fork_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are extern "C", never unwind, and only take and release locks.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+}
