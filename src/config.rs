@@ -68,6 +68,15 @@ impl Config {
         Config::from_lookup(&|name| std::env::var_os(name))
     }
 
+    /// Just `P11AUDIT_MODULE`, for interface negotiation before `C_Initialize`.
+    pub fn module_from_env() -> Result<PathBuf, ConfigError> {
+        required(
+            &|name| std::env::var_os(name),
+            "P11AUDIT_MODULE",
+            "set it to the real PKCS#11 module",
+        )
+    }
+
     /// Reads configuration through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<OsString>) -> Result<Config, ConfigError> {
         let module = required(

@@ -243,6 +243,9 @@ pub struct Detail {
     pub found: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<Bytes>,
+    /// C_GetInterface: the interface handed out, e.g. "PKCS 11 3.0".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// Gap records: records lost, and when the first was lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 /// Everything a call needs once p11audit is configured. Created by the first successful
 /// `C_Initialize` and kept for the life of the process (the provider is never unloaded).
 pub(crate) struct Runtime {
-    pub provider: Provider,
+    pub provider: &'static Provider,
     pub auditor: Auditor,
     host: std::sync::Arc<str>,
     exe: std::sync::Arc<str>,
@@ -46,6 +46,29 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// Serializes the creation of RUNTIME (OnceLock has no stable fallible init).
 static RUNTIME_INIT: Mutex<()> = Mutex::new(());
 
+/// The real module, loaded once (by the first C_GetInterface* or C_Initialize that finds
+/// P11AUDIT_MODULE) and never unloaded.
+static PROVIDER: OnceLock<Provider> = OnceLock::new();
+
+fn provider_or_load(path: &std::path::Path) -> Result<&'static Provider, String> {
+    if let Some(p) = PROVIDER.get() {
+        return Ok(p);
+    }
+    let loaded = Provider::load(path, C_GetFunctionList as *const () as usize)?;
+    Ok(PROVIDER.get_or_init(|| loaded))
+}
+
+/// The provider for interface negotiation, which applications do before C_Initialize.
+/// None if P11AUDIT_MODULE is unset or unusable: C_Initialize reports that.
+fn provider_for_interfaces() -> Option<&'static Provider> {
+    if let Some(p) = PROVIDER.get() {
+        return Some(p);
+    }
+    let _guard = RUNTIME_INIT.lock();
+    let module = Config::module_from_env().ok()?;
+    provider_or_load(&module).ok()
+}
+
 pub(crate) fn runtime() -> Option<&'static Runtime> {
     RUNTIME.get()
 }
@@ -66,7 +89,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
         return Ok(rt);
     }
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    let provider = Provider::load(&config.module, C_GetFunctionList as *const () as usize)?;
+    let provider = provider_or_load(&config.module)?;
     // SAFETY: getuid cannot fail and has no preconditions.
     let uid = unsafe { libc::getuid() };
     let exe = std::env::current_exe()
@@ -89,6 +112,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
     };
     let _ = RUNTIME.set(rt);
     fork::install_fork_handlers();
+    flush_early_calls(RUNTIME.get().expect("just set"));
     // Waiting records reach the file at normal exit even without C_Finalize.
     // SAFETY: flush_at_exit is a plain extern "C" fn that never unwinds.
     unsafe { libc::atexit(flush_at_exit) };
@@ -145,23 +169,139 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut ck::CK_FUNCTION_LIST)
 struct StaticInterface(ck::CK_INTERFACE);
 // SAFETY: the pointers point to immutable statics.
 unsafe impl Sync for StaticInterface {}
+// SAFETY: as above; the pointed-to data is never freed or changed.
+unsafe impl Send for StaticInterface {}
+
+static FUNCTION_LIST_300: ck::CK_FUNCTION_LIST_3_2 =
+    functions::function_table(ck::CK_VERSION { major: 3, minor: 0 });
+static FUNCTION_LIST_320: ck::CK_FUNCTION_LIST_3_2 =
+    functions::function_table(ck::CK_VERSION { major: 3, minor: 2 });
 
 /// The interface name PKCS#11 3.0 §5.2 defines for the standard function list.
 const PKCS11_INTERFACE_NAME: &[u8] = b"PKCS 11\0";
 
-/// The interfaces p11audit offers. The provider is loaded through C_GetFunctionList as a 2.40
-/// module, so only the 2.40 interface is offered; vendor interfaces are never passed through.
-static INTERFACES: [StaticInterface; 1] = [StaticInterface(ck::CK_INTERFACE {
-    pInterfaceName: PKCS11_INTERFACE_NAME.as_ptr() as *mut ck::CK_UTF8CHAR,
-    pFunctionList: &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2
-        as *mut std::os::raw::c_void,
-    flags: 0,
-})];
+/// Our table for an interface version the provider offers: each is backed by a p11audit table
+/// of the same version (a 3.1 provider gets the 3.0-shaped table, which is all 3.1 defines).
+fn table_for(major: u8, minor: u8) -> &'static ck::CK_FUNCTION_LIST_3_2 {
+    match (major, minor) {
+        (0..=2, _) => &FUNCTION_LIST_240,
+        (3, 0..=1) => &FUNCTION_LIST_300,
+        _ => &FUNCTION_LIST_320,
+    }
+}
 
-pub(crate) fn log_informational(function: &'static str, rv: ck::CK_RV) {
+/// The interfaces p11audit offers: exactly the provider's "PKCS 11" interfaces, with its flags,
+/// each backed by our table of the same version. Vendor interfaces are never offered: their
+/// functions would bypass the audit. Before a provider can be loaded, just 2.40.
+fn interfaces() -> &'static [StaticInterface] {
+    static FROM_PROVIDER: OnceLock<Vec<StaticInterface>> = OnceLock::new();
+    static FALLBACK: OnceLock<Vec<StaticInterface>> = OnceLock::new();
+    let make = |offered: &[crate::provider::OfferedInterface]| -> Vec<StaticInterface> {
+        offered
+            .iter()
+            .map(|i| {
+                let table = table_for(i.major, i.minor);
+                // Our own table's version must say what the provider's said.
+                let table: &'static ck::CK_FUNCTION_LIST_3_2 =
+                    if (table.version.major, table.version.minor) == (i.major, i.minor) {
+                        table
+                    } else {
+                        Box::leak(Box::new(ck::CK_FUNCTION_LIST_3_2 {
+                            version: ck::CK_VERSION {
+                                major: i.major,
+                                minor: i.minor,
+                            },
+                            ..*table
+                        }))
+                    };
+                StaticInterface(ck::CK_INTERFACE {
+                    pInterfaceName: PKCS11_INTERFACE_NAME.as_ptr() as *mut ck::CK_UTF8CHAR,
+                    pFunctionList: table as *const ck::CK_FUNCTION_LIST_3_2
+                        as *mut std::os::raw::c_void,
+                    flags: i.flags,
+                })
+            })
+            .collect()
+    };
+    match provider_for_interfaces() {
+        Some(p) => FROM_PROVIDER.get_or_init(|| make(&p.interfaces)),
+        None => FALLBACK.get_or_init(|| {
+            make(&[crate::provider::OfferedInterface {
+                major: 2,
+                minor: 40,
+                flags: 0,
+            }])
+        }),
+    }
+}
+
+/// A call the shim answered itself before it was configured (interface negotiation comes
+/// before C_Initialize): kept until the auditor exists, then written.
+struct EarlyCall {
+    ts: String,
+    tid: u64,
+    function: &'static str,
+    rv: ck::CK_RV,
+    interface: Option<String>,
+}
+
+/// At most this many early calls are kept; more are counted in the first record's note.
+const MAX_EARLY_CALLS: usize = 32;
+static EARLY_CALLS: Mutex<(Vec<EarlyCall>, u64)> = Mutex::new((Vec::new(), 0));
+
+/// Records an informational call the shim answered itself (`interface`: the one chosen).
+pub(crate) fn log_informational_with(
+    function: &'static str,
+    rv: ck::CK_RV,
+    interface: Option<String>,
+) {
     if let Some(rt) = runtime() {
         let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(function));
         rec.detail.rv = Some(call::rv_named(rv));
+        rec.detail.interface = interface;
+        rt.auditor.wait(&rec);
+        return;
+    }
+    let mut early = EARLY_CALLS.lock();
+    if early.0.len() < MAX_EARLY_CALLS {
+        let ts = crate::audit::record::rfc3339_micros_now();
+        early.0.push(EarlyCall {
+            ts,
+            tid: thread_id(),
+            function,
+            rv,
+            interface,
+        });
+    } else {
+        early.1 += 1;
+    }
+}
+
+pub(crate) fn log_informational(function: &'static str, rv: ck::CK_RV) {
+    log_informational_with(function, rv, None);
+}
+
+/// Writes the early calls once the auditor exists (queued, they go with the next write).
+fn flush_early_calls(rt: &Runtime) {
+    let (calls, dropped) = std::mem::take(&mut *EARLY_CALLS.lock());
+    for c in calls {
+        let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(c.function));
+        rec.ts = c.ts;
+        rec.tid = c.tid;
+        rec.detail.rv = Some(call::rv_named(c.rv));
+        rec.detail.interface = c.interface;
+        rec.detail.note = Some("answered by p11audit before C_Initialize".into());
+        rt.auditor.wait(&rec);
+    }
+    if dropped > 0 {
+        let mut rec = call::bare_record(
+            rt,
+            crate::audit::record::Event::Outcome,
+            Some("C_GetInterface"),
+        );
+        rec.detail.note = Some(format!(
+            "{dropped} more calls answered before C_Initialize were not kept"
+        ));
         rt.auditor.wait(&rec);
     }
 }
@@ -174,7 +314,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     count: *mut ck::CK_ULONG,
 ) -> ck::CK_RV {
     guard(|| {
-        let n = INTERFACES.len() as ck::CK_ULONG;
+        let n = interfaces().len() as ck::CK_ULONG;
         let rv = if count.is_null() {
             ck::CKR_ARGUMENTS_BAD
         } else if list.is_null() {
@@ -189,7 +329,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
             if room < n {
                 ck::CKR_BUFFER_TOO_SMALL
             } else {
-                for (i, iface) in INTERFACES.iter().enumerate() {
+                for (i, iface) in interfaces().iter().enumerate() {
                     // SAFETY: the caller gave room for `room` >= n entries.
                     unsafe { list.add(i).write_unaligned(iface.0) };
                 }
@@ -211,6 +351,7 @@ pub unsafe extern "C" fn C_GetInterface(
     flags: ck::CK_FLAGS,
 ) -> ck::CK_RV {
     guard(|| {
+        let mut chosen = None;
         let rv = if interface.is_null() {
             ck::CKR_ARGUMENTS_BAD
         } else {
@@ -219,7 +360,7 @@ pub unsafe extern "C" fn C_GetInterface(
                 .then(|| unsafe { std::ffi::CStr::from_ptr(name as *const std::ffi::c_char) });
             // SAFETY: NULL or readable per the caller.
             let wanted_version = unsafe { args::read(version) };
-            let found = INTERFACES.iter().find(|iface| {
+            let found = interfaces().iter().find(|iface| {
                 // SAFETY: pInterfaceName and pFunctionList point to our statics.
                 let iname = unsafe {
                     std::ffi::CStr::from_ptr(iface.0.pInterfaceName as *const std::ffi::c_char)
@@ -232,6 +373,9 @@ pub unsafe extern "C" fn C_GetInterface(
             });
             match found {
                 Some(iface) => {
+                    // SAFETY: pFunctionList points to one of our tables.
+                    let v = unsafe { (iface.0.pFunctionList as *const ck::CK_VERSION).read() };
+                    chosen = Some(format!("PKCS 11 {}.{}", v.major, v.minor));
                     // SAFETY: checked non-NULL.
                     unsafe {
                         interface.write_unaligned(
@@ -243,7 +387,7 @@ pub unsafe extern "C" fn C_GetInterface(
                 None => ck::CKR_ARGUMENTS_BAD,
             }
         };
-        log_informational("C_GetInterface", rv);
+        log_informational_with("C_GetInterface", rv, chosen);
         rv
     })
 }
