@@ -18,15 +18,12 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
 const CHILD_THREADS: &str = "child_threads";
 const CHILD_PROCESS: &str = "child_process";
 const READY_VAR: &str = "P11AUDIT_TEST_READY";
@@ -37,7 +34,6 @@ const SIGNS_PER_THREAD: usize = 500;
 const PROCESSES: usize = 4;
 const SIGNS_PER_PROCESS: usize = 200;
 
-const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const DIGEST: [u8; 32] = [0x42; 32];
 
 // ---- children -------------------------------------------------------------------------------
@@ -93,7 +89,7 @@ fn sign_n(s: &Session, key: ObjectHandle, n: usize) {
 /// One process, THREADS threads, one session each, SIGNS_PER_THREAD signatures each.
 #[test]
 fn child_threads() {
-    if std::env::var(ROLE_VAR).as_deref() != Ok(CHILD_THREADS) {
+    if !is_role(CHILD_THREADS) {
         return;
     }
     let p = client();
@@ -136,7 +132,7 @@ fn wait_for(path: &Path, what: &str) {
 /// One of PROCESSES processes started together on a log with no chain yet.
 #[test]
 fn child_process() {
-    if std::env::var(ROLE_VAR).as_deref() != Ok(CHILD_PROCESS) {
+    if !is_role(CHILD_PROCESS) {
         return;
     }
     let ready = PathBuf::from(std::env::var_os(READY_VAR).expect(READY_VAR));
@@ -159,100 +155,13 @@ fn child_process() {
 
 // ---- parent ---------------------------------------------------------------------------------
 
-fn child_command(role: &str, env: &[(&'static str, OsString)]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([role, "--exact", "--nocapture", "--test-threads=1"]);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("P11AUDIT_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env(ROLE_VAR, role);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd
-}
-
 fn check_child(run: &Finished, what: &str) {
+    assert!(run.status.success(), "{what} failed\n{}", run.dump());
     assert!(
-        run.status.success(),
-        "{what} failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    assert!(
-        !run.stderr.lines().any(|l| l.starts_with("p11audit:")),
+        run.p11audit_lines().is_empty(),
         "{what}: the shim complained\n{}",
         run.stderr
     );
-}
-
-/// Checks the file as bytes and as a chain, and returns its records:
-/// - `p11audit verify` exits 0;
-/// - every line is one whole record: a JSON object from `{"v":1,"seq":` to `"}` with a 64-hex
-///   mac, and the file ends with a newline (no torn or interleaved line);
-/// - seq is 0..n-1, each exactly once, in file order;
-/// - every outcome that names an intent points back to an earlier intent record of the same
-///   function, pid and tid, and every intent has exactly one outcome.
-fn check_chain(fx: &Fixture) -> Vec<Value> {
-    const MAC_MEMBER: &str = ",\"mac\":\"";
-    let (code, out) = fx.verify();
-    assert_eq!(code, Some(0), "p11audit verify\n{out}");
-
-    let bytes = fs::read(&fx.log).expect("read log");
-    assert!(
-        bytes.ends_with(b"\n"),
-        "the log does not end with a newline"
-    );
-    let text = std::str::from_utf8(&bytes).expect("the log is UTF-8");
-    let mut records = Vec::new();
-    for (i, line) in text.split_terminator('\n').enumerate() {
-        let whole = line.starts_with(&format!("{{\"v\":1,\"seq\":{i},"))
-            && line.ends_with("\"}")
-            && line.rfind(MAC_MEMBER).is_some_and(|at| {
-                let mac = &line[at + MAC_MEMBER.len()..line.len() - 2];
-                mac.len() == 64 && mac.bytes().all(|b| b.is_ascii_hexdigit())
-            });
-        assert!(
-            whole,
-            "line {i} is not one whole record with seq {i}: {line}"
-        );
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("line {i} is not JSON ({e}): {line}"));
-        assert_eq!(v["seq"].as_u64(), Some(i as u64), "line {i}");
-        records.push(v);
-    }
-
-    let mut outcomes_of: HashMap<u64, usize> = HashMap::new();
-    for r in &records {
-        let Some(intent) = r.get("intent").and_then(Value::as_u64) else {
-            continue;
-        };
-        let seq = r["seq"].as_u64().unwrap();
-        assert_eq!(r["ev"], "outcome", "only outcomes name an intent: {r}");
-        assert!(intent < seq, "outcome {seq} names a later intent {intent}");
-        let i = &records[intent as usize];
-        assert_eq!(
-            i["ev"], "intent",
-            "outcome {seq} names {intent}, not an intent: {i}"
-        );
-        for k in ["fn", "pid", "tid"] {
-            assert_eq!(
-                i[k], r[k],
-                "outcome {seq} and its intent {intent} differ in {k}"
-            );
-        }
-        *outcomes_of.entry(intent).or_default() += 1;
-    }
-    for r in records.iter().filter(|r| r["ev"] == "intent") {
-        let seq = r["seq"].as_u64().unwrap();
-        assert_eq!(
-            outcomes_of.get(&seq).copied().unwrap_or(0),
-            1,
-            "intent {seq} should have exactly one outcome: {r}"
-        );
-    }
-    records
 }
 
 /// Records per (ev, fn).
@@ -277,6 +186,10 @@ fn expected(rows: &[(&str, &str, usize)]) -> BTreeMap<(String, String), usize> {
 /// What one `initialize .. open sessions .. login .. generate .. sign .. finalize` run writes.
 fn per_process_records(sessions: usize, signs: usize) -> Vec<(&'static str, &'static str, usize)> {
     vec![
+        // cryptoki's Pkcs11::new negotiates before C_Initialize: C_GetInterface, then
+        // C_GetFunctionList. The shim answers both itself and writes them once configured.
+        ("outcome", "C_GetInterface", 1),
+        ("outcome", "C_GetFunctionList", 1),
         ("attach", "C_Initialize", 1),
         ("intent", "C_Initialize", 1),
         ("outcome", "C_Initialize", 1),
@@ -360,18 +273,13 @@ fn threads_signing_in_one_process() {
     let fx = Fixture::new();
     let started = Instant::now();
     let run = run_with_timeout(
-        child_command(CHILD_THREADS, &fx.env()),
+        child_command(CHILD_THREADS, ROLE_VAR, CHILD_THREADS, &fx.env()),
         fx.dir.path(),
         CHILD_THREADS,
     );
     let elapsed = started.elapsed();
     check_child(&run, CHILD_THREADS);
-    let sign_seconds = run
-        .stdout
-        .split("SIGN_SECONDS=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("?");
+    let sign_seconds = run.value_after("SIGN_SECONDS").unwrap_or("?");
     eprintln!(
         "{THREADS} threads x {SIGNS_PER_THREAD} signs: child {elapsed:?}, signing {sign_seconds} s"
     );
@@ -423,7 +331,7 @@ fn processes_share_one_chain() {
             env.push(("SOFTHSM2_CONF", token.into()));
             env.push((READY_VAR, ready.into()));
             env.push((GO_VAR, go.clone().into()));
-            let cmd = child_command(CHILD_PROCESS, &env);
+            let cmd = child_command(CHILD_PROCESS, ROLE_VAR, CHILD_PROCESS, &env);
             let work = work.to_path_buf();
             std::thread::spawn(move || {
                 let what = format!("{CHILD_PROCESS}-{i}");
@@ -443,12 +351,7 @@ fn processes_share_one_chain() {
     for child in children {
         let (what, run) = child.join().expect("runner thread");
         check_child(&run, &what);
-        let secs = run
-            .stdout
-            .split("PROCESS_SECONDS=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("?");
+        let secs = run.value_after("PROCESS_SECONDS").unwrap_or("?");
         eprintln!("{what}: {secs} s from C_Initialize to C_Finalize");
     }
     eprintln!(

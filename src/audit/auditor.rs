@@ -62,7 +62,7 @@ impl Auditor {
                 waiting_bytes: 0,
                 lost: 0,
                 lost_since: None,
-                queue_pid: std::process::id(),
+                queue_pid: crate::audit::process::current_pid(),
                 warned: false,
             }),
             policy,
@@ -118,7 +118,7 @@ impl Auditor {
 
 impl Inner {
     fn forget_parent_queue(&mut self) {
-        let pid = std::process::id();
+        let pid = crate::audit::process::current_pid();
         if self.queue_pid != pid {
             // These records were queued by the parent before fork; the parent writes them.
             self.waiting.clear();

@@ -7,6 +7,7 @@ pub mod context;
 pub mod line;
 pub mod lock;
 pub mod names;
+pub mod process;
 pub mod record;
 pub mod redact;
 pub mod state;

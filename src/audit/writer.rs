@@ -63,6 +63,8 @@ pub struct AuditLog {
     opened_by_pid: u32,
     /// Reused buffer for the sealed lines of one append.
     buf: Vec<u8>,
+    /// The state this process wrote last (K_next lives here and in the state file only).
+    last_written: Option<ChainState>,
 }
 
 /// `<log>.state`.
@@ -168,8 +170,9 @@ impl AuditLog {
             state_path,
             log,
             state,
-            opened_by_pid: std::process::id(),
+            opened_by_pid: crate::audit::process::current_pid(),
             buf: Vec::with_capacity(4096),
+            last_written: None,
         };
         me.with_lock(|me| me.start_chain_if_new(who))?;
         Ok(me)
@@ -271,24 +274,40 @@ impl AuditLog {
                 self.state_path.display()
             ))
         })?;
-        self.opened_by_pid = std::process::id();
+        self.opened_by_pid = crate::audit::process::current_pid();
         Ok(())
     }
 
     /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`.
     pub fn append(&mut self, bodies: &[String]) -> Result<Appended, WriterError> {
-        if self.opened_by_pid != std::process::id() {
+        if self.opened_by_pid != crate::audit::process::current_pid() {
             self.reopen_after_fork()?;
         }
         self.with_lock(|me| {
-            let state = match me.read_state() {
-                Ok(s) => s,
-                Err(StateError::Empty) => {
-                    return Err(me.corrupt_state("empty: the chain state was removed"))
+            let meta = me
+                .log
+                .metadata()
+                .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+            // Every writer appends to the log before it updates the state, so if the log is
+            // exactly as this process left it, the state is too: no need to read it back.
+            let state = match me.last_written.take() {
+                Some(s)
+                    if s.log_size == meta.len()
+                        && (s.log_dev, s.log_ino) == (meta.dev(), meta.ino()) =>
+                {
+                    s
                 }
-                Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
+                _ => {
+                    let state = match me.read_state() {
+                        Ok(s) => s,
+                        Err(StateError::Empty) => {
+                            return Err(me.corrupt_state("empty: the chain state was removed"))
+                        }
+                        Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
+                    };
+                    me.recover(state, &meta)?
+                }
             };
-            let state = me.recover(state)?;
             me.append_locked(state, bodies)
         })
     }
@@ -296,11 +315,11 @@ impl AuditLog {
     /// Checks the log against the state and rolls forward over records a crashed writer wrote
     /// but did not record in the state. A torn last line (an incomplete write) is cut off: it
     /// was never acknowledged to anyone, and appending after it would bury it mid-file.
-    fn recover(&mut self, mut state: ChainState) -> Result<ChainState, WriterError> {
-        let meta = self
-            .log
-            .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+    fn recover(
+        &mut self,
+        mut state: ChainState,
+        meta: &std::fs::Metadata,
+    ) -> Result<ChainState, WriterError> {
         let path = self.settings.log_path.display();
         if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
             return err(format!(
@@ -399,9 +418,11 @@ impl AuditLog {
         let _ = self.state.write_all_at(&encoded, 0);
         let mut encoded = encoded;
         encoded.zeroize();
+        let last_seq = state.next_seq - 1;
+        self.last_written = Some(state);
         Ok(Appended {
             first_seq,
-            last_seq: state.next_seq - 1,
+            last_seq,
         })
     }
 }

@@ -30,8 +30,13 @@ extern "C" fn before_fork() {
     });
 }
 
-extern "C" fn after_fork() {
+extern "C" fn after_fork_in_parent() {
     let _ = std::panic::catch_unwind(|| HELD_ACROSS_FORK.with(|h| drop(h.borrow_mut().take())));
+}
+
+extern "C" fn after_fork_in_child() {
+    crate::audit::process::refresh_after_fork();
+    after_fork_in_parent();
 }
 
 /// Registers the handlers once per process.
@@ -39,6 +44,12 @@ pub(crate) fn install_fork_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: the handlers are extern "C", never unwind, and only take and release locks.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
     });
 }

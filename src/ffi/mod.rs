@@ -35,7 +35,7 @@ impl Runtime {
     pub fn who(&self) -> ProcessIdentity {
         ProcessIdentity {
             host: self.host.clone(),
-            pid: std::process::id(),
+            pid: crate::audit::process::current_pid(),
             uid: self.uid,
             exe: self.exe.clone(),
         }
@@ -97,7 +97,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
         .unwrap_or_else(|_| "unknown".into());
     let who = ProcessIdentity {
         host: hostname().into(),
-        pid: std::process::id(),
+        pid: crate::audit::process::current_pid(),
         uid,
         exe: exe.into(),
     };
