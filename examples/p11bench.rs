@@ -41,7 +41,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { module: String::new(), pin: String::new(), threads: 1, seconds: 1.0, ops: Vec::new() };
+    let mut a = Args {
+        module: String::new(),
+        pin: String::new(),
+        threads: 1,
+        seconds: 1.0,
+        ops: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -58,7 +64,10 @@ fn parse_args() -> Args {
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!(!a.module.is_empty() && !a.pin.is_empty(), "--module and --pin are required");
+    assert!(
+        !a.module.is_empty() && !a.pin.is_empty(),
+        "--module and --pin are required"
+    );
     if a.ops.is_empty() {
         a.ops = OPS.iter().map(|s| s.to_string()).collect();
     }
@@ -78,27 +87,53 @@ fn make_keys(s: &Session) -> Keys {
     let (_, ec) = s
         .generate_key_pair(
             &Mechanism::EccKeyPairGen,
-            &[Attribute::Token(false), Attribute::EcParams(P256_OID.to_vec()), Attribute::Verify(true)],
-            &[Attribute::Token(false), Attribute::Sign(true), Attribute::Label(b"bench-ec".to_vec())],
+            &[
+                Attribute::Token(false),
+                Attribute::EcParams(P256_OID.to_vec()),
+                Attribute::Verify(true),
+            ],
+            &[
+                Attribute::Token(false),
+                Attribute::Sign(true),
+                Attribute::Label(b"bench-ec".to_vec()),
+            ],
         )
         .expect("EC key");
     let (_, rsa) = s
         .generate_key_pair(
             &Mechanism::RsaPkcsKeyPairGen,
-            &[Attribute::Token(false), Attribute::ModulusBits(2048.into()), Attribute::Verify(true)],
-            &[Attribute::Token(false), Attribute::Sign(true), Attribute::Label(b"bench-rsa".to_vec())],
+            &[
+                Attribute::Token(false),
+                Attribute::ModulusBits(2048.into()),
+                Attribute::Verify(true),
+            ],
+            &[
+                Attribute::Token(false),
+                Attribute::Sign(true),
+                Attribute::Label(b"bench-rsa".to_vec()),
+            ],
         )
         .expect("RSA key");
     let hmac = s
         .generate_key(
             &Mechanism::GenericSecretKeyGen,
-            &[Attribute::Token(false), Attribute::ValueLen(32.into()), Attribute::Sign(true), Attribute::Label(b"bench-hmac".to_vec())],
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Sign(true),
+                Attribute::Label(b"bench-hmac".to_vec()),
+            ],
         )
         .expect("HMAC key");
     let aes = s
         .generate_key(
             &Mechanism::AesKeyGen,
-            &[Attribute::Token(false), Attribute::ValueLen(32.into()), Attribute::Encrypt(true), Attribute::Label(b"bench-aes".to_vec())],
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Label(b"bench-aes".to_vec()),
+            ],
         )
         .expect("AES key");
     Keys { ec, rsa, hmac, aes }
@@ -122,29 +157,43 @@ fn run_op(p11: &Pkcs11, s: &Session, keys: &Keys, op: &str, pin: &AuthPin) {
             s.digest(&Mechanism::Sha256, &data_1k).expect("digest");
         }
         "ecdsa_p256_sign" => {
-            s.sign(&Mechanism::Ecdsa, keys.ec, &[0x11; 32]).expect("ECDSA");
+            s.sign(&Mechanism::Ecdsa, keys.ec, &[0x11; 32])
+                .expect("ECDSA");
         }
         "rsa2048_sign" => {
-            s.sign(&Mechanism::Sha256RsaPkcs, keys.rsa, &[0x22; 32]).expect("RSA");
+            s.sign(&Mechanism::Sha256RsaPkcs, keys.rsa, &[0x22; 32])
+                .expect("RSA");
         }
         "hmac_sha256_64" => {
-            s.sign(&Mechanism::Sha256Hmac, keys.hmac, &[0x33; 64]).expect("HMAC");
+            s.sign(&Mechanism::Sha256Hmac, keys.hmac, &[0x33; 64])
+                .expect("HMAC");
         }
         "aes_cbc_1k" => {
-            s.encrypt(&Mechanism::AesCbcPad([7; 16]), keys.aes, &data_1k).expect("CBC");
+            s.encrypt(&Mechanism::AesCbcPad([7; 16]), keys.aes, &data_1k)
+                .expect("CBC");
         }
         "aes_gcm_1k" => {
             let mut iv = [9u8; 12];
             let params = GcmParams::new(&mut iv, &[], 128.into()).expect("GCM params");
-            s.encrypt(&Mechanism::AesGcm(params), keys.aes, &data_1k).expect("GCM");
+            s.encrypt(&Mechanism::AesGcm(params), keys.aes, &data_1k)
+                .expect("GCM");
         }
         "find_by_label" => {
-            let found = s.find_objects(&[Attribute::Label(b"bench-aes".to_vec())]).expect("find");
+            let found = s
+                .find_objects(&[Attribute::Label(b"bench-aes".to_vec())])
+                .expect("find");
             assert_eq!(found.len(), 1);
         }
         "aes_keygen_destroy" => {
             let k = s
-                .generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(false), Attribute::ValueLen(32.into()), Attribute::Encrypt(true)])
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Token(false),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Encrypt(true),
+                    ],
+                )
                 .expect("keygen");
             s.destroy_object(k).expect("destroy");
         }
@@ -163,7 +212,9 @@ fn outcomes_between(log: &str, from: u64, to: u64) -> u64 {
     f.seek(SeekFrom::Start(from)).expect("seek");
     let mut buf = Vec::new();
     f.take(to - from).read_to_end(&mut buf).expect("read log");
-    buf.split(|&b| b == b'\n').filter(|l| l.windows(17).any(|w| w == b"\"ev\":\"outcome\",\"f")).count() as u64
+    buf.split(|&b| b == b'\n')
+        .filter(|l| l.windows(17).any(|w| w == b"\"ev\":\"outcome\",\"f"))
+        .count() as u64
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -178,7 +229,8 @@ fn main() {
     let args = parse_args();
     let log = std::env::var("P11AUDIT_LOG").ok();
     let p11 = Pkcs11::new(&args.module).expect("load module");
-    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).expect("C_Initialize");
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
     let slot = p11.get_slots_with_token().expect("slots")[0];
     let pin = AuthPin::new(args.pin.clone().into());
     let setup = p11.open_rw_session(slot).expect("session");
@@ -213,9 +265,15 @@ fn main() {
                 .collect();
             ready.wait();
             log_before = log_position(log.as_deref());
-            handles.into_iter().map(|h| h.join().expect("bench thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("bench thread"))
+                .collect()
         });
-        let ops_per_s: f64 = per_thread.iter().map(|(lat, secs)| lat.len() as f64 / secs).sum();
+        let ops_per_s: f64 = per_thread
+            .iter()
+            .map(|(lat, secs)| lat.len() as f64 / secs)
+            .sum();
         let mut all: Vec<f64> = per_thread.into_iter().flat_map(|(lat, _)| lat).collect();
         let ops = all.len() as u64;
         all.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
