@@ -1,0 +1,168 @@
+//! append_bench: the cost of the audit path without a provider, per step.
+//!
+//!   cargo run --release --example append_bench [-- DIR]
+//!
+//! Prints the median cost of: building and serializing one typical record, sealing it
+//! (HMAC + key evolution), one append of 1 and of 3 records to a log in DIR (default: a
+//! temporary directory under /tmp), and the system calls an append makes, each alone.
+
+use p11audit::audit::chain::ChainKey;
+use p11audit::audit::record::{
+    Bytes, Event, MechanismSummary, Named, ObjectIdentity, ProcessIdentity, Record, TokenRef,
+};
+use p11audit::audit::writer::{AuditLog, LogSettings};
+use std::time::Instant;
+
+fn median_ns(mut f: impl FnMut(), n: usize) -> f64 {
+    let mut batches = Vec::new();
+    for _ in 0..25 {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        batches.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    batches.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    batches[batches.len() / 2]
+}
+
+fn typical(who: &ProcessIdentity) -> Record {
+    let mut r = Record::new(who, 1234, Event::Outcome, Some("C_Sign"));
+    r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
+    r.detail.dur_us = Some(38);
+    r.detail.slot = Some(1_464_143_240);
+    r.detail.token = Some(TokenRef {
+        label: Bytes::from_slice(b"p11audit-test"),
+        serial: Bytes::from_slice(b"83b38d1dd7450d88"),
+    });
+    r.detail.session = Some(1);
+    r.detail.login = Some("user");
+    r.detail.mechanism = Some(MechanismSummary {
+        mechanism: Named::new(Some("CKM_ECDSA"), 0x1041),
+        param_len: None,
+        params: Default::default(),
+    });
+    r.detail.key = Some(ObjectIdentity {
+        handle: 2,
+        class: Some(Named::new(Some("CKO_PRIVATE_KEY"), 3)),
+        key_type: Some(Named::new(Some("CKK_EC"), 3)),
+        label: Some(Bytes::from_slice(b"demo")),
+        id: Some(Bytes::hex(&[1])),
+    });
+    r.detail.in_len = Some(32);
+    r.detail.out_len = Some(64);
+    r
+}
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let d =
+                std::env::temp_dir().join(format!("p11audit-append-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        });
+    let key_path = dir.join("key");
+    let _ = std::fs::remove_file(&key_path);
+    std::fs::write(&key_path, "11".repeat(32)).unwrap();
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
+    let log_path = dir.join("bench.jsonl");
+    let _ = std::fs::remove_file(&log_path);
+    let _ = std::fs::remove_file(dir.join("bench.jsonl.state"));
+    let who = ProcessIdentity {
+        host: "host".into(),
+        pid: 4242,
+        uid: 0,
+        exe: "/usr/bin/app".into(),
+    };
+    let settings = LogSettings {
+        log_path: log_path.clone(),
+        key_file: Some(key_path),
+        log_mode: 0o600,
+        sync_always: false,
+    };
+    let mut log = AuditLog::open(&settings, &who).expect("open log");
+
+    let body = typical(&who).to_body();
+    println!("record body: {} bytes", body.len());
+    let build = median_ns(
+        || drop(std::hint::black_box(typical(&who)).to_body()),
+        20_000,
+    );
+    println!("build + serialize one record: {build:.0} ns");
+    let mut key = ChainKey::from_bytes([7; 32]);
+    let mut out = Vec::with_capacity(1024);
+    let seal = median_ns(
+        || {
+            out.clear();
+            p11audit::audit::line::seal_into(
+                &mut out,
+                &key,
+                12345,
+                p11audit::audit::chain::ZERO_MAC_HEX,
+                &body,
+            );
+            key.evolve();
+        },
+        20_000,
+    );
+    println!("seal one record (HMAC + evolve): {seal:.0} ns");
+    let one = [body.clone()];
+    let three = [body.clone(), body.clone(), body.clone()];
+    let a1 = median_ns(|| drop(log.append(&one).unwrap()), 4_000);
+    println!("append 1 record (lock, check, write, state): {a1:.0} ns");
+    let a3 = median_ns(|| drop(log.append(&three).unwrap()), 4_000);
+    println!("append 3 records in one write: {a3:.0} ns");
+    println!("syscalls on this filesystem:");
+    syscalls(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The system calls one append makes, alone, on the same filesystem.
+fn syscalls(dir: &std::path::Path) {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let p = dir.join("raw.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(&p)
+        .unwrap();
+    let s = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .read(true)
+        .open(dir.join("raw.state"))
+        .unwrap();
+    let line = vec![b'x'; 419];
+    let st = vec![b'y'; 300];
+    println!(
+        "  flock pair: {:.0} ns",
+        median_ns(
+            || {
+                s.lock().unwrap();
+                s.unlock().unwrap();
+            },
+            20_000
+        )
+    );
+    println!(
+        "  fstat: {:.0} ns",
+        median_ns(|| drop(f.metadata().unwrap()), 20_000)
+    );
+    println!(
+        "  write 419 B O_APPEND: {:.0} ns",
+        median_ns(|| f.write_all(&line).unwrap(), 20_000)
+    );
+    println!(
+        "  pwrite 300 B: {:.0} ns",
+        median_ns(|| s.write_all_at(&st, 0).unwrap(), 20_000)
+    );
+}
