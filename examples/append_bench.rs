@@ -115,9 +115,9 @@ fn main() {
     println!("seal one record (HMAC + evolve): {seal:.0} ns");
     let one = [body.clone()];
     let three = [body.clone(), body.clone(), body.clone()];
-    let a1 = median_ns(|| drop(log.append(&one).unwrap()), 4_000);
+    let a1 = median_ns(|| std::hint::black_box(log.append(&one).unwrap()), 4_000);
     println!("append 1 record (lock, check, write, state): {a1:.0} ns");
-    let a3 = median_ns(|| drop(log.append(&three).unwrap()), 4_000);
+    let a3 = median_ns(|| std::hint::black_box(log.append(&three).unwrap()), 4_000);
     println!("append 3 records in one write: {a3:.0} ns");
     println!("syscalls on this filesystem:");
     syscalls(&dir);
@@ -137,6 +137,7 @@ fn syscalls(dir: &std::path::Path) {
         .unwrap();
     let s = std::fs::OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
         .read(true)
         .open(dir.join("raw.state"))
@@ -155,7 +156,7 @@ fn syscalls(dir: &std::path::Path) {
     );
     println!(
         "  fstat: {:.0} ns",
-        median_ns(|| drop(f.metadata().unwrap()), 20_000)
+        median_ns(|| std::hint::black_box(f.metadata().unwrap()), 20_000)
     );
     println!(
         "  write 419 B O_APPEND: {:.0} ns",

@@ -113,6 +113,33 @@ fn ends(c: &mut Call, op: Op, rv: ck::CK_RV) {
     c.end_op_now(op);
 }
 
+/// C_SessionCancel (PKCS#11 3.0 §5.6): the operations named by `flags` are over. Only on
+/// CKR_OK: a provider may return CKR_OPERATION_CANCEL_FAILED having cancelled some of them,
+/// and then it is not known which.
+fn cancelled(c: &mut Call, flags: ck::CK_FLAGS, rv: ck::CK_RV) {
+    if rv != ck::CKR_OK {
+        return;
+    }
+    for (flag, op) in [
+        (ck::CKF_MESSAGE_ENCRYPT, Op::MessageEncrypt),
+        (ck::CKF_MESSAGE_DECRYPT, Op::MessageDecrypt),
+        (ck::CKF_MESSAGE_SIGN, Op::MessageSign),
+        (ck::CKF_MESSAGE_VERIFY, Op::MessageVerify),
+        (ck::CKF_FIND_OBJECTS, Op::Find),
+        (ck::CKF_ENCRYPT, Op::Encrypt),
+        (ck::CKF_DECRYPT, Op::Decrypt),
+        (ck::CKF_DIGEST, Op::Digest),
+        (ck::CKF_SIGN, Op::Sign),
+        (ck::CKF_SIGN_RECOVER, Op::SignRecover),
+        (ck::CKF_VERIFY, Op::Verify),
+        (ck::CKF_VERIFY_RECOVER, Op::VerifyRecover),
+    ] {
+        if flags & flag != 0 {
+            c.end_op_now(op);
+        }
+    }
+}
+
 fn object_handle(c: &mut Call, h: Obj) {
     c.detail.key = Some(ObjectIdentity {
         handle: h as u64,
@@ -362,7 +389,9 @@ pkcs11_functions! {
         }
         |c, rv| { after_login(c, user, rv) }
     }
-    C_SessionCancel: GivingUp (session: H, flags: ck::CK_FLAGS) { |c| { c.session(session); c.detail.flags = Some(flags as u64) } |c, rv| {} }
+    C_SessionCancel: GivingUp (session: H, flags: ck::CK_FLAGS) {
+        |c| { c.session(session); c.detail.flags = Some(flags as u64) } |c, rv| { cancelled(c, flags, rv) }
+    }
     C_MessageEncryptInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageEncrypt) } |c, rv| {}
     }
