@@ -13,12 +13,12 @@ use p11audit::audit::record::{
 use p11audit::audit::writer::{AuditLog, LogSettings};
 use std::time::Instant;
 
-fn median_ns(mut f: impl FnMut(), n: usize) -> f64 {
+fn median_ns<T>(mut f: impl FnMut() -> T, n: usize) -> f64 {
     let mut batches = Vec::new();
     for _ in 0..25 {
         let t = Instant::now();
         for _ in 0..n {
-            f();
+            std::hint::black_box(f());
         }
         batches.push(t.elapsed().as_nanos() as f64 / n as f64);
     }
@@ -115,9 +115,9 @@ fn main() {
     println!("seal one record (HMAC + evolve): {seal:.0} ns");
     let one = [body.clone()];
     let three = [body.clone(), body.clone(), body.clone()];
-    let a1 = median_ns(|| std::hint::black_box(log.append(&one).unwrap()), 4_000);
+    let a1 = median_ns(|| log.append(&one).unwrap(), 4_000);
     println!("append 1 record (lock, check, write, state): {a1:.0} ns");
-    let a3 = median_ns(|| std::hint::black_box(log.append(&three).unwrap()), 4_000);
+    let a3 = median_ns(|| log.append(&three).unwrap(), 4_000);
     println!("append 3 records in one write: {a3:.0} ns");
     println!("syscalls on this filesystem:");
     syscalls(&dir);
@@ -156,7 +156,7 @@ fn syscalls(dir: &std::path::Path) {
     );
     println!(
         "  fstat: {:.0} ns",
-        median_ns(|| std::hint::black_box(f.metadata().unwrap()), 20_000)
+        median_ns(|| f.metadata().unwrap(), 20_000)
     );
     println!(
         "  write 419 B O_APPEND: {:.0} ns",
