@@ -2,13 +2,29 @@
 # Install the Debian packages p11audit's tests and demo need, if any are missing.
 # The one place the package list lives: scripts/test.sh, scripts/demo.sh and .ci/run use it.
 #
-#   softhsm2    the real PKCS#11 module the tests and the demo forward to
-#   opensc      pkcs11-tool, the client in the demo
-#   gcc         compiles the C test programs in tests/c (libc6-dev: their headers)
-#   pkg-config  used by crate build scripts that look for system libraries
+#   softhsm2        the real PKCS#11 2.40 module the tests and the demo forward to
+#   opensc          pkcs11-tool, the client in the demo and in tests/kryoptic.rs
+#   opensc-pkcs11   opensc-pkcs11.so, the real PKCS#11 3.0 module of tests/interfaces.rs
+#   gcc             compiles the C test programs in tests/c (libc6-dev: their headers)
+#   pkg-config      used by crate build scripts that look for system libraries (kryoptic's
+#                   libsqlite3-sys)
+#   libssl-dev      OpenSSL 3 headers and libcrypto.so: kryoptic (scripts/build-kryoptic.sh,
+#                   a test-only provider) links the system OpenSSL
+#   libclang-dev    libclang for bindgen in kryoptic's build script
+#   libsqlite3-dev  libsqlite3.so: kryoptic's sqlite token database
 set -euo pipefail
 
-packages=(softhsm2 opensc gcc libc6-dev pkg-config)
+packages=(
+    softhsm2
+    opensc
+    opensc-pkcs11
+    gcc
+    libc6-dev
+    pkg-config
+    libssl-dev
+    libclang-dev
+    libsqlite3-dev
+)
 
 installed() {
     dpkg -s "$1" 2>/dev/null | grep -qx 'Status: install ok installed'

@@ -5,11 +5,18 @@
 #
 # `cargo build --all-targets` first so target/debug/libp11audit.so and the p11audit binary
 # exist for the integration tests that load the library like an application would.
+#
+# kryoptic, a PKCS#11 3.0 soft token (GPL, a test provider only), is built outside the
+# checkout by scripts/build-kryoptic.sh (cached after the first build) and handed to
+# tests/kryoptic.rs as P11AUDIT_TEST_KRYOPTIC. Those tests fail without it when CI is set.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
+
+P11AUDIT_TEST_KRYOPTIC=$(scripts/build-kryoptic.sh)
+export P11AUDIT_TEST_KRYOPTIC
 
 cargo build --all-targets
 cargo test "$@"

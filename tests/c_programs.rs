@@ -15,55 +15,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Compiles one program from tests/c into `out_dir`; `extra` goes after the source (libraries).
-fn compile(out_dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let src = manifest_dir().join("tests/c").join(format!("{name}.c"));
-    let exe = out_dir.join(name);
-    let mut cmd = Command::new("cc");
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-O1", "-g"])
-        .arg("-I")
-        .arg(manifest_dir().join("tests/c"))
-        .arg("-I")
-        .arg(manifest_dir().join("include"))
-        .arg(&src)
-        .arg("-o")
-        .arg(&exe)
-        .args(extra);
-    run_ok(&mut cmd, &format!("compiling {}", src.display()));
-    exe
-}
-
 /// Runs one client through the shim and checks the result and the audit log. `build` gets the
 /// work dir and the shim library and returns the program and its arguments.
 fn check_client(name: &str, build: impl FnOnce(&Path, &Path) -> (PathBuf, Vec<String>)) {
     let lib = shim_library();
-    let work = tempfile::tempdir().expect("tempdir");
-    let work = work.path();
+    let fx = Fixture::new();
+    let work = fx.dir.path();
 
     let (exe, args) = build(work, &lib);
-    let conf = new_token(&work.join("token"));
-    let key = work.join("chain.key");
-    keygen(&key);
-    let log = work.join("audit.log");
-    let state = PathBuf::from(format!("{}.state", log.display()));
-
     let mut cmd = Command::new(&exe);
-    cmd.args(args)
-        .env("SOFTHSM2_CONF", &conf)
-        .env("P11AUDIT_MODULE", SOFTHSM)
-        .env("P11AUDIT_LOG", &log)
-        .env("P11AUDIT_KEY_FILE", &key)
-        .env_remove("P11AUDIT_ON_FAILURE")
-        .env_remove("P11AUDIT_SYNC");
-    let run = run_with_timeout(cmd, work, name);
-    assert!(
-        run.status.success(),
-        "{name} through {} failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        lib.display(),
-        run.status,
-        run.stdout,
-        run.stderr
-    );
+    cmd.args(args);
+    set_env(&mut cmd, &fx.env());
+    let run = run_child_ok(cmd, work, name);
     for step in [
         "C_Login rv=0x0",
         "C_GenerateRandom rv=0x0",
@@ -76,21 +39,9 @@ fn check_client(name: &str, build: impl FnOnce(&Path, &Path) -> (PathBuf, Vec<St
         );
     }
 
-    let verify = Command::new(p11audit_bin())
-        .arg("verify")
-        .arg("--key-file")
-        .arg(&key)
-        .arg(&log)
-        .output()
-        .expect("run p11audit verify");
-    assert_eq!(
-        verify.status.code(),
-        Some(0),
-        "p11audit verify rejected the log of {name}\n{}",
-        output_text(&verify)
-    );
+    assert_verifies(&fx.key, &fx.log, &format!("the log of {name}"));
 
-    let log_bytes = fs::read(&log).expect("read audit log");
+    let log_bytes = fs::read(&fx.log).expect("read audit log");
     let log_text = String::from_utf8_lossy(&log_bytes);
     for f in [r#""fn":"C_Login""#, r#""fn":"C_GenerateRandom""#] {
         assert!(
@@ -99,9 +50,10 @@ fn check_client(name: &str, build: impl FnOnce(&Path, &Path) -> (PathBuf, Vec<St
         );
     }
 
+    let state = fx.state();
     assert!(state.is_file(), "{} missing", state.display());
     let state_bytes = fs::read(&state).expect("read state file");
-    for (file, bytes) in [(&log, &log_bytes), (&state, &state_bytes)] {
+    for (file, bytes) in [(&fx.log, &log_bytes), (&state, &state_bytes)] {
         let text = String::from_utf8_lossy(bytes);
         for secret in [USER_PIN, SO_PIN] {
             assert!(
@@ -116,7 +68,7 @@ fn check_client(name: &str, build: impl FnOnce(&Path, &Path) -> (PathBuf, Vec<St
 #[test]
 fn dlopen_client_through_shim() {
     check_client("dlopen_client", |work, lib| {
-        let exe = compile(work, "dlopen_client", &["-ldl"]);
+        let exe = compile_c(work, "dlopen_client", &["-ldl"]);
         let module = lib.to_str().expect("utf-8 path").to_string();
         (exe, vec![module, USER_PIN.to_string()])
     });
@@ -130,7 +82,7 @@ fn linked_client_through_shim() {
             .expect("library dir")
             .to_str()
             .expect("utf-8 path");
-        let exe = compile(
+        let exe = compile_c(
             work,
             "linked_client",
             &[
@@ -149,18 +101,11 @@ fn linked_client_through_shim() {
 fn dlopen_client_directly_on_softhsm() {
     let work = tempfile::tempdir().expect("tempdir");
     let work = work.path();
-    let exe = compile(work, "dlopen_client", &["-ldl"]);
+    let exe = compile_c(work, "dlopen_client", &["-ldl"]);
     let conf = new_token(&work.join("token"));
     let mut cmd = Command::new(&exe);
     cmd.args([SOFTHSM, USER_PIN]).env("SOFTHSM2_CONF", &conf);
-    let run = run_with_timeout(cmd, work, "dlopen_client-direct");
-    assert!(
-        run.status.success(),
-        "dlopen_client on {SOFTHSM} failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
+    let run = run_child_ok(cmd, work, "dlopen_client-direct");
     assert!(
         run.stdout.contains("manufacturerID: SoftHSM"),
         "{}",

@@ -14,16 +14,14 @@
 
 mod common;
 
+use common::raw;
 use common::*;
 use cryptoki_sys as ck;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
 const CHILD: &str = "child_initialize";
 
 const CKR_GENERAL_ERROR: &str = "0x5";
@@ -32,10 +30,8 @@ const CKR_CRYPTOKI_NOT_INITIALIZED: &str = "0x190";
 
 // ---- the child ------------------------------------------------------------------------------
 
-type GetFunctionList = unsafe extern "C" fn(*mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV;
-
 /// Calls `C_GetFunctionList` and checks that it hands out a usable 2.40 table.
-fn function_table(get: GetFunctionList, when: &str) -> &'static ck::CK_FUNCTION_LIST {
+fn function_table(get: raw::GetFunctionList, when: &str) -> &'static ck::CK_FUNCTION_LIST {
     let mut list: *mut ck::CK_FUNCTION_LIST = std::ptr::null_mut();
     // SAFETY: a valid out-pointer.
     let rv = unsafe { get(&mut list) };
@@ -62,29 +58,13 @@ fn function_table(get: GetFunctionList, when: &str) -> &'static ck::CK_FUNCTION_
 /// The child: loads the shim as an application would and reports each return value.
 #[test]
 fn child_initialize() {
-    if std::env::var(ROLE_VAR).as_deref() != Ok(CHILD) {
+    if !is_role(CHILD) {
         return;
     }
-    let lib = shim_library();
-    let c_path = CString::new(lib.as_os_str().as_bytes()).expect("no NUL in path");
-    // SAFETY: a valid C string; the handle is kept for the life of the process.
-    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    assert!(!handle.is_null(), "dlopen {} failed", lib.display());
-    // SAFETY: a live handle and a valid C string.
-    let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
-    assert!(!sym.is_null(), "the shim exports no C_GetFunctionList");
-    // SAFETY: C_GetFunctionList has this signature.
-    let get = unsafe { std::mem::transmute::<*mut libc::c_void, GetFunctionList>(sym) };
+    let get = raw::load_get_function_list(&shim_library());
 
     let table = function_table(get, "before C_Initialize");
-    let mut args = ck::CK_C_INITIALIZE_ARGS {
-        CreateMutex: None,
-        DestroyMutex: None,
-        LockMutex: None,
-        UnlockMutex: None,
-        flags: ck::CKF_OS_LOCKING_OK,
-        pReserved: std::ptr::null_mut(),
-    };
+    let mut args = raw::os_locking_args();
     // SAFETY: checked Some above; a valid CK_C_INITIALIZE_ARGS.
     let rv = unsafe {
         (table.C_Initialize.unwrap())(&mut args as *mut ck::CK_C_INITIALIZE_ARGS as *mut _)
@@ -106,61 +86,19 @@ fn child_initialize() {
 
 // ---- the parent -----------------------------------------------------------------------------
 
-/// One child run: its exit status was checked; these are its outputs.
-struct ChildRun {
-    stdout: String,
-    stderr: String,
-}
-
-impl ChildRun {
-    fn rv(&self, function: &str) -> &str {
-        let prefix = format!("{function} rv=");
-        self.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map(|v| v.split_whitespace().next().unwrap_or(""))
-            .unwrap_or_else(|| panic!("child printed no {function} result\n{}", self.dump()))
-    }
-
-    fn p11audit_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("p11audit:"))
-            .collect()
-    }
-
-    fn dump(&self) -> String {
-        format!(
-            "--- stdout ---\n{}--- stderr ---\n{}",
-            self.stdout, self.stderr
-        )
-    }
+/// What the child printed for `function`: "C_Initialize rv=0x5" gives "0x5".
+fn rv<'a>(run: &'a Finished, function: &str) -> &'a str {
+    let prefix = format!("{function} rv=");
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.split_whitespace().next().unwrap_or(""))
+        .unwrap_or_else(|| panic!("child printed no {function} result\n{}", run.dump()))
 }
 
 /// Runs the child with exactly `env` as its P11AUDIT_* and SoftHSM configuration.
-fn run_child(work: &Path, what: &str, env: &[(&'static str, OsString)]) -> ChildRun {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([CHILD, "--exact", "--nocapture", "--test-threads=1"]);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("P11AUDIT_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env_remove("SOFTHSM2_CONF");
-    cmd.env(ROLE_VAR, CHILD);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let run = run_with_timeout(cmd, work, what);
-    let out = ChildRun {
-        stdout: run.stdout,
-        stderr: run.stderr,
-    };
-    assert!(
-        run.status.success(),
-        "{what}: the child did not exit normally ({})\n{}",
-        run.status,
-        out.dump()
-    );
+fn run_child(work: &Path, what: &str, env: &Env) -> Finished {
+    let out = run_child_ok(child_command(CHILD, ROLE_VAR, CHILD, env), work, what);
     for when in ["before", "after"] {
         assert!(
             out.stdout
@@ -209,17 +147,17 @@ impl Case {
     }
 
     /// Runs the child and checks that C_Initialize was refused because of `var`.
-    fn expect_refused(&self, what: &str, var: &str) -> ChildRun {
+    fn expect_refused(&self, what: &str, var: &str) -> Finished {
         let run = run_child(self.work(), what, &self.env);
         assert_eq!(
-            run.rv("C_Initialize"),
+            rv(&run, "C_Initialize"),
             CKR_GENERAL_ERROR,
             "{what}: C_Initialize should return CKR_GENERAL_ERROR\n{}",
             run.dump()
         );
         // Nothing was configured, so nothing may be forwarded.
         assert_eq!(
-            run.rv("C_GetInfo"),
+            rv(&run, "C_GetInfo"),
             CKR_CRYPTOKI_NOT_INITIALIZED,
             "{what}: after a refused C_Initialize, C_GetInfo should return CKR_CRYPTOKI_NOT_INITIALIZED\n{}",
             run.dump()
@@ -252,16 +190,16 @@ impl Case {
         run
     }
 
-    fn expect_ok(&self, what: &str) -> ChildRun {
+    fn expect_ok(&self, what: &str) -> Finished {
         let run = run_child(self.work(), what, &self.env);
         assert_eq!(
-            run.rv("C_Initialize"),
+            rv(&run, "C_Initialize"),
             CKR_OK,
             "{what}: C_Initialize should succeed\n{}",
             run.dump()
         );
-        assert_eq!(run.rv("C_GetInfo"), CKR_OK, "{what}\n{}", run.dump());
-        assert_eq!(run.rv("C_Finalize"), CKR_OK, "{what}\n{}", run.dump());
+        assert_eq!(rv(&run, "C_GetInfo"), CKR_OK, "{what}\n{}", run.dump());
+        assert_eq!(rv(&run, "C_Finalize"), CKR_OK, "{what}\n{}", run.dump());
         assert!(
             run.p11audit_lines().is_empty(),
             "{what}: a valid configuration printed a `p11audit:` line\n{}",
@@ -276,8 +214,7 @@ impl Case {
 fn valid_configuration_initializes() {
     let case = Case::new();
     case.expect_ok("valid");
-    let (code, out) = case.fx.verify();
-    assert_eq!(code, Some(0), "verify\n{out}");
+    case.fx.assert_verifies("the log");
     let recs = case.fx.records();
     assert_eq!(recs[0]["ev"], "start");
     assert!(recs.iter().any(|r| r["ev"] == "attach"));
@@ -323,8 +260,7 @@ fn key_file_unset_with_existing_chain_is_fine() {
     case.expect_ok("second_run_without_key");
 
     fs::rename(&away, &case.fx.key).expect("restore key for verify");
-    let (code, out) = case.fx.verify();
-    assert_eq!(code, Some(0), "verify\n{out}");
+    case.fx.assert_verifies("the log");
     let recs = case.fx.records();
     let starts = recs.iter().filter(|r| r["ev"] == "start").count();
     let attaches: Vec<_> = recs.iter().filter(|r| r["ev"] == "attach").collect();

@@ -26,12 +26,12 @@ const EARLY_NOTE: &str = "answered by p11audit before C_Initialize";
 
 mod common;
 
+use common::raw;
 use common::*;
 use cryptoki_sys::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{c_void, CString};
-use std::process::Command;
+use std::ffi::c_void;
 use std::ptr::null_mut;
 
 /// Set in the child processes only: the PKCS#11 module the driver loads.
@@ -126,38 +126,11 @@ struct Recorded {
 }
 
 fn run_driver(fx: &Fixture, module: &std::path::Path, what: &str) -> Vec<Recorded> {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
-        "every_function_driver",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .envs(fx.env())
-    .env(MODULE_ENV, module)
-    .env_remove("P11AUDIT_ON_FAILURE")
-    .env_remove("P11AUDIT_SYNC");
-    let run = run_with_timeout(cmd, fx.dir.path(), what);
-    assert!(
-        run.status.success(),
-        "{what} driver run against {} failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        module.display(),
-        run.status,
-        run.stdout,
-        run.stderr
-    );
-    let line = run
-        .stdout
-        .lines()
-        .find_map(|l| l.find(MARKER).map(|i| &l[i + MARKER.len()..]))
-        .unwrap_or_else(|| {
-            panic!(
-                "{what} driver printed no result line\n--- stdout ---\n{}--- stderr ---\n{}",
-                run.stdout, run.stderr
-            )
-        });
-    let calls: Vec<Value> = serde_json::from_str(line).expect("driver result is JSON");
+    let cmd = child_command("every_function_driver", MODULE_ENV, module, &fx.env());
+    let what = format!("{what} driver run against {}", module.display());
+    let run = run_child_ok(cmd, fx.dir.path(), &what);
+    let calls: Vec<Value> = serde_json::from_value(run.marked_json(MARKER, &what))
+        .expect("driver result is a list of calls");
     calls
         .into_iter()
         .map(|c| Recorded {
@@ -285,12 +258,7 @@ fn every_function_matches_softhsm_and_is_logged() {
     );
 
     // The log is intact.
-    let (code, out) = shim_fx.verify();
-    assert_eq!(
-        code,
-        Some(0),
-        "p11audit verify on the shim run's log:\n{out}"
-    );
+    shim_fx.assert_verifies("the shim run's log");
 
     let text = std::fs::read_to_string(&shim_fx.log).expect("read audit log");
     for secret in [USER_PIN, SO_PIN, NEW_USER_PIN, WRONG_PIN] {
@@ -414,12 +382,6 @@ const AES_KEY: [u8; 32] = [
 ];
 const HMAC_KEY: [u8; 32] = [0x5a; 32];
 const IV: [u8; 16] = [0x42; 16];
-/// DER OID of P-256 (prime256v1).
-const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-fn hexs(b: &[u8]) -> String {
-    hex(b)
-}
 
 fn rv_text(rv: CK_RV) -> String {
     if rv == ABSENT {
@@ -539,7 +501,7 @@ macro_rules! call {
 
 struct Driver {
     f: *const CK_FUNCTION_LIST,
-    get_function_list: unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV,
+    get_function_list: raw::GetFunctionList,
     calls: Vec<Value>,
     /// The shim has read its configuration (a C_Initialize with valid arguments was made), so
     /// from here on it must log every call.
@@ -558,20 +520,30 @@ impl Driver {
         }));
     }
 
+    /// The last recorded call.
+    fn last(&mut self) -> &mut Value {
+        self.calls.last_mut().expect("a call")
+    }
+
     /// Sets the outputs of the last recorded call.
     fn out(&mut self, out: Value) {
-        self.calls.last_mut().expect("a call")["out"] = out;
+        self.last()["out"] = out;
+    }
+
+    /// Adds `key` to the outputs of the last recorded call.
+    fn out_also(&mut self, key: &str, value: bool) {
+        self.last()["out"][key] = json!(value);
     }
 
     /// The return value the last call must give against SoftHSM for the script to make sense.
     fn want(&mut self, rv: CK_RV) {
-        self.calls.last_mut().expect("a call")["want"] = json!(rv_text(rv));
+        self.last()["want"] = json!(rv_text(rv));
     }
 
     /// What the shim's outcome record of the last call must say about its output
     /// (docs/FORMAT.md: `length_query`, `buffer_too_small`).
     fn log_out(&mut self, disposition: &str) {
-        self.calls.last_mut().expect("a call")["log_out"] = json!(disposition);
+        self.last()["log_out"] = json!(disposition);
     }
 
     /// Slots are named by their place in the slot list: SoftHSM derives a token's slot id from
@@ -637,7 +609,7 @@ impl Driver {
             buf.clear();
         }
         let out = if deterministic && rv == CKR_OK {
-            json!({ "len": ul(l), "data": hexs(&buf) })
+            json!({ "len": ul(l), "data": hex(&buf) })
         } else {
             json!({ "len": ul(l) })
         };
@@ -703,7 +675,7 @@ impl Driver {
             .zip(types)
             .map(|((a, v), &(_, show))| {
                 if show && a.ulValueLen != CK_UNAVAILABLE_INFORMATION {
-                    json!(hexs(&v[..(a.ulValueLen as usize).min(v.len())]))
+                    json!(hex(&v[..(a.ulValueLen as usize).min(v.len())]))
                 } else {
                     json!({ "len": ul(a.ulValueLen) })
                 }
@@ -794,7 +766,7 @@ impl Driver {
             buf.clear();
         }
         let out = if deterministic && rv == CKR_OK {
-            json!({ "len": ul(len), "data": hexs(&buf) })
+            json!({ "len": ul(len), "data": hex(&buf) })
         } else {
             json!({ "len": ul(len) })
         };
@@ -828,28 +800,6 @@ fn init_args(create: bool, others: bool, flags: CK_FLAGS) -> CK_C_INITIALIZE_ARG
     }
 }
 
-/// Loads `module` and returns its C_GetFunctionList.
-fn load(module: &str) -> unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV {
-    let path = CString::new(module).expect("module path");
-    // SAFETY: a NUL-terminated path; the handle is kept for the life of the process.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns NULL or a NUL-terminated message.
-        let err = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) };
-        panic!("dlopen {module}: {}", err.to_string_lossy());
-    }
-    let name = CString::new("C_GetFunctionList").expect("symbol");
-    // SAFETY: a valid handle and a NUL-terminated name.
-    let sym = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    assert!(!sym.is_null(), "{module} has no C_GetFunctionList");
-    // SAFETY: C_GetFunctionList has this signature (PKCS#11 2.40 §5.2).
-    unsafe {
-        std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV>(
-            sym,
-        )
-    }
-}
-
 /// The driver: runs the script against `$P11AUDIT_TEST_MODULE` and prints the result line.
 /// Without that variable (a normal `cargo test`) it does nothing.
 #[test]
@@ -857,7 +807,7 @@ fn every_function_driver() {
     let Ok(module) = std::env::var(MODULE_ENV) else {
         return;
     };
-    let get_function_list = load(&module);
+    let get_function_list = raw::load_get_function_list(std::path::Path::new(&module));
     let mut list: *mut CK_FUNCTION_LIST = null_mut();
     // SAFETY: a writable out-pointer.
     let rv = unsafe { get_function_list(&mut list) };
@@ -884,11 +834,7 @@ fn every_function_driver() {
     let table_version = unsafe { (*list).version };
     d.out(json!({ "version": version(table_version) }));
     script(&mut d);
-    // The harness prints "test every_function_driver ... " without a newline first.
-    println!(
-        "\n{MARKER}{}",
-        serde_json::to_string(&d.calls).expect("serialize")
-    );
+    print_marked(MARKER, &Value::from(d.calls));
 }
 
 fn script(d: &mut Driver) {
@@ -1127,51 +1073,13 @@ fn slots_and_mechanisms(d: &mut Driver) -> CK_SLOT_ID {
     // Re-initialise the token (no session is open): its user PIN is then set again below.
     let mut label = [b' '; 32];
     label[..TOKEN_LABEL.len()].copy_from_slice(TOKEN_LABEL.as_bytes());
-    let wrong = WRONG_PIN.as_bytes();
-    call!(
-        d,
-        "wrong SO PIN",
-        C_InitToken(
-            slot,
-            wrong.as_ptr() as *mut _,
-            wrong.len() as CK_ULONG,
-            label.as_mut_ptr()
-        )
-    );
+    init_token(d, "wrong SO PIN", slot, WRONG_PIN, label.as_mut_ptr());
     d.want(CKR_PIN_INCORRECT);
-    let so = SO_PIN.as_bytes();
-    call!(
-        d,
-        "bad slot",
-        C_InitToken(
-            BAD_SLOT,
-            so.as_ptr() as *mut _,
-            so.len() as CK_ULONG,
-            label.as_mut_ptr()
-        )
-    );
+    init_token(d, "bad slot", BAD_SLOT, SO_PIN, label.as_mut_ptr());
     d.want(CKR_SLOT_ID_INVALID);
-    call!(
-        d,
-        "NULL label",
-        C_InitToken(
-            slot,
-            so.as_ptr() as *mut _,
-            so.len() as CK_ULONG,
-            null_mut()
-        )
-    );
+    init_token(d, "NULL label", slot, SO_PIN, null_mut());
     d.want(CKR_ARGUMENTS_BAD);
-    call!(
-        d,
-        "re-initialise",
-        C_InitToken(
-            slot,
-            so.as_ptr() as *mut _,
-            so.len() as CK_ULONG,
-            label.as_mut_ptr()
-        )
-    );
+    init_token(d, "re-initialise", slot, SO_PIN, label.as_mut_ptr());
     d.want(CKR_OK);
     d.token_info("after C_InitToken", slot);
     slot
@@ -1216,6 +1124,39 @@ fn set_pin(d: &mut Driver, step: &str, s: CK_SESSION_HANDLE, old: &str, new: &st
     )
 }
 
+fn init_token(d: &mut Driver, step: &str, slot: CK_SLOT_ID, so_pin: &str, label: *mut u8) -> CK_RV {
+    let p = so_pin.as_bytes();
+    call!(
+        d,
+        step,
+        C_InitToken(slot, p.as_ptr() as *mut _, p.len() as CK_ULONG, label)
+    )
+}
+
+fn init_pin(d: &mut Driver, step: &str, s: CK_SESSION_HANDLE, pin: &str) -> CK_RV {
+    let p = pin.as_bytes();
+    call!(
+        d,
+        step,
+        C_InitPIN(s, p.as_ptr() as *mut _, p.len() as CK_ULONG)
+    )
+}
+
+/// C_Verify of `sig` over `data` (the operation was started before).
+fn verify(d: &mut Driver, step: &str, s: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> CK_RV {
+    call!(
+        d,
+        step,
+        C_Verify(
+            s,
+            data.as_ptr() as *mut _,
+            data.len() as CK_ULONG,
+            sig.as_ptr() as *mut _,
+            sig.len() as CK_ULONG
+        )
+    )
+}
+
 /// Opens the read-write session the rest of the script uses, logged in as the user.
 fn sessions_and_login(d: &mut Driver, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
     open(d, "no CKF_SERIAL_SESSION", slot, 0);
@@ -1233,18 +1174,8 @@ fn sessions_and_login(d: &mut Driver, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
     d.session_info("read-only", ro);
     login(d, "SO with a read-only session open", ro, CKU_SO, SO_PIN);
     d.want(CKR_SESSION_READ_ONLY_EXISTS);
-    let so = SO_PIN.as_bytes();
     let mut label = [b' '; 32];
-    call!(
-        d,
-        "with a session open",
-        C_InitToken(
-            slot,
-            so.as_ptr() as *mut _,
-            so.len() as CK_ULONG,
-            label.as_mut_ptr()
-        )
-    );
+    init_token(d, "with a session open", slot, SO_PIN, label.as_mut_ptr());
     d.want(CKR_SESSION_EXISTS);
     call!(d, "read-only", C_CloseSession(ro));
     d.want(CKR_OK);
@@ -1266,20 +1197,11 @@ fn sessions_and_login(d: &mut Driver, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
     login(d, "SO", s, CKU_SO, SO_PIN);
     d.want(CKR_OK);
     d.session_info("SO", s);
-    let pin = USER_PIN.as_bytes();
     call!(d, "NULL PIN", C_InitPIN(s, null_mut(), 8));
     d.want(CKR_ARGUMENTS_BAD);
-    call!(
-        d,
-        "bad session",
-        C_InitPIN(BAD_SESSION, pin.as_ptr() as *mut _, pin.len() as CK_ULONG)
-    );
+    init_pin(d, "bad session", BAD_SESSION, USER_PIN);
     d.want(CKR_SESSION_HANDLE_INVALID);
-    call!(
-        d,
-        "user PIN",
-        C_InitPIN(s, pin.as_ptr() as *mut _, pin.len() as CK_ULONG)
-    );
+    init_pin(d, "user PIN", s, USER_PIN);
     d.want(CKR_OK);
     d.token_info("after C_InitPIN", slot);
     call!(d, "SO", C_Logout(s));
@@ -1290,11 +1212,7 @@ fn sessions_and_login(d: &mut Driver, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
     d.want(CKR_SESSION_HANDLE_INVALID);
 
     // InitPIN needs the SO.
-    call!(
-        d,
-        "as public",
-        C_InitPIN(s, pin.as_ptr() as *mut _, pin.len() as CK_ULONG)
-    );
+    init_pin(d, "as public", s, USER_PIN);
     d.want(CKR_USER_NOT_LOGGED_IN);
     login(d, "user, wrong PIN", s, CKU_USER, WRONG_PIN);
     d.want(CKR_PIN_INCORRECT);
@@ -1309,6 +1227,7 @@ fn sessions_and_login(d: &mut Driver, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
     d.want(CKR_PIN_INCORRECT);
     set_pin(d, "bad session", BAD_SESSION, USER_PIN, NEW_USER_PIN);
     d.want(CKR_SESSION_HANDLE_INVALID);
+    let pin = USER_PIN.as_bytes();
     call!(
         d,
         "NULL new PIN",
@@ -1753,7 +1672,7 @@ fn keys(d: &mut Driver, s: CK_SESSION_HANDLE) -> Keys {
         let mut gen = mech(CKM_EC_KEY_PAIR_GEN);
         let mut public = Template::new()
             .bool(CKA_TOKEN, false)
-            .bytes(CKA_EC_PARAMS, &P256)
+            .bytes(CKA_EC_PARAMS, &P256_OID)
             .bool(CKA_VERIFY, true)
             .text(CKA_LABEL, &format!("ec-{i}"));
         let mut private = Template::new()
@@ -1881,7 +1800,7 @@ fn encrypt_decrypt(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
             C_Decrypt(s, c.as_ptr() as *mut _, c.len() as CK_ULONG, o, l)
         )
     });
-    d.out(json!({ "len": back.len(), "data": hexs(&back), "round_trip": back == plain }));
+    d.out(json!({ "len": back.len(), "data": hex(&back), "round_trip": back == plain }));
     call!(d, "AES-CBC", C_DecryptInit(s, &mut cbc, k.aes));
     d.want(CKR_OK);
     let mut l: CK_ULONG = 64;
@@ -1922,7 +1841,7 @@ fn encrypt_decrypt(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
         raw!(fl, C_DecryptFinal(s, o, l))
     });
     again.extend(last);
-    d.out(json!({ "data": hexs(&again), "round_trip": again == long }));
+    d.out(json!({ "data": hex(&again), "round_trip": again == long }));
     call!(
         d,
         "not initialised",
@@ -1965,7 +1884,7 @@ fn digest(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
         )
     });
     let expected = sha2::Sha256::digest(&data).to_vec();
-    d.out(json!({ "data": hexs(&single), "is_sha256": single == expected }));
+    d.out(json!({ "data": hex(&single), "is_sha256": single == expected }));
 
     call!(d, "SHA-256", C_DigestInit(s, &mut sha));
     d.want(CKR_OK);
@@ -2015,7 +1934,7 @@ fn digest(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     let mut with_key = data.clone();
     with_key.extend_from_slice(&AES_KEY);
     let expected = sha2::Sha256::digest(&with_key).to_vec();
-    d.out(json!({ "data": hexs(&multi), "is_sha256_of_data_and_key": multi == expected }));
+    d.out(json!({ "data": hex(&multi), "is_sha256_of_data_and_key": multi == expected }));
     call!(
         d,
         "not initialised",
@@ -2088,7 +2007,7 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     let mac2 = d.three_step("C_SignFinal", "HMAC-SHA256", true, |o, l| {
         raw!(fl, C_SignFinal(s, o, l))
     });
-    d.out(json!({ "len": mac2.len(), "data": hexs(&mac2), "same_as_single": mac2 == mac }));
+    d.out(json!({ "len": mac2.len(), "data": hex(&mac2), "same_as_single": mac2 == mac }));
     call!(
         d,
         "not initialised",
@@ -2103,31 +2022,11 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     );
     d.want(CKR_OPERATION_NOT_INITIALIZED);
 
-    call!(
-        d,
-        "not initialised",
-        C_Verify(
-            s,
-            data.as_ptr() as *mut _,
-            4,
-            mac.as_ptr() as *mut _,
-            mac.len() as CK_ULONG
-        )
-    );
+    verify(d, "not initialised", s, &data[..4], &mac);
     d.want(CKR_OPERATION_NOT_INITIALIZED);
     call!(d, "HMAC-SHA256", C_VerifyInit(s, &mut hmac, k.hmac));
     d.want(CKR_OK);
-    call!(
-        d,
-        "good MAC",
-        C_Verify(
-            s,
-            data.as_ptr() as *mut _,
-            data.len() as CK_ULONG,
-            mac.as_ptr() as *mut _,
-            mac.len() as CK_ULONG
-        )
-    );
+    verify(d, "good MAC", s, &data, &mac);
     d.want(CKR_OK);
     let mut bad_mac = mac.clone();
     if let Some(b) = bad_mac.first_mut() {
@@ -2135,17 +2034,7 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     }
     call!(d, "HMAC-SHA256", C_VerifyInit(s, &mut hmac, k.hmac));
     d.want(CKR_OK);
-    call!(
-        d,
-        "altered MAC",
-        C_Verify(
-            s,
-            data.as_ptr() as *mut _,
-            data.len() as CK_ULONG,
-            bad_mac.as_ptr() as *mut _,
-            bad_mac.len() as CK_ULONG
-        )
-    );
+    verify(d, "altered MAC", s, &data, &bad_mac);
     d.want(CKR_SIGNATURE_INVALID);
     call!(d, "HMAC-SHA256", C_VerifyInit(s, &mut hmac, k.hmac));
     d.want(CKR_OK);
@@ -2221,21 +2110,11 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     });
     d.want(CKR_OK);
     let same = !sig.is_empty() && sig2 == sig;
-    d.calls.last_mut().expect("a call")["out"]["same_as_single"] = json!(same);
+    d.out_also("same_as_single", same);
     call!(d, "public key", C_SignInit(s, &mut rsa, k.rsa_pub));
     call!(d, "SHA256-RSA-PKCS", C_VerifyInit(s, &mut rsa, k.rsa_pub));
     d.want(CKR_OK);
-    call!(
-        d,
-        "RSA signature",
-        C_Verify(
-            s,
-            data.as_ptr() as *mut _,
-            data.len() as CK_ULONG,
-            sig.as_ptr() as *mut _,
-            sig.len() as CK_ULONG
-        )
-    );
+    verify(d, "RSA signature", s, &data, &sig);
     d.want(CKR_OK);
     call!(d, "SHA256-RSA-PKCS", C_VerifyInit(s, &mut rsa, k.rsa_pub));
     d.want(CKR_OK);
@@ -2253,16 +2132,12 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     d.want(CKR_OK);
     call!(d, "SHA256-RSA-PKCS", C_VerifyInit(s, &mut rsa, k.rsa_pub));
     d.want(CKR_OK);
-    call!(
+    verify(
         d,
         "signature too short",
-        C_Verify(
-            s,
-            data.as_ptr() as *mut _,
-            data.len() as CK_ULONG,
-            sig.as_ptr() as *mut _,
-            10
-        )
+        s,
+        &data,
+        &sig[..sig.len().min(10)],
     );
     d.want(CKR_SIGNATURE_LEN_RANGE);
 
@@ -2277,17 +2152,7 @@ fn sign_verify(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     d.want(CKR_OK);
     call!(d, "ECDSA", C_VerifyInit(s, &mut ecdsa, k.ec[0].0));
     d.want(CKR_OK);
-    call!(
-        d,
-        "ECDSA signature",
-        C_Verify(
-            s,
-            hash.as_ptr() as *mut _,
-            32,
-            esig.as_ptr() as *mut _,
-            esig.len() as CK_ULONG
-        )
-    );
+    verify(d, "ECDSA signature", s, &hash, &esig);
     d.want(CKR_OK);
 }
 
@@ -2354,7 +2219,7 @@ fn recover(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
                 C_VerifyRecover(s, sg.as_ptr() as *mut _, sg.len() as CK_ULONG, o, l)
             )
         });
-        d.calls.last_mut().expect("a call")["out"]["round_trip"] = json!(back == data);
+        d.out_also("round_trip", back == data);
     } else {
         // With no signature to recover from, pass 256 bytes of something: the return value is
         // what is compared.
@@ -2379,137 +2244,121 @@ fn recover(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     );
 }
 
+/// One of the operations a dual-function update combines.
+#[derive(Clone, Copy)]
+enum Op {
+    Digest,
+    Encrypt,
+    Decrypt,
+    Sign,
+    Verify,
+}
+
+impl Op {
+    /// Starts the operation: SHA-256, AES-CBC with the AES key, HMAC-SHA256 with the HMAC key.
+    fn init(self, d: &mut Driver, step: &str, s: CK_SESSION_HANDLE, k: &Keys) {
+        let mut sha = mech(CKM_SHA256);
+        let mut hmac = mech(CKM_SHA256_HMAC);
+        let mut iv = IV;
+        let mut cbc = mech_bytes(CKM_AES_CBC, &mut iv);
+        match self {
+            Op::Digest => call!(d, step, C_DigestInit(s, &mut sha)),
+            Op::Encrypt => call!(d, step, C_EncryptInit(s, &mut cbc, k.aes)),
+            Op::Decrypt => call!(d, step, C_DecryptInit(s, &mut cbc, k.aes)),
+            Op::Sign => call!(d, step, C_SignInit(s, &mut hmac, k.hmac)),
+            Op::Verify => call!(d, step, C_VerifyInit(s, &mut hmac, k.hmac)),
+        };
+    }
+
+    /// Calls the operation's Final with a 512-byte `buf` (C_VerifyFinal: its first 32 bytes as
+    /// the signature): whether it was still active shows in the return value.
+    fn end(self, d: &mut Driver, step: &str, s: CK_SESSION_HANDLE, buf: &mut [u8; 512]) {
+        let mut l: CK_ULONG = 512;
+        match self {
+            Op::Digest => call!(d, step, C_DigestFinal(s, buf.as_mut_ptr(), &mut l)),
+            Op::Encrypt => call!(d, step, C_EncryptFinal(s, buf.as_mut_ptr(), &mut l)),
+            Op::Decrypt => call!(d, step, C_DecryptFinal(s, buf.as_mut_ptr(), &mut l)),
+            Op::Sign => call!(d, step, C_SignFinal(s, buf.as_mut_ptr(), &mut l)),
+            Op::Verify => call!(d, step, C_VerifyFinal(s, buf.as_mut_ptr(), 32)),
+        };
+    }
+}
+
+type Update =
+    fn(*const CK_FUNCTION_LIST, CK_SESSION_HANDLE, &[u8], *mut u8, *mut CK_ULONG) -> CK_RV;
+
+/// A dual-function update called with `part` in, and the output buffer and its length.
+macro_rules! dual_update {
+    ($f:ident) => {
+        |fl, s, part, o, l| {
+            raw!(
+                fl,
+                $f(s, part.as_ptr() as *mut _, part.len() as CK_ULONG, o, l)
+            )
+        }
+    };
+}
+
+struct Dual {
+    name: &'static str,
+    step: &'static str,
+    update: Update,
+    /// Started in this order (the second Init may be refused: one operation per session).
+    start: [Op; 2],
+    /// Ended in this order, whichever are still active.
+    end: [Op; 2],
+}
+
 /// Dual-function updates and operation state: SoftHSM may not support them; what it answers
 /// must come back unchanged.
 fn dual_and_state(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
     let fl = d.f;
     let part = [0x33u8; 16];
     let mut sha = mech(CKM_SHA256);
-    let mut hmac = mech(CKM_SHA256_HMAC);
 
-    // Each pair of operations is started (the second Init may be refused: one operation per
-    // session), the dual update is called, then whatever is still active is ended.
-    type Update =
-        fn(*const CK_FUNCTION_LIST, CK_SESSION_HANDLE, &[u8], *mut u8, *mut CK_ULONG) -> CK_RV;
-    let pairs: [(&'static str, &str, Update); 4] = [
-        (
-            "C_DigestEncryptUpdate",
-            "digest + encrypt",
-            |fl, s, p, o, l| {
-                raw!(
-                    fl,
-                    C_DigestEncryptUpdate(s, p.as_ptr() as *mut _, p.len() as CK_ULONG, o, l)
-                )
-            },
-        ),
-        (
-            "C_DecryptDigestUpdate",
-            "decrypt + digest",
-            |fl, s, p, o, l| {
-                raw!(
-                    fl,
-                    C_DecryptDigestUpdate(s, p.as_ptr() as *mut _, p.len() as CK_ULONG, o, l)
-                )
-            },
-        ),
-        ("C_SignEncryptUpdate", "sign + encrypt", |fl, s, p, o, l| {
-            raw!(
-                fl,
-                C_SignEncryptUpdate(s, p.as_ptr() as *mut _, p.len() as CK_ULONG, o, l)
-            )
-        }),
-        (
-            "C_DecryptVerifyUpdate",
-            "decrypt + verify",
-            |fl, s, p, o, l| {
-                raw!(
-                    fl,
-                    C_DecryptVerifyUpdate(s, p.as_ptr() as *mut _, p.len() as CK_ULONG, o, l)
-                )
-            },
-        ),
+    let duals = [
+        Dual {
+            name: "C_DigestEncryptUpdate",
+            step: "digest + encrypt",
+            update: dual_update!(C_DigestEncryptUpdate),
+            start: [Op::Digest, Op::Encrypt],
+            end: [Op::Encrypt, Op::Digest],
+        },
+        Dual {
+            name: "C_DecryptDigestUpdate",
+            step: "decrypt + digest",
+            update: dual_update!(C_DecryptDigestUpdate),
+            start: [Op::Decrypt, Op::Digest],
+            end: [Op::Decrypt, Op::Digest],
+        },
+        Dual {
+            name: "C_SignEncryptUpdate",
+            step: "sign + encrypt",
+            update: dual_update!(C_SignEncryptUpdate),
+            start: [Op::Sign, Op::Encrypt],
+            end: [Op::Encrypt, Op::Sign],
+        },
+        Dual {
+            name: "C_DecryptVerifyUpdate",
+            step: "decrypt + verify",
+            update: dual_update!(C_DecryptVerifyUpdate),
+            start: [Op::Decrypt, Op::Verify],
+            end: [Op::Decrypt, Op::Verify],
+        },
     ];
-    for (i, (name, step, update)) in pairs.into_iter().enumerate() {
-        let mut iv = IV;
-        let mut cbc = mech_bytes(CKM_AES_CBC, &mut iv);
-        match i {
-            0 => {
-                call!(d, step, C_DigestInit(s, &mut sha));
-                call!(d, step, C_EncryptInit(s, &mut cbc, k.aes));
-            }
-            1 => {
-                call!(d, step, C_DecryptInit(s, &mut cbc, k.aes));
-                call!(d, step, C_DigestInit(s, &mut sha));
-            }
-            2 => {
-                call!(d, step, C_SignInit(s, &mut hmac, k.hmac));
-                call!(d, step, C_EncryptInit(s, &mut cbc, k.aes));
-            }
-            _ => {
-                call!(d, step, C_DecryptInit(s, &mut cbc, k.aes));
-                call!(d, step, C_VerifyInit(s, &mut hmac, k.hmac));
-            }
+    for dual in duals {
+        let (name, step, update) = (dual.name, dual.step, dual.update);
+        for op in dual.start {
+            op.init(d, step, s, k);
         }
         d.one_shot(name, step, true, 64, |o, l| update(fl, s, &part, o, l));
-        let (_, _) = d.one_shot(name, &format!("{step}, bad session"), true, 64, |o, l| {
+        d.one_shot(name, &format!("{step}, bad session"), true, 64, |o, l| {
             update(fl, BAD_SESSION, &part, o, l)
         });
         d.want(CKR_SESSION_HANDLE_INVALID);
-        // End what is still active (the return values say which operations were).
         let mut buf = [0u8; 512];
-        let mut l: CK_ULONG = 512;
-        match i {
-            0 => {
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_EncryptFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-                l = 512;
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_DigestFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-            }
-            1 => {
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_DecryptFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-                l = 512;
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_DigestFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-            }
-            2 => {
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_EncryptFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-                l = 512;
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_SignFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-            }
-            _ => {
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_DecryptFinal(s, buf.as_mut_ptr(), &mut l)
-                );
-                call!(
-                    d,
-                    &format!("end {step}"),
-                    C_VerifyFinal(s, buf.as_mut_ptr(), 32)
-                );
-            }
+        for op in dual.end {
+            op.end(d, &format!("end {step}"), s, &mut buf);
         }
     }
 
@@ -2571,7 +2420,7 @@ fn dual_and_state(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
         C_DigestFinal(s, digest_a.as_mut_ptr(), &mut l)
     );
     d.want(CKR_OK);
-    d.out(json!({ "data": hexs(&digest_a) }));
+    d.out(json!({ "data": hex(&digest_a) }));
     if state.is_empty() {
         state = vec![0x55; 24];
     }
@@ -2588,7 +2437,7 @@ fn dual_and_state(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
             "after C_SetOperationState",
             C_DigestFinal(s, digest_b.as_mut_ptr(), &mut l)
         );
-        d.out(json!({ "data": hexs(&digest_b), "same": digest_b == digest_a }));
+        d.out(json!({ "data": hex(&digest_b), "same": digest_b == digest_a }));
     }
     call!(
         d,
@@ -2675,8 +2524,10 @@ fn wrap_unwrap(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
         unwrapped,
         &[(CKA_VALUE, true), (CKA_LABEL, true)],
     );
-    d.calls.last_mut().expect("a call")["out"]["round_trip"] =
-        json!(v.first().is_some_and(|v| v[..] == HMAC_KEY[..]));
+    d.out_also(
+        "round_trip",
+        v.first().is_some_and(|v| v[..] == HMAC_KEY[..]),
+    );
     let mut junk = wrapped.clone();
     if let Some(b) = junk.last_mut() {
         *b ^= 0x80;
@@ -2772,17 +2623,7 @@ fn wrap_unwrap(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
             C_VerifyInit(s, &mut rsa, k.rsa_pub)
         );
         d.want(CKR_OK);
-        call!(
-            d,
-            "signature of the unwrapped key",
-            C_Verify(
-                s,
-                data.as_ptr() as *mut _,
-                data.len() as CK_ULONG,
-                sig.as_ptr() as *mut _,
-                sig.len() as CK_ULONG
-            )
-        );
+        verify(d, "signature of the unwrapped key", s, data, &sig);
         d.want(CKR_OK);
     }
 }
@@ -2857,7 +2698,7 @@ fn derive(d: &mut Driver, s: CK_SESSION_HANDLE, k: &Keys) {
         secrets.push(v.into_iter().next().unwrap_or_default());
     }
     let agree = secrets.len() == 2 && !secrets[0].is_empty() && secrets[0] == secrets[1];
-    d.calls.last_mut().expect("a call")["out"]["both_sides_agree"] = json!(agree);
+    d.out_also("both_sides_agree", agree);
 
     let mut h: CK_OBJECT_HANDLE = 0;
     call!(

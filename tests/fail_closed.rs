@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::raw::{ok, Module};
 use common::*;
 use cryptoki_sys as ck;
 use std::ffi::CString;
@@ -23,9 +24,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
 const CHILD_CLOSED: &str = "child_disk_full_closed";
 const CHILD_OPEN: &str = "child_disk_full_open";
 /// How the child makes writing fail: "tmpfs" (fill DISK_FILLER) or "rlimit".
@@ -43,302 +42,18 @@ const FORCE_RLIMIT_VAR: &str = "P11AUDIT_TEST_FORCE_RLIMIT";
 /// checks the premise against the real record sizes.
 const PADS: usize = 48;
 
-const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const REFUSED_LABEL: &[u8] = b"made-while-disk-full";
 const CONTROL_LABEL: &[u8] = b"made-before-disk-full";
 const SIG_PATTERN: u8 = 0xa5;
 
 // ---- raw driver (child side) ----------------------------------------------------------------
 
-type GetFunctionList = unsafe extern "C" fn(*mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV;
-
-/// The shim, loaded with dlopen as an application would.
-struct Shim {
-    f: &'static ck::CK_FUNCTION_LIST,
-}
-
-/// Calls a function of the table. Every pointer passed is to a live local of the caller.
-macro_rules! call {
-    ($shim:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
-        // SAFETY: the table is the shim's static; arguments point to live locals.
-        unsafe { ($shim.f.$name.expect(stringify!($name)))($($arg),*) }
-    };
-}
-
-fn attr<T>(type_: ck::CK_ATTRIBUTE_TYPE, value: &T) -> ck::CK_ATTRIBUTE {
-    ck::CK_ATTRIBUTE {
-        type_,
-        pValue: value as *const T as *mut _,
-        ulValueLen: std::mem::size_of::<T>() as ck::CK_ULONG,
+/// Queues PADS informational records (see PADS). Returns how many records that is.
+fn pad(shim: &Module, s: ck::CK_SESSION_HANDLE) -> u64 {
+    for _ in 0..PADS {
+        ok(shim.session_state(s).0, "C_GetSessionInfo (pad)");
     }
-}
-
-fn attr_bytes(type_: ck::CK_ATTRIBUTE_TYPE, value: &[u8]) -> ck::CK_ATTRIBUTE {
-    ck::CK_ATTRIBUTE {
-        type_,
-        pValue: value.as_ptr() as *mut _,
-        ulValueLen: value.len() as ck::CK_ULONG,
-    }
-}
-
-fn mech(m: ck::CK_MECHANISM_TYPE) -> ck::CK_MECHANISM {
-    ck::CK_MECHANISM {
-        mechanism: m,
-        pParameter: std::ptr::null_mut(),
-        ulParameterLen: 0,
-    }
-}
-
-#[track_caller]
-fn ok(rv: ck::CK_RV, what: &str) {
-    assert_eq!(rv, ck::CKR_OK, "{what} returned {rv:#x}");
-}
-
-const FALSE: ck::CK_BBOOL = ck::CK_FALSE as ck::CK_BBOOL;
-const TRUE: ck::CK_BBOOL = ck::CK_TRUE as ck::CK_BBOOL;
-
-impl Shim {
-    fn load() -> Shim {
-        let lib = shim_library();
-        let c_path = CString::new(lib.as_os_str().as_bytes()).expect("no NUL in path");
-        // SAFETY: a valid C string; never closed.
-        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        assert!(!handle.is_null(), "dlopen {} failed", lib.display());
-        // SAFETY: a live handle and a valid C string.
-        let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
-        assert!(!sym.is_null(), "no C_GetFunctionList");
-        // SAFETY: C_GetFunctionList has this signature.
-        let get = unsafe { std::mem::transmute::<*mut libc::c_void, GetFunctionList>(sym) };
-        let mut list = std::ptr::null_mut();
-        // SAFETY: a valid out-pointer.
-        ok(unsafe { get(&mut list) }, "C_GetFunctionList");
-        // SAFETY: the shim's static table.
-        Shim {
-            f: unsafe { &*list },
-        }
-    }
-
-    fn initialize(&self) {
-        let mut args = ck::CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags: ck::CKF_OS_LOCKING_OK,
-            pReserved: std::ptr::null_mut(),
-        };
-        ok(
-            call!(self, C_Initialize(&mut args as *mut _ as *mut _)),
-            "C_Initialize",
-        );
-    }
-
-    fn first_slot(&self) -> ck::CK_SLOT_ID {
-        let mut n: ck::CK_ULONG = 0;
-        ok(
-            call!(self, C_GetSlotList(TRUE, std::ptr::null_mut(), &mut n)),
-            "C_GetSlotList",
-        );
-        let mut slots = vec![0; n as usize];
-        ok(
-            call!(self, C_GetSlotList(TRUE, slots.as_mut_ptr(), &mut n)),
-            "C_GetSlotList",
-        );
-        *slots.first().expect("a slot with a token")
-    }
-
-    fn open_rw(&self, slot: ck::CK_SLOT_ID) -> ck::CK_SESSION_HANDLE {
-        let mut s = 0;
-        ok(
-            call!(
-                self,
-                C_OpenSession(
-                    slot,
-                    ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION,
-                    std::ptr::null_mut(),
-                    None,
-                    &mut s
-                )
-            ),
-            "C_OpenSession",
-        );
-        s
-    }
-
-    /// (rv, state)
-    fn session_state(&self, s: ck::CK_SESSION_HANDLE) -> (ck::CK_RV, ck::CK_STATE) {
-        // SAFETY: plain data.
-        let mut info: ck::CK_SESSION_INFO = unsafe { std::mem::zeroed() };
-        let rv = call!(self, C_GetSessionInfo(s, &mut info));
-        (rv, info.state)
-    }
-
-    /// Queues PADS informational records (see PADS). Returns how many records that is.
-    fn pad(&self, s: ck::CK_SESSION_HANDLE) -> u64 {
-        for _ in 0..PADS {
-            ok(self.session_state(s).0, "C_GetSessionInfo (pad)");
-        }
-        PADS as u64
-    }
-
-    /// A P-256 key pair as public session objects: usable without login.
-    fn generate_ec(
-        &self,
-        s: ck::CK_SESSION_HANDLE,
-    ) -> (ck::CK_OBJECT_HANDLE, ck::CK_OBJECT_HANDLE) {
-        let mut m = mech(ck::CKM_EC_KEY_PAIR_GEN);
-        let mut public = [
-            attr(ck::CKA_TOKEN, &FALSE),
-            attr_bytes(ck::CKA_EC_PARAMS, &P256_OID),
-            attr(ck::CKA_VERIFY, &TRUE),
-        ];
-        let mut private = [
-            attr(ck::CKA_TOKEN, &FALSE),
-            attr(ck::CKA_PRIVATE, &FALSE),
-            attr(ck::CKA_SENSITIVE, &TRUE),
-            attr(ck::CKA_SIGN, &TRUE),
-        ];
-        let (mut pub_key, mut priv_key) = (0, 0);
-        ok(
-            call!(
-                self,
-                C_GenerateKeyPair(
-                    s,
-                    &mut m,
-                    public.as_mut_ptr(),
-                    public.len() as _,
-                    private.as_mut_ptr(),
-                    private.len() as _,
-                    &mut pub_key,
-                    &mut priv_key
-                )
-            ),
-            "C_GenerateKeyPair",
-        );
-        (pub_key, priv_key)
-    }
-
-    /// An AES-256 public session key labelled `label`: (rv, handle).
-    fn generate_aes(
-        &self,
-        s: ck::CK_SESSION_HANDLE,
-        label: &[u8],
-    ) -> (ck::CK_RV, ck::CK_OBJECT_HANDLE) {
-        let mut m = mech(ck::CKM_AES_KEY_GEN);
-        let len: ck::CK_ULONG = 32;
-        let mut template = [
-            attr(ck::CKA_TOKEN, &FALSE),
-            attr(ck::CKA_PRIVATE, &FALSE),
-            attr(ck::CKA_ENCRYPT, &TRUE),
-            attr(ck::CKA_VALUE_LEN, &len),
-            attr_bytes(ck::CKA_LABEL, label),
-        ];
-        let mut key = 0;
-        let rv = call!(
-            self,
-            C_GenerateKey(
-                s,
-                &mut m,
-                template.as_mut_ptr(),
-                template.len() as _,
-                &mut key
-            )
-        );
-        (rv, key)
-    }
-
-    fn login(&self, s: ck::CK_SESSION_HANDLE) -> ck::CK_RV {
-        call!(
-            self,
-            C_Login(
-                s,
-                ck::CKU_USER,
-                USER_PIN.as_ptr() as *mut _,
-                USER_PIN.len() as _
-            )
-        )
-    }
-
-    fn sign_init(&self, s: ck::CK_SESSION_HANDLE, key: ck::CK_OBJECT_HANDLE) -> ck::CK_RV {
-        let mut m = mech(ck::CKM_ECDSA);
-        call!(self, C_SignInit(s, &mut m, key))
-    }
-
-    /// C_Sign into `out` (None: length query): (rv, reported length).
-    fn sign(
-        &self,
-        s: ck::CK_SESSION_HANDLE,
-        data: &[u8],
-        out: Option<&mut [u8]>,
-    ) -> (ck::CK_RV, ck::CK_ULONG) {
-        let (ptr, mut len) = match out {
-            Some(buf) => (buf.as_mut_ptr(), buf.len() as ck::CK_ULONG),
-            None => (std::ptr::null_mut(), 0),
-        };
-        let rv = call!(
-            self,
-            C_Sign(s, data.as_ptr() as *mut _, data.len() as _, ptr, &mut len)
-        );
-        (rv, len)
-    }
-
-    /// SignInit + length query + Sign.
-    fn sign_all(
-        &self,
-        s: ck::CK_SESSION_HANDLE,
-        key: ck::CK_OBJECT_HANDLE,
-        data: &[u8],
-    ) -> Vec<u8> {
-        ok(self.sign_init(s, key), "C_SignInit");
-        let (rv, len) = self.sign(s, data, None);
-        ok(rv, "C_Sign (length)");
-        let mut sig = vec![0u8; len as usize];
-        let (rv, len) = self.sign(s, data, Some(&mut sig));
-        ok(rv, "C_Sign");
-        sig.truncate(len as usize);
-        sig
-    }
-
-    fn verify(
-        &self,
-        s: ck::CK_SESSION_HANDLE,
-        key: ck::CK_OBJECT_HANDLE,
-        data: &[u8],
-        sig: &[u8],
-    ) -> ck::CK_RV {
-        let mut m = mech(ck::CKM_ECDSA);
-        ok(call!(self, C_VerifyInit(s, &mut m, key)), "C_VerifyInit");
-        call!(
-            self,
-            C_Verify(
-                s,
-                data.as_ptr() as *mut _,
-                data.len() as _,
-                sig.as_ptr() as *mut _,
-                sig.len() as _
-            )
-        )
-    }
-
-    /// How many objects carry `label`.
-    fn count_labelled(&self, s: ck::CK_SESSION_HANDLE, label: &[u8]) -> usize {
-        let mut template = [attr_bytes(ck::CKA_LABEL, label)];
-        ok(
-            call!(self, C_FindObjectsInit(s, template.as_mut_ptr(), 1)),
-            "C_FindObjectsInit",
-        );
-        let mut found = [0 as ck::CK_OBJECT_HANDLE; 16];
-        let mut n: ck::CK_ULONG = 0;
-        ok(
-            call!(
-                self,
-                C_FindObjects(s, found.as_mut_ptr(), found.len() as _, &mut n)
-            ),
-            "C_FindObjects",
-        );
-        ok(call!(self, C_FindObjectsFinal(s)), "C_FindObjectsFinal");
-        n as usize
-    }
+    PADS as u64
 }
 
 // ---- making writes fail (child side) --------------------------------------------------------
@@ -421,19 +136,11 @@ fn file_len(p: &Path) -> u64 {
     fs::metadata(p).expect("stat log").len()
 }
 
-fn line_count(p: &Path) -> usize {
-    fs::read(p)
-        .expect("read log")
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-}
-
 // ---- the scenario (child side) --------------------------------------------------------------
 
 fn disk_full_scenario(open: bool) {
     let log = PathBuf::from(std::env::var_os("P11AUDIT_LOG").expect("P11AUDIT_LOG"));
-    let shim = Shim::load();
+    let shim = Module::shim();
     shim.initialize();
     let slot = shim.first_slot();
     let s = shim.open_rw(slot);
@@ -471,7 +178,7 @@ fn disk_full_scenario(open: bool) {
     let mut lost = 0u64;
 
     // 1. An acting call: C_GenerateKey.
-    lost += shim.pad(s);
+    lost += pad(&shim, s);
     let (rv, key) = shim.generate_aes(s, REFUSED_LABEL);
     lost += 1; // its intent
     unchanged("C_GenerateKey");
@@ -488,7 +195,7 @@ fn disk_full_scenario(open: bool) {
     }
 
     // 2. An acting call that would succeed: C_Login with the right PIN.
-    lost += shim.pad(s);
+    lost += pad(&shim, s);
     let rv = shim.login(s);
     lost += 1; // its intent
     unchanged("C_Login");
@@ -512,7 +219,7 @@ fn disk_full_scenario(open: bool) {
     }
 
     // 3. A result call: C_Sign on the operation started before the disk filled.
-    lost += shim.pad(s);
+    lost += pad(&shim, s);
     let mut sig_full = [SIG_PATTERN; 64];
     let (rv, len) = shim.sign(s, &data, Some(&mut sig_full));
     lost += 1; // its outcome
@@ -565,20 +272,20 @@ fn disk_full_scenario(open: bool) {
         shim.verify(s, pub_key, &data, &sig),
         "C_Verify after recovery",
     );
-    ok(call!(shim, C_CloseSession(s)), "C_CloseSession");
-    ok(call!(shim, C_Finalize(std::ptr::null_mut())), "C_Finalize");
+    shim.close(s);
+    shim.finalize();
 }
 
 #[test]
 fn child_disk_full_closed() {
-    if std::env::var(ROLE_VAR).as_deref() == Ok(CHILD_CLOSED) {
+    if is_role(CHILD_CLOSED) {
         disk_full_scenario(false);
     }
 }
 
 #[test]
 fn child_disk_full_open() {
-    if std::env::var(ROLE_VAR).as_deref() == Ok(CHILD_OPEN) {
+    if is_role(CHILD_OPEN) {
         disk_full_scenario(true);
     }
 }
@@ -626,16 +333,6 @@ impl Drop for SmallTmpfs {
     }
 }
 
-fn value_after<'a>(stdout: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    // libtest may print "test NAME ... " on the same line before the child's first output.
-    stdout
-        .lines()
-        .find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the child printed no {key}\n{stdout}"))
-}
-
 fn disk_full(open: bool) {
     let fx = Fixture::new();
     let force_rlimit = std::env::var_os(FORCE_RLIMIT_VAR).is_some_and(|v| v == "1");
@@ -668,49 +365,30 @@ fn disk_full(open: bool) {
     if open {
         env.push(("P11AUDIT_ON_FAILURE", "open".into()));
     }
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([role, "--exact", "--nocapture", "--test-threads=1"]);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("P11AUDIT_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env(ROLE_VAR, role);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let started = std::time::Instant::now();
-    let run = run_with_timeout(cmd, fx.dir.path(), role);
+    let run = run_child_ok(
+        child_command(role, ROLE_VAR, role, &env),
+        fx.dir.path(),
+        role,
+    );
     eprintln!("{role} ({method}): child took {:?}", started.elapsed());
-    let dump = format!(
-        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        run.status, run.stdout, run.stderr
-    );
-    assert!(run.status.success(), "{role} failed\n{dump}");
     assert!(
-        run.stderr.lines().any(|l| l.starts_with("p11audit:")),
-        "the shim did not say on stderr that the log cannot be written\n{dump}"
+        !run.p11audit_lines().is_empty(),
+        "the shim did not say on stderr that the log cannot be written\n{}",
+        run.dump()
     );
-    let lines_at_fill: usize = value_after(&run.stdout, "LINES_AT_FILL").parse().unwrap();
-    let lost_at_least: u64 = value_after(&run.stdout, "LOST_AT_LEAST").parse().unwrap();
+    // libtest may print "test NAME ... " on the same line before the child's first output.
+    let value_after = |key: &str| {
+        run.value_after(key)
+            .unwrap_or_else(|| panic!("the child printed no {key}\n{}", run.stdout))
+    };
+    let lines_at_fill: usize = value_after("LINES_AT_FILL").parse().unwrap();
+    let lost_at_least: u64 = value_after("LOST_AT_LEAST").parse().unwrap();
 
-    let verify = Command::new(p11audit_bin())
-        .arg("verify")
-        .arg("--key-file")
-        .arg(&fx.key)
-        .arg(&log)
-        .output()
-        .expect("run p11audit verify");
-    assert_eq!(
-        verify.status.code(),
-        Some(0),
-        "the chain does not verify after the gap\n{}",
-        output_text(&verify)
-    );
+    assert_verifies(&fx.key, &log, "the chain after the gap");
 
     let text = fs::read_to_string(&log).expect("read log");
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let records = parse_records(&text);
     assert!(
         records.len() > lines_at_fill,
         "nothing written after recovery"

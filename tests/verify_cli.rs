@@ -3,9 +3,10 @@
 use p11audit::audit::chain::{ChainKey, ZERO_MAC_HEX};
 use p11audit::audit::line::seal_into;
 use p11audit::audit::state::ChainState;
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const KEY_HEX: &str = "5b0c1d2e3f405162738495a6b7c8d9eafb0c1d2e3f405162738495a6b7c8d9ea";
 
@@ -72,21 +73,49 @@ impl Fixture {
         Fixture { dir, key, log }
     }
 
-    fn verify(&self, extra: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_p11audit"));
-        c.arg("verify").arg("--key-file").arg(&self.key);
-        c.args(extra);
-        c.arg(&self.log);
-        c.output().unwrap()
+    /// `p11audit verify --key-file KEY EXTRA... LOG`, which must exit with `status`.
+    #[track_caller]
+    fn verify(&self, extra: &[&str], status: i32) -> Ran {
+        let mut args: Vec<&OsStr> =
+            vec!["verify".as_ref(), "--key-file".as_ref(), self.key.as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        args.push(self.log.as_ref());
+        p11audit(&args, status)
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// What a run of p11audit printed.
+struct Ran {
+    out: String,
+    err: String,
 }
 
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited")
+/// Runs `p11audit ARGS...` and checks its exit status (the message shows both streams).
+#[track_caller]
+fn p11audit<S: AsRef<OsStr>>(args: &[S], status: i32) -> Ran {
+    let o = Command::new(env!("CARGO_BIN_EXE_p11audit"))
+        .args(args)
+        .output()
+        .unwrap();
+    let ran = Ran {
+        out: String::from_utf8_lossy(&o.stdout).into_owned(),
+        err: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    assert_eq!(
+        o.status.code(),
+        Some(status),
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        ran.out,
+        ran.err
+    );
+    ran
+}
+
+#[track_caller]
+fn assert_contains_all(text: &str, wanted: &[&str]) {
+    for want in wanted {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
 }
 
 fn all(n: usize) -> Vec<usize> {
@@ -97,16 +126,19 @@ fn all(n: usize) -> Vec<usize> {
 fn intact_chain_exits_0_with_summary() {
     let (lines, st) = chain(&standard());
     let f = Fixture::new(&lines, &all(7), &st);
-    let o = f.verify(&[]);
-    let out = text(&o.stdout);
-    assert_eq!(code(&o), 0, "{out}{}", text(&o.stderr));
+    let out = f.verify(&[], 0).out;
     assert!(out.starts_with("OK: chain intact\n"), "{out}");
-    assert!(out.contains("closed cleanly: yes"), "{out}");
-    assert!(out.contains("attached without close: pid 11"), "{out}");
-    assert!(out.contains("next seq 7"), "{out}");
-    assert!(out.contains("records:   7 (seq 0..6)"), "{out}");
-    assert!(out.contains("/usr/bin/other"), "{out}");
-    assert!(out.contains("C_Sign"), "{out}");
+    assert_contains_all(
+        &out,
+        &[
+            "closed cleanly: yes",
+            "attached without close: pid 11",
+            "next seq 7",
+            "records:   7 (seq 0..6)",
+            "/usr/bin/other",
+            "C_Sign",
+        ],
+    );
 }
 
 #[test]
@@ -116,24 +148,17 @@ fn altered_record_exits_1_and_names_line_and_seq() {
     let at = line.len() - 80;
     line[at] ^= 0x01;
     let f = Fixture::new(&lines, &all(7), &st);
-    let o = f.verify(&[]);
-    let out = text(&o.stdout);
-    assert_eq!(code(&o), 1, "{out}");
+    let out = f.verify(&[], 1).out;
     let expect = format!("FAIL: altered at {}:4 (seq 3): ", f.log.display());
     assert!(out.starts_with(&expect), "{out}");
-    assert!(
-        out.contains("records:   3 (seq 0..2) (before the problem)"),
-        "{out}"
-    );
+    assert_contains_all(&out, &["records:   3 (seq 0..2) (before the problem)"]);
 }
 
 #[test]
 fn json_report_parses_and_names_the_problem() {
     let (lines, st) = chain(&standard());
     let f = Fixture::new(&lines, &[0, 1, 2, 4, 5, 6], &st);
-    let o = f.verify(&["--json"]);
-    assert_eq!(code(&o), 1);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&f.verify(&["--json"], 1).out).unwrap();
     assert_eq!(v["intact"], false);
     assert_eq!(v["problem"]["kind"], "missing");
     assert_eq!(v["problem"]["line"], 4);
@@ -143,9 +168,7 @@ fn json_report_parses_and_names_the_problem() {
     assert_eq!(v["summary"]["per_fn"]["C_Sign"], 1);
 
     let f = Fixture::new(&lines, &all(7), &st);
-    let o = f.verify(&["--json"]);
-    assert_eq!(code(&o), 0);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&f.verify(&["--json"], 0).out).unwrap();
     assert_eq!(v["intact"], true);
     assert_eq!(v["problem"], serde_json::Value::Null);
     assert_eq!(v["closed_cleanly"], true);
@@ -156,53 +179,37 @@ fn json_report_parses_and_names_the_problem() {
 fn reordered_and_inserted() {
     let (lines, st) = chain(&standard());
     let f = Fixture::new(&lines, &[0, 1, 3, 2, 4, 5, 6], &st);
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 1);
-    assert!(
-        text(&o.stdout).contains("FAIL: reordered at "),
-        "{}",
-        text(&o.stdout)
+    assert_contains_all(
+        &f.verify(&[], 1).out,
+        &["FAIL: reordered at ", ":3 (seq 3): "],
     );
-    assert!(text(&o.stdout).contains(":3 (seq 3): "));
 
     let f = Fixture::new(&lines, &[0, 1, 2, 3, 4, 2, 5, 6], &st);
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 1);
-    assert!(
-        text(&o.stdout).contains(":6 (seq 2): "),
-        "{}",
-        text(&o.stdout)
-    );
-    assert!(text(&o.stdout).starts_with("FAIL: inserted at "));
+    let out = f.verify(&[], 1).out;
+    assert_contains_all(&out, &[":6 (seq 2): "]);
+    assert!(out.starts_with("FAIL: inserted at "), "{out}");
 }
 
 #[test]
 fn truncation_uses_the_default_state_unless_told_otherwise() {
     let (lines, st) = chain(&standard());
     let f = Fixture::new(&lines, &all(5), &st);
-    let o = f.verify(&[]);
-    let out = text(&o.stdout);
-    assert_eq!(code(&o), 1, "{out}");
+    let out = f.verify(&[], 1).out;
     assert!(out.starts_with("FAIL: truncated at "), "{out}");
-    assert!(out.contains(":5 (seq 4): "), "{out}");
-    assert!(out.contains("2 more record(s)"), "{out}");
+    assert_contains_all(&out, &[":5 (seq 4): ", "2 more record(s)"]);
 
-    let o = f.verify(&["--no-state"]);
-    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
-    assert!(text(&o.stdout).contains("not checked (--no-state)"));
+    let out = f.verify(&["--no-state"], 0).out;
+    assert_contains_all(&out, &["not checked (--no-state)"]);
 
     // An explicit state for exactly these five records.
     let (_, st5) = chain(&standard()[..5]);
     let p = f.dir.path().join("other.state");
     std::fs::write(&p, st5.encode()).unwrap();
-    let o = f.verify(&["--state", p.to_str().unwrap()]);
-    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    f.verify(&["--state", p.to_str().unwrap()], 0);
 
     // Without a state file beside the log, the end is not checked.
     std::fs::remove_file(f.dir.path().join("log.state")).unwrap();
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 0);
-    assert!(text(&o.stdout).contains("not found"), "{}", text(&o.stdout));
+    assert_contains_all(&f.verify(&[], 0).out, &["not found"]);
 }
 
 #[test]
@@ -211,15 +218,13 @@ fn torn_last_line() {
     let n = lines[6].len();
     lines[6].truncate(n - 10);
     let f = Fixture::new(&lines, &all(7), &st);
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 1);
+    let out = f.verify(&[], 1).out;
     assert!(
-        text(&o.stdout).starts_with(&format!(
+        out.starts_with(&format!(
             "FAIL: torn_last_line at {}:7 (seq 6): ",
             f.log.display()
         )),
-        "{}",
-        text(&o.stdout)
+        "{out}"
     );
 }
 
@@ -229,18 +234,19 @@ fn chain_across_files() {
     let f = Fixture::new(&lines, &[4, 5, 6], &st);
     let first = f.dir.path().join("log.1");
     std::fs::write(&first, lines[..4].concat()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_p11audit"))
-        .args(["verify", "--key-file"])
-        .arg(&f.key)
-        .arg(&first)
-        .arg(&f.log)
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    p11audit(
+        &[
+            "verify".as_ref(),
+            "--key-file".as_ref(),
+            f.key.as_os_str(),
+            first.as_os_str(),
+            f.log.as_os_str(),
+        ],
+        0,
+    );
     // Given only the newest file, the start of the chain is missing.
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 1);
-    assert!(text(&o.stdout).starts_with("FAIL: missing at "));
+    let out = f.verify(&[], 1).out;
+    assert!(out.starts_with("FAIL: missing at "), "{out}");
 }
 
 #[test]
@@ -256,114 +262,73 @@ fn control_characters_from_the_log_are_escaped() {
     ];
     let (lines, st) = chain(&bodies);
     let f = Fixture::new(&lines, &all(2), &st);
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
-    assert!(
-        !o.stdout.iter().any(|&b| b == 0x1b || b == 0x07),
-        "{}",
-        text(&o.stdout)
-    );
-    assert!(
-        text(&o.stdout).contains(r"/tmp/\x1b[2J\x07evil"),
-        "{}",
-        text(&o.stdout)
-    );
+    let out = f.verify(&[], 0).out;
+    assert!(!out.bytes().any(|b| b == 0x1b || b == 0x07), "{out}");
+    assert_contains_all(&out, &[r"/tmp/\x1b[2J\x07evil"]);
 }
 
 #[test]
 fn usage_and_io_errors_exit_2() {
     let (lines, st) = chain(&standard());
     let f = Fixture::new(&lines, &all(7), &st);
-    let bin = env!("CARGO_BIN_EXE_p11audit");
-
     // No FILE.
-    let o = Command::new(bin)
-        .args(["verify", "--key-file"])
-        .arg(&f.key)
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 2);
-    // --state and --no-state together.
-    assert_eq!(code(&f.verify(&["--no-state", "--state", "x"])), 2);
-    // Missing key file.
-    let o = Command::new(bin)
-        .args(["verify", "--key-file", "/nonexistent/k0"])
-        .arg(&f.log)
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 2);
-    assert!(
-        text(&o.stderr).starts_with("p11audit: "),
-        "{}",
-        text(&o.stderr)
+    p11audit(
+        &["verify".as_ref(), "--key-file".as_ref(), f.key.as_os_str()],
+        2,
     );
-    assert!(o.stdout.is_empty());
+    // --state and --no-state together.
+    f.verify(&["--no-state", "--state", "x"], 2);
+    // Missing key file.
+    let ran = p11audit(
+        &[
+            "verify".as_ref(),
+            "--key-file".as_ref(),
+            "/nonexistent/k0".as_ref(),
+            f.log.as_os_str(),
+        ],
+        2,
+    );
+    assert!(ran.err.starts_with("p11audit: "), "{}", ran.err);
+    assert!(ran.out.is_empty());
     // Bad key text.
     std::fs::write(&f.key, "not a key\n").unwrap();
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        text(&o.stderr).contains("64 hexadecimal"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert_contains_all(&f.verify(&[], 2).err, &["64 hexadecimal"]);
     std::fs::write(&f.key, format!("{KEY_HEX}\n")).unwrap();
     // Missing log file.
-    let o = Command::new(bin)
-        .args(["verify", "--no-state", "--key-file"])
-        .arg(&f.key)
-        .arg(f.dir.path().join("nope"))
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 2);
-    assert!(
-        text(&o.stderr).starts_with("p11audit: "),
-        "{}",
-        text(&o.stderr)
+    let ran = p11audit(
+        &[
+            "verify".as_ref(),
+            "--no-state".as_ref(),
+            "--key-file".as_ref(),
+            f.key.as_os_str(),
+            f.dir.path().join("nope").as_os_str(),
+        ],
+        2,
     );
+    assert!(ran.err.starts_with("p11audit: "), "{}", ran.err);
     // Corrupt state.
     std::fs::write(f.dir.path().join("log.state"), b"garbage").unwrap();
-    let o = f.verify(&[]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        text(&o.stderr).contains("--no-state"),
-        "{}",
-        text(&o.stderr)
-    );
-    assert_eq!(code(&f.verify(&["--no-state"])), 0);
+    assert_contains_all(&f.verify(&[], 2).err, &["--no-state"]);
+    f.verify(&["--no-state"], 0);
     // Unknown subcommand.
-    assert_eq!(
-        code(&Command::new(bin).arg("frobnicate").output().unwrap()),
-        2
-    );
+    p11audit(&["frobnicate"], 2);
 }
 
 #[test]
 fn help_mentions_subcommands_and_exit_status() {
-    let o = Command::new(env!("CARGO_BIN_EXE_p11audit"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 0);
-    let out = text(&o.stdout);
-    assert!(out.contains("keygen") && out.contains("verify"), "{out}");
-    assert!(out.contains("Exit status"), "{out}");
+    let out = p11audit(&["--help"], 0).out;
+    assert_contains_all(&out, &["keygen", "verify", "Exit status"]);
 }
 
-fn keygen(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_p11audit"))
-        .arg("keygen")
-        .arg(path)
-        .output()
-        .unwrap()
+fn keygen(path: &Path, status: i32) -> Ran {
+    p11audit(&["keygen".as_ref(), path.as_os_str()], status)
 }
 
 #[test]
 fn keygen_writes_a_0400_key_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("k0");
-    let o = keygen(&p);
-    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    keygen(&p, 0);
     let meta = std::fs::metadata(&p).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
     let content = std::fs::read_to_string(&p).unwrap();
@@ -375,18 +340,12 @@ fn keygen_writes_a_0400_key_and_never_overwrites() {
     assert!(ChainKey::from_hex_text(&content).is_ok());
 
     // A second run refuses and leaves the key alone.
-    let o = keygen(&p);
-    assert_eq!(code(&o), 2);
-    assert!(
-        text(&o.stderr).contains("refusing to overwrite"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert_contains_all(&keygen(&p, 2).err, &["refusing to overwrite"]);
     assert_eq!(std::fs::read_to_string(&p).unwrap(), content);
 
     // Two keys differ.
     let q = dir.path().join("k1");
-    assert_eq!(code(&keygen(&q)), 0);
+    keygen(&q, 0);
     assert_ne!(std::fs::read_to_string(&q).unwrap(), content);
 
     // A key from keygen verifies a chain sealed with it.
@@ -401,14 +360,16 @@ fn keygen_writes_a_0400_key_and_never_overwrites() {
     );
     let log = dir.path().join("log");
     std::fs::write(&log, line).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_p11audit"))
-        .args(["verify", "--key-file"])
-        .arg(&p)
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    p11audit(
+        &[
+            "verify".as_ref(),
+            "--key-file".as_ref(),
+            p.as_os_str(),
+            log.as_os_str(),
+        ],
+        0,
+    );
 
     // A directory that does not exist is an I/O error.
-    assert_eq!(code(&keygen(&dir.path().join("no/such/dir/k"))), 2);
+    keygen(&dir.path().join("no/such/dir/k"), 2);
 }

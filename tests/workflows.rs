@@ -17,10 +17,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
 const MODULE_VAR: &str = "P11AUDIT_TEST_MODULE";
 const MARK: &str = "P11AUDIT-WORKFLOW-RESULT ";
 
@@ -38,8 +36,6 @@ const GCM_AAD: &[u8] = b"wf-aad-canary-Vb2";
 const CBC_IV: [u8; 16] = [
     0x5e, 0x21, 0xc7, 0x88, 0x3a, 0xf4, 0x10, 0x6d, 0xb9, 0x47, 0xe0, 0x2c, 0x95, 0x7b, 0xd3, 0x08,
 ];
-/// DER OID of P-256 (prime256v1).
-const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const NEW_TOKEN_LABEL: &str = "wf-fresh-token";
 
 /// The imported AES-256 key: a distinctive pattern.
@@ -129,7 +125,7 @@ fn workflow_child() {
         "results": report.results,
         "observed": report.observed,
     });
-    println!("{MARK}{out}");
+    print_marked(MARK, &out);
 }
 
 fn run_workflows(module: &Path) -> Report {
@@ -927,31 +923,15 @@ extern "C" fn remove_temp_dirs() {
 
 fn run_child(role: &str, module: &Path) -> Run {
     let fixture = Fixture::new();
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([
-        "--exact",
-        "workflow_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_VAR, role)
-    .env(MODULE_VAR, module)
-    .envs(fixture.env());
-    let done = run_with_timeout(cmd, fixture.dir.path(), &format!("child-{role}"));
-    assert!(
-        done.status.success(),
-        "{role} child failed: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        done.status,
-        done.stdout,
-        done.stderr
+    let mut env = fixture.env();
+    env.push((MODULE_VAR, module.into()));
+    let what = format!("child-{role}");
+    let done = run_child_ok(
+        child_command("workflow_child", ROLE_VAR, role, &env),
+        fixture.dir.path(),
+        &what,
     );
-    let line = done
-        .stdout
-        .lines()
-        // libtest prints "test workflow_child ... " on the same line before it.
-        .find_map(|l| l.find(MARK).map(|at| &l[at + MARK.len()..]))
-        .unwrap_or_else(|| panic!("{role} child printed no result line:\n{}", done.stdout));
-    let v: Value = serde_json::from_str(line).expect("result line is JSON");
+    let v = done.marked_json(MARK, &what);
     let map = |k: &str| -> BTreeMap<String, String> {
         serde_json::from_value(v[k].clone()).expect("string map")
     };
@@ -1160,9 +1140,7 @@ fn template_label(template: &Value) -> Option<&str> {
 
 #[test]
 fn shim_log_verifies() {
-    let f = &runs().shim.fixture;
-    let (code, out) = f.verify();
-    assert_eq!(code, Some(0), "p11audit verify on the shim's log:\n{out}");
+    let out = runs().shim.fixture.assert_verifies("the shim's log");
     assert!(out.starts_with("OK: chain intact"), "{out}");
 }
 
@@ -1877,14 +1855,7 @@ fn copy_with(lines: &[Vec<u8>]) -> LogCopy {
 
 /// `p11audit verify --json --key-file K COPY`: exit code and report.
 fn verify_copy(c: &LogCopy) -> (Option<i32>, Value) {
-    let out = Command::new(p11audit_bin())
-        .arg("verify")
-        .arg("--json")
-        .arg("--key-file")
-        .arg(&runs().shim.fixture.key)
-        .arg(&c.log)
-        .output()
-        .expect("run p11audit verify");
+    let out = p11audit_verify(&runs().shim.fixture.key, &["--json"], &c.log);
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(

@@ -2,96 +2,27 @@
  * dlopen_client MODULE PIN
  *
  * Loads a PKCS#11 module the way applications do (dlopen with RTLD_NOW |
- * RTLD_LOCAL, then dlsym "C_GetFunctionList") and runs one short session:
- * C_Initialize, C_GetInfo, C_GetSlotList, C_OpenSession on the first slot with
- * a token, C_Login (user), C_GenerateRandom (16 bytes), C_Logout,
- * C_CloseSession, C_Finalize, then dlclose. Prints "C_Name rv=0x..." for each call and exits
- * 0 only if every call returned CKR_OK.
+ * RTLD_LOCAL, then dlsym "C_GetFunctionList"), runs the session of workflow.h,
+ * then dlcloses the module. Prints "C_Name rv=0x..." for each call and exits 0
+ * only if every call returned CKR_OK.
  *
  * Build: cc -Wall -Wextra -Itests/c -Iinclude tests/c/dlopen_client.c -ldl
  */
 #include <dlfcn.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "mini_pkcs11.h"
 #define P11AUDIT_HAVE_PKCS11_H 1 /* mini_pkcs11.h provides the types */
 #include "p11audit.h"
-
-static int failed;
-
-static int step(const char *name, CK_RV rv)
-{
-    printf("%s rv=0x%lx\n", name, rv);
-    fflush(stdout);
-    if (rv != CKR_OK) {
-        failed = 1;
-        return 0;
-    }
-    return 1;
-}
-
-/* Prints a blank-padded, not NUL-terminated PKCS#11 string. */
-static void print_padded(const char *what, const CK_UTF8CHAR *s, size_t n)
-{
-    while (n > 0 && s[n - 1] == ' ')
-        n--;
-    printf("%s: %.*s\n", what, (int)n, (const char *)s);
-}
-
-static int run(CK_FUNCTION_LIST *f, const char *pin)
-{
-    CK_INFO info;
-    CK_SLOT_ID slots[64];
-    CK_ULONG nslots = 0;
-    CK_SESSION_HANDLE session = 0;
-    CK_BYTE random[16];
-
-    if (!step("C_Initialize", f->C_Initialize(NULL)))
-        return 1;
-
-    memset(&info, 0, sizeof info);
-    if (step("C_GetInfo", f->C_GetInfo(&info))) {
-        print_padded("manufacturerID", info.manufacturerID, sizeof info.manufacturerID);
-        printf("cryptokiVersion: %u.%u\n", info.cryptokiVersion.major,
-               info.cryptokiVersion.minor);
-    }
-
-    if (step("C_GetSlotList", f->C_GetSlotList(CK_TRUE, NULL, &nslots))) {
-        printf("slots with a token: %lu\n", nslots);
-        if (nslots == 0) {
-            fprintf(stderr, "dlopen_client: no slot with a token\n");
-            failed = 1;
-        } else {
-            if (nslots > sizeof slots / sizeof slots[0])
-                nslots = sizeof slots / sizeof slots[0];
-            /* A second call fills the list (PKCS#11 length-query convention). */
-            if (step("C_GetSlotList", f->C_GetSlotList(CK_TRUE, slots, &nslots)) &&
-                nslots > 0 &&
-                step("C_OpenSession",
-                     f->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
-                                      NULL, &session))) {
-                if (step("C_Login", f->C_Login(session, CKU_USER, (CK_UTF8CHAR *)pin,
-                                               (CK_ULONG)strlen(pin)))) {
-                    step("C_GenerateRandom",
-                         f->C_GenerateRandom(session, random, (CK_ULONG)sizeof random));
-                    step("C_Logout", f->C_Logout(session));
-                }
-                step("C_CloseSession", f->C_CloseSession(session));
-            }
-        }
-    }
-
-    step("C_Finalize", f->C_Finalize(NULL));
-    return failed;
-}
+#define CLIENT_NAME "dlopen_client"
+#include "workflow.h"
 
 int main(int argc, char **argv)
 {
     void *module;
     CK_C_GetFunctionList get_function_list;
     CK_FUNCTION_LIST *f = NULL;
+    CK_RV rv;
 
     if (argc != 3) {
         fprintf(stderr, "usage: %s MODULE PIN\n", argv[0]);
@@ -110,18 +41,9 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    if (!step("C_GetFunctionList", get_function_list(&f)))
+    rv = get_function_list(&f);
+    if (run_workflow(rv, f, argv[2]) != 0)
         return 1;
-    if (f == NULL) {
-        fprintf(stderr, "dlopen_client: C_GetFunctionList returned a NULL table\n");
-        return 1;
-    }
-    printf("function list version: %u.%u\n", f->version.major, f->version.minor);
-
-    if (run(f, argv[2]) != 0) {
-        fprintf(stderr, "dlopen_client: FAILED\n");
-        return 1;
-    }
     /* Unload as pkcs11-tool and most applications do after C_Finalize. */
     if (dlclose(module) != 0) {
         fprintf(stderr, "dlopen_client: dlclose: %s\n", dlerror());

@@ -1,11 +1,17 @@
 //! Shared by the integration tests: the built library and binary, fresh SoftHSM tokens,
-//! chain keys, and running programs under a timeout.
+//! chain keys, test binaries re-executed as child processes, running programs under a timeout,
+//! and checking a log's chain. `raw` drives a PKCS#11 module through the C ABI.
 #![allow(dead_code)]
 
+pub mod raw;
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -14,6 +20,11 @@ pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const USER_PIN: &str = "Pin-canary-Qx7";
 pub const SO_PIN: &str = "So-canary-Zw9k";
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// DER OID of P-256 (prime256v1).
+pub const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Environment variables for a process that loads the shim: name, value.
+pub type Env = [(&'static str, OsString)];
 
 pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +59,7 @@ pub fn p11audit_bin() -> &'static str {
     env!("CARGO_BIN_EXE_p11audit")
 }
 
-pub fn output_text(out: &std::process::Output) -> String {
+pub fn output_text(out: &Output) -> String {
     format!(
         "status: {}\n--- stdout ---\n{}--- stderr ---\n{}",
         out.status,
@@ -57,7 +68,7 @@ pub fn output_text(out: &std::process::Output) -> String {
     )
 }
 
-pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
@@ -94,16 +105,129 @@ pub fn keygen(path: &Path) {
     );
 }
 
+/// Compiles tests/c/NAME.c into `out_dir`/NAME; `extra` goes after the source (libraries,
+/// `-shared`).
+pub fn compile_c(out_dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let src = manifest_dir().join("tests/c").join(format!("{name}.c"));
+    let out = out_dir.join(name);
+    let mut cmd = Command::new("cc");
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-O1", "-g"])
+        .arg("-I")
+        .arg(manifest_dir().join("tests/c"))
+        .arg("-I")
+        .arg(manifest_dir().join("include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .args(extra);
+    run_ok(&mut cmd, &format!("compiling {}", src.display()));
+    out
+}
+
+// ---- child processes ------------------------------------------------------------------------
+
+/// Tells a re-executed test binary which child role to play.
+pub const ROLE_VAR: &str = "P11AUDIT_TEST_ROLE";
+
+/// Whether this process is a test binary re-executed to play `role` (under ROLE_VAR).
+pub fn is_role(role: &str) -> bool {
+    std::env::var(ROLE_VAR).as_deref() == Ok(role)
+}
+
+/// Gives `cmd` exactly `env` as its p11audit and SoftHSM configuration: the P11AUDIT_* and
+/// SOFTHSM2_CONF variables of this process are not passed on.
+pub fn set_env<'a>(cmd: &'a mut Command, env: &Env) -> &'a mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("P11AUDIT_") || name == "SOFTHSM2_CONF" {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+}
+
+/// This test binary, re-executed to run only the test `test_name`, with `role_var` set to
+/// `role` and exactly `env` as its configuration (see `set_env`). The test `test_name` does
+/// nothing unless `role_var` is set.
+///
+/// Children are used because the shim reads its configuration at C_Initialize and a process
+/// can load SoftHSM only once.
+pub fn child_command(
+    test_name: &str,
+    role_var: &str,
+    role: impl AsRef<OsStr>,
+    env: &Env,
+) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"]);
+    set_env(&mut cmd, env);
+    cmd.env(role_var, role);
+    cmd
+}
+
+/// Prints a child's result for the parent to find with `Finished::marked_json`. The newline
+/// first: libtest prints "test NAME ... " without one before the test runs.
+pub fn print_marked(marker: &str, result: &impl std::fmt::Display) {
+    println!("\n{marker}{result}");
+}
+
 pub struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
 }
 
-/// Runs `cmd` with stdout/stderr to files, killing it and failing the test after RUN_TIMEOUT.
+impl Finished {
+    /// Status, stdout and stderr, for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "status: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// The first word after `KEY=` in stdout (libtest may print "test NAME ... " on the same
+    /// line before it).
+    pub fn value_after(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}=");
+        self.stdout
+            .lines()
+            .find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
+            .and_then(|rest| rest.split_whitespace().next())
+    }
+
+    /// The JSON value printed after `marker` (by `print_marked`); fails the test without one.
+    pub fn marked_json(&self, marker: &str, what: &str) -> Value {
+        let line = self
+            .stdout
+            .lines()
+            .find_map(|l| l.find(marker).map(|at| &l[at + marker.len()..]))
+            .unwrap_or_else(|| panic!("{what} printed no result line\n{}", self.dump()));
+        serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("{what}: the result line is not JSON ({e})\n{}", self.dump())
+        })
+    }
+
+    /// The lines the shim printed on stderr.
+    pub fn p11audit_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("p11audit:"))
+            .collect()
+    }
+}
+
+/// Runs `cmd` with stdout/stderr to files in `work` named after `what`, killing it and failing
+/// the test after RUN_TIMEOUT.
 pub fn run_with_timeout(mut cmd: Command, work: &Path, what: &str) -> Finished {
-    let out_path = work.join(format!("{what}.stdout"));
-    let err_path = work.join(format!("{what}.stderr"));
+    let stem: String = what
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    let out_path = work.join(format!("{stem}.stdout"));
+    let err_path = work.join(format!("{stem}.stderr"));
     cmd.stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).expect("create stdout file"))
         .stderr(fs::File::create(&err_path).expect("create stderr file"));
@@ -143,8 +267,57 @@ pub fn run_with_timeout(mut cmd: Command, work: &Path, what: &str) -> Finished {
     }
 }
 
+/// `run_with_timeout`, failing the test unless `cmd` exits with status 0.
+pub fn run_child_ok(cmd: Command, work: &Path, what: &str) -> Finished {
+    let run = run_with_timeout(cmd, work, what);
+    assert!(run.status.success(), "{what} failed\n{}", run.dump());
+    run
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// ---- logs -----------------------------------------------------------------------------------
+
+/// `p11audit verify --key-file KEY EXTRA... LOG`.
+pub fn p11audit_verify(key: &Path, extra: &[&str], log: &Path) -> Output {
+    Command::new(p11audit_bin())
+        .arg("verify")
+        .arg("--key-file")
+        .arg(key)
+        .args(extra)
+        .arg(log)
+        .output()
+        .expect("run p11audit verify")
+}
+
+/// Fails the test unless `p11audit verify` finds `log` intact.
+pub fn assert_verifies(key: &Path, log: &Path, what: &str) {
+    let out = p11audit_verify(key, &[], log);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "p11audit verify rejected {what} ({})\n{}",
+        log.display(),
+        output_text(&out)
+    );
+}
+
+/// How many lines (records) a log has.
+pub fn line_count(log: &Path) -> usize {
+    fs::read(log)
+        .expect("read log")
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// Each line of a log, parsed.
+pub fn parse_records(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
 }
 
 /// A fresh token, chain key and log path in a temporary directory.
@@ -176,7 +349,7 @@ impl Fixture {
 
     /// Environment for a process that loads the shim (or SoftHSM directly: the P11AUDIT_*
     /// variables are then simply unused).
-    pub fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
         vec![
             ("SOFTHSM2_CONF", self.softhsm_conf.clone().into()),
             ("P11AUDIT_MODULE", SOFTHSM.into()),
@@ -187,25 +360,89 @@ impl Fixture {
 
     /// `p11audit verify --key-file KEY LOG`: exit code and stdout.
     pub fn verify(&self) -> (Option<i32>, String) {
-        let out = Command::new(p11audit_bin())
-            .arg("verify")
-            .arg("--key-file")
-            .arg(&self.key)
-            .arg(&self.log)
-            .output()
-            .expect("run p11audit verify");
+        let out = p11audit_verify(&self.key, &[], &self.log);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     }
 
-    /// Every record of the log, parsed.
-    pub fn records(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.log)
-            .expect("read audit log")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect()
+    /// Fails the test unless `p11audit verify` finds the log intact; returns its stdout.
+    pub fn assert_verifies(&self, what: &str) -> String {
+        let (code, out) = self.verify();
+        assert_eq!(code, Some(0), "p11audit verify on {what}:\n{out}");
+        out
     }
+
+    /// Every record of the log, parsed.
+    pub fn records(&self) -> Vec<Value> {
+        parse_records(&fs::read_to_string(&self.log).expect("read audit log"))
+    }
+}
+
+/// Checks the log as bytes and as a chain, and returns its records:
+/// - `p11audit verify` exits 0;
+/// - every line is one whole record: a JSON object from `{"v":1,"seq":` to `"}` with a 64-hex
+///   mac, and the file ends with a newline (no torn or interleaved line);
+/// - seq is 0..n-1, each exactly once, in file order;
+/// - every outcome that names an intent points back to an earlier intent record of the same
+///   function, pid and tid, and every intent has exactly one outcome.
+pub fn check_chain(fx: &Fixture) -> Vec<Value> {
+    const MAC_MEMBER: &str = ",\"mac\":\"";
+    fx.assert_verifies("the log");
+
+    let bytes = fs::read(&fx.log).expect("read log");
+    assert!(
+        bytes.ends_with(b"\n"),
+        "the log does not end with a newline"
+    );
+    let text = std::str::from_utf8(&bytes).expect("the log is UTF-8");
+    let mut records = Vec::new();
+    for (i, line) in text.split_terminator('\n').enumerate() {
+        let whole = line.starts_with(&format!("{{\"v\":1,\"seq\":{i},"))
+            && line.ends_with("\"}")
+            && line.rfind(MAC_MEMBER).is_some_and(|at| {
+                let mac = &line[at + MAC_MEMBER.len()..line.len() - 2];
+                mac.len() == 64 && mac.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+        assert!(
+            whole,
+            "line {i} is not one whole record with seq {i}: {line}"
+        );
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {i} is not JSON ({e}): {line}"));
+        assert_eq!(v["seq"].as_u64(), Some(i as u64), "line {i}");
+        records.push(v);
+    }
+
+    let mut outcomes_of: HashMap<u64, usize> = HashMap::new();
+    for r in &records {
+        let Some(intent) = r.get("intent").and_then(Value::as_u64) else {
+            continue;
+        };
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(r["ev"], "outcome", "only outcomes name an intent: {r}");
+        assert!(intent < seq, "outcome {seq} names a later intent {intent}");
+        let i = &records[intent as usize];
+        assert_eq!(
+            i["ev"], "intent",
+            "outcome {seq} names {intent}, not an intent: {i}"
+        );
+        for k in ["fn", "pid", "tid"] {
+            assert_eq!(
+                i[k], r[k],
+                "outcome {seq} and its intent {intent} differ in {k}"
+            );
+        }
+        *outcomes_of.entry(intent).or_default() += 1;
+    }
+    for r in records.iter().filter(|r| r["ev"] == "intent") {
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(
+            outcomes_of.get(&seq).copied().unwrap_or(0),
+            1,
+            "intent {seq} should have exactly one outcome: {r}"
+        );
+    }
+    records
 }
