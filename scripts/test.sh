@@ -19,4 +19,14 @@ P11AUDIT_TEST_KRYOPTIC=$(scripts/build-kryoptic.sh)
 export P11AUDIT_TEST_KRYOPTIC
 
 cargo build --all-targets
-cargo test "$@"
+
+# Run every test target, keep the output, and close with one total line over all of them
+# (cargo prints one "test result" line per target).
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test "$@" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"
