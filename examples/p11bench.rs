@@ -235,9 +235,18 @@ fn main() {
     let pin = AuthPin::new(args.pin.clone().into());
     let setup = p11.open_rw_session(slot).expect("session");
     setup.login(UserType::User, Some(&pin)).expect("login");
-    let keys = make_keys(&setup);
+    let mut keys = make_keys(&setup);
 
     for op in &args.ops {
+        // Login state belongs to the whole application (PKCS#11 2.40 §5.6): login+logout can
+        // only be measured from one thread, with the setup session logged out meanwhile.
+        let login_op = op == "login_logout";
+        if login_op && args.threads > 1 {
+            continue;
+        }
+        if login_op {
+            setup.logout().expect("logout before login_logout");
+        }
         let deadline = Duration::from_secs_f64(args.seconds);
         let ready = std::sync::Barrier::new(args.threads + 1);
         let mut log_before = None;
@@ -270,6 +279,12 @@ fn main() {
                 .map(|h| h.join().expect("bench thread"))
                 .collect()
         });
+        if login_op {
+            // Logout invalidated every handle to private objects (PKCS#11 2.40 §5.6
+            // C_Logout): log in again and make new keys.
+            setup.login(UserType::User, Some(&pin)).expect("login after login_logout");
+            keys = make_keys(&setup);
+        }
         let ops_per_s: f64 = per_thread
             .iter()
             .map(|(lat, secs)| lat.len() as f64 / secs)
