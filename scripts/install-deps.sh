@@ -12,6 +12,16 @@
 #                   a test-only provider) links the system OpenSSL
 #   libclang-dev    libclang for bindgen in kryoptic's build script
 #   libsqlite3-dev  libsqlite3.so: kryoptic's sqlite token database
+#   real clients of tests/clients/run.sh, each run directly and through p11audit:
+#   gnutls-bin                p11tool, certtool
+#   libengine-pkcs11-openssl  the OpenSSL pkcs11 engine (with openssl)
+#   openssl                   checks every signature independently
+#   openssh-client            ssh-keygen -D, ssh-agent, ssh-add
+#   default-jre-headless      Java 17 SunPKCS11: keytool, jarsigner
+#   python3-pykcs11           PyKCS11
+#   p11-kit                   p11-kit-proxy.so and .module files
+#   libnss3-tools             NSS modutil, certutil
+#   xxd                       hex to bytes in the client cases
 set -euo pipefail
 
 packages=(
@@ -24,6 +34,15 @@ packages=(
     libssl-dev
     libclang-dev
     libsqlite3-dev
+    gnutls-bin
+    libengine-pkcs11-openssl
+    openssl
+    openssh-client
+    default-jre-headless
+    python3-pykcs11
+    p11-kit
+    libnss3-tools
+    xxd
 )
 
 installed() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: system packages, then every Rust target, then all tests.
+# The whole test suite: system packages, then every Rust target, then all tests, then the real
+# client programs of tests/clients/run.sh.
 #
 #   scripts/test.sh [ARGS...]     ARGS go to `cargo test` (e.g. `-- --nocapture`)
 #
@@ -28,5 +29,14 @@ set +e
 cargo test "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
-exit "$status"
+
+# Real client programs (pkcs11-tool, GnuTLS, OpenSSL, OpenSSH, Java, Python, p11-kit, NSS),
+# directly and through p11audit; one PASS/FAIL line per case.
+set +e
+tests/clients/run.sh 2>&1 | tee -a "$out"
+clients=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 }
+     /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+((status == 0 && clients == 0))
