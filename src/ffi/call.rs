@@ -43,6 +43,33 @@ pub(crate) fn bare_record(rt: &Runtime, ev: Event, function: Option<&'static str
     Record::new(&rt.who(), thread_id(), ev, function)
 }
 
+/// An outcome record of `function` returning `rv`, timed from `started`.
+pub(crate) fn timed_outcome(
+    rt: &Runtime,
+    function: &'static str,
+    rv: ck::CK_RV,
+    started: Instant,
+) -> Record {
+    let mut outcome = bare_record(rt, Event::Outcome, Some(function));
+    outcome.detail.rv = Some(rv_named(rv));
+    outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);
+    outcome
+}
+
+/// Writes an intent that must be in the file before its call is forwarded: its seq, None when
+/// it could not be written but fail-open lets the call go ahead, Err(rv) when the call must
+/// be refused with `rv` (fail-closed).
+pub(crate) fn write_intent_or_refuse(
+    rt: &Runtime,
+    intent: &Record,
+) -> Result<Option<u64>, ck::CK_RV> {
+    match rt.auditor.write(intent) {
+        Ok(seq) => Ok(Some(seq)),
+        Err(_) if rt.auditor.policy() == FailurePolicy::Open => Ok(None),
+        Err(_) => Err(ck::CKR_GENERAL_ERROR),
+    }
+}
+
 /// The call being audited.
 pub(crate) struct Call<'rt> {
     pub rt: &'rt Runtime,
@@ -440,11 +467,7 @@ impl<'rt> Call<'rt> {
         if intent.detail.template.as_ref().is_some_and(Vec::is_empty) {
             intent.detail.template = None;
         }
-        match self.rt.auditor.write(&intent) {
-            Ok(seq) => Ok(Some(seq)),
-            Err(_) if self.rt.auditor.policy() == FailurePolicy::Open => Ok(None),
-            Err(_) => Err(ck::CKR_GENERAL_ERROR),
-        }
+        write_intent_or_refuse(self.rt, &intent)
     }
 
     /// Writes (or queues) the outcome and decides what the caller gets.

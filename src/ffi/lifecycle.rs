@@ -1,6 +1,6 @@
 //! C_Initialize and C_Finalize: configuration, attach and clean close.
 
-use super::call::{bare_record, rv_named};
+use super::call::{bare_record, timed_outcome, write_intent_or_refuse};
 use super::{args, guard, runtime, runtime_or_init};
 use crate::audit::record::Event;
 use cryptoki_sys as ck;
@@ -58,10 +58,9 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
         let mut intent = bare_record(rt, Event::Intent, Some("C_Initialize"));
         intent.detail.flags = flags.map(|f| f as u64);
         rt.auditor.wait(&attach);
-        let intent_seq = match rt.auditor.write(&intent) {
-            Ok(seq) => Some(seq),
-            Err(_) if rt.auditor.policy() == crate::audit::auditor::FailurePolicy::Open => None,
-            Err(_) => return ck::CKR_GENERAL_ERROR,
+        let intent_seq = match write_intent_or_refuse(rt, &intent) {
+            Ok(seq) => seq,
+            Err(rv) => return rv,
         };
         let Some(init) = rt.provider.functions.C_Initialize else {
             return ck::CKR_GENERAL_ERROR;
@@ -69,9 +68,7 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
         let started = Instant::now();
         // SAFETY: forwarded as given. No p11audit lock is held: providers may re-enter.
         let rv = unsafe { init(init_args) };
-        let mut outcome = bare_record(rt, Event::Outcome, Some("C_Initialize"));
-        outcome.detail.rv = Some(rv_named(rv));
-        outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);
+        let mut outcome = timed_outcome(rt, "C_Initialize", rv, started);
         outcome.detail.intent = intent_seq;
         rt.auditor.wait(&outcome);
         rv
@@ -90,9 +87,7 @@ pub(crate) unsafe extern "C" fn c_finalize(reserved: *mut c_void) -> ck::CK_RV {
         // Giving up: goes ahead even when the log cannot be written.
         // SAFETY: forwarded as given.
         let rv = unsafe { fin(reserved) };
-        let mut outcome = bare_record(rt, Event::Outcome, Some("C_Finalize"));
-        outcome.detail.rv = Some(rv_named(rv));
-        outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);
+        let outcome = timed_outcome(rt, "C_Finalize", rv, started);
         if rv == ck::CKR_OK {
             rt.context.lock().clear();
             rt.auditor.wait(&outcome);
