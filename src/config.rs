@@ -3,6 +3,7 @@
 
 use crate::audit::auditor::FailurePolicy;
 use crate::audit::writer::LogSettings;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -62,19 +63,124 @@ fn choice<T: Copy>(
         })
 }
 
+/// Every setting's name (the same in the environment and in a configuration file).
+pub const SETTINGS: &[&str] = &[
+    "P11AUDIT_MODULE",
+    "P11AUDIT_LOG",
+    "P11AUDIT_KEY_FILE",
+    "P11AUDIT_ON_FAILURE",
+    "P11AUDIT_SYNC",
+    "P11AUDIT_LOG_MODE",
+];
+
+/// The configuration file a setuid or setgid program must use.
+pub const SECURE_CONFIG_FILE: &str = "/etc/p11audit.conf";
+
+/// Where settings come from.
+pub struct Sources {
+    /// The process is setuid/setgid (`AT_SECURE`): its environment is chosen by a less
+    /// privileged user, so no P11AUDIT_* variable may pick the provider, the log or the key.
+    pub secure: bool,
+    /// `SECURE_CONFIG_FILE`, or another path in tests.
+    pub secure_file: PathBuf,
+}
+
+/// Parses `NAME=value` lines (blank lines and `#` comments allowed) into settings.
+pub fn parse_config_file(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<HashMap<String, OsString>, ConfigError> {
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line.split_once('=').ok_or_else(|| {
+            ConfigError(format!("{}:{}: expected NAME=value", path.display(), n + 1))
+        })?;
+        let name = name.trim();
+        if !SETTINGS.contains(&name) {
+            return Err(ConfigError(format!(
+                "{}:{}: unknown setting {name:?}: use one of {}",
+                path.display(),
+                n + 1,
+                SETTINGS.join(", ")
+            )));
+        }
+        out.insert(name.to_string(), OsString::from(value.trim()));
+    }
+    Ok(out)
+}
+
+/// Reads a configuration file. `must_be_root_owned`: refuse it unless root owns it and
+/// neither group nor others may write it (for setuid programs).
+fn read_config_file(
+    path: &std::path::Path,
+    must_be_root_owned: bool,
+) -> Result<HashMap<String, OsString>, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    if must_be_root_owned && (meta.uid() != 0 || meta.mode() & 0o022 != 0 || !meta.is_file()) {
+        return Err(ConfigError(format!(
+            "configuration file {} must be a regular file owned by root and not writable by group or others",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    parse_config_file(&text, path)
+}
+
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(&|name| std::env::var_os(name))
+    /// Reads the configuration: in a setuid/setgid process only `/etc/p11audit.conf`; else
+    /// the environment, on top of the file named by `P11AUDIT_CONFIG` if that is set.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let settings = Config::settings(sources)?;
+        Config::from_lookup(&|name| settings(name))
     }
 
     /// Just `P11AUDIT_MODULE`, for interface negotiation before `C_Initialize`.
-    pub fn module_from_env() -> Result<PathBuf, ConfigError> {
+    pub fn module(sources: &Sources) -> Result<PathBuf, ConfigError> {
+        let settings = Config::settings(sources)?;
         required(
-            &|name| std::env::var_os(name),
+            &|name| settings(name),
             "P11AUDIT_MODULE",
             "set it to the real PKCS#11 module",
         )
+    }
+
+    /// The lookup function for the settings `sources` allow.
+    fn settings(sources: &Sources) -> Result<impl Fn(&str) -> Option<OsString>, ConfigError> {
+        if sources.secure {
+            if !sources.secure_file.exists() {
+                return Err(ConfigError(format!(
+                    "this is a setuid or setgid program, so P11AUDIT_* environment variables are ignored: put the settings in {} (owned by root, not writable by group or others)",
+                    sources.secure_file.display()
+                )));
+            }
+            let file = read_config_file(&sources.secure_file, true)?;
+            return Ok(Box::new(move |name: &str| file.get(name).cloned())
+                as Box<dyn Fn(&str) -> Option<OsString>>);
+        }
+        let file = match std::env::var_os("P11AUDIT_CONFIG").filter(|v| !v.is_empty()) {
+            Some(path) => read_config_file(std::path::Path::new(&path), false)?,
+            None => HashMap::new(),
+        };
+        Ok(Box::new(move |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| file.get(name).cloned())
+        }) as Box<dyn Fn(&str) -> Option<OsString>>)
     }
 
     /// Reads configuration through `get` (the environment, or a map in tests).
@@ -129,7 +235,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, OsString> = vars
@@ -171,5 +276,63 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.on_failure, FailurePolicy::Open);
+    }
+
+    #[test]
+    fn config_file_lines_and_errors() {
+        let p = std::path::Path::new("/etc/p11audit.conf");
+        let m = parse_config_file("# comment\n\nP11AUDIT_MODULE = /m.so\nP11AUDIT_LOG=/l\n", p)
+            .unwrap();
+        assert_eq!(m["P11AUDIT_MODULE"], OsString::from("/m.so"));
+        assert_eq!(m["P11AUDIT_LOG"], OsString::from("/l"));
+        let e = parse_config_file("P11AUDIT_MODUL=/m.so\n", p).unwrap_err();
+        assert!(
+            e.0.contains(":1: unknown setting") && e.0.contains("P11AUDIT_MODULE"),
+            "{e}"
+        );
+        assert!(parse_config_file("just words\n", p)
+            .unwrap_err()
+            .0
+            .contains("expected NAME=value"));
+    }
+
+    #[test]
+    fn secure_processes_ignore_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Sources {
+            secure: true,
+            secure_file: dir.path().join("absent.conf"),
+        };
+        // Whatever the environment says, a setuid process without the file is refused.
+        let e = Config::load(&missing).unwrap_err();
+        assert!(
+            e.0.contains("setuid or setgid") && e.0.contains("absent.conf"),
+            "{e}"
+        );
+        let file = dir.path().join("p11audit.conf");
+        std::fs::write(&file, "P11AUDIT_MODULE=/m.so\nP11AUDIT_LOG=/var/log/a\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let sources = Sources {
+            secure: true,
+            secure_file: file.clone(),
+        };
+        let owner_is_root = owned_by_root(&file);
+        match Config::load(&sources) {
+            Ok(c) => {
+                assert!(owner_is_root);
+                assert_eq!(c.module, PathBuf::from("/m.so"));
+            }
+            Err(e) => assert!(!owner_is_root && e.0.contains("owned by root"), "{e}"),
+        }
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let e = Config::load(&sources).unwrap_err();
+        assert!(e.0.contains("not writable by group or others"), "{e}");
+    }
+
+    fn owned_by_root(file: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(file).unwrap().uid() == 0
     }
 }

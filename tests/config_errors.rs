@@ -381,3 +381,33 @@ fn on_failure_bogus() {
     case.set("P11AUDIT_ON_FAILURE", "sometimes");
     case.expect_refused("on_failure_bogus", "P11AUDIT_ON_FAILURE");
 }
+
+/// P11AUDIT_CONFIG names a file with the same settings; the environment overrides it.
+#[test]
+fn settings_from_a_configuration_file() {
+    let mut case = Case::new();
+    let file = case.work().join("p11audit.conf");
+    let mut text = String::from("# p11audit settings\n");
+    for (k, v) in case.env.iter().filter(|(k, _)| k.starts_with("P11AUDIT_")) {
+        text.push_str(&format!("{k}={}\n", v.to_string_lossy()));
+    }
+    text.push_str("P11AUDIT_SYNC=always\n");
+    fs::write(&file, text).expect("write config file");
+    for var in ["P11AUDIT_MODULE", "P11AUDIT_LOG", "P11AUDIT_KEY_FILE"] {
+        case.unset(var);
+    }
+    case.set("P11AUDIT_CONFIG", file.clone());
+    case.expect_ok("config_file");
+    case.fx
+        .assert_verifies("the log written from file settings");
+}
+
+/// An unknown setting in the P11AUDIT_CONFIG file is refused, naming the file and line.
+#[test]
+fn configuration_file_with_unknown_setting() {
+    let mut case = Case::new();
+    let file = case.work().join("p11audit.conf");
+    fs::write(&file, "P11AUDIT_SYNC=none\nP11AUDIT_BOGUS=1\n").expect("write config file");
+    case.set("P11AUDIT_CONFIG", file);
+    case.expect_refused("config_file_unknown_setting", "p11audit.conf:2");
+}

@@ -65,8 +65,19 @@ fn provider_for_interfaces() -> Option<&'static Provider> {
         return Some(p);
     }
     let _guard = RUNTIME_INIT.lock();
-    let module = Config::module_from_env().ok()?;
+    let module = Config::module(&config_sources()).ok()?;
     provider_or_load(&module).ok()
+}
+
+/// Where the configuration may come from in this process.
+fn config_sources() -> crate::config::Sources {
+    // SAFETY: getauxval has no preconditions; AT_SECURE is set for setuid/setgid (and
+    // capability-gaining) executions, the secure_getenv condition.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    crate::config::Sources {
+        secure,
+        secure_file: crate::config::SECURE_CONFIG_FILE.into(),
+    }
 }
 
 pub(crate) fn runtime() -> Option<&'static Runtime> {
@@ -88,7 +99,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let config = Config::load(&config_sources()).map_err(|e| e.to_string())?;
     let provider = provider_or_load(&config.module)?;
     // SAFETY: getuid cannot fail and has no preconditions.
     let uid = unsafe { libc::getuid() };
