@@ -11,7 +11,7 @@ use super::line::{seal_into, split_line};
 use super::record::{Event, ProcessIdentity, Record};
 use super::state::{ChainState, StateError};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
@@ -284,19 +284,15 @@ impl AuditLog {
             self.reopen_after_fork()?;
         }
         self.with_lock(|me| {
-            let meta = me
-                .log
-                .metadata()
-                .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
             // Every writer appends to the log before it updates the state, so if the log is
-            // exactly as this process left it, the state is too: no need to read it back.
+            // exactly as long as this process left it, the state is too: no need to read it
+            // back. (The log's identity cannot change under an open descriptor; `recover`
+            // checks it against the state whenever the state is read.)
+            let size_now = (&me.log)
+                .seek(std::io::SeekFrom::End(0))
+                .or_else(|e| err(format!("cannot find the end of the audit log: {e}")))?;
             let state = match me.last_written.take() {
-                Some(s)
-                    if s.log_size == meta.len()
-                        && (s.log_dev, s.log_ino) == (meta.dev(), meta.ino()) =>
-                {
-                    s
-                }
+                Some(s) if s.log_size == size_now => s,
                 _ => {
                     let state = match me.read_state() {
                         Ok(s) => s,
@@ -305,6 +301,10 @@ impl AuditLog {
                         }
                         Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
                     };
+                    let meta = me
+                        .log
+                        .metadata()
+                        .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
                     me.recover(state, &meta)?
                 }
             };
