@@ -324,6 +324,7 @@ impl<'rt> Call<'rt> {
     /// Output the caller must not see if the record cannot be written.
     pub fn output_region(&mut self, buf: *mut u8, len: usize) {
         self.hands_out = true;
+        self.detail.out = Some(OutputDisposition::Returned);
         if !buf.is_null() && len > 0 {
             self.outputs.push((buf, len));
         }
