@@ -282,7 +282,9 @@ fn main() {
         if login_op {
             // Logout invalidated every handle to private objects (PKCS#11 2.40 §5.6
             // C_Logout): log in again and make new keys.
-            setup.login(UserType::User, Some(&pin)).expect("login after login_logout");
+            setup
+                .login(UserType::User, Some(&pin))
+                .expect("login after login_logout");
             keys = make_keys(&setup);
         }
         let ops_per_s: f64 = per_thread
