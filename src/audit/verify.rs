@@ -270,8 +270,16 @@ impl<'a> Cursor<'a> {
                 if self.idx >= self.paths.len() {
                     return Ok(None);
                 }
-                let file = File::open(&self.paths[self.idx])
-                    .map_err(|e| self.io_err(self.idx, None, e))?;
+                // Only regular files: opening a FIFO would block, a device could be endless.
+                let path = &self.paths[self.idx];
+                match std::fs::metadata(path) {
+                    Ok(m) if !m.is_file() => {
+                        let e = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+                        return Err(self.io_err(self.idx, None, e));
+                    }
+                    _ => {}
+                }
+                let file = File::open(path).map_err(|e| self.io_err(self.idx, None, e))?;
                 self.reader = Some(BufReader::with_capacity(64 * 1024, file));
                 self.line_no = 0;
             }
@@ -362,6 +370,11 @@ fn read_bounded_line<R: BufRead>(
         r.consume(chunk_len + usize::from(found));
         if found {
             return Ok(Some((true, oversized, len)));
+        }
+        if oversized {
+            // The walk stops at this problem anyway: do not read a huge (or endless) line to
+            // its end just to learn its length.
+            return Ok(Some((false, true, len)));
         }
     }
 }
@@ -533,8 +546,8 @@ impl<'o> Verifier<'o> {
                 cursor,
                 claimed,
                 format!(
-                    "line is {} bytes long, over the limit of {} bytes; not verified (expected seq {e})",
-                    meta.len, self.opts.max_line_bytes
+                    "line is longer than the limit of {} bytes; not verified (expected seq {e})",
+                    self.opts.max_line_bytes
                 ),
             ));
         }
@@ -716,7 +729,8 @@ impl<'o> Verifier<'o> {
                 break;
             };
             if meta.oversized {
-                continue;
+                // Only the start of an oversized line was read: what follows is not a line.
+                break;
             }
             if let (Some(split), Some((s, _))) = (split_line(&buf), parse_prefix(&buf)) {
                 if s == e && hex_lower(&self.key_e.mac(split.payload)) == split.mac {
@@ -796,6 +810,16 @@ impl<'o> Verifier<'o> {
                 "{last_text} but the state expects {n} more record(s) ({}): records missing at the end",
                 range_text(e, st.next_seq - 1)
             ));
+        }
+        // A writer stopped between its log write and its state write (e.g. killed) leaves the
+        // state behind a log whose extra records continue the chain from exactly the state's
+        // last record: the next writer rolls forward over them (FORMAT.md §8), so this is not
+        // a problem. A state behind the log whose mac does not match is.
+        // A state at seq 0 is such a state only if a writer wrote it (it names the log's
+        // inode); an empty state file (read as "no chain started", inode 0) beside records is not.
+        let written_genesis = st.next_seq == 0 && st.log_ino != 0;
+        if st.next_seq < e && (written_genesis || self.state_mac_seen == Some(true)) {
+            return None;
         }
         if st.next_seq < e {
             let n = e - st.next_seq;

@@ -11,7 +11,7 @@ use super::line::{seal_into, split_line};
 use super::record::{Event, ProcessIdentity, Record};
 use super::state::{ChainState, StateError};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
@@ -218,6 +218,15 @@ impl AuditLog {
         };
         let key = read_key_file(&key_file)?;
         let state = ChainState::genesis(key, log_meta.dev(), log_meta.ino(), 0);
+        // The state goes first: if this process dies right after writing the start record,
+        // the next writer finds a state and rolls forward over the record, instead of finding
+        // a log with content beside an empty state, which it must refuse.
+        self.state.write_all_at(&state.encode(), 0).or_else(|e| {
+            err(format!(
+                "cannot write audit state file {}: {e}",
+                self.state_path.display()
+            ))
+        })?;
         let mut start = Record::new(who, 0, Event::Start, None);
         start.detail.note = Some("new chain".into());
         self.append_locked(state, &[start.to_body()])?;
@@ -288,11 +297,20 @@ impl AuditLog {
             // exactly as long as this process left it, the state is too: no need to read it
             // back. (The log's identity cannot change under an open descriptor; `recover`
             // checks it against the state whenever the state is read.)
-            let size_now = (&me.log)
-                .seek(std::io::SeekFrom::End(0))
-                .or_else(|e| err(format!("cannot find the end of the audit log: {e}")))?;
+            let meta = me
+                .log
+                .metadata()
+                .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+            if meta.nlink() == 0 {
+                // Deleted, or another file renamed over it: records written now would go to a
+                // file nobody can find, and vanish with this process.
+                return err(format!(
+                    "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
+                    me.settings.log_path.display()
+                ));
+            }
             let state = match me.last_written.take() {
-                Some(s) if s.log_size == size_now => s,
+                Some(s) if s.log_size == meta.len() => s,
                 _ => {
                     let state = match me.read_state() {
                         Ok(s) => s,
@@ -301,10 +319,6 @@ impl AuditLog {
                         }
                         Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
                     };
-                    let meta = me
-                        .log
-                        .metadata()
-                        .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
                     me.recover(state, &meta)?
                 }
             };

@@ -180,7 +180,8 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
     );
     match ChainState::decode(&bytes) {
         Ok(s) => Ok(s),
-        // No chain started yet: the log must hold no records.
+        // No chain started yet: the log must hold no records. (Inode 0 marks this as not a
+        // state a writer wrote; see `check_state`.)
         Err(StateError::Empty) => Ok(ChainState::genesis(key.clone(), 0, 0, 0)),
         Err(StateError::Corrupt(why)) => Err(Fatal(format!(
             "state file {}: {why} (use --no-state to verify without it)",
@@ -223,8 +224,9 @@ fn verify(
     let report = verify_files(files, &opts).map_err(|e| Fatal(e.to_string()))?;
 
     let out = if json {
-        let mut s = serde_json::to_string(&report)
+        let s = serde_json::to_string(&report)
             .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
+        let mut s = escape_c1_and_del(&s);
         s.push('\n');
         s
     } else {
@@ -370,4 +372,19 @@ fn table(o: &mut String, title: &str, map: &std::collections::BTreeMap<String, u
     for (k, v) in rows {
         let _ = writeln!(o, "  {k:<width$} {v:>8}");
     }
+}
+
+/// JSON output with DEL and the C1 controls (U+007F..U+009F) escaped as `\u00XX`: serde_json
+/// escapes only C0 controls, and a C1 CSI (U+009B) from a hostile log would reach a terminal
+/// that reads the JSON. The result is still the same JSON value.
+fn escape_c1_and_del(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1,0 +1,126 @@
+/*
+ * crash_at.c: an LD_PRELOAD library that kills its own process with SIGKILL at
+ * an exact point of p11audit's writer, so that tests/faults.rs can reproduce
+ * the crashes that `kill -9` at a random moment only hits by luck.
+ *
+ *   CRASH_AT_LOG=<audit log path>   the log; its state file is <log>.state
+ *   CRASH_AT=state:N   SIGKILL on entry to the Nth pwrite to the state file
+ *                      (the records of that append are in the log, the state
+ *                      update is not: the window of FORMAT.md §8's roll-forward)
+ *   CRASH_AT=torn:N    on the Nth write to the log: write the first half of the
+ *                      buffer, then SIGKILL (a torn last line, as a kill during
+ *                      a large write leaves one)
+ *
+ * Files are recognised by what /proc/self/fd/FD links to, so every other write
+ * of the process (stdout, SoftHSM's files) passes through untouched.
+ *
+ * Build: cc -shared -fPIC tests/c/crash_at.c -o crash_at.so -ldl
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+enum mode { OFF, STATE, TORN };
+
+static enum mode mode = OFF;
+static long target;
+static long seen;
+static char log_path[PATH_MAX];
+static char state_path[PATH_MAX + 8];
+
+typedef ssize_t (*write_fn)(int, const void *, size_t);
+typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
+
+/* The canonical path of `path`, which may not exist yet (a chain not started): then the
+ * canonical directory plus the last component. */
+static int canonical(const char *path, char *out)
+{
+    char dir[PATH_MAX], real_dir[PATH_MAX];
+    const char *slash;
+    if (realpath(path, out) != NULL)
+        return 1;
+    slash = strrchr(path, '/');
+    if (slash == NULL || (size_t)(slash - path) >= sizeof dir)
+        return 0;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = 0;
+    if (realpath(slash == path ? "/" : dir, real_dir) == NULL)
+        return 0;
+    return snprintf(out, PATH_MAX, "%s%s", real_dir, slash) < PATH_MAX;
+}
+
+__attribute__((constructor)) static void crash_at_init(void)
+{
+    const char *spec = getenv("CRASH_AT");
+    const char *log = getenv("CRASH_AT_LOG");
+    if (spec == NULL || log == NULL || !canonical(log, log_path))
+        return;
+    snprintf(state_path, sizeof state_path, "%s.state", log_path);
+    if (strncmp(spec, "state:", 6) == 0) {
+        mode = STATE;
+        target = atol(spec + 6);
+    } else if (strncmp(spec, "torn:", 5) == 0) {
+        mode = TORN;
+        target = atol(spec + 5);
+    }
+}
+
+static int fd_is(int fd, const char *want)
+{
+    char link[64], got[PATH_MAX];
+    ssize_t n;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    n = readlink(link, got, sizeof got - 1);
+    if (n < 0)
+        return 0;
+    got[n] = 0;
+    return strcmp(got, want) == 0;
+}
+
+static void die_now(void)
+{
+    kill(getpid(), SIGKILL);
+    for (;;)
+        pause();
+}
+
+static ssize_t state_hook(int fd, const void *buf, size_t n, off_t off, const char *name)
+{
+    pwrite_fn real = (pwrite_fn)dlsym(RTLD_NEXT, name);
+    if (mode == STATE && fd_is(fd, state_path)
+        && __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) == target)
+        die_now();
+    return real(fd, buf, n, off);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+    return state_hook(fd, buf, n, off, "pwrite64");
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    return state_hook(fd, buf, n, off, "pwrite");
+}
+
+ssize_t write(int fd, const void *buf, size_t n)
+{
+    write_fn real = (write_fn)dlsym(RTLD_NEXT, "write");
+    if (mode == TORN && fd_is(fd, log_path)
+        && __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) == target) {
+        size_t k = n / 2;
+        /* Never stop right after a newline: the last line must be incomplete. */
+        if (k > 0 && ((const char *)buf)[k - 1] == '\n')
+            k++;
+        if (k > 0 && k < n)
+            real(fd, buf, k);
+        die_now();
+    }
+    return real(fd, buf, n);
+}
