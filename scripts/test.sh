@@ -26,7 +26,8 @@ cargo build --all-targets
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e
-cargo test "$@" 2>&1 | tee "$out"
+# --no-fail-fast: every test target runs even when an earlier one fails.
+cargo test --no-fail-fast "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 

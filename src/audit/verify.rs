@@ -1168,14 +1168,22 @@ mod tests {
             p.detail
         );
 
+        // A state behind the log whose mac matches the log there: a writer stopped between
+        // its log and state writes; the next writer rolls forward. Intact.
         let older = chain(&signs(3)).state();
-        let p = problem(&run(&[&c.all()], Some(older))).clone();
+        let r = run(&[&c.all()], Some(older));
+        assert!(r.intact, "{:?}", r.problem);
+
+        // Behind, but naming a record the log does not have at that seq: a problem.
+        let mut other = chain(&signs(3)).state();
+        other.prev_mac = c.macs[0].clone();
+        let p = problem(&run(&[&c.all()], Some(other))).clone();
         assert_eq!(
             (p.kind, p.line, p.seq),
             (ProblemKind::Truncated, 5, Some(4))
         );
         assert!(p.detail.contains("state behind log"), "{}", p.detail);
-        assert!(p.detail.contains("matches"), "{}", p.detail);
+        assert!(p.detail.contains("does not match"), "{}", p.detail);
     }
 
     #[test]
@@ -1270,7 +1278,7 @@ mod tests {
         let r = run(&[&log], None);
         let p = problem(&r);
         assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Malformed, 3, None));
-        assert!(p.detail.contains("2097152 bytes"), "{}", p.detail);
+        assert!(p.detail.contains("longer than the limit"), "{}", p.detail);
         assert_eq!(r.summary.records, 2);
 
         // A sealed (valid) record over the limit is also refused.
@@ -1287,11 +1295,18 @@ mod tests {
     fn bounded_line_reader() {
         let mut r = io::BufReader::with_capacity(4, &b"abcdefgh\nxy\n\nz"[..]);
         let mut buf = Vec::new();
+        // Over the cap: reported as soon as the cap is passed (the reader does not look for
+        // the line's end), keeping the first `cap` bytes.
         assert_eq!(
             read_bounded_line(&mut r, &mut buf, 5).unwrap(),
-            Some((true, true, 8))
+            Some((false, true, 8))
         );
         assert_eq!(buf, b"abcde");
+        // What is left of that line comes next; a caller stops at the oversized line.
+        assert_eq!(
+            read_bounded_line(&mut r, &mut buf, 5).unwrap(),
+            Some((true, false, 0))
+        );
         assert_eq!(
             read_bounded_line(&mut r, &mut buf, 5).unwrap(),
             Some((true, false, 2))
