@@ -31,10 +31,19 @@ p11kit_config() {
     mkdir -p "$dir/modules"
     printf 'user-config: %s\n' "$user_config" >"$dir/pkcs11.conf"
     case $mode in
-    direct) printf 'module: %s\n' "$SOFTHSM" >"$dir/modules/token.module" ;;
+    direct)
+        P11KIT_MODULE_PATH=$SOFTHSM
+        printf 'module: %s\n' "$SOFTHSM" >"$dir/modules/token.module"
+        ;;
     # The module file names only the shim; the shim finds SoftHSM, the log and the key in
     # P11AUDIT_* (set by use_token), which p11-kit leaves in the environment of the program.
-    shim) printf 'module: %s\n' "$SHIM" >"$dir/modules/token.module" ;;
+    # A copy in $WORK: the clients may run as nobody, who cannot always reach the checkout
+    # (CI clones it where it likes).
+    shim)
+        cp "$SHIM" "$WORK/libp11audit.so"
+        P11KIT_MODULE_PATH=$WORK/libp11audit.so
+        printf 'module: %s\n' "$P11KIT_MODULE_PATH" >"$dir/modules/token.module"
+        ;;
     esac
     export HOME=$WORK/home
 }
@@ -80,7 +89,7 @@ case_p11_kit_proxy() {
         p11kit_config "$mode" only
         # p11-kit's own view: the registered module and its token.
         p11kit_as_user p11-kit list-modules >"$mode.modules" 2>"$mode.modules.err"
-        grep -qx "token: $MODULE" "$mode.modules" || fail "$mode: p11-kit does not list the module file"
+        grep -qx "token: $P11KIT_MODULE_PATH" "$mode.modules" || fail "$mode: p11-kit does not list the module file"
         grep -q 'token: p11audit-clients' "$mode.modules" || fail "$mode: p11-kit does not see the token"
         sed 1d "$mode.modules" | p11kit_normalize >"$mode.out"
         {
