@@ -12,4 +12,5 @@
 pub mod audit;
 pub mod config;
 pub mod ffi;
+pub mod fuzzing;
 pub mod provider;

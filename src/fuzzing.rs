@@ -1,0 +1,116 @@
+//! Checks shared by the `cargo fuzz` targets in fuzz/ and the regression corpus test
+//! (tests/fuzz_regression.rs). Each takes arbitrary bytes and panics if a property fails.
+#![doc(hidden)]
+
+use crate::audit::chain::ChainKey;
+use crate::audit::line::{seal_into, split_line};
+use crate::audit::record::{Bytes, Event, ObjectIdentity, ProcessIdentity, Record, TokenRef};
+use crate::audit::verify::{verify_files, VerifyOptions};
+use cryptoki_sys as ck;
+
+/// The verifier, fed an arbitrary audit file: it must not panic and must always report
+/// (intact, or a problem, or an I/O error), with and without a state.
+pub fn check_verifier(data: &[u8]) {
+    let dir = std::env::temp_dir().join(format!("p11audit-fuzz-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("audit.jsonl");
+    std::fs::write(&path, data).expect("write fuzz input");
+    let opts = VerifyOptions::new(ChainKey::from_bytes([7; 32]), None);
+    if let Ok(report) = verify_files(std::slice::from_ref(&path), &opts) {
+        assert_eq!(report.intact, report.problem.is_none());
+        serde_json::to_string(&report).expect("a report always serializes");
+    }
+}
+
+/// Arbitrary templates and mechanism parameters through the argument decoders, and the
+/// resulting record through the encoder: the output is always one valid JSON line that seals
+/// and splits back.
+pub fn check_decoders_and_encoder(data: &[u8]) {
+    let mut chunks = data.split(|&b| b == 0xff);
+    let mut next = || chunks.next().unwrap_or(&[]);
+    let label = next().to_vec();
+    let id = next().to_vec();
+
+    // A template: each chunk is one attribute, its first 2 bytes pick the type.
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    let mut types = Vec::new();
+    for _ in 0..8 {
+        let c = next();
+        let t = match c {
+            [a, b, ..] => u64::from(*a) | (u64::from(*b) << 8),
+            _ => 0,
+        };
+        types.push(t);
+        values.push(c.get(2..).unwrap_or(&[]).to_vec());
+    }
+    let mut attrs: Vec<ck::CK_ATTRIBUTE> = types
+        .iter()
+        .zip(values.iter_mut())
+        .map(|(t, v)| ck::CK_ATTRIBUTE {
+            type_: *t as ck::CK_ATTRIBUTE_TYPE,
+            pValue: if v.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                v.as_mut_ptr() as *mut _
+            },
+            ulValueLen: v.len() as ck::CK_ULONG,
+        })
+        .collect();
+    // SAFETY: every pValue points to ulValueLen bytes owned by `values`.
+    let template = unsafe {
+        crate::ffi::args::template(attrs.as_mut_ptr(), attrs.len() as ck::CK_ULONG, true)
+    };
+
+    // A mechanism: type from the next chunk, parameter bytes from the one after.
+    let m = next();
+    let mech_type = m
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut param = next().to_vec();
+    let mech = ck::CK_MECHANISM {
+        mechanism: mech_type as ck::CK_MECHANISM_TYPE,
+        pParameter: if param.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            param.as_mut_ptr() as *mut _
+        },
+        ulParameterLen: param.len() as ck::CK_ULONG,
+    };
+    // SAFETY: pParameter points to ulParameterLen bytes owned by `param`.
+    let mechanism = unsafe { crate::ffi::args::mechanism(&mech) };
+
+    let who = ProcessIdentity {
+        host: String::from_utf8_lossy(next()).into(),
+        pid: 1,
+        uid: 0,
+        exe: String::from_utf8_lossy(next()).into(),
+    };
+    let mut r = Record::new(&who, 2, Event::Intent, Some("C_CreateObject"));
+    r.detail.template = Some(template);
+    r.detail.mechanism = mechanism;
+    r.detail.token = Some(TokenRef {
+        label: Bytes::from_slice(&label),
+        serial: Bytes::hex(&id),
+    });
+    r.detail.key = Some(ObjectIdentity {
+        handle: 3,
+        label: Some(Bytes::from_slice(&label)),
+        id: Some(Bytes::hex(&id)),
+        ..Default::default()
+    });
+    let body = r.to_body();
+    assert!(!body.contains('\n'), "a record body holds a newline");
+    let parsed: serde_json::Value = serde_json::from_str(&body).expect("a body is valid JSON");
+    assert_eq!(parsed["ev"], "intent");
+
+    let key = ChainKey::from_bytes([9; 32]);
+    let mut out = Vec::new();
+    let mac = seal_into(&mut out, &key, 5, crate::audit::chain::ZERO_MAC_HEX, &body);
+    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+    let line = &out[..out.len() - 1];
+    let split = split_line(line).expect("a sealed line splits");
+    assert_eq!(split.mac, mac);
+    let v: serde_json::Value = serde_json::from_slice(line).expect("a sealed line is valid JSON");
+    assert_eq!(v["seq"], 5);
+}
