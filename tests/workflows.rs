@@ -1958,3 +1958,27 @@ fn tamper_torn_last_line() {
     assert!(!last.contains(&b'\n'));
     assert_problem(&lines, "torn_last_line", n);
 }
+
+/// C_GetTokenInfo records name the token the application was told about, from the answer
+/// itself (the workflow reads the new token's info right after initializing it).
+#[test]
+fn token_info_records_name_the_token() {
+    let recs = records();
+    let infos: Vec<&Value> = fn_ev(&recs, "C_GetTokenInfo", "outcome")
+        .into_iter()
+        .filter(|r| r["rv"] == "CKR_OK")
+        .collect();
+    assert!(!infos.is_empty(), "no successful C_GetTokenInfo record");
+    for r in &infos {
+        assert!(r["slot"].is_u64(), "{r}");
+        assert!(r["token"]["label"].is_string(), "{r}");
+        assert!(r["token"]["serial"].is_string(), "{r}");
+    }
+    assert!(
+        infos
+            .iter()
+            .any(|r| r["token"]["label"] == NEW_TOKEN_LABEL
+                || r["token"]["label"] == "p11audit-c-test"),
+        "{infos:?}"
+    );
+}

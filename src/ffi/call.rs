@@ -70,6 +70,14 @@ pub(crate) fn write_intent_or_refuse(
     }
 }
 
+/// A token's label and serial, blank padding trimmed.
+fn token_ref(info: &ck::CK_TOKEN_INFO) -> TokenRef {
+    TokenRef {
+        label: Bytes::from_slice(args::trim_padded(&info.label)),
+        serial: Bytes::from_slice(args::trim_padded(&info.serialNumber)),
+    }
+}
+
 /// The call being audited.
 pub(crate) struct Call<'rt> {
     pub rt: &'rt Runtime,
@@ -152,11 +160,32 @@ impl<'rt> Call<'rt> {
         if unsafe { get(slot, &mut info) } != ck::CKR_OK {
             return;
         }
-        let token = TokenRef {
-            label: Bytes::from_slice(args::trim_padded(&info.label)),
-            serial: Bytes::from_slice(args::trim_padded(&info.serialNumber)),
-        };
-        self.rt.context.lock().set_token(slot as u64, Some(token));
+        self.rt
+            .context
+            .lock()
+            .set_token(slot as u64, Some(token_ref(&info)));
+    }
+
+    /// C_GetTokenInfo returned `info` to the application: its record names the token, and the
+    /// cache is refreshed from it (no extra provider call).
+    ///
+    /// # Safety
+    /// `info` must be NULL or a CK_TOKEN_INFO the provider just filled.
+    pub unsafe fn token_info_returned(
+        &mut self,
+        slot: ck::CK_SLOT_ID,
+        info: *const ck::CK_TOKEN_INFO,
+        rv: ck::CK_RV,
+    ) {
+        if rv != ck::CKR_OK {
+            return;
+        }
+        // SAFETY: per the caller.
+        if let Some(info) = unsafe { args::read(info) } {
+            let token = token_ref(&info);
+            self.detail.token = Some(token.clone());
+            self.rt.context.lock().set_token(slot as u64, Some(token));
+        }
     }
 
     pub fn user_type(&mut self, user: ck::CK_USER_TYPE) {

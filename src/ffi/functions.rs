@@ -159,7 +159,7 @@ pkcs11_functions! {
         |c| { c.detail.slot = Some(slot as u64) } |c, rv| {}
     }
     C_GetTokenInfo: Informational (slot: ck::CK_SLOT_ID, info: *mut ck::CK_TOKEN_INFO) {
-        |c| { c.detail.slot = Some(slot as u64) } |c, rv| {}
+        |c| { c.detail.slot = Some(slot as u64) } |c, rv| { c.token_info_returned(slot, info, rv) }
     }
     C_GetMechanismList: Informational (slot: ck::CK_SLOT_ID, list: *mut ck::CK_MECHANISM_TYPE, count: UlOut) {
         |c| { c.detail.slot = Some(slot as u64) } |c, rv| { counted(c, count, rv) }
