@@ -88,6 +88,27 @@ fn refuse_symlink_or_special(path: &Path, what: &str, var: &str) -> Result<(), W
     }
 }
 
+/// Opens (creating if needed) the log for appending and the state file for positioned writes.
+fn open_log_and_state(
+    settings: &LogSettings,
+    state_path: &Path,
+) -> Result<(File, File), WriterError> {
+    let var = "P11AUDIT_LOG";
+    let log = open_private(&settings.log_path, settings.log_mode, true).or_else(|e| {
+        err(format!(
+            "cannot open audit log {} ({var}): {e}",
+            settings.log_path.display()
+        ))
+    })?;
+    let state = open_private(state_path, 0o600, false).or_else(|e| {
+        err(format!(
+            "cannot open audit state file {} ({var}): {e}",
+            state_path.display()
+        ))
+    })?;
+    Ok((log, state))
+}
+
 fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true)
@@ -153,18 +174,7 @@ impl AuditLog {
         }
         refuse_symlink_or_special(log_path, "audit log", var)?;
         refuse_symlink_or_special(&state_path, "audit state file", var)?;
-        let log = open_private(log_path, settings.log_mode, true).or_else(|e| {
-            err(format!(
-                "cannot open audit log {} ({var}): {e}",
-                log_path.display()
-            ))
-        })?;
-        let state = open_private(&state_path, 0o600, false).or_else(|e| {
-            err(format!(
-                "cannot open audit state file {} ({var}): {e}",
-                state_path.display()
-            ))
-        })?;
+        let (log, state) = open_log_and_state(settings, &state_path)?;
         let mut me = AuditLog {
             settings: settings.clone(),
             state_path,
@@ -269,20 +279,7 @@ impl AuditLog {
 
     /// Reopens the files in a forked child, so the child's lock is its own.
     fn reopen_after_fork(&mut self) -> Result<(), WriterError> {
-        let var = "P11AUDIT_LOG";
-        self.log =
-            open_private(&self.settings.log_path, self.settings.log_mode, true).or_else(|e| {
-                err(format!(
-                    "cannot reopen audit log {} ({var}): {e}",
-                    self.settings.log_path.display()
-                ))
-            })?;
-        self.state = open_private(&self.state_path, 0o600, false).or_else(|e| {
-            err(format!(
-                "cannot reopen audit state file {} ({var}): {e}",
-                self.state_path.display()
-            ))
-        })?;
+        (self.log, self.state) = open_log_and_state(&self.settings, &self.state_path)?;
         self.opened_by_pid = crate::audit::process::current_pid();
         Ok(())
     }

@@ -271,12 +271,8 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    /// The operation is over whatever the return value (C_Verify and the message finals).
-    pub fn end_op_now(&self, op: Op) {
-        self.end_op(op);
-    }
-
-    fn end_op(&self, op: Op) {
+    /// The operation is over (C_Verify and the message finals end it whatever they return).
+    pub fn end_op(&self, op: Op) {
         if let Some(session) = self.session {
             self.rt.context.lock().end_op(session, op);
         }

@@ -102,17 +102,6 @@ unsafe fn counted(c: &mut Call, count: *const ck::CK_ULONG, rv: ck::CK_RV) {
     }
 }
 
-fn update(c: &mut Call, op: Op, rv: ck::CK_RV) {
-    c.update_done(op, rv);
-}
-
-fn ends(c: &mut Call, op: Op, rv: ck::CK_RV) {
-    // Calls without output (C_Verify, the message finals) always end the operation, except
-    // CKR_BUFFER_TOO_SMALL, which cannot occur for them.
-    let _ = rv;
-    c.end_op_now(op);
-}
-
 /// C_SessionCancel (PKCS#11 3.0 §5.6): the operations named by `flags` are over. Only on
 /// CKR_OK: a provider may return CKR_OPERATION_CANCEL_FAILED having cancelled some of them,
 /// and then it is not known which.
@@ -135,7 +124,7 @@ fn cancelled(c: &mut Call, flags: ck::CK_FLAGS, rv: ck::CK_RV) {
         (ck::CKF_VERIFY_RECOVER, Op::VerifyRecover),
     ] {
         if flags & flag != 0 {
-            c.end_op_now(op);
+            c.end_op(op);
         }
     }
 }
@@ -248,7 +237,7 @@ pkcs11_functions! {
     }
     C_EncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Encrypt, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv) }
     }
     C_EncryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Encrypt) } |c, rv| { c.output_final(Some(Op::Encrypt), out, out_len, rv) }
@@ -262,7 +251,7 @@ pkcs11_functions! {
     }
     C_DecryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Decrypt, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv) }
     }
     C_DecryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Decrypt) } |c, rv| { c.output_final(Some(Op::Decrypt), out, out_len, rv) }
@@ -275,11 +264,11 @@ pkcs11_functions! {
         |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
     }
     C_DigestUpdate: Result (session: H, part: Buf, part_len: Ul) {
-        |c| { c.session(session); c.within(Op::Digest); c.in_len(part_len) } |c, rv| { update(c, Op::Digest, rv) }
+        |c| { c.session(session); c.within(Op::Digest); c.in_len(part_len) } |c, rv| { c.update_done(Op::Digest, rv) }
     }
     // C_DigestKey feeds a key's value into a digest, so it uses a key: acting.
     C_DigestKey: Acting (session: H, key: Obj) {
-        |c| { c.session(session); c.within(Op::Digest); c.key2(key) } |c, rv| { update(c, Op::Digest, rv) }
+        |c| { c.session(session); c.within(Op::Digest); c.key2(key) } |c, rv| { c.update_done(Op::Digest, rv) }
     }
     C_DigestFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Digest) } |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
@@ -292,7 +281,7 @@ pkcs11_functions! {
         |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
     }
     C_SignUpdate: Result (session: H, part: Buf, part_len: Ul) {
-        |c| { c.session(session); c.within(Op::Sign); c.in_len(part_len) } |c, rv| { update(c, Op::Sign, rv) }
+        |c| { c.session(session); c.within(Op::Sign); c.in_len(part_len) } |c, rv| { c.update_done(Op::Sign, rv) }
     }
     C_SignFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Sign) } |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
@@ -310,14 +299,14 @@ pkcs11_functions! {
     // The verdict is the result: its record is written before the caller learns it.
     C_Verify: Result (session: H, data: Buf, data_len: Ul, sig: Buf, sig_len: Ul) {
         |c| { c.session(session); c.within(Op::Verify); c.in_len(data_len); c.detail.sig_len = Some(sig_len as u64) }
-        |c, rv| { c.verdict(); ends(c, Op::Verify, rv) }
+        |c, rv| { c.verdict(); c.end_op(Op::Verify) }
     }
     C_VerifyUpdate: Result (session: H, part: Buf, part_len: Ul) {
-        |c| { c.session(session); c.within(Op::Verify); c.in_len(part_len) } |c, rv| { update(c, Op::Verify, rv) }
+        |c| { c.session(session); c.within(Op::Verify); c.in_len(part_len) } |c, rv| { c.update_done(Op::Verify, rv) }
     }
     C_VerifyFinal: Result (session: H, sig: Buf, sig_len: Ul) {
         |c| { c.session(session); c.within(Op::Verify); c.detail.sig_len = Some(sig_len as u64) }
-        |c, rv| { c.verdict(); ends(c, Op::Verify, rv) }
+        |c, rv| { c.verdict(); c.end_op(Op::Verify) }
     }
     C_VerifyRecoverInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::VerifyRecover) } |c, rv| {}
@@ -329,19 +318,19 @@ pkcs11_functions! {
     // Dual-function updates record the operation that produces the output.
     C_DigestEncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Encrypt, rv); update(c, Op::Digest, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv); c.update_done(Op::Digest, rv) }
     }
     C_DecryptDigestUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Decrypt, rv); update(c, Op::Digest, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv); c.update_done(Op::Digest, rv) }
     }
     C_SignEncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Encrypt, rv); update(c, Op::Sign, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv); c.update_done(Op::Sign, rv) }
     }
     C_DecryptVerifyUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
-        |c, rv| { let _ = c.output(out, out_len, rv); update(c, Op::Decrypt, rv); update(c, Op::Verify, rv) }
+        |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv); c.update_done(Op::Verify, rv) }
     }
     C_GenerateKey: Acting (session: H, mech: Mech, template: Attrs, count: Ul, key: *mut Obj) {
         |c| { c.session(session); c.mechanism(mech); c.template(template, count) } |c, rv| { c.created(key, rv) }
@@ -405,7 +394,7 @@ pkcs11_functions! {
         |c| { c.session(session); c.within(Op::MessageEncrypt); c.in_len(plain_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageEncryptFinal: GivingUp (session: H) {
-        |c| { c.session(session); c.within(Op::MessageEncrypt) } |c, rv| { ends(c, Op::MessageEncrypt, rv) }
+        |c| { c.session(session); c.within(Op::MessageEncrypt) } |c, rv| { c.end_op(Op::MessageEncrypt) }
     }
     C_MessageDecryptInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageDecrypt) } |c, rv| {}
@@ -420,7 +409,7 @@ pkcs11_functions! {
         |c| { c.session(session); c.within(Op::MessageDecrypt); c.in_len(cipher_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageDecryptFinal: GivingUp (session: H) {
-        |c| { c.session(session); c.within(Op::MessageDecrypt) } |c, rv| { ends(c, Op::MessageDecrypt, rv) }
+        |c| { c.session(session); c.within(Op::MessageDecrypt) } |c, rv| { c.end_op(Op::MessageDecrypt) }
     }
     C_MessageSignInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageSign) } |c, rv| {}
@@ -435,7 +424,7 @@ pkcs11_functions! {
         |c| { c.session(session); c.within(Op::MessageSign); c.in_len(data_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageSignFinal: GivingUp (session: H) {
-        |c| { c.session(session); c.within(Op::MessageSign) } |c, rv| { ends(c, Op::MessageSign, rv) }
+        |c| { c.session(session); c.within(Op::MessageSign) } |c, rv| { c.end_op(Op::MessageSign) }
     }
     C_MessageVerifyInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageVerify) } |c, rv| {}
@@ -452,7 +441,7 @@ pkcs11_functions! {
         |c, rv| { if !sig.is_null() { c.verdict() } }
     }
     C_MessageVerifyFinal: GivingUp (session: H) {
-        |c| { c.session(session); c.within(Op::MessageVerify) } |c, rv| { ends(c, Op::MessageVerify, rv) }
+        |c| { c.session(session); c.within(Op::MessageVerify) } |c, rv| { c.end_op(Op::MessageVerify) }
     }
     // Creates a key and hands out a ciphertext.
     C_EncapsulateKey: ActingResult (session: H, mech: Mech, public_key: Obj, template: Attrs, count: Ul, out: Buf, out_len: UlOut, key: *mut Obj) {
@@ -468,13 +457,13 @@ pkcs11_functions! {
         |c, rv| {}
     }
     C_VerifySignature: Result (session: H, data: Buf, data_len: Ul) {
-        |c| { c.session(session); c.within(Op::VerifySignature); c.in_len(data_len) } |c, rv| { c.verdict(); ends(c, Op::VerifySignature, rv) }
+        |c| { c.session(session); c.within(Op::VerifySignature); c.in_len(data_len) } |c, rv| { c.verdict(); c.end_op(Op::VerifySignature) }
     }
     C_VerifySignatureUpdate: Result (session: H, part: Buf, part_len: Ul) {
-        |c| { c.session(session); c.within(Op::VerifySignature); c.in_len(part_len) } |c, rv| { update(c, Op::VerifySignature, rv) }
+        |c| { c.session(session); c.within(Op::VerifySignature); c.in_len(part_len) } |c, rv| { c.update_done(Op::VerifySignature, rv) }
     }
     C_VerifySignatureFinal: Result (session: H) {
-        |c| { c.session(session); c.within(Op::VerifySignature) } |c, rv| { c.verdict(); ends(c, Op::VerifySignature, rv) }
+        |c| { c.session(session); c.within(Op::VerifySignature) } |c, rv| { c.verdict(); c.end_op(Op::VerifySignature) }
     }
     C_GetSessionValidationFlags: Informational (session: H, flags_type: ck::CK_SESSION_VALIDATION_FLAGS_TYPE, flags: *mut ck::CK_FLAGS) {
         |c| { c.session(session) } |c, rv| {}
