@@ -1228,10 +1228,14 @@ fn role_lifecycle() {
         let sessions: Vec<_> = (0..LIFECYCLE_WORKERS).map(|_| m.open_rw(slot)).collect();
         let finalized = Arc::new(AtomicBool::new(false));
         let barrier = Arc::new(Barrier::new(LIFECYCLE_WORKERS + 1));
+        // Workers that have had a call succeed: C_Finalize waits for all of them, so a busy
+        // machine that has not scheduled a worker yet cannot make it miss the "before" phase.
+        let running = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = sessions
             .iter()
             .map(|&s| {
-                let (finalized, barrier) = (finalized.clone(), barrier.clone());
+                let (finalized, barrier, running) =
+                    (finalized.clone(), barrier.clone(), running.clone());
                 std::thread::spawn(move || {
                     let (during, after) = (Tally::default(), Tally::default());
                     let mut ok_before = 0u64;
@@ -1247,7 +1251,12 @@ fn role_lifecycle() {
                                 calls_after += 1;
                             } else {
                                 during.add(rv);
-                                ok_before += u64::from(rv == ck::CKR_OK);
+                                if rv == ck::CKR_OK {
+                                    if ok_before == 0 {
+                                        running.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    ok_before += 1;
+                                }
                             }
                         }
                     }
@@ -1256,6 +1265,9 @@ fn role_lifecycle() {
             })
             .collect();
         barrier.wait();
+        while running.load(Ordering::SeqCst) < LIFECYCLE_WORKERS {
+            std::thread::yield_now();
+        }
         std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
         // SAFETY: NULL is the required argument.
         let rv = unsafe { (m.f.C_Finalize.unwrap())(std::ptr::null_mut()) };
