@@ -278,9 +278,10 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    /// After a multi-part Update: an error ends the operation (PKCS#11 2.40 §5.2).
+    /// After a multi-part Update: an error ends the operation, except CKR_BUFFER_TOO_SMALL
+    /// for updates with output, after which it stays active (PKCS#11 2.40 §5.2).
     pub fn update_done(&mut self, op: Op, rv: ck::CK_RV) {
-        if rv != ck::CKR_OK {
+        if !matches!(rv, ck::CKR_OK | ck::CKR_BUFFER_TOO_SMALL) {
             self.end_op(op);
         }
     }
