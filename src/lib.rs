@@ -13,4 +13,5 @@ pub mod audit;
 pub mod config;
 pub mod ffi;
 pub mod fuzzing;
+pub mod os;
 pub mod provider;

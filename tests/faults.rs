@@ -34,6 +34,7 @@ mod common;
 use common::raw::{attr, attr_bytes, ok, os_locking_args, rv_name, Module, FALSE, TRUE};
 use common::*;
 use cryptoki_sys as ck;
+use p11audit::audit::state;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -278,6 +279,9 @@ fn role_hold() {
         assert!(Instant::now() < deadline, "no go file");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // A writer checks its log with `fstat` at most every LOG_CHECK_INTERVAL (FORMAT.md §8):
+    // the change must be noticed by the first call made after that.
+    std::thread::sleep(p11audit::audit::writer::LOG_CHECK_INTERVAL + Duration::from_millis(20));
     let (after_rv, _) = m.generate_aes(s, AFTER_LABEL);
     let info_rv = get_info(&m);
     // SAFETY: a session handle (valid or not, the call only reads it).
@@ -606,7 +610,7 @@ fn killed_between_log_write_and_state_write_rolls_forward() {
     probe_ok(&fx, &fx.env(), "first probe");
     let state_before = fs::read(fx.state()).unwrap();
     let len_before = fs::metadata(&fx.log).unwrap().len();
-    crash_probe(&fx, "state:1");
+    crash_probe(&fx, "after:1");
     let crashed = fs::read(&fx.log).unwrap();
     assert!(
         crashed.len() as u64 > len_before,
@@ -614,8 +618,8 @@ fn killed_between_log_write_and_state_write_rolls_forward() {
     );
     assert!(crashed.ends_with(b"\n"));
     assert_eq!(
-        fs::read(fx.state()).unwrap(),
-        state_before,
+        state::decode_file(&fs::read(fx.state()).unwrap()),
+        state::decode_file(&state_before),
         "the state was not updated"
     );
     let lag = records_of(&fx.log);
@@ -643,7 +647,7 @@ fn killed_between_log_write_and_state_write_rolls_forward() {
 fn verify_accepts_a_state_one_append_behind() {
     let fx = Fixture::new();
     probe_ok(&fx, &fx.env(), "first probe");
-    crash_probe(&fx, "state:1");
+    crash_probe(&fx, "after:1");
     let (code, _, text) = verify_json(&fx.key, &[], &fx.log);
     assert_eq!(code, Some(0), "a crash in the roll-forward window\n{text}");
 }
@@ -683,13 +687,14 @@ fn torn_write_is_cut_and_nothing_valid_is_lost() {
 }
 
 /// A writer killed while it starts a chain never locks out the writers after it. The chain's
-/// first state (seq 0, K_0) is written before the `start` record: killed at that first state
-/// write, the log is still empty and the next writer starts the chain; killed at the second
-/// (after the `start` record reached the log), the next writer rolls forward over it.
+/// first state (seq 0, K_0) is written before the `start` record: killed before the start record
+/// reaches the log, the log is still empty and the next writer starts the chain; killed after
+/// it reached the log (before the state moved past it), the next writer rolls forward over it.
+/// Both die holding the state file's mutex, so the next writer also gets EOWNERDEAD.
 #[test]
 fn killed_while_starting_the_chain_does_not_block_later_writers() {
     let fx = Fixture::new();
-    crash_probe(&fx, "state:1");
+    crash_probe(&fx, "before:1");
     assert_eq!(fs::metadata(&fx.log).unwrap().len(), 0);
     probe_ok(
         &fx,
@@ -699,7 +704,7 @@ fn killed_while_starting_the_chain_does_not_block_later_writers() {
     fx.assert_verifies("after a crash before the start record");
 
     let fx = Fixture::new();
-    crash_probe(&fx, "state:2");
+    crash_probe(&fx, "after:1");
     assert!(fs::metadata(&fx.log).unwrap().len() > 0);
     let first = fs::read(&fx.log).unwrap();
     probe_ok(&fx, &fx.env(), "probe after a crash after the start record");
@@ -886,11 +891,11 @@ fn writer_keeps_the_renamed_log_and_newcomers_refuse() {
     assert_eq!(fs::read(&moved).unwrap(), moved_bytes);
 }
 
-/// The log is deleted (or another file is renamed over it) while a process has it open. Today
-/// that process goes on appending to the unlinked inode: its calls succeed and their records
-/// vanish with the process, unnoticed. It should notice (the log it holds has no name any more,
-/// or the path names another file) and refuse to log: the acting call made after the change is
-/// refused with CKR_GENERAL_ERROR and one `p11audit:` line.
+/// The log is deleted (or another file is renamed over it) while a process has it open. The
+/// process must notice (the log it holds has no name any more) within LOG_CHECK_INTERVAL and
+/// refuse to log, rather than go on appending to an unlinked inode whose records vanish with
+/// the process: the acting call made after the change is refused with CKR_GENERAL_ERROR and
+/// one `p11audit:` line.
 #[test]
 fn writer_refuses_once_its_log_is_unlinked() {
     let fx = Fixture::new();

@@ -1144,7 +1144,10 @@ fn verify_reports_garbage_files_without_panicking() {
     st.key.evolve();
     st.next_seq = 1;
     let empty = f.file("emptied.log", b"");
-    f.file("emptied.log.state", &st.encode());
+    f.file(
+        "emptied.log.state",
+        &p11audit::audit::state::encode_file(Some(&st)),
+    );
     let m = verify_measured(
         &f.key_file,
         &[OsStr::new("--json"), empty.as_os_str()],

@@ -69,7 +69,11 @@ impl Fixture {
         let log = dir.path().join("log");
         let bytes: Vec<u8> = order.iter().flat_map(|&i| lines[i].clone()).collect();
         std::fs::write(&log, bytes).unwrap();
-        std::fs::write(dir.path().join("log.state"), state.encode()).unwrap();
+        std::fs::write(
+            dir.path().join("log.state"),
+            p11audit::audit::state::encode_file(Some(&state)),
+        )
+        .unwrap();
         Fixture { dir, key, log }
     }
 
@@ -204,7 +208,7 @@ fn truncation_uses_the_default_state_unless_told_otherwise() {
     // An explicit state for exactly these five records.
     let (_, st5) = chain(&standard()[..5]);
     let p = f.dir.path().join("other.state");
-    std::fs::write(&p, st5.encode()).unwrap();
+    std::fs::write(&p, p11audit::audit::state::encode_file(Some(&st5))).unwrap();
     f.verify(&["--state", p.to_str().unwrap()], 0);
 
     // Without a state file beside the log, the end is not checked.

@@ -1801,7 +1801,20 @@ fn chain_recomputes_independently() {
         k = hmac_raw(&k, b"p11audit/v1 evolve").to_vec();
     }
 
-    let state = std::fs::read_to_string(f.state()).expect("state file");
+    // The state file (FORMAT.md §8): a 4096-byte page; the u64 at byte 32 says which slot
+    // (512 bytes at 1024 or 1536) holds the current state as text.
+    let file = std::fs::read(f.state()).expect("state file");
+    assert_eq!(file.len(), 4096, "state file size");
+    assert!(file.starts_with(b"p11audit-state v2\n"), "state file magic");
+    let active = u64::from_ne_bytes(file[32..40].try_into().unwrap());
+    let slot = &file[[1024, 1536][active as usize]..][..512];
+    let text_len = slot.iter().position(|&b| b == 0).unwrap_or(512);
+    let other = &file[[1536, 1024][active as usize]..][..512];
+    assert!(
+        other.iter().all(|&b| b == 0),
+        "the other slot (an older key) is wiped"
+    );
+    let state = String::from_utf8(slot[..text_len].to_vec()).expect("state text");
     let field = |name: &str| -> String {
         state
             .lines()

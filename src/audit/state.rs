@@ -9,7 +9,78 @@ use super::chain::{decode_hex_into, hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HE
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-const MAGIC: &str = "p11audit-state v1";
+/// First line of a state in its text form (a slot of a v2 file, or a whole v1 state file).
+const SLOT_MAGIC: &str = "p11audit-state v1";
+
+/// The state file (format v2, docs/FORMAT.md §8): one page holding a header, the writers'
+/// shared mutex and two slots. Each slot holds a state in the text form of `encode` (which is
+/// what state files of format v1 were); the header says which slot is current. A writer writes
+/// the other slot, switches `active` with one atomic store, then wipes the old slot (its key).
+pub mod layout {
+    pub const FILE_LEN: usize = 4096;
+    pub const MAGIC: &[u8] = b"p11audit-state v2\n";
+    /// u64, 0 or 1: the current slot.
+    pub const ACTIVE: usize = 32;
+    /// u64, non-zero when the next writer must check the log against the state before
+    /// appending (a writer died holding the mutex, or the file is from an earlier boot).
+    pub const RECOVER: usize = 40;
+    /// u64, incremented by every state update: a writer that wrote the last update need not
+    /// decode the slot again.
+    pub const GENERATION: usize = 48;
+    /// 36 bytes: the boot id (`/proc/sys/kernel/random/boot_id`) the mutex was set up in.
+    pub const BOOT_ID: usize = 64;
+    pub const BOOT_ID_LEN: usize = 36;
+    /// The robust, process-shared `pthread_mutex_t` (glibc x86-64: 40 bytes).
+    pub const MUTEX: usize = 128;
+    pub const SLOTS: [usize; 2] = [1024, 1536];
+    pub const SLOT_LEN: usize = 512;
+}
+
+/// Reads the chain state out of a whole state file (v2 layout).
+pub fn decode_file(bytes: &[u8]) -> Result<ChainState, StateError> {
+    use layout::*;
+    if bytes.is_empty() {
+        return Err(StateError::Empty);
+    }
+    if bytes.starts_with(SLOT_MAGIC.as_bytes()) {
+        return Err(StateError::Corrupt(
+            "a state file of format v1 (an older p11audit)",
+        ));
+    }
+    if bytes.len() != FILE_LEN {
+        return Err(StateError::Corrupt("wrong size for a state file"));
+    }
+    if !bytes.starts_with(MAGIC) {
+        return Err(StateError::Corrupt("unknown state file version"));
+    }
+    let active = u64::from_ne_bytes(bytes[ACTIVE..ACTIVE + 8].try_into().expect("8 bytes"));
+    let Some(&at) = SLOTS.get(active as usize) else {
+        return Err(StateError::Corrupt("bad active slot"));
+    };
+    decode_slot(&bytes[at..at + SLOT_LEN])
+}
+
+/// A slot: the text form of `encode`, then zeros. All zeros: no chain yet.
+pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
+    let end = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
+    if slot[end..].iter().any(|&b| b != 0) {
+        return Err(StateError::Corrupt("bytes after the state in its slot"));
+    }
+    ChainState::decode(&slot[..end])
+}
+
+/// A whole state file holding `state` in slot 0 (or no chain), with a mutex that the first
+/// writer sets up (the boot id is left empty, so it will). For tests and tools.
+pub fn encode_file(state: Option<&ChainState>) -> Vec<u8> {
+    use layout::*;
+    let mut out = vec![0u8; FILE_LEN];
+    out[..MAGIC.len()].copy_from_slice(MAGIC);
+    if let Some(s) = state {
+        let text = s.encode();
+        out[SLOTS[0]..SLOTS[0] + text.len()].copy_from_slice(&text);
+    }
+    out
+}
 
 /// The chain position as the state file records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +125,7 @@ impl ChainState {
     pub fn encode(&self) -> Vec<u8> {
         let mut key_hex = self.key.to_hex();
         let body = format!(
-            "{MAGIC}\nseq {:020}\nprev {}\nkey {}\nlog_dev {:020}\nlog_ino {:020}\nlog_size {:020}\n",
+            "{SLOT_MAGIC}\nseq {:020}\nprev {}\nkey {}\nlog_dev {:020}\nlog_ino {:020}\nlog_size {:020}\n",
             self.next_seq, self.prev_mac, key_hex, self.log_dev, self.log_ino, self.log_size
         );
         key_hex.zeroize();
@@ -82,7 +153,7 @@ impl ChainState {
             ));
         }
         let mut lines = body.lines();
-        if lines.next() != Some(MAGIC) {
+        if lines.next() != Some(SLOT_MAGIC) {
             return Err(StateError::Corrupt("unknown state file version"));
         }
         let mut field = |name: &str| -> Result<&str, StateError> {

@@ -1,19 +1,23 @@
 //! The audit file writer: one chain per file, shared by threads and processes.
 //!
-//! Every append takes an exclusive `flock` on the state file, re-reads the state (another
-//! process may have written since), recovers a crash left behind by a previous writer, seals
-//! the records with the current key, writes them with one `write` to the `O_APPEND` log, and
-//! then overwrites the state with the evolved key. The old key is gone from memory and from the
-//! state file once the new state is written: that is the forward security.
+//! Every writer maps the state file (`<log>.state`, FORMAT.md §8) and appends holding the
+//! robust process-shared mutex in it: it reads the state (from its cache if no other writer
+//! wrote since), seals the records with the current key, writes them with one `write` to the
+//! `O_APPEND` log, and stores the evolved key in the other slot of the state, wiping the old
+//! one. The old key is gone from memory and from the state file once the append returns: that
+//! is the forward security. A writer that dies holding the mutex leaves it marked; the next one
+//! checks the log against the state and rolls forward over, or cuts off, what it left.
 
 use super::chain::ChainKey;
 use super::line::{seal_into, split_line};
 use super::record::{Event, ProcessIdentity, Record};
-use super::state::{ChainState, StateError};
+use super::state::{self, layout, ChainState, StateError};
+use crate::os::{Locked, SharedFileMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use zeroize::Zeroize;
 
 /// How the log is opened and written.
@@ -52,19 +56,31 @@ pub struct Appended {
     pub last_seq: u64,
 }
 
+/// How long a writer waits for the state file's mutex before it gives up (and fails closed):
+/// a writer stopped while holding it must not hang every other process forever.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a writer `fstat`s its log on the fast path, to notice that the log was deleted,
+/// replaced or truncated behind its back. Every append did that once; it costs a syscall, and the
+/// shared state already tells a writer everything other writers did.
+pub const LOG_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The open log and state files of one process.
 pub struct AuditLog {
     settings: LogSettings,
     state_path: PathBuf,
     log: File,
-    state: File,
-    /// The process that opened the files: after fork the child must reopen them, because a
-    /// `flock` belongs to the open file description, which parent and child share.
-    opened_by_pid: u32,
+    /// (st_dev, st_ino) of `log`.
+    log_id: (u64, u64),
+    /// The state file, mapped: its mutex serializes writers in all processes (`os`).
+    shared: SharedFileMap,
     /// Reused buffer for the sealed lines of one append.
     buf: Vec<u8>,
-    /// The state this process wrote last (K_next lives here and in the state file only).
-    last_written: Option<ChainState>,
+    /// The state this process last wrote or read, and the state file's generation then: if the
+    /// generation has not moved, nobody else wrote, and the slot need not be decoded again.
+    cached: Option<(u64, ChainState)>,
+    /// When the log was last checked with `fstat` (None: not yet; the first append checks it).
+    log_checked: Option<Instant>,
 }
 
 /// `<log>.state`.
@@ -156,6 +172,81 @@ pub fn read_key_file(path: &Path) -> Result<ChainKey, WriterError> {
     })
 }
 
+fn log_without_state(log_path: &Path, state_path: &Path) -> WriterError {
+    WriterError(format!(
+        "audit log {} has content but its state file {} is empty or missing; refusing to start a new chain over it: restore the state file, or move the log away to start a new chain deliberately",
+        log_path.display(),
+        state_path.display()
+    ))
+}
+
+/// Sets up the mapping of the state file, under an exclusive `flock` so that only one process
+/// ever initializes it: a new (empty) file gets its header and mutex; a file from an earlier
+/// boot gets a fresh mutex (the old one may have been saved locked by a thread that no longer
+/// exists) and is marked for a log check.
+fn map_state_file(
+    state: &File,
+    state_path: &Path,
+    log_path: &Path,
+    log_len: u64,
+) -> Result<SharedFileMap, WriterError> {
+    let io_err = |what: &str, e: io::Error| {
+        WriterError(format!(
+            "cannot {what} audit state file {}: {e}",
+            state_path.display()
+        ))
+    };
+    let unusable = |why: &str| {
+        WriterError(format!(
+            "audit state file {} is unusable ({why}); refusing to log so that no history is overwritten: restore it, or start a new chain deliberately (see README)",
+            state_path.display()
+        ))
+    };
+    state.lock().map_err(|e| io_err("lock", e))?;
+    let result = (|| {
+        let len = state.metadata().map_err(|e| io_err("stat", e))?.len();
+        if len == 0 && log_len > 0 {
+            return Err(log_without_state(log_path, state_path));
+        }
+        if len == 0 {
+            let mut header = layout::MAGIC.to_vec();
+            header.resize(layout::FILE_LEN, 0);
+            state
+                .write_all_at(&header, 0)
+                .map_err(|e| io_err("write", e))?;
+        } else if len != layout::FILE_LEN as u64 {
+            let mut bytes = Vec::new();
+            let _ = Read::by_ref(&mut &*state)
+                .take(8192)
+                .read_to_end(&mut bytes);
+            let why = match state::decode_file(&bytes) {
+                Err(StateError::Corrupt(why)) => why,
+                _ => "wrong size for a state file",
+            };
+            return Err(unusable(why));
+        }
+        let shared = SharedFileMap::new(state, layout::FILE_LEN).map_err(|e| io_err("map", e))?;
+        let mut magic = vec![0u8; layout::MAGIC.len()];
+        shared.read(0, &mut magic);
+        if magic != layout::MAGIC {
+            return Err(unusable("unknown state file version"));
+        }
+        let boot = crate::os::boot_id().unwrap_or(*b"unknown boot id.....................");
+        let mut saved = [0u8; layout::BOOT_ID_LEN];
+        shared.read(layout::BOOT_ID, &mut saved);
+        if saved != boot {
+            shared
+                .init_robust_mutex(layout::MUTEX)
+                .map_err(|e| io_err("set up the lock in", e))?;
+            shared.store_u64(layout::RECOVER, 1);
+            shared.write(layout::BOOT_ID, &boot);
+        }
+        Ok(shared)
+    })();
+    let _ = state.unlock();
+    result
+}
+
 impl AuditLog {
     /// Opens (or starts) the chain at `settings.log_path`. `who` signs the chain-start record
     /// when this call creates the chain.
@@ -175,50 +266,61 @@ impl AuditLog {
         refuse_symlink_or_special(log_path, "audit log", var)?;
         refuse_symlink_or_special(&state_path, "audit state file", var)?;
         let (log, state) = open_log_and_state(settings, &state_path)?;
+        let log_meta = log
+            .metadata()
+            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+        let shared = map_state_file(&state, &state_path, log_path, log_meta.len())?;
         let mut me = AuditLog {
             settings: settings.clone(),
             state_path,
             log,
-            state,
-            opened_by_pid: crate::audit::process::current_pid(),
+            log_id: (log_meta.dev(), log_meta.ino()),
+            shared,
             buf: Vec::with_capacity(4096),
-            last_written: None,
+            cached: None,
+            log_checked: None,
         };
-        me.with_lock(|me| me.start_chain_if_new(who))?;
+        me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
         Ok(me)
     }
 
+    /// Runs `f` holding the state file's mutex. If its last owner died holding it, the state
+    /// is marked for a log check (`RECOVER`), which the next append does before anything else.
     fn with_lock<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, WriterError>,
     ) -> Result<T, WriterError> {
-        self.state.lock().or_else(|e| {
-            err(format!(
-                "cannot lock audit state file {}: {e}",
-                self.state_path.display()
-            ))
-        })?;
-        let out = f(self);
-        let _ = self.state.unlock();
-        out
+        let how = self
+            .shared
+            .lock_robust_mutex(layout::MUTEX, LOCK_TIMEOUT)
+            .or_else(|e| {
+                err(format!(
+                    "cannot lock audit state file {}: {e}",
+                    self.state_path.display()
+                ))
+            })?;
+        if how == Locked::OwnerDied {
+            self.shared.store_u64(layout::RECOVER, 1);
+            self.shared.mark_consistent(layout::MUTEX);
+        }
+        // Unlock even if `f` panics (the panic is caught at the C boundary; the lock must not
+        // stay with a thread that goes on running other code).
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        self.shared.unlock_robust_mutex(layout::MUTEX);
+        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
-
-    fn start_chain_if_new(&mut self, who: &ProcessIdentity) -> Result<(), WriterError> {
+    fn start_chain_if_new(
+        &mut self,
+        who: &ProcessIdentity,
+        log_meta: &std::fs::Metadata,
+    ) -> Result<(), WriterError> {
         match self.read_state() {
             Err(StateError::Empty) => {}
             Ok(_) => return Ok(()),
             Err(StateError::Corrupt(why)) => return Err(self.corrupt_state(why)),
         }
-        let log_meta = self
-            .log
-            .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
         if log_meta.len() > 0 {
-            return err(format!(
-                "audit log {} has content but its state file {} is empty or missing; refusing to start a new chain over it: restore the state file, or move the log away to start a new chain deliberately",
-                self.settings.log_path.display(),
-                self.state_path.display()
-            ));
+            return Err(log_without_state(&self.settings.log_path, &self.state_path));
         }
         let Some(key_file) = self.settings.key_file.clone() else {
             return err(format!(
@@ -227,47 +329,52 @@ impl AuditLog {
             ));
         };
         let key = read_key_file(&key_file)?;
-        let state = ChainState::genesis(key, log_meta.dev(), log_meta.ino(), 0);
         // The state goes first: if this process dies right after writing the start record,
         // the next writer finds a state and rolls forward over the record, instead of finding
         // a log with content beside an empty state, which it must refuse.
-        self.state.write_all_at(&state.encode(), 0).or_else(|e| {
-            err(format!(
-                "cannot write audit state file {}: {e}",
-                self.state_path.display()
-            ))
-        })?;
+        self.store_state(ChainState::genesis(key, self.log_id.0, self.log_id.1, 0));
+        self.shared.store_u64(layout::RECOVER, 0);
+        let state = self
+            .read_state()
+            .map_err(|_| self.corrupt_state("unreadable after writing"))?;
         let mut start = Record::new(who, 0, Event::Start, None);
         start.detail.note = Some("new chain".into());
         self.append_locked(state, &[start.to_body()])?;
         Ok(())
     }
 
-    fn read_state(&self) -> Result<ChainState, StateError> {
-        let mut bytes = Vec::with_capacity(512);
-        let mut f = &self.state;
-        // Read from offset 0 whatever position the handle has.
-        let mut chunk = [0u8; 512];
-        let mut off = 0u64;
-        loop {
-            match f.read_at(&mut chunk, off) {
-                Ok(0) => break,
-                Ok(n) => {
-                    bytes.extend_from_slice(&chunk[..n]);
-                    off += n as u64;
-                    if bytes.len() > 4096 {
-                        return Err(StateError::Corrupt("state file too large"));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(StateError::Corrupt("state file unreadable")),
-            }
+    /// The current state: the cached one if nobody wrote since, else the active slot decoded.
+    fn read_state(&mut self) -> Result<ChainState, StateError> {
+        let generation = self.shared.load_u64(layout::GENERATION);
+        match self.cached.take() {
+            Some((g, s)) if g == generation => return Ok(s),
+            _ => {}
         }
-        let _ = f.flush();
-        chunk.zeroize();
-        let decoded = ChainState::decode(&bytes);
-        bytes.zeroize();
+        let active = self.shared.load_u64(layout::ACTIVE);
+        let Some(&at) = layout::SLOTS.get(active as usize) else {
+            return Err(StateError::Corrupt("bad active slot"));
+        };
+        let mut slot = [0u8; layout::SLOT_LEN];
+        self.shared.read(at, &mut slot);
+        let decoded = state::decode_slot(&slot);
+        slot.zeroize();
         decoded
+    }
+
+    /// Writes `state` to the inactive slot, makes it the active one, and wipes the old slot (the
+    /// old key must not outlive the append: forward security).
+    fn store_state(&mut self, state: ChainState) {
+        let old = (self.shared.load_u64(layout::ACTIVE) as usize).min(1);
+        let new = 1 - old;
+        let mut text = state.encode();
+        self.shared.zero(layout::SLOTS[new], layout::SLOT_LEN);
+        self.shared.write(layout::SLOTS[new], &text);
+        text.zeroize();
+        self.shared.store_u64(layout::ACTIVE, new as u64);
+        self.shared.zero(layout::SLOTS[old], layout::SLOT_LEN);
+        let generation = self.shared.load_u64(layout::GENERATION).wrapping_add(1);
+        self.shared.store_u64(layout::GENERATION, generation);
+        self.cached = Some((generation, state));
     }
 
     fn corrupt_state(&self, why: &str) -> WriterError {
@@ -277,50 +384,59 @@ impl AuditLog {
         ))
     }
 
-    /// Reopens the files in a forked child, so the child's lock is its own.
-    fn reopen_after_fork(&mut self) -> Result<(), WriterError> {
-        (self.log, self.state) = open_log_and_state(&self.settings, &self.state_path)?;
-        self.opened_by_pid = crate::audit::process::current_pid();
-        Ok(())
-    }
-
     /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`.
     pub fn append(&mut self, bodies: &[String]) -> Result<Appended, WriterError> {
-        if self.opened_by_pid != crate::audit::process::current_pid() {
-            self.reopen_after_fork()?;
-        }
         self.with_lock(|me| {
-            // Every writer appends to the log before it updates the state, so if the log is
-            // exactly as long as this process left it, the state is too: no need to read it
-            // back. (The log's identity cannot change under an open descriptor; `recover`
-            // checks it against the state whenever the state is read.)
-            let meta = me
-                .log
-                .metadata()
-                .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
-            if meta.nlink() == 0 {
-                // Deleted, or another file renamed over it: records written now would go to a
-                // file nobody can find, and vanish with this process.
+            let recover = me.shared.load_u64(layout::RECOVER) != 0;
+            let state = match me.read_state() {
+                Ok(s) => s,
+                Err(StateError::Empty) => {
+                    return Err(me.corrupt_state("empty: the chain state was removed"))
+                }
+                Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
+            };
+            if (state.log_dev, state.log_ino) != me.log_id {
                 return err(format!(
-                    "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
-                    me.settings.log_path.display()
+                    "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
+                    me.settings.log_path.display(),
+                    me.state_path.display()
                 ));
             }
-            let state = match me.last_written.take() {
-                Some(s) if s.log_size == meta.len() => s,
-                _ => {
-                    let state = match me.read_state() {
-                        Ok(s) => s,
-                        Err(StateError::Empty) => {
-                            return Err(me.corrupt_state("empty: the chain state was removed"))
-                        }
-                        Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
-                    };
-                    me.recover(state, &meta)?
-                }
+            let check_due = me
+                .log_checked
+                .is_none_or(|t| t.elapsed() >= LOG_CHECK_INTERVAL);
+            let state = if recover || check_due {
+                me.check_log(state)?
+            } else {
+                state
             };
             me.append_locked(state, bodies)
         })
+    }
+
+    /// The slow path: `fstat` the log, refuse one that lost its name, and roll forward over (or
+    /// cut) whatever a writer that died holding the lock left past the state.
+    fn check_log(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
+        let meta = self
+            .log
+            .metadata()
+            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+        if meta.nlink() == 0 {
+            // Deleted, or another file renamed over it: records written now would go to a
+            // file nobody can find, and vanish with this process.
+            return err(format!(
+                "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
+                self.settings.log_path.display()
+            ));
+        }
+        let before = state.log_size;
+        let state = self.recover(state, &meta)?;
+        if state.log_size != before {
+            self.store_state(state.clone());
+        }
+        self.shared.store_u64(layout::RECOVER, 0);
+        self.log_checked = Some(Instant::now());
+        Ok(state)
     }
 
     /// Checks the log against the state and rolls forward over records a crashed writer wrote
@@ -422,15 +538,10 @@ impl AuditLog {
                 .or_else(|e| err(format!("cannot fdatasync audit log {path}: {e}")))?;
         }
         state.log_size += self.buf.len() as u64;
-        let encoded = state.encode();
-        // The records are in the log now. If the state update fails, the next writer rolls
-        // forward over them (see `recover`), so the append still succeeded; durability of the
-        // state is not needed for the same reason.
-        let _ = self.state.write_all_at(&encoded, 0);
-        let mut encoded = encoded;
-        encoded.zeroize();
         let last_seq = state.next_seq - 1;
-        self.last_written = Some(state);
+        // The records are in the log now. Should this process die before the state is stored,
+        // the next writer gets EOWNERDEAD and rolls forward over them (see `check_log`).
+        self.store_state(state);
         Ok(Appended {
             first_seq,
             last_seq,

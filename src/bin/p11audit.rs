@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use p11audit::audit::chain::{hex_lower, ChainKey};
-use p11audit::audit::state::{ChainState, StateError};
+use p11audit::audit::state::{self, ChainState, StateError};
 use p11audit::audit::verify::{verify_files, VerifyOptions, VerifyReport};
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -175,10 +175,22 @@ fn read_key(path: &Path) -> Result<ChainKey, Fatal> {
 }
 
 fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
-    let bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|e| Fatal(format!("state file {}: {e}", path.display())))?,
-    );
-    match ChainState::decode(&bytes) {
+    let read = || {
+        std::fs::read(path)
+            .map(Zeroizing::new)
+            .map_err(|e| Fatal(format!("state file {}: {e}", path.display())))
+    };
+    // Writers update the file in place through a shared mapping (FORMAT.md §8); a read that
+    // races an update can see a slot half-switched. Two equal reads in a row are a snapshot.
+    let mut bytes = read()?;
+    for _ in 0..10 {
+        let again = read()?;
+        if *again == *bytes {
+            break;
+        }
+        bytes = again;
+    }
+    match state::decode_file(&bytes) {
         Ok(s) => Ok(s),
         // No chain started yet: the log must hold no records. (Inode 0 marks this as not a
         // state a writer wrote; see `check_state`.)

@@ -4,9 +4,12 @@
  * the crashes that `kill -9` at a random moment only hits by luck.
  *
  *   CRASH_AT_LOG=<audit log path>   the log; its state file is <log>.state
- *   CRASH_AT=state:N   SIGKILL on entry to the Nth pwrite to the state file
- *                      (the records of that append are in the log, the state
- *                      update is not: the window of FORMAT.md §8's roll-forward)
+ *   CRASH_AT=before:N  SIGKILL on entry to the Nth write to the log (nothing of
+ *                      that append is in the log; a new chain's first state is)
+ *   CRASH_AT=after:N   SIGKILL right after the Nth write to the log returns (the
+ *                      records of that append are in the log, the state update in
+ *                      the mapped state file is not: the window of FORMAT.md §8's
+ *                      roll-forward). Both die holding the state file's mutex.
  *   CRASH_AT=torn:N    on the Nth write to the log: write the first half of the
  *                      buffer, then SIGKILL (a torn last line, as a kill during
  *                      a large write leaves one)
@@ -26,16 +29,14 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum mode { OFF, STATE, TORN };
+enum mode { OFF, BEFORE, AFTER, TORN };
 
 static enum mode mode = OFF;
 static long target;
 static long seen;
 static char log_path[PATH_MAX];
-static char state_path[PATH_MAX + 8];
 
 typedef ssize_t (*write_fn)(int, const void *, size_t);
-typedef ssize_t (*pwrite_fn)(int, const void *, size_t, off_t);
 
 /* The canonical path of `path`, which may not exist yet (a chain not started): then the
  * canonical directory plus the last component. */
@@ -61,9 +62,11 @@ __attribute__((constructor)) static void crash_at_init(void)
     const char *log = getenv("CRASH_AT_LOG");
     if (spec == NULL || log == NULL || !canonical(log, log_path))
         return;
-    snprintf(state_path, sizeof state_path, "%s.state", log_path);
-    if (strncmp(spec, "state:", 6) == 0) {
-        mode = STATE;
+    if (strncmp(spec, "before:", 7) == 0) {
+        mode = BEFORE;
+        target = atol(spec + 7);
+    } else if (strncmp(spec, "after:", 6) == 0) {
+        mode = AFTER;
         target = atol(spec + 6);
     } else if (strncmp(spec, "torn:", 5) == 0) {
         mode = TORN;
@@ -90,30 +93,22 @@ static void die_now(void)
         pause();
 }
 
-static ssize_t state_hook(int fd, const void *buf, size_t n, off_t off, const char *name)
-{
-    pwrite_fn real = (pwrite_fn)dlsym(RTLD_NEXT, name);
-    if (mode == STATE && fd_is(fd, state_path)
-        && __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) == target)
-        die_now();
-    return real(fd, buf, n, off);
-}
-
-ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
-{
-    return state_hook(fd, buf, n, off, "pwrite64");
-}
-
-ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
-{
-    return state_hook(fd, buf, n, off, "pwrite");
-}
-
 ssize_t write(int fd, const void *buf, size_t n)
 {
     write_fn real = (write_fn)dlsym(RTLD_NEXT, "write");
-    if (mode == TORN && fd_is(fd, log_path)
-        && __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) == target) {
+    ssize_t done;
+    if (mode == OFF || !fd_is(fd, log_path)
+        || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) != target)
+        return real(fd, buf, n);
+    if (mode == BEFORE)
+        die_now();
+    if (mode == AFTER) {
+        done = real(fd, buf, n);
+        if (done == (ssize_t)n)
+            die_now();
+        return done;
+    }
+    {
         size_t k = n / 2;
         /* Never stop right after a newline: the last line must be incomplete. */
         if (k > 0 && ((const char *)buf)[k - 1] == '\n')

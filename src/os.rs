@@ -1,0 +1,213 @@
+//! What the audit writer needs from the OS that std does not offer: a shared mapping of the
+//! state file, and a robust, process-shared mutex inside it.
+//!
+//! Why: every append used to take an `flock` (two syscalls), `pwrite` the state (one syscall,
+//! plus an inode timestamp update) and `fstat` the log. With the state file mapped `MAP_SHARED`
+//! in every writer and a `PTHREAD_PROCESS_SHARED | PTHREAD_MUTEX_ROBUST` mutex in it, an
+//! uncontended append costs no syscall besides its one `write` to the log. Robustness is what
+//! makes `kill -9` safe: the kernel marks the mutex of a thread that dies holding it, and the
+//! next locker gets `EOWNERDEAD` and recovers (see `audit::writer`).
+//!
+//! The safe methods below copy bytes in and out of the mapping. They are only sound to use
+//! while holding the mutex (or, before anyone can use the mutex, an exclusive `flock`), which
+//! is how `audit::writer` uses them; every writer in every process follows the same rule.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A `MAP_SHARED`, read-write mapping of the first `len` bytes of a file.
+pub struct SharedFileMap {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; access is serialized by the robust mutex inside
+// it (see the module comment), and the pointer stays valid until `Drop` unmaps it.
+unsafe impl Send for SharedFileMap {}
+unsafe impl Sync for SharedFileMap {}
+
+/// How the mutex was acquired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locked {
+    Clean,
+    /// Its previous owner died holding it: the protected data may be half-updated. Call
+    /// `mark_consistent` once it is repaired (or known to be as good as it gets).
+    OwnerDied,
+}
+
+impl SharedFileMap {
+    /// Maps `len` bytes of `file` (which must be at least that long: touching a page past the
+    /// end of the file raises SIGBUS, which is why nobody may truncate a state file in use).
+    pub fn new(file: &File, len: usize) -> io::Result<SharedFileMap> {
+        // SAFETY: a fresh mapping at an address of the kernel's choosing; arguments are valid.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedFileMap {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    fn check(&self, off: usize, n: usize) {
+        assert!(
+            off.checked_add(n).is_some_and(|end| end <= self.len),
+            "shared map access out of range"
+        );
+    }
+
+    /// Copies `out.len()` bytes from offset `off`.
+    pub fn read(&self, off: usize, out: &mut [u8]) {
+        self.check(off, out.len());
+        // SAFETY: in range (checked); serialized by the mutex (module comment).
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Copies `data` to offset `off`.
+    pub fn write(&self, off: usize, data: &[u8]) {
+        self.check(off, data.len());
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off), data.len()) }
+    }
+
+    /// Fills `n` bytes at `off` with zeros.
+    pub fn zero(&self, off: usize, n: usize) {
+        self.check(off, n);
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::write_bytes(self.base.add(off), 0, n) }
+    }
+
+    fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        self.check(off, 8);
+        assert!(off.is_multiple_of(8), "unaligned shared u64");
+        // SAFETY: in range, 8-aligned (the mapping is page-aligned), and only ever accessed as
+        // an atomic u64 by every writer.
+        unsafe { &*self.base.add(off).cast::<AtomicU64>() }
+    }
+
+    /// An atomic u64 load, in this host's byte order (the state file never leaves its host).
+    pub fn load_u64(&self, off: usize) -> u64 {
+        self.atomic_u64(off).load(Ordering::Acquire)
+    }
+
+    pub fn store_u64(&self, off: usize, value: u64) {
+        self.atomic_u64(off).store(value, Ordering::Release)
+    }
+
+    fn mutex(&self, off: usize) -> *mut libc::pthread_mutex_t {
+        self.check(off, std::mem::size_of::<libc::pthread_mutex_t>());
+        assert!(off.is_multiple_of(8), "unaligned shared mutex");
+        // SAFETY: in range (checked above).
+        unsafe { self.base.add(off).cast() }
+    }
+
+    /// Initializes a robust, process-shared mutex at `off`. Only while no process can be using
+    /// it (the writer holds an exclusive `flock` and the state file is new or from an earlier
+    /// boot).
+    pub fn init_robust_mutex(&self, off: usize) -> io::Result<()> {
+        let m = self.mutex(off);
+        // SAFETY: attr is initialized before use and destroyed after; m points into the mapping.
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            check_rc(libc::pthread_mutexattr_init(&mut attr))?;
+            let rc = (|| {
+                check_rc(libc::pthread_mutexattr_setpshared(
+                    &mut attr,
+                    libc::PTHREAD_PROCESS_SHARED,
+                ))?;
+                check_rc(libc::pthread_mutexattr_setrobust(
+                    &mut attr,
+                    libc::PTHREAD_MUTEX_ROBUST,
+                ))?;
+                std::ptr::write_bytes(
+                    m.cast::<u8>(),
+                    0,
+                    std::mem::size_of::<libc::pthread_mutex_t>(),
+                );
+                check_rc(libc::pthread_mutex_init(m, &attr))
+            })();
+            libc::pthread_mutexattr_destroy(&mut attr);
+            rc
+        }
+    }
+
+    /// Locks the mutex at `off`, waiting at most `timeout` (a writer that hangs while holding it
+    /// must not hang every other process forever: the caller fails closed instead).
+    pub fn lock_robust_mutex(&self, off: usize, timeout: Duration) -> io::Result<Locked> {
+        let m = self.mutex(off);
+        // SAFETY: m points at a mutex initialized by `init_robust_mutex` (the writer checks the
+        // file's header and boot id before using it).
+        let rc = unsafe { libc::pthread_mutex_trylock(m) };
+        let rc = if rc == libc::EBUSY {
+            let mut now: libc::timespec = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid out-pointer.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            let mut deadline = now;
+            deadline.tv_sec += timeout.as_secs() as libc::time_t;
+            deadline.tv_nsec += timeout.subsec_nanos() as libc::c_long;
+            if deadline.tv_nsec >= 1_000_000_000 {
+                deadline.tv_sec += 1;
+                deadline.tv_nsec -= 1_000_000_000;
+            }
+            // SAFETY: as above; deadline is a valid timespec.
+            unsafe { libc::pthread_mutex_timedlock(m, &deadline) }
+        } else {
+            rc
+        };
+        match rc {
+            0 => Ok(Locked::Clean),
+            libc::EOWNERDEAD => Ok(Locked::OwnerDied),
+            rc => Err(io::Error::from_raw_os_error(rc)),
+        }
+    }
+
+    /// After `Locked::OwnerDied`: the protected data is consistent again.
+    pub fn mark_consistent(&self, off: usize) {
+        // SAFETY: the caller holds the mutex (it was returned OwnerDied).
+        unsafe { libc::pthread_mutex_consistent(self.mutex(off)) };
+    }
+
+    pub fn unlock_robust_mutex(&self, off: usize) {
+        // SAFETY: the caller holds the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.mutex(off)) };
+    }
+}
+
+fn check_rc(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+impl Drop for SharedFileMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives self.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), or `None` if it cannot be read. A state
+/// file's mutex from an earlier boot may have been saved locked by a thread that no longer
+/// exists (power loss mid-append); the writer re-initializes it when the boot id changed.
+pub fn boot_id() -> Option<[u8; 36]> {
+    let text = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
+    text.get(..36)?.try_into().ok()
+}
