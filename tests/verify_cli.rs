@@ -71,7 +71,7 @@ impl Fixture {
         std::fs::write(&log, bytes).unwrap();
         std::fs::write(
             dir.path().join("log.state"),
-            p11audit::audit::state::encode_file(Some(&state)),
+            p11audit::audit::state::encode_file(Some(state)),
         )
         .unwrap();
         Fixture { dir, key, log }
