@@ -3,13 +3,13 @@
 //! A line is `{"v":1,"seq":N,"prev":"<64 hex>",` + the body's members + `,"mac":"<64 hex>"}` + `\n`.
 //! P_i is everything before the final `,"mac":"`.
 
-use super::chain::{hex_lower, is_mac_hex, ChainKey};
+use super::chain::{is_mac_hex, ChainKey};
 
 /// The separator that starts the last member of every line.
 pub const MAC_MARKER: &[u8] = b",\"mac\":\"";
 
 /// Appends the sealed line for `body` (a serialized JSON object with at least one member) to
-/// `out` and returns mac_i as lowercase hex.
+/// `out` and returns mac_i as lowercase hex. (The writer uses `seal_and_evolve_into`.)
 pub fn seal_into(
     out: &mut Vec<u8>,
     key: &ChainKey,
@@ -17,19 +17,46 @@ pub fn seal_into(
     prev_hex: &str,
     body: &str,
 ) -> String {
+    let mut key = key.clone();
+    let mut mac = String::with_capacity(64);
+    seal_and_evolve_into(out, &mut key, seq, prev_hex, body, &mut mac);
+    mac
+}
+
+/// `seal_into` for the writer: writes mac_i as lowercase hex into `mac_hex` and evolves `key`
+/// to K_{i+1}, sharing the HMAC key setup between the two (`ChainKey::mac_then_evolve`).
+pub fn seal_and_evolve_into(
+    out: &mut Vec<u8>,
+    key: &mut ChainKey,
+    seq: u64,
+    prev_hex: &str,
+    body: &str,
+    mac_hex: &mut String,
+) {
     debug_assert!(body.starts_with('{') && body.ends_with('}') && body.len() > 2);
     let start = out.len();
     out.extend_from_slice(b"{\"v\":1,\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    let mut digits = String::with_capacity(20);
+    super::encode::push_u64(&mut digits, seq);
+    out.extend_from_slice(digits.as_bytes());
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(prev_hex.as_bytes());
     out.extend_from_slice(b"\",");
     out.extend_from_slice(&body.as_bytes()[1..body.len() - 1]);
-    let mac = hex_lower(&key.mac(&out[start..]));
+    let mac = key.mac_then_evolve(&out[start..]);
+    mac_hex.clear();
+    push_hex(mac_hex, &mac);
     out.extend_from_slice(MAC_MARKER);
-    out.extend_from_slice(mac.as_bytes());
+    out.extend_from_slice(mac_hex.as_bytes());
     out.extend_from_slice(b"\"}\n");
-    mac
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
 }
 
 /// A line split into its authenticated part and its mac.
@@ -66,6 +93,7 @@ pub fn split_line(line: &[u8]) -> Option<SplitLine<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::hex_lower;
     use crate::audit::chain::ZERO_MAC_HEX;
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod auditor;
 pub mod chain;
 pub mod context;
+pub mod encode;
 pub mod line;
 pub mod lock;
 pub mod names;

@@ -271,9 +271,12 @@ impl Record {
         }
     }
 
-    /// The JSON body (`{...}`) the writer seals.
+    /// The JSON body (`{...}`) the writer seals: the bytes `serde_json::to_string` would give,
+    /// written by `encode::push_record`.
     pub fn to_body(&self) -> String {
-        serde_json::to_string(self).expect("records always serialize")
+        let mut body = String::with_capacity(640);
+        super::encode::push_record(&mut body, self);
+        body
     }
 }
 
@@ -299,12 +302,25 @@ pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    // By hand rather than format!: one per record, on the hot path.
+    let mut out = [0u8; 27];
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem / 60) % 60);
+    put(17, 2, rem % 60);
+    put(20, 6, u64::from(micros));
+    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')] {
+        out[at] = sep;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

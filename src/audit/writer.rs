@@ -9,7 +9,7 @@
 //! checks the log against the state and rolls forward over, or cuts off, what it left.
 
 use super::chain::ChainKey;
-use super::line::{seal_into, split_line};
+use super::line::{seal_and_evolve_into, split_line};
 use super::record::{Event, ProcessIdentity, Record};
 use super::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
@@ -514,15 +514,17 @@ impl AuditLog {
     ) -> Result<Appended, WriterError> {
         let first_seq = state.next_seq;
         self.buf.clear();
+        let mut mac = String::with_capacity(64);
         for body in bodies {
-            state.prev_mac = seal_into(
+            seal_and_evolve_into(
                 &mut self.buf,
-                &state.key,
+                &mut state.key,
                 state.next_seq,
                 &state.prev_mac,
                 body,
+                &mut mac,
             );
-            state.key.evolve();
+            std::mem::swap(&mut state.prev_mac, &mut mac);
             state.next_seq += 1;
         }
         let path = self.settings.log_path.display();

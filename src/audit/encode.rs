@@ -1,0 +1,469 @@
+//! The JSON body of a record, written by hand.
+//!
+//! Every audited call builds two to four records, so their encoding is on the hot path. serde's
+//! derive (with `#[serde(flatten)]` for the detail) spends most of its time in generic
+//! machinery; this writer appends the same bytes straight into a reused buffer. The unit tests
+//! check it byte for byte against `serde_json::to_string` of the same record (the derive stays
+//! as that oracle), including hostile strings.
+
+use super::record::{
+    AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
+    ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
+};
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\`, the
+/// short escapes `\b \f \n \r \t`, and other control characters below 0x20 as `\u00xx`.
+pub fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Both ends are at ASCII bytes, so the slice is on char boundaries.
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends a number in decimal.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// Writes `"name":` with the separating comma; `first` is cleared after the first member.
+struct Members<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> Members<'a> {
+    fn open(out: &'a mut String) -> Self {
+        out.push('{');
+        Members { out, first: true }
+    }
+
+    /// `name` is a fixed member name: plain ASCII, no escaping needed.
+    fn key(&mut self, name: &str) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
+        self.out
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        push_str(self.key(name), value);
+    }
+
+    fn num(&mut self, name: &str, value: u64) {
+        push_u64(self.key(name), value);
+    }
+
+    fn opt_num(&mut self, name: &str, value: Option<u64>) {
+        if let Some(v) = value {
+            self.num(name, v);
+        }
+    }
+
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+fn push_bytes(out: &mut String, b: &Bytes) {
+    match b {
+        Bytes::Text(t) => push_str(out, t),
+        Bytes::Hex(h) => {
+            let mut m = Members::open(out);
+            m.str("hex", h);
+            m.close();
+        }
+    }
+}
+
+fn push_token(out: &mut String, t: &TokenRef) {
+    let mut m = Members::open(out);
+    push_bytes(m.key("label"), &t.label);
+    push_bytes(m.key("serial"), &t.serial);
+    m.close();
+}
+
+fn push_object(out: &mut String, o: &ObjectIdentity) {
+    let mut m = Members::open(out);
+    m.num("handle", o.handle);
+    if let Some(c) = &o.class {
+        m.str("class", &c.0);
+    }
+    if let Some(k) = &o.key_type {
+        m.str("key_type", &k.0);
+    }
+    if let Some(l) = &o.label {
+        push_bytes(m.key("label"), l);
+    }
+    if let Some(i) = &o.id {
+        push_bytes(m.key("id"), i);
+    }
+    m.close();
+}
+
+fn push_mechanism(out: &mut String, mech: &MechanismSummary) {
+    let mut m = Members::open(out);
+    m.str("type", &mech.mechanism.0);
+    m.opt_num("param_len", mech.param_len);
+    if !mech.params.is_empty() {
+        let mut p = Members::open(m.key("params"));
+        for (name, value) in &mech.params {
+            match value {
+                ParamValue::Name(Named(n)) => p.str(name, n),
+                ParamValue::Number(n) => p.num(name, *n),
+            }
+        }
+        p.close();
+    }
+    m.close();
+}
+
+fn push_template(out: &mut String, attrs: &[AttributeSummary]) {
+    out.push('[');
+    for (i, a) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let mut m = Members::open(out);
+        m.str("type", &a.attr.0);
+        push_i64(m.key("len"), a.len);
+        if let Some(v) = &a.value {
+            let o = m.key("value");
+            match v {
+                AttributeValue::Bool(b) => o.push_str(if *b { "true" } else { "false" }),
+                AttributeValue::Number(n) => push_u64(o, *n),
+                AttributeValue::Name(Named(n)) => push_str(o, n),
+                AttributeValue::Bytes(b) => push_bytes(o, b),
+            }
+        }
+        m.close();
+    }
+    out.push(']');
+}
+
+fn event_name(ev: Event) -> &'static str {
+    match ev {
+        Event::Intent => "intent",
+        Event::Outcome => "outcome",
+        Event::Start => "start",
+        Event::Attach => "attach",
+        Event::Close => "close",
+        Event::Gap => "gap",
+    }
+}
+
+fn output_name(out: OutputDisposition) -> &'static str {
+    match out {
+        OutputDisposition::LengthQuery => "length_query",
+        OutputDisposition::BufferTooSmall => "buffer_too_small",
+        OutputDisposition::Returned => "returned",
+        OutputDisposition::Withheld => "withheld",
+    }
+}
+
+/// Appends the record's JSON body (`{...}`, the same bytes as `serde_json::to_string`).
+pub fn push_record(out: &mut String, r: &Record) {
+    let mut m = Members::open(out);
+    m.str("ts", &r.ts);
+    m.str("host", &r.host);
+    m.num("pid", u64::from(r.pid));
+    m.num("tid", r.tid);
+    m.num("uid", u64::from(r.uid));
+    m.str("exe", &r.exe);
+    m.str("ev", event_name(r.ev));
+    if let Some(f) = r.function {
+        m.str("fn", f);
+    }
+    push_detail(&mut m, &r.detail);
+    m.close();
+}
+
+fn push_detail(m: &mut Members<'_>, d: &Detail) {
+    if let Some(rv) = &d.rv {
+        m.str("rv", &rv.0);
+    }
+    m.opt_num("dur_us", d.dur_us);
+    m.opt_num("intent", d.intent);
+    m.opt_num("slot", d.slot);
+    if let Some(t) = &d.token {
+        push_token(m.key("token"), t);
+    }
+    m.opt_num("session", d.session);
+    if let Some(l) = d.login {
+        m.str("login", l);
+    }
+    if let Some(u) = &d.user_type {
+        m.str("user_type", &u.0);
+    }
+    m.opt_num("flags", d.flags);
+    if let Some(mech) = &d.mechanism {
+        push_mechanism(m.key("mechanism"), mech);
+    }
+    if let Some(k) = &d.key {
+        push_object(m.key("key"), k);
+    }
+    if let Some(k) = &d.key2 {
+        push_object(m.key("key2"), k);
+    }
+    if let Some(t) = &d.template {
+        push_template(m.key("template"), t);
+    }
+    if let Some(t) = &d.template2 {
+        push_template(m.key("template2"), t);
+    }
+    m.opt_num("in_len", d.in_len);
+    m.opt_num("out_len", d.out_len);
+    m.opt_num("sig_len", d.sig_len);
+    if let Some(o) = d.out {
+        m.str("out", output_name(o));
+    }
+    m.opt_num("count", d.count);
+    if !d.created.is_empty() {
+        let out = m.key("created");
+        out.push('[');
+        for (i, o) in d.created.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_object(out, o);
+        }
+        out.push(']');
+    }
+    if !d.found.is_empty() {
+        let out = m.key("found");
+        out.push('[');
+        for (i, h) in d.found.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_u64(out, *h);
+        }
+        out.push(']');
+    }
+    if let Some(u) = &d.username {
+        push_bytes(m.key("username"), u);
+    }
+    if let Some(i) = &d.interface {
+        m.str("interface", i);
+    }
+    m.opt_num("lost", d.lost);
+    if let Some(s) = &d.since {
+        m.str("since", s);
+    }
+    if let Some(n) = &d.note {
+        m.str("note", n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::ProcessIdentity;
+    use std::collections::BTreeMap;
+
+    fn hostile() -> Vec<String> {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€\u{7f}\u{80}\u{9b}\u{2028}😀");
+        vec![
+            String::new(),
+            "plain".into(),
+            "a\"b\\c\nd\0e\x1b[31m".into(),
+            all,
+        ]
+    }
+
+    fn full_record(s: &str) -> Record {
+        let who = ProcessIdentity {
+            host: s.into(),
+            pid: 4_294_967_295,
+            uid: 0,
+            exe: format!("/bin/{s}").into(),
+        };
+        let mut r = Record::new(&who, u64::MAX, Event::Outcome, Some("C_GenerateKeyPair"));
+        let obj = |h| ObjectIdentity {
+            handle: h,
+            class: Some(Named::new(Some("CKO_SECRET_KEY"), 4)),
+            key_type: Some(Named::new(None, 0x8000_0001)),
+            label: Some(Bytes::Text(s.into())),
+            id: Some(Bytes::hex(s.as_bytes())),
+        };
+        let mut params = BTreeMap::new();
+        params.insert("hash", ParamValue::Name(Named::new(Some("CKM_SHA256"), 0x250)));
+        params.insert("tag_bits", ParamValue::Number(128));
+        let attrs = vec![
+            AttributeSummary {
+                attr: Named::new(Some("CKA_LABEL"), 3),
+                len: -1,
+                value: Some(AttributeValue::Bytes(Bytes::Text(s.into()))),
+            },
+            AttributeSummary {
+                attr: Named::new(Some("CKA_TOKEN"), 1),
+                len: 1,
+                value: Some(AttributeValue::Bool(true)),
+            },
+            AttributeSummary {
+                attr: Named::new(Some("CKA_VALUE_LEN"), 0x161),
+                len: 8,
+                value: Some(AttributeValue::Number(32)),
+            },
+            AttributeSummary {
+                attr: Named::new(Some("CKA_KEY_TYPE"), 0x100),
+                len: 8,
+                value: Some(AttributeValue::Name(Named::new(Some("CKK_AES"), 0x1f))),
+            },
+            AttributeSummary {
+                attr: Named::new(Some("CKA_VALUE"), 0x11),
+                len: 32,
+                value: None,
+            },
+        ];
+        r.detail = Detail {
+            rv: Some(Named::new(Some("CKR_OK"), 0)),
+            dur_us: Some(0),
+            intent: Some(7),
+            slot: Some(1),
+            token: Some(TokenRef {
+                label: Bytes::Text(s.into()),
+                serial: Bytes::Hex("ff00".into()),
+            }),
+            session: Some(2),
+            login: Some("user"),
+            user_type: Some(Named::new(Some("CKU_USER"), 1)),
+            flags: Some(6),
+            mechanism: Some(MechanismSummary {
+                mechanism: Named::new(Some("CKM_AES_GCM"), 0x1087),
+                param_len: Some(40),
+                params,
+            }),
+            key: Some(obj(5)),
+            key2: Some(ObjectIdentity {
+                handle: 6,
+                ..Default::default()
+            }),
+            template: Some(attrs.clone()),
+            template2: Some(vec![]),
+            in_len: Some(1),
+            out_len: Some(u64::MAX),
+            sig_len: Some(64),
+            out: Some(OutputDisposition::BufferTooSmall),
+            count: Some(3),
+            created: vec![obj(8), obj(9)],
+            found: vec![1, 2, 3],
+            username: Some(Bytes::Text(s.into())),
+            interface: Some(s.into()),
+            lost: Some(12),
+            since: Some(s.into()),
+            note: Some(s.into()),
+        };
+        r
+    }
+
+    fn same_as_serde(r: &Record) {
+        let mut fast = String::new();
+        push_record(&mut fast, r);
+        assert_eq!(fast, serde_json::to_string(r).unwrap());
+    }
+
+    #[test]
+    fn every_member_matches_serde_json() {
+        for s in hostile() {
+            same_as_serde(&full_record(&s));
+        }
+    }
+
+    #[test]
+    fn sparse_records_match_serde_json() {
+        let who = ProcessIdentity {
+            host: "h".into(),
+            pid: 1,
+            uid: 2,
+            exe: "/x".into(),
+        };
+        for ev in [
+            Event::Intent,
+            Event::Outcome,
+            Event::Start,
+            Event::Attach,
+            Event::Close,
+            Event::Gap,
+        ] {
+            same_as_serde(&Record::new(&who, 3, ev, None));
+        }
+        for out in [
+            OutputDisposition::LengthQuery,
+            OutputDisposition::BufferTooSmall,
+            OutputDisposition::Returned,
+            OutputDisposition::Withheld,
+        ] {
+            let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
+            r.detail.out = Some(out);
+            r.detail.mechanism = Some(MechanismSummary {
+                mechanism: Named::new(None, 0x8000_0000),
+                param_len: None,
+                params: BTreeMap::new(),
+            });
+            same_as_serde(&r);
+        }
+    }
+
+    #[test]
+    fn every_byte_string_escapes_like_serde_json() {
+        for b in 0u8..=0x7f {
+            let s = String::from(char::from(b));
+            let mut fast = String::new();
+            push_str(&mut fast, &s);
+            assert_eq!(fast, serde_json::to_string(&s).unwrap(), "byte {b:#x}");
+        }
+        for n in [0, 9, 10, 99, 100, u64::MAX] {
+            let mut fast = String::new();
+            push_u64(&mut fast, n);
+            assert_eq!(fast, n.to_string());
+        }
+    }
+}
