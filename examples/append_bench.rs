@@ -11,6 +11,7 @@ use p11audit::audit::record::{
     Bytes, Event, MechanismSummary, Named, ObjectIdentity, ProcessIdentity, Record, TokenRef,
 };
 use p11audit::audit::writer::{AuditLog, LogSettings};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn median_ns<T>(mut f: impl FnMut() -> T, n: usize) -> f64 {
@@ -31,24 +32,24 @@ fn typical(who: &ProcessIdentity) -> Record {
     r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
     r.detail.dur_us = Some(38);
     r.detail.slot = Some(1_464_143_240);
-    r.detail.token = Some(TokenRef {
+    r.detail.token = Some(Arc::new(TokenRef {
         label: Bytes::from_slice(b"p11audit-test"),
         serial: Bytes::from_slice(b"83b38d1dd7450d88"),
-    });
+    }));
     r.detail.session = Some(1);
     r.detail.login = Some("user");
-    r.detail.mechanism = Some(MechanismSummary {
+    r.detail.mechanism = Some(Arc::new(MechanismSummary {
         mechanism: Named::new(Some("CKM_ECDSA"), 0x1041),
         param_len: None,
         params: Default::default(),
-    });
-    r.detail.key = Some(ObjectIdentity {
+    }));
+    r.detail.key = Some(Arc::new(ObjectIdentity {
         handle: 2,
         class: Some(Named::new(Some("CKO_PRIVATE_KEY"), 3)),
         key_type: Some(Named::new(Some("CKK_EC"), 3)),
         label: Some(Bytes::from_slice(b"demo")),
         id: Some(Bytes::hex(&[1])),
-    });
+    }));
     r.detail.in_len = Some(32);
     r.detail.out_len = Some(64);
     r

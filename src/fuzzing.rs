@@ -88,17 +88,17 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
     };
     let mut r = Record::new(&who, 2, Event::Intent, Some("C_CreateObject"));
     r.detail.template = Some(template);
-    r.detail.mechanism = mechanism;
-    r.detail.token = Some(TokenRef {
+    r.detail.mechanism = mechanism.map(std::sync::Arc::new);
+    r.detail.token = Some(std::sync::Arc::new(TokenRef {
         label: Bytes::from_slice(&label),
         serial: Bytes::hex(&id),
-    });
-    r.detail.key = Some(ObjectIdentity {
+    }));
+    r.detail.key = Some(std::sync::Arc::new(ObjectIdentity {
         handle: 3,
         label: Some(Bytes::from_slice(&label)),
         id: Some(Bytes::hex(&id)),
         ..Default::default()
-    });
+    }));
     let body = r.to_body();
     assert!(!body.contains('\n'), "a record body holds a newline");
     let parsed: serde_json::Value = serde_json::from_str(&body).expect("a body is valid JSON");

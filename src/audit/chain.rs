@@ -74,7 +74,8 @@ impl ChainKey {
     /// record. Both HMACs are keyed with K_i, so the key's inner and outer pad blocks are
     /// hashed once for the two (two SHA-256 compressions saved per record).
     pub fn mac_then_evolve(&mut self, payload: &[u8]) -> [u8; 32] {
-        let keyed = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let keyed =
+            <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         let mut mac = keyed.clone();
         mac.update(payload);
         let mut evolve = keyed;

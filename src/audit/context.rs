@@ -7,6 +7,7 @@
 
 use super::record::{MechanismSummary, ObjectIdentity, TokenRef};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The kinds of operation a session can have active at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,8 +38,8 @@ impl Op {
 /// The mechanism and key an operation was started with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpContext {
-    pub mechanism: Option<MechanismSummary>,
-    pub key: Option<ObjectIdentity>,
+    pub mechanism: Option<Arc<MechanismSummary>>,
+    pub key: Option<Arc<ObjectIdentity>>,
 }
 
 /// Login state of a token as this application sees it.
@@ -66,7 +67,7 @@ struct SessionEntry {
 }
 
 struct SlotEntry {
-    token: Option<TokenRef>,
+    token: Option<Arc<TokenRef>>,
     login: LoginState,
 }
 
@@ -79,14 +80,14 @@ const MAX_CACHED_KEYS: usize = 4096;
 pub struct CallContext {
     sessions: HashMap<u64, SessionEntry>,
     slots: HashMap<u64, SlotEntry>,
-    keys: HashMap<u64, ObjectIdentity>,
+    keys: HashMap<u64, Arc<ObjectIdentity>>,
 }
 
 /// Where a session stands, for a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionView {
     pub slot: Option<u64>,
-    pub token: Option<TokenRef>,
+    pub token: Option<Arc<TokenRef>>,
     pub login: Option<LoginState>,
 }
 
@@ -135,7 +136,7 @@ impl CallContext {
         self.slots.get(&slot).is_some_and(|s| s.token.is_some())
     }
 
-    pub fn set_token(&mut self, slot: u64, token: Option<TokenRef>) {
+    pub fn set_token(&mut self, slot: u64, token: Option<Arc<TokenRef>>) {
         self.slots
             .entry(slot)
             .or_insert(SlotEntry {
@@ -193,11 +194,11 @@ impl CallContext {
         }
     }
 
-    pub fn cached_key(&self, handle: u64) -> Option<&ObjectIdentity> {
+    pub fn cached_key(&self, handle: u64) -> Option<&Arc<ObjectIdentity>> {
         self.keys.get(&handle)
     }
 
-    pub fn cache_key(&mut self, identity: ObjectIdentity) {
+    pub fn cache_key(&mut self, identity: Arc<ObjectIdentity>) {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
@@ -220,10 +221,10 @@ mod tests {
         c.session_opened(1, 7);
         c.session_opened(2, 7);
         c.set_login(7, LoginState::User);
-        c.cache_key(ObjectIdentity {
+        c.cache_key(Arc::new(ObjectIdentity {
             handle: 9,
             ..Default::default()
-        });
+        }));
         c.session_closed(1);
         assert_eq!(c.session_view(2).login, Some(LoginState::User));
         assert!(c.cached_key(9).is_none());
@@ -241,10 +242,10 @@ mod tests {
             Op::Sign,
             OpContext {
                 mechanism: None,
-                key: Some(ObjectIdentity {
+                key: Some(Arc::new(ObjectIdentity {
                     handle: 3,
                     ..Default::default()
-                }),
+                })),
             },
         );
         assert!(c.op(1, Op::Verify).is_none());
@@ -252,10 +253,10 @@ mod tests {
         c.end_op(1, Op::Sign);
         assert!(c.op(1, Op::Sign).is_none());
         for h in 0..(MAX_CACHED_KEYS as u64 * 2) {
-            c.cache_key(ObjectIdentity {
+            c.cache_key(Arc::new(ObjectIdentity {
                 handle: h,
                 ..Default::default()
-            });
+            }));
         }
         assert!(c.keys.len() <= MAX_CACHED_KEYS);
     }

@@ -306,6 +306,7 @@ mod tests {
     use super::*;
     use crate::audit::record::ProcessIdentity;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     fn hostile() -> Vec<String> {
         let mut all: String = (0u8..0x80).map(char::from).collect();
@@ -334,7 +335,10 @@ mod tests {
             id: Some(Bytes::hex(s.as_bytes())),
         };
         let mut params = BTreeMap::new();
-        params.insert("hash", ParamValue::Name(Named::new(Some("CKM_SHA256"), 0x250)));
+        params.insert(
+            "hash",
+            ParamValue::Name(Named::new(Some("CKM_SHA256"), 0x250)),
+        );
         params.insert("tag_bits", ParamValue::Number(128));
         let attrs = vec![
             AttributeSummary {
@@ -368,24 +372,24 @@ mod tests {
             dur_us: Some(0),
             intent: Some(7),
             slot: Some(1),
-            token: Some(TokenRef {
+            token: Some(Arc::new(TokenRef {
                 label: Bytes::Text(s.into()),
                 serial: Bytes::Hex("ff00".into()),
-            }),
+            })),
             session: Some(2),
             login: Some("user"),
             user_type: Some(Named::new(Some("CKU_USER"), 1)),
             flags: Some(6),
-            mechanism: Some(MechanismSummary {
+            mechanism: Some(Arc::new(MechanismSummary {
                 mechanism: Named::new(Some("CKM_AES_GCM"), 0x1087),
                 param_len: Some(40),
                 params,
-            }),
-            key: Some(obj(5)),
-            key2: Some(ObjectIdentity {
+            })),
+            key: Some(Arc::new(obj(5))),
+            key2: Some(Arc::new(ObjectIdentity {
                 handle: 6,
                 ..Default::default()
-            }),
+            })),
             template: Some(attrs.clone()),
             template2: Some(vec![]),
             in_len: Some(1),
@@ -393,7 +397,7 @@ mod tests {
             sig_len: Some(64),
             out: Some(OutputDisposition::BufferTooSmall),
             count: Some(3),
-            created: vec![obj(8), obj(9)],
+            created: vec![Arc::new(obj(8)), Arc::new(obj(9))],
             found: vec![1, 2, 3],
             username: Some(Bytes::Text(s.into())),
             interface: Some(s.into()),
@@ -443,11 +447,11 @@ mod tests {
         ] {
             let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
             r.detail.out = Some(out);
-            r.detail.mechanism = Some(MechanismSummary {
+            r.detail.mechanism = Some(Arc::new(MechanismSummary {
                 mechanism: Named::new(None, 0x8000_0000),
                 param_len: None,
                 params: BTreeMap::new(),
-            });
+            }));
             same_as_serde(&r);
         }
     }

@@ -196,7 +196,7 @@ pub struct Detail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<TokenRef>,
+    pub token: Option<Arc<TokenRef>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<u64>,
     /// The session's login state: "public", "user", "so" or "context_specific".
@@ -207,15 +207,15 @@ pub struct Detail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flags: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mechanism: Option<MechanismSummary>,
+    pub mechanism: Option<Arc<MechanismSummary>>,
     /// The key (or object) the call uses: the operation's key, the wrapping or unwrapping key,
     /// the base key of a derivation, the object copied, destroyed or read.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<ObjectIdentity>,
+    pub key: Option<Arc<ObjectIdentity>>,
     /// A second key: the key C_WrapKey wraps, the key C_DigestKey digests, the authentication
     /// key of C_SetOperationState.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key2: Option<ObjectIdentity>,
+    pub key2: Option<Arc<ObjectIdentity>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<Vec<AttributeSummary>>,
     /// The private-key template of C_GenerateKeyPair (`template` is the public one).
@@ -237,7 +237,7 @@ pub struct Detail {
     /// Objects the call created (C_CreateObject, C_GenerateKey, C_UnwrapKey, ...), with their
     /// identity as the provider reports it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub created: Vec<ObjectIdentity>,
+    pub created: Vec<Arc<ObjectIdentity>>,
     /// Handles C_FindObjects returned (the first 64), so a search links to later use.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub found: Vec<u64>,
@@ -317,7 +317,15 @@ pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
     put(14, 2, (rem / 60) % 60);
     put(17, 2, rem % 60);
     put(20, 6, u64::from(micros));
-    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')] {
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (26, b'Z'),
+    ] {
         out[at] = sep;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -352,16 +360,16 @@ mod tests {
         };
         let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
         r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
-        r.detail.key = Some(ObjectIdentity {
+        r.detail.key = Some(Arc::new(ObjectIdentity {
             handle: 5,
             label: Some(Bytes::from_slice(b"a\"b\\c\nd\0e\x1b")),
             id: Some(Bytes::hex(&[0xff, 0x01])),
             ..Default::default()
-        });
-        r.detail.token = Some(TokenRef {
+        }));
+        r.detail.token = Some(Arc::new(TokenRef {
             label: Bytes::from_slice(&[0xff, 0xfe]),
             serial: Bytes::from_slice(b"1"),
-        });
+        }));
         let body = r.to_body();
         assert!(!body.contains('\n'));
         assert!(body.starts_with(r#"{"ts":""#));

@@ -8,6 +8,7 @@ use crate::audit::record::{
     Bytes, Detail, Event, Named, ObjectIdentity, OutputDisposition, Record, TokenRef,
 };
 use cryptoki_sys as ck;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// At most this many handles of one C_FindObjects are written.
@@ -163,7 +164,7 @@ impl<'rt> Call<'rt> {
         self.rt
             .context
             .lock()
-            .set_token(slot as u64, Some(token_ref(&info)));
+            .set_token(slot as u64, Some(Arc::new(token_ref(&info))));
     }
 
     /// C_GetTokenInfo returned `info` to the application: its record names the token, and the
@@ -182,7 +183,7 @@ impl<'rt> Call<'rt> {
         }
         // SAFETY: per the caller.
         if let Some(info) = unsafe { args::read(info) } {
-            let token = token_ref(&info);
+            let token = Arc::new(token_ref(&info));
             self.detail.token = Some(token.clone());
             self.rt.context.lock().set_token(slot as u64, Some(token));
         }
@@ -196,19 +197,19 @@ impl<'rt> Call<'rt> {
     /// See `args::mechanism`.
     pub unsafe fn mechanism(&mut self, p: *const ck::CK_MECHANISM) {
         // SAFETY: per the caller.
-        self.detail.mechanism = unsafe { args::mechanism(p) };
+        self.detail.mechanism = unsafe { args::mechanism(p) }.map(Arc::new);
     }
 
     /// The identity of `handle`, from the cache or read from the provider.
-    fn identity(&self, handle: ck::CK_OBJECT_HANDLE) -> ObjectIdentity {
+    fn identity(&self, handle: ck::CK_OBJECT_HANDLE) -> Arc<ObjectIdentity> {
         if let Some(id) = self.rt.context.lock().cached_key(handle as u64) {
             return id.clone();
         }
         let Some(session) = self.session else {
-            return ObjectIdentity {
+            return Arc::new(ObjectIdentity {
                 handle: handle as u64,
                 ..Default::default()
-            };
+            });
         };
         // SAFETY: fetch_identity passes only buffers it owns.
         let (id, exists) = unsafe {
@@ -218,6 +219,7 @@ impl<'rt> Call<'rt> {
                 handle,
             )
         };
+        let id = Arc::new(id);
         if exists {
             self.rt.context.lock().cache_key(id.clone());
         }

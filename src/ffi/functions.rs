@@ -12,6 +12,7 @@ use crate::audit::context::{LoginState, Op};
 use crate::audit::record::{Bytes, MechanismSummary, Named, ObjectIdentity};
 use cryptoki_sys as ck;
 use std::os::raw::c_void;
+use std::sync::Arc;
 
 macro_rules! pkcs11_functions {
     ($( $name:ident : $kind:ident ( $($arg:ident : $ty:ty),* $(,)? ) $body:tt )*) => {
@@ -69,11 +70,11 @@ type UlOut = *mut ck::CK_ULONG;
 
 fn mechanism_type(c: &mut Call, t: ck::CK_MECHANISM_TYPE) {
     let name = crate::audit::names::mechanism_name(t as u64);
-    c.detail.mechanism = Some(MechanismSummary {
+    c.detail.mechanism = Some(Arc::new(MechanismSummary {
         mechanism: Named::new(name, t as u64),
         param_len: None,
         params: Default::default(),
-    });
+    }));
 }
 
 fn login_state(user: ck::CK_USER_TYPE) -> Option<LoginState> {
@@ -130,10 +131,10 @@ fn cancelled(c: &mut Call, flags: ck::CK_FLAGS, rv: ck::CK_RV) {
 }
 
 fn object_handle(c: &mut Call, h: Obj) {
-    c.detail.key = Some(ObjectIdentity {
+    c.detail.key = Some(Arc::new(ObjectIdentity {
         handle: h as u64,
         ..Default::default()
-    });
+    }));
 }
 
 pkcs11_functions! {
@@ -161,10 +162,10 @@ pkcs11_functions! {
             c.slot(slot);
             // The new label: 32 blank-padded bytes (PKCS#11 2.40 §5.6 C_InitToken).
             if let Some(l) = args::byte_slice(label, 32) {
-                c.detail.token = Some(crate::audit::record::TokenRef {
+                c.detail.token = Some(Arc::new(crate::audit::record::TokenRef {
                     label: Bytes::from_slice(args::trim_padded(l)),
                     serial: c.detail.token.as_ref().map(|t| t.serial.clone()).unwrap_or(Bytes::Text(String::new())),
-                });
+                }));
             }
         }
         |c, rv| { if rv == ck::CKR_OK { c.token_reinitialized(slot) } }
