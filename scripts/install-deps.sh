@@ -22,6 +22,8 @@
 #   p11-kit                   p11-kit-proxy.so and .module files
 #   libnss3-tools             NSS modutil, certutil
 #   xxd                       hex to bytes in the client cases
+#   rsyslog, rsyslog-relp     central collection (case rsyslog): imfile, omrelp/imrelp; the case
+#                             runs its own rsyslogd processes, not the system's
 set -euo pipefail
 
 packages=(
@@ -43,6 +45,8 @@ packages=(
     p11-kit
     libnss3-tools
     xxd
+    rsyslog
+    rsyslog-relp
 )
 
 installed() {
