@@ -87,6 +87,7 @@ fn main() {
         key_file: Some(key_path),
         log_mode: 0o600,
         sync_always: false,
+        rotate_bytes: None,
     };
     let mut log = AuditLog::open(&settings, &who).expect("open log");
 
@@ -116,9 +117,10 @@ fn main() {
     println!("seal one record (HMAC + evolve): {seal:.0} ns");
     let one = [body.clone()];
     let three = [body.clone(), body.clone(), body.clone()];
-    let a1 = median_ns(|| log.append(&one).unwrap(), 4_000);
+    let template = typical(&who);
+    let a1 = median_ns(|| log.append(&one, &template).unwrap(), 4_000);
     println!("append 1 record (lock, check, write, state): {a1:.0} ns");
-    let a3 = median_ns(|| log.append(&three).unwrap(), 4_000);
+    let a3 = median_ns(|| log.append(&three, &template).unwrap(), 4_000);
     println!("append 3 records in one write: {a3:.0} ns");
     println!("syscalls on this filesystem:");
     syscalls(&dir);

@@ -71,7 +71,43 @@ pub const SETTINGS: &[&str] = &[
     "P11AUDIT_ON_FAILURE",
     "P11AUDIT_SYNC",
     "P11AUDIT_LOG_MODE",
+    "P11AUDIT_ROTATE_BYTES",
 ];
+
+/// Smallest P11AUDIT_ROTATE_BYTES: a file must hold more than a few records.
+pub const MIN_ROTATE_BYTES: u64 = 64 << 10;
+
+/// P11AUDIT_ROTATE_BYTES: a size in bytes, optionally with a K, M or G suffix (powers of 1024).
+fn rotate_bytes(get: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<u64>, ConfigError> {
+    let var = "P11AUDIT_ROTATE_BYTES";
+    let Some(raw) = get(var).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    let (digits, unit) = match text.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text.trim()[..i], c.to_ascii_uppercase()),
+        _ => (text.trim(), 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => 64,
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| shift < 64)
+        .and_then(|n| n.checked_mul(1 << shift));
+    match bytes {
+        Some(n) if n >= MIN_ROTATE_BYTES => Ok(Some(n)),
+        _ => Err(ConfigError(format!(
+            "{var}={text:?} is not valid: use a size of at least {} KiB, e.g. {var}=100M",
+            MIN_ROTATE_BYTES >> 10
+        ))),
+    }
+}
 
 /// The configuration file a setuid or setgid program must use.
 pub const SECURE_CONFIG_FILE: &str = "/etc/p11audit.conf";
@@ -219,6 +255,7 @@ impl Config {
             0o600,
             &[("0600", 0o600), ("0640", 0o640)],
         )?;
+        let rotate_bytes = rotate_bytes(get)?;
         Ok(Config {
             module,
             log: LogSettings {
@@ -226,6 +263,7 @@ impl Config {
                 key_file,
                 log_mode,
                 sync_always,
+                rotate_bytes,
             },
             on_failure,
         })
@@ -249,6 +287,7 @@ mod tests {
         let c = cfg(&[("P11AUDIT_MODULE", "/m.so"), ("P11AUDIT_LOG", "/l")]).unwrap();
         assert_eq!(c.on_failure, FailurePolicy::Closed);
         assert!(!c.log.sync_always);
+        assert_eq!(c.log.rotate_bytes, None);
         assert_eq!(c.log.log_mode, 0o600);
         assert_eq!(c.log.key_file, None);
     }
@@ -276,6 +315,25 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.on_failure, FailurePolicy::Open);
+    }
+
+    #[test]
+    fn rotate_bytes_sizes() {
+        let with = |v: &str| {
+            cfg(&[
+                ("P11AUDIT_MODULE", "/m"),
+                ("P11AUDIT_LOG", "/l"),
+                ("P11AUDIT_ROTATE_BYTES", v),
+            ])
+        };
+        assert_eq!(with("100M").unwrap().log.rotate_bytes, Some(100 << 20));
+        assert_eq!(with("64k").unwrap().log.rotate_bytes, Some(64 << 10));
+        assert_eq!(with("1G").unwrap().log.rotate_bytes, Some(1 << 30));
+        assert_eq!(with("70000").unwrap().log.rotate_bytes, Some(70000));
+        for bad in ["1000", "10X", "M", "-5M", "99999999999G"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.0.contains("P11AUDIT_ROTATE_BYTES"), "{bad}: {e}");
+        }
     }
 
     #[test]

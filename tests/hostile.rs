@@ -1100,7 +1100,16 @@ fn verify_reports_garbage_files_without_panicking() {
         ("only newlines", f.file("newlines.log", &[b'\n'; 4096]), 1),
         ("one newline", f.file("newline.log", b"\n"), 1),
         ("NULs", f.file("nul.log", &[0u8; 4096]), 1),
-        ("a directory", f.dir.path().to_path_buf(), 2),
+        (
+            "a directory without log files",
+            {
+                let d = f.dir.path().join("no-logs");
+                std::fs::create_dir(&d).unwrap();
+                std::fs::write(d.join("notes.txt"), b"not a record\n").unwrap();
+                d
+            },
+            2,
+        ),
         ("a missing file", f.dir.path().join("nope.log"), 2),
         ("empty, no state", f.file("empty.log", b""), 0),
     ];

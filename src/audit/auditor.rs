@@ -153,7 +153,7 @@ impl Inner {
         self.waiting_bytes = 0;
         let had_body = body.is_some();
         bodies.extend(body);
-        match self.log.append(&bodies) {
+        match self.log.append(&bodies, template) {
             Ok(done) => {
                 self.lost = 0;
                 self.lost_since = None;

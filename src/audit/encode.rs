@@ -195,6 +195,7 @@ fn event_name(ev: Event) -> &'static str {
         Event::Attach => "attach",
         Event::Close => "close",
         Event::Gap => "gap",
+        Event::Rotate => "rotate",
     }
 }
 
@@ -295,6 +296,12 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
     m.opt_num("lost", d.lost);
     if let Some(s) = &d.since {
         m.str("since", s);
+    }
+    if let Some(r) = &d.renamed_to {
+        m.str("renamed_to", r);
+    }
+    if let Some(n) = &d.next {
+        m.str("next", n);
     }
     if let Some(n) = &d.note {
         m.str("note", n);
@@ -403,6 +410,8 @@ mod tests {
             interface: Some(s.into()),
             lost: Some(12),
             since: Some(s.into()),
+            renamed_to: Some(s.into()),
+            next: Some(s.into()),
             note: Some(s.into()),
         };
         r
@@ -436,6 +445,7 @@ mod tests {
             Event::Attach,
             Event::Close,
             Event::Gap,
+            Event::Rotate,
         ] {
             same_as_serde(&Record::new(&who, 3, ev, None));
         }

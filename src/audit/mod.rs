@@ -5,6 +5,7 @@ pub mod auditor;
 pub mod chain;
 pub mod context;
 pub mod encode;
+pub mod fileset;
 pub mod line;
 pub mod lock;
 pub mod names;

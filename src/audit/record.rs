@@ -25,6 +25,9 @@ pub enum Event {
     Close,
     /// Records were lost while the log could not be written.
     Gap,
+    /// The last record of a file: the chain goes on in the next file (`next`), and this file is
+    /// renamed (`renamed_to`).
+    Rotate,
 }
 
 /// Who wrote a record: fixed for a process (except pid after fork).
@@ -251,6 +254,12 @@ pub struct Detail {
     pub lost: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Rotate records: the name this file is renamed to, and the file the chain goes on in
+    /// (file names without their directory, which is the log's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// Free-text note for lifecycle events (e.g. why a chain started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,

@@ -30,11 +30,16 @@ pub mod layout {
     /// u64, incremented by every state update: a writer that wrote the last update need not
     /// decode the slot again.
     pub const GENERATION: usize = 48;
+    /// u64, non-zero while a rotation is under way: the seq of the rotate record plus one.
+    pub const ROTATE_SEQ: usize = 56;
     /// 36 bytes: the boot id (`/proc/sys/kernel/random/boot_id`) the mutex was set up in.
     pub const BOOT_ID: usize = 64;
     pub const BOOT_ID_LEN: usize = 36;
     /// The robust, process-shared `pthread_mutex_t` (glibc x86-64: 40 bytes).
     pub const MUTEX: usize = 128;
+    /// While a rotation is under way: the name the old file gets (NUL-padded).
+    pub const ROTATE_NAME: usize = 256;
+    pub const ROTATE_NAME_LEN: usize = 256;
     pub const SLOTS: [usize; 2] = [1024, 1536];
     pub const SLOT_LEN: usize = 512;
 }

@@ -30,6 +30,8 @@ pub struct LogSettings {
     pub log_mode: u32,
     /// `fdatasync` the log and the state before an append returns.
     pub sync_always: bool,
+    /// Rotate to a new file when an append would take the log past this size.
+    pub rotate_bytes: Option<u64>,
 }
 
 /// A writer error, worded for the `p11audit:` stderr line.
@@ -137,6 +139,23 @@ fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
         o.write(true);
     }
     o.open(path)
+}
+
+/// Opens an existing log for appending (never creating one) with its (st_dev, st_ino).
+fn open_existing_log(path: &Path) -> io::Result<(File, (u64, u64))> {
+    let f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let m = f.metadata()?;
+    Ok((f, (m.dev(), m.ino())))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Reads and checks the key file: it must not be readable, writable or executable by group
@@ -385,33 +404,180 @@ impl AuditLog {
     }
 
     /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`.
-    pub fn append(&mut self, bodies: &[String]) -> Result<Appended, WriterError> {
+    /// `template` gives the identity for a rotate record, should this append rotate the log.
+    pub fn append(
+        &mut self,
+        bodies: &[String],
+        template: &Record,
+    ) -> Result<Appended, WriterError> {
         self.with_lock(|me| {
             let recover = me.shared.load_u64(layout::RECOVER) != 0;
-            let state = match me.read_state() {
-                Ok(s) => s,
-                Err(StateError::Empty) => {
-                    return Err(me.corrupt_state("empty: the chain state was removed"))
-                }
-                Err(StateError::Corrupt(why)) => return Err(me.corrupt_state(why)),
-            };
-            if (state.log_dev, state.log_ino) != me.log_id {
-                return err(format!(
-                    "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
-                    me.settings.log_path.display(),
-                    me.state_path.display()
-                ));
-            }
+            let mut state = me.current_state()?;
             let check_due = me
                 .log_checked
                 .is_none_or(|t| t.elapsed() >= LOG_CHECK_INTERVAL);
-            let state = if recover || check_due {
-                me.check_log(state)?
-            } else {
-                state
-            };
+            if recover || check_due {
+                state = me.check_log(state)?;
+            }
+            if me.shared.load_u64(layout::ROTATE_SEQ) != 0 {
+                // A writer died in the middle of a rotation: finish it (or call it off).
+                state = me.finish_rotation(state)?;
+            }
+            if let Some(limit) = me.settings.rotate_bytes {
+                // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
+                let incoming: u64 = bodies.iter().map(|b| b.len() as u64 + 160).sum();
+                if state.log_size > 0 && state.log_size + incoming > limit {
+                    state = me.rotate(state, template)?;
+                }
+            }
             me.append_locked(state, bodies)
         })
+    }
+
+    /// The state, with this process's log following the file the state names: after another
+    /// process rotated the log, the state names the new file at the log's path.
+    fn current_state(&mut self) -> Result<ChainState, WriterError> {
+        let state = match self.read_state() {
+            Ok(s) => s,
+            Err(StateError::Empty) => {
+                return Err(self.corrupt_state("empty: the chain state was removed"))
+            }
+            Err(StateError::Corrupt(why)) => return Err(self.corrupt_state(why)),
+        };
+        if (state.log_dev, state.log_ino) != self.log_id {
+            let follow = open_existing_log(&self.settings.log_path)
+                .ok()
+                .filter(|(_, id)| *id == (state.log_dev, state.log_ino));
+            let Some((log, id)) = follow else {
+                return err(format!(
+                    "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
+                    self.settings.log_path.display(),
+                    self.state_path.display()
+                ));
+            };
+            self.log = log;
+            self.log_id = id;
+            self.log_checked = None;
+        }
+        Ok(state)
+    }
+
+    /// Ends the current file with a rotate record and goes on in a new file at the log's path;
+    /// the old file is renamed `<log>.<UTC time>`. Under the lock, so other writers see the
+    /// rotation whole, and follow it on their next append (`current_state`).
+    fn rotate(&mut self, state: ChainState, template: &Record) -> Result<ChainState, WriterError> {
+        let renamed_to = self.rotated_name();
+        let base = file_name(&self.settings.log_path);
+        let mut name = [0u8; layout::ROTATE_NAME_LEN];
+        name[..renamed_to.len()].copy_from_slice(renamed_to.as_bytes());
+        self.shared.write(layout::ROTATE_NAME, &name);
+        self.shared
+            .store_u64(layout::ROTATE_SEQ, state.next_seq + 1);
+        let mut rec = template.clone();
+        rec.ts = super::record::rfc3339_micros_now();
+        rec.ev = Event::Rotate;
+        rec.function = None;
+        rec.detail = Default::default();
+        rec.detail.renamed_to = Some(renamed_to);
+        rec.detail.next = Some(base);
+        self.append_locked(state, &[rec.to_body()])?;
+        let state = self.current_state()?;
+        self.finish_rotation(state)
+    }
+
+    /// `<log>.<UTC time to the microsecond>`, a name no file has yet (file name only).
+    fn rotated_name(&self) -> String {
+        let base = file_name(&self.settings.log_path);
+        let ts: String = super::record::rfc3339_micros_now()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        let dir = self.dir();
+        let mut n = 0u32;
+        loop {
+            let name = match n {
+                0 => format!("{base}.{ts}"),
+                _ => format!("{base}.{ts}-{n}"),
+            };
+            if name.len() > 250 || std::fs::symlink_metadata(dir.join(&name)).is_err() {
+                return name;
+            }
+            n += 1;
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.settings.log_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The file steps of a rotation, each safe to repeat, so that a writer that finds a
+    /// rotation left half-done by a dead one can finish it:
+    /// 1. the old file gets its new name as a second link (never replacing a file);
+    /// 2. a new empty file is renamed over the log's path;
+    /// 3. the state moves to the new file (same seq, prev and key: one chain).
+    ///
+    /// If the rotate record never reached the old file, the rotation is called off instead.
+    fn finish_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
+        let rotate_seq_plus_one = self.shared.load_u64(layout::ROTATE_SEQ);
+        if state.next_seq < rotate_seq_plus_one {
+            self.shared.store_u64(layout::ROTATE_SEQ, 0);
+            return Ok(state);
+        }
+        let mut name = [0u8; layout::ROTATE_NAME_LEN];
+        self.shared.read(layout::ROTATE_NAME, &mut name);
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let renamed_to = String::from_utf8_lossy(&name[..end]).into_owned();
+        let dir = self.dir();
+        let log_path = self.settings.log_path.clone();
+        let failed = |what: &str, e: io::Error| {
+            WriterError(format!(
+                "cannot rotate audit log {} ({what}): {e}; refusing to log until it can",
+                log_path.display()
+            ))
+        };
+        let rotated = dir.join(&renamed_to);
+        let at_path = open_existing_log(&log_path).ok().map(|(_, id)| id);
+        if at_path == Some((state.log_dev, state.log_ino)) {
+            match std::fs::hard_link(&log_path, &rotated) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let same = open_existing_log(&rotated)
+                        .ok()
+                        .is_some_and(|(_, id)| id == (state.log_dev, state.log_ino));
+                    if !same {
+                        return Err(failed("its new name is taken", e));
+                    }
+                }
+                Err(e) => return Err(failed("link", e)),
+            }
+        }
+        let mut next_tmp = log_path.as_os_str().to_owned();
+        next_tmp.push(".next");
+        let next_tmp = PathBuf::from(next_tmp);
+        let _ = std::fs::remove_file(&next_tmp);
+        let new_log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(self.settings.log_mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&next_tmp)
+            .map_err(|e| failed("create the next file", e))?;
+        std::fs::rename(&next_tmp, &log_path).map_err(|e| failed("rename", e))?;
+        let meta = new_log.metadata().map_err(|e| failed("stat", e))?;
+        let mut state = state;
+        state.log_dev = meta.dev();
+        state.log_ino = meta.ino();
+        state.log_size = 0;
+        self.store_state(state.clone());
+        self.shared.store_u64(layout::ROTATE_SEQ, 0);
+        self.log = new_log;
+        self.log_id = (meta.dev(), meta.ino());
+        self.log_checked = Some(Instant::now());
+        Ok(state)
     }
 
     /// The slow path: `fstat` the log, refuse one that lost its name, and roll forward over (or

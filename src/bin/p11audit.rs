@@ -70,8 +70,9 @@ enum Command {
         /// Print the report as one JSON object
         #[arg(long)]
         json: bool,
-        /// Log files, oldest first
-        #[arg(value_name = "FILE", required = true)]
+        /// Log files, oldest first; or a directory holding one chain's files (rotated files
+        /// and the current log), put in order by the seq each file starts at
+        #[arg(value_name = "FILE|DIR", required = true)]
         files: Vec<PathBuf>,
     },
 }
@@ -202,6 +203,33 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
     }
 }
 
+/// Each directory argument becomes its files in chain order (`fileset::chain_order`).
+fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
+    let mut files = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            let found = p11audit::audit::fileset::chain_order(arg)
+                .map_err(|e| Fatal(format!("{}: {e}", arg.display())))?;
+            for s in &found.skipped {
+                eprintln!(
+                    "p11audit: skipped {}: it does not start with a record",
+                    escape(&s.display().to_string())
+                );
+            }
+            if found.files.is_empty() {
+                return Err(Fatal(format!(
+                    "{}: no log files in this directory",
+                    arg.display()
+                )));
+            }
+            files.extend(found.files);
+        } else {
+            files.push(arg.clone());
+        }
+    }
+    Ok(files)
+}
+
 fn default_state_path(last: &Path) -> PathBuf {
     let mut s: OsString = last.as_os_str().to_owned();
     s.push(".state");
@@ -216,6 +244,7 @@ fn verify(
     files: &[PathBuf],
 ) -> Result<ExitCode, Fatal> {
     let key = read_key(key_file)?;
+    let files = &expand_directories(files)?;
     let (state, source) = if no_state {
         (None, StateSource::Disabled)
     } else if let Some(p) = state {

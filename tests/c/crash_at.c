@@ -10,6 +10,9 @@
  *                      records of that append are in the log, the state update in
  *                      the mapped state file is not: the window of FORMAT.md §8's
  *                      roll-forward). Both die holding the state file's mutex.
+ *   CRASH_AT=link:N    SIGKILL on entry to the Nth link()/linkat() (a rotation:
+ *                      the rotate record is in the old file, which has not been
+ *                      renamed yet)
  *   CRASH_AT=torn:N    on the Nth write to the log: write the first half of the
  *                      buffer, then SIGKILL (a torn last line, as a kill during
  *                      a large write leaves one)
@@ -21,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,7 +33,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum mode { OFF, BEFORE, AFTER, TORN };
+enum mode { OFF, BEFORE, AFTER, LINK, TORN };
 
 static enum mode mode = OFF;
 static long target;
@@ -68,6 +72,9 @@ __attribute__((constructor)) static void crash_at_init(void)
     } else if (strncmp(spec, "after:", 6) == 0) {
         mode = AFTER;
         target = atol(spec + 6);
+    } else if (strncmp(spec, "link:", 5) == 0) {
+        mode = LINK;
+        target = atol(spec + 5);
     } else if (strncmp(spec, "torn:", 5) == 0) {
         mode = TORN;
         target = atol(spec + 5);
@@ -93,11 +100,26 @@ static void die_now(void)
         pause();
 }
 
+typedef int (*linkat_fn)(int, const char *, int, const char *, int);
+
+int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+    linkat_fn real = (linkat_fn)dlsym(RTLD_NEXT, "linkat");
+    if (mode == LINK && __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) == target)
+        die_now();
+    return real(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+int link(const char *oldpath, const char *newpath)
+{
+    return linkat(AT_FDCWD, oldpath, AT_FDCWD, newpath, 0);
+}
+
 ssize_t write(int fd, const void *buf, size_t n)
 {
     write_fn real = (write_fn)dlsym(RTLD_NEXT, "write");
     ssize_t done;
-    if (mode == OFF || !fd_is(fd, log_path)
+    if (mode == OFF || mode == LINK || !fd_is(fd, log_path)
         || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) != target)
         return real(fd, buf, n);
     if (mode == BEFORE)

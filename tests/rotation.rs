@@ -1,0 +1,283 @@
+//! Rotation (P11AUDIT_ROTATE_BYTES): one chain across files, followed by every process.
+//!
+//! Children (this test binary re-executed, role "sign") load the shim against SoftHSM, make an
+//! EC key and sign ROT_SIGNS times (SignInit, a length query, Sign: four records per round).
+//! The tests then look at the directory of the log:
+//! - every rotated file `<log>.<time>` ends with a `rotate` record that names the file's new
+//!   name and the next file; the next file starts at the next seq, with `prev` the mac before;
+//! - `p11audit verify DIR`, `p11audit verify FILES...` in chain order, and `verify` of all the
+//!   files concatenated into one all accept the chain, with every seq once;
+//! - four processes rotating the same log lose and duplicate nothing;
+//! - a missing middle file is reported as records missing at the first line of the file after
+//!   the gap;
+//! - a writer killed in the middle of a rotation (tests/c/crash_at.c, at the `link` that gives
+//!   the old file its new name) leaves the rotation for the next writer, which finishes it.
+
+mod common;
+
+use common::raw::{ok, os_locking_args, Module};
+use common::*;
+use serde_json::Value;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+const CHILD: &str = "child";
+const SIGNS_VAR: &str = "ROT_SIGNS";
+const LIMIT: u64 = 64 << 10;
+const DATA: [u8; 32] = [0x5a; 32];
+
+/// Child entry point: does nothing unless re-executed with ROLE_VAR=sign.
+#[test]
+fn child() {
+    if !is_role("sign") {
+        return;
+    }
+    let n: usize = std::env::var(SIGNS_VAR).unwrap().parse().unwrap();
+    let m = Module::shim();
+    ok(m.initialize_rv(Some(os_locking_args())), "C_Initialize");
+    let s = m.open_rw(m.first_slot());
+    let (_, key) = m.generate_ec(s);
+    for _ in 0..n {
+        m.sign_all(s, key, &DATA);
+    }
+    m.close(s);
+    m.finalize();
+}
+
+fn env_with(fx: &Fixture, conf: &Path, signs: usize) -> Vec<(&'static str, OsString)> {
+    let mut env = fx.env();
+    env.retain(|(k, _)| *k != "SOFTHSM2_CONF");
+    env.push(("SOFTHSM2_CONF", conf.into()));
+    env.push(("P11AUDIT_ROTATE_BYTES", LIMIT.to_string().into()));
+    env.push((SIGNS_VAR, signs.to_string().into()));
+    env
+}
+
+fn run_signer(fx: &Fixture, env: &[(&'static str, OsString)], what: &str) -> Finished {
+    let run = run_with_timeout(
+        child_command(CHILD, ROLE_VAR, "sign", env),
+        fx.dir.path(),
+        what,
+    );
+    assert!(run.status.success(), "{what}\n{}", run.dump());
+    run
+}
+
+/// The log's files in chain order: rotated files by name (their names are UTC times, so they
+/// sort), then the log itself.
+fn files_in_order(fx: &Fixture) -> Vec<PathBuf> {
+    let base = fx.log.file_name().unwrap().to_string_lossy().into_owned();
+    let mut rotated: Vec<PathBuf> = fs::read_dir(fx.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(&format!("{base}.")) && !n.ends_with(".state") && !n.ends_with(".next")
+        })
+        .collect();
+    rotated.sort();
+    rotated.push(fx.log.clone());
+    rotated
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    parse_records(&fs::read_to_string(path).unwrap())
+}
+
+fn verify_args(key: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, Value, String) {
+    let out = std::process::Command::new(p11audit_bin())
+        .arg("verify")
+        .arg("--key-file")
+        .arg(key)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), v, output_text(&out))
+}
+
+/// The checks every rotated set must pass; returns all records in chain order.
+fn check_rotated_set(fx: &Fixture, files: &[PathBuf]) -> Vec<Value> {
+    let log_name = fx.log.file_name().unwrap().to_string_lossy().into_owned();
+    let mut all = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let recs = records(f);
+        let size = fs::metadata(f).unwrap().len();
+        if i + 1 < files.len() {
+            let last = recs.last().expect("a rotated file holds records");
+            assert_eq!(
+                last["ev"],
+                "rotate",
+                "{} ends with a rotate record",
+                f.display()
+            );
+            assert_eq!(
+                last["renamed_to"].as_str(),
+                f.file_name().unwrap().to_str(),
+                "the rotate record names the file's new name"
+            );
+            assert_eq!(last["next"], log_name.as_str(), "and the next file");
+            assert!(
+                recs[..recs.len() - 1].iter().all(|r| r["ev"] != "rotate"),
+                "one rotate record per file, at its end"
+            );
+            assert!(
+                size <= LIMIT + 4096,
+                "{} is {size} bytes, past the limit by more than a rotate record",
+                f.display()
+            );
+        }
+        if let (Some(prev), Some(first)) = (all.last() as Option<&Value>, recs.first()) {
+            assert_eq!(
+                first["seq"].as_u64(),
+                prev["seq"].as_u64().map(|s| s + 1),
+                "{} starts at the next seq",
+                f.display()
+            );
+            assert_eq!(first["prev"], prev["mac"], "{} chains on", f.display());
+        }
+        all.extend(recs);
+    }
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(
+            r["seq"].as_u64(),
+            Some(i as u64),
+            "every seq once, in order"
+        );
+    }
+
+    let (code, report, text) = verify_args(&fx.key, &[fx.dir.path().as_os_str()]);
+    assert_eq!(code, Some(0), "verify DIR\n{text}");
+    assert_eq!(
+        report["summary"]["records"].as_u64(),
+        Some(all.len() as u64)
+    );
+    assert_eq!(report["state_checked"], true, "{text}");
+
+    let args: Vec<&std::ffi::OsStr> = files.iter().map(|p| p.as_os_str()).collect();
+    let (code, _, text) = verify_args(&fx.key, &args);
+    assert_eq!(code, Some(0), "verify FILES in order\n{text}");
+
+    let joined = fx.dir.path().join("joined.one");
+    let bytes: Vec<u8> = files.iter().flat_map(|f| fs::read(f).unwrap()).collect();
+    fs::write(&joined, bytes).unwrap();
+    let (code, report, text) = verify_args(
+        &fx.key,
+        &[std::ffi::OsStr::new("--no-state"), joined.as_os_str()],
+    );
+    assert_eq!(code, Some(0), "verify of the files as one\n{text}");
+    assert_eq!(
+        report["summary"]["records"].as_u64(),
+        Some(all.len() as u64)
+    );
+    fs::remove_file(&joined).unwrap();
+    all
+}
+
+#[test]
+fn one_process_rotates_into_a_chain_of_files() {
+    let fx = Fixture::new();
+    run_signer(&fx, &env_with(&fx, &fx.softhsm_conf, 300), "signer");
+    let files = files_in_order(&fx);
+    assert!(
+        files.len() >= 4,
+        "300 signs at a 64 KiB limit make several files: {files:?}"
+    );
+    let all = check_rotated_set(&fx, &files);
+    let signs = all
+        .iter()
+        .filter(|r| r["fn"] == "C_Sign" && r["out"] == "returned")
+        .count();
+    assert_eq!(signs, 300, "every signature is on record");
+    eprintln!("{} records in {} files", all.len(), files.len());
+
+    // A missing middle file: reported as records missing where the next file starts.
+    let gone = &files[files.len() / 2];
+    let first_after = records(&files[files.len() / 2 + 1])[0]["seq"].as_u64();
+    fs::remove_file(gone).unwrap();
+    let (code, report, text) = verify_args(&fx.key, &[fx.dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(report["problem"]["kind"], "missing", "{text}");
+    assert_eq!(report["problem"]["line"].as_u64(), Some(1), "{text}");
+    assert_eq!(report["problem"]["seq"].as_u64(), first_after, "{text}");
+    assert_eq!(
+        report["problem"]["file"].as_str(),
+        files[files.len() / 2 + 1].to_str(),
+        "{text}"
+    );
+}
+
+#[test]
+fn processes_follow_each_others_rotations() {
+    const PROCS: usize = 4;
+    const SIGNS: usize = 120;
+    let fx = Fixture::new();
+    let runs: Vec<std::thread::JoinHandle<Finished>> = (0..PROCS)
+        .map(|i| {
+            // One token per process: SoftHSM's file store is not safe for several processes.
+            let conf = new_token(&fx.dir.path().join(format!("token-{i}")));
+            let env = env_with(&fx, &conf, SIGNS);
+            let cmd = child_command(CHILD, ROLE_VAR, "sign", &env);
+            let work = fx.dir.path().to_path_buf();
+            std::thread::spawn(move || run_with_timeout(cmd, &work, "signer"))
+        })
+        .collect();
+    for r in runs {
+        let run = r.join().unwrap();
+        assert!(run.status.success(), "{}", run.dump());
+    }
+    let files = files_in_order(&fx);
+    assert!(files.len() >= 4, "{files:?}");
+    let all = check_rotated_set(&fx, &files);
+    let mut per_pid = std::collections::BTreeMap::<u64, (usize, usize, usize)>::new();
+    for r in &all {
+        let e = per_pid.entry(r["pid"].as_u64().unwrap()).or_default();
+        match (r["ev"].as_str().unwrap(), r["fn"].as_str()) {
+            ("attach", _) => e.0 += 1,
+            ("close", _) => e.1 += 1,
+            ("outcome", Some("C_Sign")) if r["out"] == "returned" => e.2 += 1,
+            _ => {}
+        }
+    }
+    let signers: Vec<_> = per_pid.values().filter(|v| v.2 > 0).collect();
+    assert_eq!(signers.len(), PROCS, "{per_pid:?}");
+    for v in signers {
+        assert_eq!(*v, (1, 1, SIGNS), "attach, close and every signature, once");
+    }
+}
+
+#[test]
+fn a_writer_killed_mid_rotation_is_finished_by_the_next() {
+    let fx = Fixture::new();
+    let lib = compile_c(fx.dir.path(), "crash_at", &["-shared", "-fPIC", "-ldl"]);
+    let mut env = env_with(&fx, &fx.softhsm_conf, 300);
+    env.push(("LD_PRELOAD", lib.into()));
+    env.push(("CRASH_AT", "link:1".into()));
+    env.push(("CRASH_AT_LOG", fx.log.clone().into()));
+    let run = run_with_timeout(
+        child_command(CHILD, ROLE_VAR, "sign", &env),
+        fx.dir.path(),
+        "signer killed at its first rotation",
+    );
+    assert_eq!(run.status.signal(), Some(libc::SIGKILL), "{}", run.dump());
+    let before = records(&fx.log);
+    assert_eq!(
+        before.last().unwrap()["ev"],
+        "rotate",
+        "killed after the rotate record, before the rename"
+    );
+    assert_eq!(files_in_order(&fx).len(), 1, "no file renamed yet");
+
+    run_signer(&fx, &env_with(&fx, &fx.softhsm_conf, 20), "next signer");
+    let files = files_in_order(&fx);
+    assert!(files.len() >= 2, "{files:?}");
+    assert_eq!(
+        records(&files[0]),
+        before,
+        "the old file, renamed, holds exactly what it held"
+    );
+    check_rotated_set(&fx, &files);
+}
