@@ -8,6 +8,7 @@ pub mod line;
 pub mod lock;
 pub mod names;
 pub mod process;
+pub mod query;
 pub mod record;
 pub mod redact;
 pub mod state;
