@@ -245,11 +245,50 @@ impl Period {
 // The view of a record
 
 /// BYTES of the format: text, or `{"hex": …}` for bytes that are not UTF-8 (and always for ids).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(untagged)]
 pub enum ByteStr {
     Text(String),
     Hex { hex: String },
+}
+
+/// Read directly (a string, or a map with the one member `hex`) rather than as an untagged
+/// enum, which buffers the value and builds an error for every `{"hex": …}`.
+impl<'de> Deserialize<'de> for ByteStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ByteStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or {\"hex\": string}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteStr, E> {
+                Ok(ByteStr::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ByteStr, E> {
+                Ok(ByteStr::Text(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<ByteStr, A::Error> {
+                use serde::de::Error;
+                let mut hex: Option<String> = None;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k != "hex" {
+                        return Err(A::Error::unknown_field(&k, &["hex"]));
+                    }
+                    if hex.is_some() {
+                        return Err(A::Error::duplicate_field("hex"));
+                    }
+                    hex = Some(m.next_value()?);
+                }
+                hex.map(|hex| ByteStr::Hex { hex })
+                    .ok_or_else(|| A::Error::missing_field("hex"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl ByteStr {
@@ -686,6 +725,28 @@ mod tests {
             serde_json::from_str(r#"{"handle":7,"label":{"hex":"ff00"}}"#).unwrap();
         assert_eq!(hex_label.display(), "hex:ff00");
         assert!(hex_label.matches("ff00"));
+    }
+
+    #[test]
+    fn bytes_are_text_or_hex() {
+        let p = |j: &str| serde_json::from_str::<ByteStr>(j);
+        assert_eq!(p(r#""a\u001b""#).unwrap(), ByteStr::Text("a\u{1b}".into()));
+        assert_eq!(
+            p(r#"{"hex":"ff"}"#).unwrap(),
+            ByteStr::Hex { hex: "ff".into() }
+        );
+        for bad in [
+            r#"{}"#,
+            r#"{"hex":"a","hex":"b"}"#,
+            r#"{"x":"a"}"#,
+            "5",
+            r#"{"hex":5}"#,
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        // Written back the same way.
+        let v = ByteStr::Hex { hex: "ff".into() };
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"hex":"ff"}"#);
     }
 
     #[test]

@@ -406,7 +406,9 @@ struct Aggregator<'o> {
     bursts: Vec<Burst>,
     burst_ends: Vec<i64>,
     bursts_total: u64,
-    procs: HashMap<(u32, String), ProcAgg>,
+    /// Per pid, per exe (looked up without building a key for every record).
+    procs: HashMap<u32, Vec<(String, ProcAgg)>>,
+    proc_count: usize,
     open: HashMap<u32, OpenProc>,
     unclean: Unclean,
     gaps: Gaps,
@@ -455,6 +457,7 @@ impl<'o> Aggregator<'o> {
             burst_ends: Vec::new(),
             bursts_total: 0,
             procs: HashMap::new(),
+            proc_count: 0,
             open: HashMap::new(),
             unclean: Unclean::default(),
             gaps: Gaps::default(),
@@ -572,26 +575,42 @@ impl<'o> Aggregator<'o> {
         }
     }
 
+    fn proc_mut(&mut self, pid: u32, exe: &str) -> Option<&mut ProcAgg> {
+        self.procs
+            .get_mut(&pid)?
+            .iter_mut()
+            .find(|(e, _)| e == exe)
+            .map(|(_, p)| p)
+    }
+
     fn process(&mut self, r: &RecView) {
-        let k = (r.pid, r.exe.to_string());
-        if !self.procs.contains_key(&k) && self.procs.len() >= MAX_AGGREGATES {
-            self.limit("processes");
-            return;
+        if self.proc_mut(r.pid, &r.exe).is_none() {
+            if self.proc_count >= MAX_AGGREGATES {
+                self.limit("processes");
+                return;
+            }
+            self.proc_count += 1;
+            self.procs.entry(r.pid).or_default().push((
+                r.exe.to_string(),
+                ProcAgg {
+                    first_seq: r.seq,
+                    uid: r.uid,
+                    records: 0,
+                    first_ts: r.ts.to_string(),
+                    last_ts: String::new(),
+                    attached: 0,
+                    closed: 0,
+                    sessions_opened: 0,
+                    sessions_closed: 0,
+                    close_all_sessions: 0,
+                    logins: 0,
+                    failed_logins: 0,
+                },
+            ));
         }
-        let p = self.procs.entry(k).or_insert_with(|| ProcAgg {
-            first_seq: r.seq,
-            uid: r.uid,
-            records: 0,
-            first_ts: r.ts.to_string(),
-            last_ts: String::new(),
-            attached: 0,
-            closed: 0,
-            sessions_opened: 0,
-            sessions_closed: 0,
-            close_all_sessions: 0,
-            logins: 0,
-            failed_logins: 0,
-        });
+        let Some(p) = self.proc_mut(r.pid, &r.exe) else {
+            return;
+        };
         p.records += 1;
         p.last_ts.clear();
         p.last_ts.push_str(&r.ts);
@@ -709,7 +728,7 @@ impl<'o> Aggregator<'o> {
             "CKR_USER_ALREADY_LOGGED_IN" => row.2 += 1,
             _ => row.1 += 1,
         }
-        let p = self.procs.get_mut(&(r.pid, r.exe.to_string()));
+        let p = self.proc_mut(r.pid, &r.exe);
         if rv == "CKR_OK" {
             if let Some(p) = p {
                 p.logins += 1;
@@ -881,7 +900,11 @@ impl<'o> Aggregator<'o> {
         failed.sort_by(|a, b| a.first_ts.cmp(&b.first_ts).then(a.pid.cmp(&b.pid)));
         failed.truncate(MAX_ROWS);
 
-        let mut procs: Vec<((u32, String), ProcAgg)> = self.procs.into_iter().collect();
+        let mut procs: Vec<((u32, String), ProcAgg)> = self
+            .procs
+            .into_iter()
+            .flat_map(|(pid, v)| v.into_iter().map(move |(exe, p)| ((pid, exe), p)))
+            .collect();
         procs.sort_by_key(|(_, p)| p.first_seq);
         let processes = procs
             .into_iter()
