@@ -447,6 +447,11 @@ impl<W: Write> Shower<'_, W> {
     }
 
     fn on_record(&mut self, line: &[u8], seq: u64) {
+        if self.opts.json && self.opts.filter_is_empty() {
+            // Everything is selected: the log passes through as it is.
+            self.decided(seq, Self::raw(line));
+            return;
+        }
         let view = match RecView::parse(line) {
             Ok(v) => v,
             Err(e) => {
@@ -651,8 +656,13 @@ mod tests {
         assert_eq!((s.without_outcome, s.given_up), (2, 1));
         assert!(s.verify.unwrap().intact);
 
-        // Bounding the bytes held has the same effect.
-        let mut opts = ShowOptions::new(Filter::default(), true);
+        // Bounding the bytes held has the same effect. (A filter that selects everything:
+        // with no filter at all, json passes lines through without holding any.)
+        let all = Filter {
+            uids: vec![0],
+            ..Default::default()
+        };
+        let mut opts = ShowOptions::new(all, true);
         opts.max_held_bytes = 10;
         let (out, s) = run(&bodies, &opts);
         assert_eq!(s.given_up, 3);
