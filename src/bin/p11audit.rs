@@ -40,7 +40,7 @@ Exit status:
 #[command(
     name = "p11audit",
     version,
-    about = "Create chain keys for, and verify, the HMAC-chained audit logs of the p11audit \
+    about = "Create chain keys for, verify and read the HMAC-chained audit logs of the p11audit \
              PKCS#11 module",
     after_help = EXIT_HELP,
     arg_required_else_help = true
