@@ -1344,6 +1344,11 @@ pub fn render_human(r: &Report) -> String {
         o.push_str("  none\n");
     } else {
         let _ = writeln!(o, "  {} call(s)", w.count);
+        if !v.intact && w.count > 0 {
+            o.push_str(
+                "  (the log stopped verifying: some of these outcomes may be past the problem)\n",
+            );
+        }
         for c in &w.list {
             let _ = writeln!(o, "    seq {} {}", c.seq, who_text(c));
         }

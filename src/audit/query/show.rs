@@ -196,6 +196,8 @@ enum NoOutcome {
     AtEnd,
     /// Given up on: too many calls were waiting.
     GivenUp,
+    /// The log stopped verifying before an outcome came: it may be past the problem.
+    Unverified,
 }
 
 /// One call for people. `intent` and `rec` as in [`Filter::matches`]; `missing` when an intent
@@ -289,6 +291,9 @@ fn human_line(
         Some(NoOutcome::GivenUp) => d.push(
             "(no outcome while too many other calls were waiting; it may follow on its own line)"
                 .into(),
+        ),
+        Some(NoOutcome::Unverified) => d.push(
+            "(no outcome before the log stopped verifying; it may be past the problem)".into(),
         ),
         None => {}
     }
@@ -505,9 +510,15 @@ impl<W: Write> Shower<'_, W> {
         self.decided(seq, text);
     }
 
-    fn finish(&mut self) {
+    /// After the last verified record; `intact` says whether the log verified to its end.
+    fn finish(&mut self, intact: bool) {
+        let why = if intact {
+            NoOutcome::AtEnd
+        } else {
+            NoOutcome::Unverified
+        };
         while let Some(idx) = self.queue.iter().position(|e| e.pending) {
-            self.decide(idx, None, Some(NoOutcome::AtEnd));
+            self.decide(idx, None, Some(why));
             self.flush();
         }
         self.flush();
@@ -568,8 +579,8 @@ pub fn show<W: Write>(
     })
     .map_err(ShowError::Log)?;
     progress.finish();
-    if report.is_some() {
-        s.finish();
+    if let Some(r) = &report {
+        s.finish(r.intact);
     }
     match s.error.take() {
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ShowSummary {
@@ -722,6 +733,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(seqs(from_2s), [2, 4]);
+    }
+
+    #[test]
+    fn intents_waiting_when_the_log_stops_verifying_say_so() {
+        let bodies = [intent(0, "C_Login"), outcome(1, "C_Login", "CKR_OK", 0)];
+        let (_dir, path, vopts) = log(&bodies);
+        // Cut the outcome's line short, as a torn write would.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 20);
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = Vec::new();
+        let opts = ShowOptions::new(Filter::default(), false);
+        let s = show(
+            &[path],
+            &vopts,
+            &opts,
+            &mut out,
+            &mut Progress::new(false, &[]),
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!s.verify.unwrap().intact);
+        assert!(out.contains("NO OUTCOME"), "{out}");
+        assert!(out.contains("it may be past the problem"), "{out}");
+        assert!(!out.contains("may have died"), "{out}");
     }
 
     #[test]
