@@ -10,6 +10,7 @@ pub mod line;
 pub mod lock;
 pub mod names;
 pub mod process;
+pub mod query;
 pub mod record;
 pub mod redact;
 pub mod state;

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// Default cap on the length of one line (without its newline).
@@ -200,6 +201,24 @@ pub fn verify_files(
     paths: &[PathBuf],
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyIoError> {
+    let report = verify_files_with(paths, opts, |_, _| ControlFlow::Continue(()))?;
+    Ok(report.expect("a visitor that never stops"))
+}
+
+/// [`verify_files`], calling `visit(line, seq)` for each record as soon as it has verified, in
+/// chain order, in the same single pass: `line` is the record's line exactly as in the file,
+/// without its newline. Records after the first problem are not visited.
+///
+/// `Ok(None)` when `visit` returned `Break`: the walk stopped there and nothing was concluded
+/// about the rest of the log.
+pub fn verify_files_with<F>(
+    paths: &[PathBuf],
+    opts: &VerifyOptions,
+    mut visit: F,
+) -> Result<Option<VerifyReport>, VerifyIoError>
+where
+    F: FnMut(&[u8], u64) -> ControlFlow<()>,
+{
     let mut cursor = Cursor::new(paths, opts.max_line_bytes);
     let mut verifier = Verifier::new(opts);
     let mut buf = Vec::new();
@@ -209,11 +228,14 @@ pub fn verify_files(
             problem = Some(p);
             break;
         }
+        if visit(&buf, verifier.expected - 1).is_break() {
+            return Ok(None);
+        }
     }
     if problem.is_none() {
         problem = verifier.check_state(&cursor);
     }
-    Ok(verifier.finish(problem))
+    Ok(Some(verifier.finish(problem)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1342,6 +1364,54 @@ mod tests {
             (p.kind, p.line, p.seq),
             (ProblemKind::Altered, 2, Some(50_000_000))
         );
+    }
+
+    #[test]
+    fn visitor_sees_each_verified_line_once_in_order_and_can_stop() {
+        let c = chain(&signs(6));
+        let dir = tempfile::tempdir().unwrap();
+        let opts = VerifyOptions::new(k0(), Some(c.state()));
+        let seen = |log: &[u8]| {
+            let p = write(&dir, "log", log);
+            let mut seen: Vec<(u64, Vec<u8>)> = Vec::new();
+            let r = verify_files_with(std::slice::from_ref(&p), &opts, |line, seq| {
+                seen.push((seq, line.to_vec()));
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .unwrap();
+            (r, seen)
+        };
+        // Intact: every line, byte for byte (without the newline), with its seq.
+        let (r, all) = seen(&c.all());
+        assert!(r.intact);
+        assert_eq!(r, run(&[&c.all()], Some(c.state())));
+        assert_eq!(all.len(), 6);
+        for (i, (seq, line)) in all.iter().enumerate() {
+            assert_eq!(*seq, i as u64);
+            assert_eq!([line.as_slice(), b"\n"].concat(), c.lines[i]);
+        }
+        // Altered line 4: only the three verified records before it are visited.
+        let mut log = c.all();
+        log[c.lines[..3].iter().map(Vec::len).sum::<usize>() + 100] ^= 1;
+        let (r, some) = seen(&log);
+        assert_eq!(r.problem.unwrap().seq, Some(3));
+        assert_eq!(some.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+
+        // Break stops the walk: no report.
+        let p = write(&dir, "log2", &c.all());
+        let mut n = 0;
+        let r = verify_files_with(std::slice::from_ref(&p), &opts, |_, _| {
+            n += 1;
+            if n == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert!(r.is_none());
+        assert_eq!(n, 2);
     }
 
     #[test]

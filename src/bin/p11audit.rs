@@ -1,7 +1,11 @@
-//! `p11audit`: create chain keys and verify p11audit audit logs.
+//! `p11audit`: create chain keys, verify p11audit audit logs, and read them (show, report).
+//! The reading itself is in `p11audit::audit::query`; this file parses arguments and prints.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use p11audit::audit::chain::{hex_lower, ChainKey};
+use p11audit::audit::query::report::{render_human, report, ReportOptions};
+use p11audit::audit::query::show::{show, Filter, ShowError, ShowOptions};
+use p11audit::audit::query::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::audit::state::{self, ChainState, StateError};
 use p11audit::audit::verify::{verify_files, VerifyOptions, VerifyReport};
 use std::ffi::OsString;
@@ -13,8 +17,8 @@ use zeroize::Zeroizing;
 
 const EXIT_HELP: &str = "\
 Exit status:
-  0  the chain is intact (verify), or the key was written (keygen)
-  1  verify found a problem: the first one is reported with its file, line and seq
+  0  the chain is intact (verify, show, report), or the key was written (keygen)
+  1  the chain did not verify: the first problem is reported with its file, line and seq
   2  usage error, unreadable file, bad key or state file; nothing was verified
 
 A key file holds K_0 as 64 hexadecimal characters. Keep a copy away from the audited host:
@@ -36,7 +40,7 @@ Exit status:
 #[command(
     name = "p11audit",
     version,
-    about = "Create chain keys for, and verify, the HMAC-chained audit logs of the p11audit \
+    about = "Create chain keys for, verify and read the HMAC-chained audit logs of the p11audit \
              PKCS#11 module",
     after_help = EXIT_HELP,
     arg_required_else_help = true
@@ -58,24 +62,142 @@ enum Command {
     /// Verify the chain of one or more log files, oldest first, and summarize them
     #[command(after_help = VERIFY_HELP)]
     Verify {
-        /// Key file holding K_0 (64 hex characters)
-        #[arg(long, value_name = "KEY")]
-        key_file: PathBuf,
-        /// State file to check the end of the chain against [default: LAST-FILE.state, if it exists]
-        #[arg(long, value_name = "STATE", conflicts_with = "no_state")]
-        state: Option<PathBuf>,
-        /// Do not check the end of the chain against a state file
-        #[arg(long)]
-        no_state: bool,
+        #[command(flatten)]
+        chain: ChainArgs,
         /// Print the report as one JSON object
         #[arg(long)]
         json: bool,
-        /// Log files, oldest first; or a directory holding one chain's files (rotated files
-        /// and the current log), put in order by the seq each file starts at
-        #[arg(value_name = "FILE|DIR", required = true)]
-        files: Vec<PathBuf>,
+    },
+    /// Print the calls in a log, one line each (intent and outcome joined), verifying as it reads
+    #[command(after_help = SHOW_HELP)]
+    Show {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        period: PeriodArgs,
+        /// Only calls by this process id (repeatable)
+        #[arg(long, value_name = "PID")]
+        pid: Vec<u32>,
+        /// Only calls by this user id (repeatable)
+        #[arg(long, value_name = "UID")]
+        uid: Vec<u32>,
+        /// Only calls of this function, e.g. C_Sign (repeatable)
+        #[arg(long = "fn", value_name = "FUNCTION")]
+        functions: Vec<String>,
+        /// Only calls that returned this, e.g. CKR_PIN_INCORRECT (repeatable)
+        #[arg(long, value_name = "RV")]
+        rv: Vec<String>,
+        /// Only failures: rv other than CKR_OK, calls without outcome, gap records
+        #[arg(long)]
+        failures: bool,
+        /// Only calls naming an object with this label or hex id (repeatable)
+        #[arg(long, value_name = "LABEL|HEX-ID")]
+        key: Vec<String>,
+        /// Print the matching records' lines unchanged (JSON lines, in log order)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report on a period: keys used and their lifecycle, logins, sessions, gaps, unclean closes
+    #[command(after_help = REPORT_HELP)]
+    Report {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[command(flatten)]
+        period: PeriodArgs,
+        /// Print the report as one JSON document
+        #[arg(long)]
+        json: bool,
     },
 }
+
+/// The log files and how to verify them: the same for verify, show and report.
+#[derive(Args)]
+struct ChainArgs {
+    /// Key file holding K_0 (64 hex characters)
+    #[arg(long, value_name = "KEY")]
+    key_file: PathBuf,
+    /// State file to check the end of the chain against [default: LAST-FILE.state, if it exists]
+    #[arg(long, value_name = "STATE", conflicts_with = "no_state")]
+    state: Option<PathBuf>,
+    /// Do not check the end of the chain against a state file
+    #[arg(long)]
+    no_state: bool,
+    /// Log files, oldest first; or a directory holding one chain's files (rotated files and
+    /// the current log), put in order by the seq each file starts at
+    #[arg(value_name = "FILE|DIR", required = true)]
+    files: Vec<PathBuf>,
+}
+
+impl ChainArgs {
+    /// Replaces each directory argument by its files in chain order.
+    fn expand(mut self) -> Result<ChainArgs, Fatal> {
+        self.files = expand_directories(&self.files)?;
+        Ok(self)
+    }
+}
+
+#[derive(Args)]
+struct PeriodArgs {
+    /// Only records from this time on: RFC 3339 (2026-11-26T03:12:45Z) or a date (2026-11-26, from its start)
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only records up to this time: RFC 3339, or a date (up to its end, the whole day included)
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+impl PeriodArgs {
+    fn period(&self) -> Result<Period, Fatal> {
+        let p = |t: &Option<String>, b| {
+            t.as_deref()
+                .map(|t| parse_time_arg(t, b).map_err(Fatal))
+                .transpose()
+        };
+        let period = Period {
+            since: p(&self.since, Bound::Since)?,
+            until: p(&self.until, Bound::Until)?,
+        };
+        if let (Some(a), Some(b)) = (period.since, period.until) {
+            if a > b {
+                return Err(Fatal("--since is after --until".into()));
+            }
+        }
+        Ok(period)
+    }
+}
+
+const SHOW_HELP: &str = "\
+One line per call: SEQ (intent>outcome for a joined call), TIME (when the call started), PID,
+UID, EXE, SESSION, LOGIN (after the call), FUNCTION, RESULT (rv; attach, close, start, GAP;
+NO OUTCOME for an intent whose outcome is not in the log), DURATION (in the provider), and
+DETAILS (mechanism, key, second key, created objects, user type, lengths, counts, notes).
+Everything taken from the log is escaped. Filters combine: all given must hold; a repeated
+filter matches any of its values. With --json the matching records' lines are printed exactly
+as they are in the log (a call's intent and outcome together), so with no filter the output is
+the log itself.
+
+The chain is verified in the same pass. Only records that verified are printed; at the end the
+verdict goes to stderr.
+
+Exit status:
+  0  the chain is intact
+  1  the chain did not verify: the output stops at the first problem, named on stderr
+  2  usage error, unreadable file, bad key or state file, or the output was closed early
+     (e.g. `| head`) so the rest of the log was not checked";
+
+const REPORT_HELP: &str = "\
+Answers, for the period: which keys were used, what for (function, mechanism) and by whom (uid,
+exe), with counts; each key's lifecycle (generated, imported, copied, derived, unwrapped,
+attributes changed, wrapped, destroyed); logins per user type, failed logins, locked PINs and
+bursts of failures (5 or more within 60 s from one pid or uid); sessions per process; gap
+records (records lost; fail-closed refusals are among them); processes that attached and never
+closed; intents without outcome. The first line says whether the log verified; if it did not,
+the report covers only the records before the problem.
+
+Exit status:
+  0  the chain is intact
+  1  the chain did not verify (the report says so at the top)
+  2  usage error, unreadable file, bad key or state file; nothing was verified";
 
 /// A failure that ends the command with exit status 2.
 struct Fatal(String);
@@ -84,13 +206,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
-        Command::Verify {
-            key_file,
-            state,
-            no_state,
+        Command::Verify { chain, json } => chain.expand().and_then(|c| verify(&c, json)),
+        Command::Show {
+            chain,
+            period,
+            pid,
+            uid,
+            functions,
+            rv,
+            failures,
+            key,
             json,
-            files,
-        } => verify(&key_file, state, no_state, json, &files),
+        } => period.period().and_then(|period| {
+            let filter = Filter {
+                period,
+                pids: pid,
+                uids: uid,
+                functions,
+                rvs: rv,
+                failures,
+                keys: key,
+            };
+            chain
+                .expand()
+                .and_then(|c| show_cmd(&c, ShowOptions::new(filter, json)))
+        }),
+        Command::Report {
+            chain,
+            period,
+            json,
+        } => period.period().and_then(|p| {
+            chain
+                .expand()
+                .and_then(|c| report_cmd(&c, &ReportOptions::new(p), json))
+        }),
     };
     match result {
         Ok(code) => code,
@@ -236,23 +385,17 @@ fn default_state_path(last: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn verify(
-    key_file: &Path,
-    state: Option<PathBuf>,
-    no_state: bool,
-    json: bool,
-    files: &[PathBuf],
-) -> Result<ExitCode, Fatal> {
-    let key = read_key(key_file)?;
-    let files = &expand_directories(files)?;
-    let (state, source) = if no_state {
+/// The key, the state and where it came from, as `chain` asks.
+fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fatal> {
+    let key = read_key(&chain.key_file)?;
+    let (state, source) = if chain.no_state {
         (None, StateSource::Disabled)
-    } else if let Some(p) = state {
-        let s = read_state(&p, &key)?;
+    } else if let Some(p) = &chain.state {
+        let s = read_state(p, &key)?;
         let n = s.next_seq;
-        (Some(s), StateSource::Loaded(p, n))
+        (Some(s), StateSource::Loaded(p.clone(), n))
     } else {
-        let p = default_state_path(files.last().expect("clap requires FILE"));
+        let p = default_state_path(chain.files.last().expect("clap requires FILE"));
         if p.exists() {
             let s = read_state(&p, &key)?;
             let n = s.next_seq;
@@ -261,8 +404,26 @@ fn verify(
             (None, StateSource::NotFound(p))
         }
     };
-    let opts = VerifyOptions::new(key, state);
-    let report = verify_files(files, &opts).map_err(|e| Fatal(e.to_string()))?;
+    Ok((VerifyOptions::new(key, state), source))
+}
+
+/// Writes `out` to stdout; a reader that went away is not an error.
+fn print(out: &str, what: &str) -> Result<(), Fatal> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Fatal(format!("cannot write the {what}: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
+    let (opts, source) = verify_options(chain)?;
+    let report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
 
     let out = if json {
         let s = serde_json::to_string(&report)
@@ -273,15 +434,7 @@ fn verify(
     } else {
         human(&report, &source)
     };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(Fatal(format!("cannot write the report: {e}")));
-        }
-    }
+    print(&out, "report")?;
     Ok(if report.intact {
         ExitCode::SUCCESS
     } else {
@@ -289,25 +442,84 @@ fn verify(
     })
 }
 
-/// Escapes C0 controls, DEL and C1 controls (which terminals interpret) and backslashes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if ('\u{80}'..='\u{9f}').contains(&c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
+fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
+    let (vopts, source) = verify_options(chain)?;
+    let mut progress = Progress::for_terminal(&chain.files);
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let summary = match show(&chain.files, &vopts, &opts, stdout, &mut progress) {
+        Ok(s) => s,
+        Err(ShowError::Log(e)) => return Err(Fatal(e.to_string())),
+        Err(e @ ShowError::Output(_)) => return Err(Fatal(e.to_string())),
+    };
+    // The reader closed the output (`| head`): the rest of the log was not checked.
+    let Some(report) = summary.verify else {
+        return Ok(ExitCode::from(2));
+    };
+    let mut msg = match &report.problem {
+        None => format!(
+            "p11audit: verified: chain intact, {} records; {}",
+            report.summary.records,
+            state_text(&source)
+        ),
+        Some(p) => {
+            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+            format!(
+                "p11audit: the log did NOT verify: {} at {}:{}{seq}: {}; the output covers only the {} record(s) before the problem",
+                p.kind,
+                path_text(&p.file),
+                p.line,
+                escape(&p.detail),
+                report.summary.records
+            )
         }
+    };
+    if summary.without_outcome > 0 {
+        let _ = write!(
+            msg,
+            "\np11audit: {} call(s) shown with NO OUTCOME",
+            summary.without_outcome
+        );
     }
-    out
+    eprintln!("{msg}");
+    Ok(if report.intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<ExitCode, Fatal> {
+    let (vopts, source) = verify_options(chain)?;
+    let mut progress = Progress::for_terminal(&chain.files);
+    let r = report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
+    let out = if json {
+        let s = serde_json::to_string(&r)
+            .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
+        let mut s = escape_c1_and_del(&s);
+        s.push('\n');
+        s
+    } else {
+        let mut s = render_human(&r);
+        let _ = writeln!(s, "\n{}", state_text(&source));
+        s
+    };
+    print(&out, "report")?;
+    Ok(if r.verification.intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn state_text(source: &StateSource) -> String {
+    match source {
+        StateSource::Disabled => "state: not checked (--no-state)".to_string(),
+        StateSource::NotFound(p) => format!(
+            "state: none ({} not found); the end of the log was not checked",
+            path_text(p)
+        ),
+        StateSource::Loaded(p, n) => format!("state: {} (next seq {n})", path_text(p)),
+    }
 }
 
 fn path_text(p: &Path) -> String {
@@ -413,19 +625,4 @@ fn table(o: &mut String, title: &str, map: &std::collections::BTreeMap<String, u
     for (k, v) in rows {
         let _ = writeln!(o, "  {k:<width$} {v:>8}");
     }
-}
-
-/// JSON output with DEL and the C1 controls (U+007F..U+009F) escaped as `\u00XX`: serde_json
-/// escapes only C0 controls, and a C1 CSI (U+009B) from a hostile log would reach a terminal
-/// that reads the JSON. The result is still the same JSON value.
-fn escape_c1_and_del(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if ('\u{7f}'..='\u{9f}').contains(&c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

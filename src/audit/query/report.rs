@@ -1,0 +1,1554 @@
+//! `p11audit report`: the audit questions over a period, from one verifying pass.
+//!
+//! - every key (or other object) used: what for (function, mechanism) and by whom (uid, exe),
+//!   with counts;
+//! - key lifecycle: generated, imported, copied, derived, unwrapped, attributes changed,
+//!   wrapped (exported), destroyed;
+//! - logins per user type, failed logins, locked PINs, and bursts of failures (at least
+//!   `burst_failures` within `burst_window_us` from one pid or one uid);
+//! - sessions per process;
+//! - gaps (records lost while the log could not be written: fail-closed refusals are among
+//!   them, since a refused call is one whose intent could not be written), processes that
+//!   attached and never closed, and intents that have no outcome.
+//!
+//! Memory holds aggregates, never records: maps keyed by key, process, user type and so on,
+//! each bounded (a hostile log with millions of distinct labels fills a map to its bound, after
+//! which the report says that a limit was reached). The one record-shaped map, intents waiting
+//! for their outcome, is bounded the same way as show's.
+
+use super::{escape, format_micros, parse_ts, ByteStr, Ident, Period, Progress, RecView};
+use crate::audit::verify::{verify_files_with, Problem, VerifyIoError, VerifyOptions};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// Bound on the distinct keys, processes, failed-login groups and burst windows tracked.
+pub const MAX_AGGREGATES: usize = 100_000;
+/// Bound on rows per key (functions and users) and on listed events (gaps, bursts, unclean
+/// closes, calls without outcome): the totals stay exact, the lists stop.
+pub const MAX_ROWS: usize = 1_000;
+/// Bound on intents waiting for their outcome.
+pub const MAX_PENDING: usize = 65_536;
+
+/// What to report on.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Only records whose `ts` falls in this period are counted.
+    pub period: Period,
+    /// A burst is at least this many failed logins ...
+    pub burst_failures: usize,
+    /// ... within this many microseconds, from one pid or one uid.
+    pub burst_window_us: i64,
+}
+
+impl ReportOptions {
+    pub fn new(period: Period) -> Self {
+        ReportOptions {
+            period,
+            burst_failures: 5,
+            burst_window_us: 60_000_000,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+
+/// The whole report: one JSON document with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub verification: Verification,
+    pub period: PeriodText,
+    /// Verified records whose `ts` is in the period.
+    pub records: u64,
+    /// Keys and other objects, by label, id and class.
+    pub keys: Vec<KeyReport>,
+    /// Lifecycle events of all keys, per event.
+    pub lifecycle_totals: BTreeMap<String, u64>,
+    pub logins: Logins,
+    pub processes: Vec<ProcessReport>,
+    pub gaps: Gaps,
+    pub unclean_closes: Unclean,
+    pub without_outcome: WithoutOutcome,
+    /// Verified records this report could not read (never written by p11audit itself).
+    pub unreadable_records: u64,
+    /// Bounds that were reached: the lists named here are incomplete.
+    pub limits_reached: Vec<String>,
+}
+
+/// The verifier's verdict on what the report was made from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub intact: bool,
+    /// The first problem found; the report covers only the records before it.
+    pub problem: Option<Problem>,
+    /// Whether the end of the log was checked against a state file.
+    pub state_checked: bool,
+    /// Records verified (in the whole log, not only the period).
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_ts: Option<String>,
+    pub last_ts: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeriodText {
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// A key (or other object) as records name it. Handles are only used when the provider gave
+/// neither label nor id; they are then qualified by the process.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct KeyRef {
+    pub label: Option<ByteStr>,
+    pub id: Option<ByteStr>,
+    pub class: Option<String>,
+    pub key_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl KeyRef {
+    fn of(ident: &Ident, pid: u32) -> Self {
+        let anonymous = ident.label.is_none() && ident.id.is_none();
+        KeyRef {
+            label: ident.label.clone(),
+            id: ident.id.clone(),
+            class: ident.class.clone(),
+            key_type: ident.key_type.clone(),
+            handle: if anonymous { ident.handle } else { None },
+            pid: anonymous.then_some(pid),
+        }
+    }
+
+    /// For people: `"label" id 01 (CKO_PRIVATE_KEY CKK_EC)`.
+    pub fn display(&self) -> String {
+        let mut s = Ident {
+            handle: self.handle,
+            class: self.class.clone(),
+            key_type: self.key_type.clone(),
+            label: self.label.clone(),
+            id: self.id.clone(),
+        }
+        .display();
+        if let Some(pid) = self.pid {
+            let _ = write!(s, " in pid {pid}");
+        }
+        s
+    }
+}
+
+/// Who did something, and when (the first time, for counted events).
+#[derive(Debug, Clone, Serialize)]
+pub struct Who {
+    pub seq: u64,
+    pub ts: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: String,
+    pub function: Option<String>,
+    pub mechanism: Option<String>,
+}
+
+impl Who {
+    fn of(r: &RecView) -> Self {
+        Who {
+            seq: r.seq,
+            ts: r.ts.to_string(),
+            pid: r.pid,
+            uid: r.uid,
+            exe: r.exe.to_string(),
+            function: r.function.as_deref().map(str::to_string),
+            mechanism: r.mechanism.as_ref().map(|m| m.mechanism.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyReport {
+    pub key: KeyRef,
+    /// Outcomes naming the key (as `key` or `key2`).
+    pub calls: u64,
+    pub failed: u64,
+    pub first_use: Option<String>,
+    pub last_use: Option<String>,
+    pub used_for: Vec<UseReport>,
+    pub used_by: Vec<UserReport>,
+    pub lifecycle: Vec<LifecycleReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UseReport {
+    /// The function; ` (wrapped)`, ` (digested)` or ` (key2)` when the key was the call's
+    /// second key.
+    pub function: String,
+    pub mechanism: Option<String>,
+    /// Calls that returned CKR_OK (length queries apart).
+    pub ok: u64,
+    pub failed: u64,
+    /// Calls that only asked for (or were told) the output length.
+    pub length_queries: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserReport {
+    pub uid: u32,
+    pub exe: String,
+    pub calls: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleReport {
+    /// `generated`, `imported`, `copied`, `derived`, `unwrapped`, `decapsulated`,
+    /// `encapsulated`, `created`, `attributes changed`, `wrapped`, `destroyed`.
+    pub event: String,
+    pub count: u64,
+    pub first: Who,
+    pub last_ts: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Logins {
+    pub per_user_type: Vec<UserTypeLogins>,
+    /// Failed logins (rv other than CKR_OK and CKR_USER_ALREADY_LOGGED_IN).
+    pub failed_total: u64,
+    /// Of those, CKR_PIN_LOCKED.
+    pub pin_locked: u64,
+    /// Failed logins grouped by uid, pid, exe, user type and rv.
+    pub failed: Vec<FailedLogins>,
+    /// Runs of failures in quick succession from one pid or one uid.
+    pub bursts: Vec<Burst>,
+    pub burst_rule: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserTypeLogins {
+    pub user_type: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub already_logged_in: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedLogins {
+    pub uid: u32,
+    pub pid: u32,
+    pub exe: String,
+    pub user_type: String,
+    pub rv: String,
+    pub count: u64,
+    pub first_ts: String,
+    pub last_ts: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Burst {
+    /// `pid` or `uid`.
+    pub by: &'static str,
+    pub id: u32,
+    /// The exe, for a burst from one pid.
+    pub exe: Option<String>,
+    pub failures: u64,
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub exe: String,
+    pub uid: u32,
+    pub records: u64,
+    pub first_ts: String,
+    pub last_ts: String,
+    /// `attach` and `close` records.
+    pub attached: u64,
+    pub closed: u64,
+    /// Successful C_OpenSession, C_CloseSession, C_CloseAllSessions.
+    pub sessions_opened: u64,
+    pub sessions_closed: u64,
+    pub close_all_sessions: u64,
+    pub logins: u64,
+    pub failed_logins: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Gaps {
+    /// Gap records.
+    pub count: u64,
+    /// Records lost, summed over the gap records: calls refused because their intent could not
+    /// be written (fail-closed), calls that went ahead unrecorded (fail-open, giving-up calls)
+    /// and records that were waiting.
+    pub lost: u64,
+    pub list: Vec<GapReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GapReport {
+    pub seq: u64,
+    pub ts: String,
+    pub pid: u32,
+    pub exe: String,
+    pub lost: u64,
+    pub since: Option<String>,
+}
+
+/// Processes with an `attach` and no `close` after it (crashed, killed, or still running).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unclean {
+    pub count: u64,
+    pub list: Vec<UncleanProcess>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UncleanProcess {
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: String,
+    /// The `ts` of its `attach`.
+    pub attached: String,
+    pub attach_seq: u64,
+    /// `no close in the log`, or `attached again without a close` (the pid was reused).
+    pub why: &'static str,
+}
+
+/// Intents whose outcome is not in the log.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WithoutOutcome {
+    pub count: u64,
+    /// Intents given up on because too many were waiting; their outcome may be in the log.
+    pub given_up: u64,
+    pub list: Vec<Who>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregation
+
+#[derive(Default)]
+struct UseCount {
+    ok: u64,
+    failed: u64,
+    length_queries: u64,
+}
+
+struct LifeAgg {
+    count: u64,
+    first: Who,
+    last_ts: String,
+}
+
+#[derive(Default)]
+struct KeyAgg {
+    first_seq: u64,
+    calls: u64,
+    failed: u64,
+    first_use: Option<String>,
+    last_use: Option<String>,
+    uses: BTreeMap<(String, Option<String>), UseCount>,
+    users: BTreeMap<(u32, String), u64>,
+    life: BTreeMap<&'static str, LifeAgg>,
+}
+
+struct ProcAgg {
+    first_seq: u64,
+    uid: u32,
+    records: u64,
+    first_ts: String,
+    last_ts: String,
+    attached: u64,
+    closed: u64,
+    sessions_opened: u64,
+    sessions_closed: u64,
+    close_all_sessions: u64,
+    logins: u64,
+    failed_logins: u64,
+}
+
+struct OpenProc {
+    uid: u32,
+    exe: String,
+    ts: String,
+    seq: u64,
+    in_period: bool,
+}
+
+struct FailAgg {
+    count: u64,
+    first_ts: String,
+    last_ts: String,
+}
+
+#[derive(Default)]
+struct Window {
+    recent: VecDeque<i64>,
+    /// Index of the burst this window is extending.
+    active: Option<usize>,
+}
+
+struct Aggregator<'o> {
+    opts: &'o ReportOptions,
+    limits: BTreeMap<&'static str, ()>,
+    records: u64,
+    unreadable: u64,
+    keys: HashMap<KeyRef, KeyAgg>,
+    lifecycle_totals: BTreeMap<String, u64>,
+    user_types: BTreeMap<String, (u64, u64, u64)>,
+    failed_total: u64,
+    pin_locked: u64,
+    failed: HashMap<(u32, u32, String, String, String), FailAgg>,
+    windows: HashMap<(&'static str, u32), Window>,
+    bursts: Vec<Burst>,
+    burst_ends: Vec<i64>,
+    bursts_total: u64,
+    /// Per pid, per exe (looked up without building a key for every record).
+    procs: HashMap<u32, Vec<(String, ProcAgg)>>,
+    proc_count: usize,
+    open: HashMap<u32, OpenProc>,
+    unclean: Unclean,
+    gaps: Gaps,
+    pending: BTreeMap<u64, Who>,
+    without_outcome: WithoutOutcome,
+}
+
+/// The lifecycle event a successful call with `created` objects is.
+fn creation_event(function: &str) -> &'static str {
+    match function {
+        "C_GenerateKey" | "C_GenerateKeyPair" => "generated",
+        "C_CreateObject" => "imported",
+        "C_CopyObject" => "copied",
+        "C_DeriveKey" => "derived",
+        "C_UnwrapKey" | "C_UnwrapKeyAuthenticated" => "unwrapped",
+        "C_DecapsulateKey" => "decapsulated",
+        "C_EncapsulateKey" => "encapsulated",
+        _ => "created",
+    }
+}
+
+/// How a call used its second key.
+fn key2_role(function: &str) -> &'static str {
+    match function {
+        "C_WrapKey" | "C_WrapKeyAuthenticated" => "wrapped",
+        "C_DigestKey" => "digested",
+        _ => "key2",
+    }
+}
+
+impl<'o> Aggregator<'o> {
+    fn new(opts: &'o ReportOptions) -> Self {
+        Aggregator {
+            opts,
+            limits: BTreeMap::new(),
+            records: 0,
+            unreadable: 0,
+            keys: HashMap::new(),
+            lifecycle_totals: BTreeMap::new(),
+            user_types: BTreeMap::new(),
+            failed_total: 0,
+            pin_locked: 0,
+            failed: HashMap::new(),
+            windows: HashMap::new(),
+            bursts: Vec::new(),
+            burst_ends: Vec::new(),
+            bursts_total: 0,
+            procs: HashMap::new(),
+            proc_count: 0,
+            open: HashMap::new(),
+            unclean: Unclean::default(),
+            gaps: Gaps::default(),
+            pending: BTreeMap::new(),
+            without_outcome: WithoutOutcome::default(),
+        }
+    }
+
+    fn limit(&mut self, what: &'static str) {
+        self.limits.insert(what, ());
+    }
+
+    /// The aggregate of `key`, unless the bound on keys is reached.
+    fn key(&mut self, key: KeyRef, seq: u64) -> Option<&mut KeyAgg> {
+        if !self.keys.contains_key(&key) && self.keys.len() >= MAX_AGGREGATES {
+            self.limit("keys");
+            return None;
+        }
+        Some(self.keys.entry(key).or_insert_with(|| KeyAgg {
+            first_seq: seq,
+            ..Default::default()
+        }))
+    }
+
+    fn on_record(&mut self, line: &[u8]) {
+        let r = match RecView::parse(line) {
+            Ok(r) => r,
+            Err(_) => {
+                self.unreadable += 1;
+                return;
+            }
+        };
+        let in_period = self.opts.period.contains(&r.ts);
+        // Matching intents with outcomes, and attaches with closes, looks past the period's end.
+        match &*r.ev {
+            "intent" if in_period => {
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_first();
+                    self.without_outcome.given_up += 1;
+                }
+                self.pending.insert(r.seq, Who::of(&r));
+            }
+            "outcome" => {
+                if let Some(i) = r.intent {
+                    self.pending.remove(&i);
+                }
+            }
+            "attach" => {
+                if let Some(prev) = self.open.remove(&r.pid) {
+                    self.unclean_process(r.pid, prev, "attached again without a close");
+                }
+                if self.open.len() >= MAX_AGGREGATES {
+                    self.limit("open processes");
+                } else {
+                    self.open.insert(
+                        r.pid,
+                        OpenProc {
+                            uid: r.uid,
+                            exe: r.exe.to_string(),
+                            ts: r.ts.to_string(),
+                            seq: r.seq,
+                            in_period,
+                        },
+                    );
+                }
+            }
+            "close" => {
+                self.open.remove(&r.pid);
+            }
+            _ => {}
+        }
+        if !in_period {
+            return;
+        }
+        self.records += 1;
+        self.process(&r);
+        match &*r.ev {
+            "gap" => {
+                self.gaps.count += 1;
+                self.gaps.lost = self.gaps.lost.saturating_add(r.lost.unwrap_or(0));
+                if self.gaps.list.len() < MAX_ROWS {
+                    self.gaps.list.push(GapReport {
+                        seq: r.seq,
+                        ts: r.ts.to_string(),
+                        pid: r.pid,
+                        exe: r.exe.to_string(),
+                        lost: r.lost.unwrap_or(0),
+                        since: r.since.as_deref().map(str::to_string),
+                    });
+                } else {
+                    self.limit("gaps");
+                }
+            }
+            "outcome" => self.outcome(&r),
+            _ => {}
+        }
+    }
+
+    fn unclean_process(&mut self, pid: u32, p: OpenProc, why: &'static str) {
+        if !p.in_period {
+            return;
+        }
+        self.unclean.count += 1;
+        if self.unclean.list.len() < MAX_ROWS {
+            self.unclean.list.push(UncleanProcess {
+                pid,
+                uid: p.uid,
+                exe: p.exe,
+                attached: p.ts,
+                attach_seq: p.seq,
+                why,
+            });
+        } else {
+            self.limit("unclean closes");
+        }
+    }
+
+    fn proc_mut(&mut self, pid: u32, exe: &str) -> Option<&mut ProcAgg> {
+        self.procs
+            .get_mut(&pid)?
+            .iter_mut()
+            .find(|(e, _)| e == exe)
+            .map(|(_, p)| p)
+    }
+
+    fn process(&mut self, r: &RecView) {
+        if self.proc_mut(r.pid, &r.exe).is_none() {
+            if self.proc_count >= MAX_AGGREGATES {
+                self.limit("processes");
+                return;
+            }
+            self.proc_count += 1;
+            self.procs.entry(r.pid).or_default().push((
+                r.exe.to_string(),
+                ProcAgg {
+                    first_seq: r.seq,
+                    uid: r.uid,
+                    records: 0,
+                    first_ts: r.ts.to_string(),
+                    last_ts: String::new(),
+                    attached: 0,
+                    closed: 0,
+                    sessions_opened: 0,
+                    sessions_closed: 0,
+                    close_all_sessions: 0,
+                    logins: 0,
+                    failed_logins: 0,
+                },
+            ));
+        }
+        let Some(p) = self.proc_mut(r.pid, &r.exe) else {
+            return;
+        };
+        p.records += 1;
+        p.last_ts.clear();
+        p.last_ts.push_str(&r.ts);
+        let ok = r.rv() == Some("CKR_OK");
+        match (&*r.ev, r.function()) {
+            ("attach", _) => p.attached += 1,
+            ("close", _) => p.closed += 1,
+            ("outcome", Some("C_OpenSession")) if ok => p.sessions_opened += 1,
+            ("outcome", Some("C_CloseSession")) if ok => p.sessions_closed += 1,
+            ("outcome", Some("C_CloseAllSessions")) if ok => p.close_all_sessions += 1,
+            _ => {}
+        }
+    }
+
+    fn outcome(&mut self, r: &RecView) {
+        let Some(function) = r.function() else {
+            return;
+        };
+        let ok = r.rv() == Some("CKR_OK");
+        if matches!(function, "C_Login" | "C_LoginUser") {
+            self.login(r);
+        }
+        let length_query = matches!(r.out.as_deref(), Some("length_query" | "buffer_too_small"));
+        let mech = r.mechanism.as_ref().map(|m| m.mechanism.clone());
+        let uses = [
+            r.key.as_ref().map(|k| (k, function.to_string())),
+            r.key2
+                .as_ref()
+                .map(|k| (k, format!("{function} ({})", key2_role(function)))),
+        ];
+        for (ident, what) in uses.into_iter().flatten() {
+            let Some(agg) = self.key(KeyRef::of(ident, r.pid), r.seq) else {
+                continue;
+            };
+            agg.calls += 1;
+            if !ok {
+                agg.failed += 1;
+            }
+            if agg.first_use.is_none() {
+                agg.first_use = Some(r.ts.to_string());
+            }
+            agg.last_use = Some(r.ts.to_string());
+            let use_key = (what, mech.clone());
+            let full = agg.uses.len() >= MAX_ROWS && !agg.uses.contains_key(&use_key);
+            if !full {
+                let u = agg.uses.entry(use_key).or_default();
+                if length_query {
+                    u.length_queries += 1;
+                } else if ok {
+                    u.ok += 1;
+                } else {
+                    u.failed += 1;
+                }
+            }
+            let user_key = (r.uid, r.exe.to_string());
+            let full_users = agg.users.len() >= MAX_ROWS && !agg.users.contains_key(&user_key);
+            if !full_users {
+                *agg.users.entry(user_key).or_default() += 1;
+            }
+            if full || full_users {
+                self.limit("rows per key");
+            }
+        }
+        if !ok {
+            return;
+        }
+        let event = creation_event(function);
+        for c in &r.created {
+            self.life(KeyRef::of(c, r.pid), event, r);
+        }
+        let on_key = match function {
+            "C_DestroyObject" => Some("destroyed"),
+            "C_SetAttributeValue" => Some("attributes changed"),
+            _ => None,
+        };
+        if let (Some(ev), Some(k)) = (on_key, &r.key) {
+            self.life(KeyRef::of(k, r.pid), ev, r);
+        }
+        if matches!(function, "C_WrapKey" | "C_WrapKeyAuthenticated") {
+            if let Some(k) = &r.key2 {
+                self.life(KeyRef::of(k, r.pid), "wrapped", r);
+            }
+        }
+    }
+
+    fn life(&mut self, key: KeyRef, event: &'static str, r: &RecView) {
+        *self.lifecycle_totals.entry(event.to_string()).or_default() += 1;
+        let Some(agg) = self.key(key, r.seq) else {
+            return;
+        };
+        match agg.life.get_mut(event) {
+            Some(l) => {
+                l.count += 1;
+                l.last_ts = r.ts.to_string();
+            }
+            None => {
+                agg.life.insert(
+                    event,
+                    LifeAgg {
+                        count: 1,
+                        first: Who::of(r),
+                        last_ts: r.ts.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn login(&mut self, r: &RecView) {
+        let user_type = r.user_type.as_deref().unwrap_or("(none)").to_string();
+        let rv = r.rv().unwrap_or("(none)");
+        let row = self.user_types.entry(user_type.clone()).or_default();
+        match rv {
+            "CKR_OK" => row.0 += 1,
+            "CKR_USER_ALREADY_LOGGED_IN" => row.2 += 1,
+            _ => row.1 += 1,
+        }
+        let p = self.proc_mut(r.pid, &r.exe);
+        if rv == "CKR_OK" {
+            if let Some(p) = p {
+                p.logins += 1;
+            }
+            return;
+        }
+        if rv == "CKR_USER_ALREADY_LOGGED_IN" {
+            return;
+        }
+        if let Some(p) = p {
+            p.failed_logins += 1;
+        }
+        self.failed_total += 1;
+        if rv == "CKR_PIN_LOCKED" {
+            self.pin_locked += 1;
+        }
+        let k = (r.uid, r.pid, r.exe.to_string(), user_type, rv.to_string());
+        let room = self.failed.len() < MAX_AGGREGATES;
+        match self.failed.get_mut(&k) {
+            Some(f) => {
+                f.count += 1;
+                f.last_ts = r.ts.to_string();
+            }
+            None if room => {
+                self.failed.insert(
+                    k,
+                    FailAgg {
+                        count: 1,
+                        first_ts: r.ts.to_string(),
+                        last_ts: r.ts.to_string(),
+                    },
+                );
+            }
+            None => self.limit("failed-login groups"),
+        }
+        if let Some(t) = parse_ts(&r.ts) {
+            self.burst(("pid", r.pid), Some(&r.exe), t);
+            self.burst(("uid", r.uid), None, t);
+        }
+    }
+
+    /// Counts a failed login at `t` towards bursts of `who`.
+    fn burst(&mut self, who: (&'static str, u32), exe: Option<&str>, t: i64) {
+        let (n, window) = (self.opts.burst_failures.max(1), self.opts.burst_window_us);
+        if !self.windows.contains_key(&who) && self.windows.len() >= MAX_AGGREGATES {
+            self.limit("burst windows");
+            return;
+        }
+        let w = self.windows.entry(who).or_default();
+        w.recent.push_back(t);
+        if w.recent.len() > n {
+            w.recent.pop_front();
+        }
+        if let Some(i) = w.active {
+            // Still the same burst while failures keep coming within the window.
+            if (t - self.burst_ends[i]).abs() <= window {
+                self.burst_ends[i] = self.burst_ends[i].max(t);
+                if let Some(b) = self.bursts.get_mut(i) {
+                    b.failures += 1;
+                    b.end = format_micros(self.burst_ends[i]);
+                }
+                return;
+            }
+            w.active = None;
+        }
+        let (lo, hi) = w
+            .recent
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        if w.recent.len() == n && hi - lo <= window {
+            self.bursts_total += 1;
+            if self.bursts.len() >= MAX_ROWS {
+                self.limit("bursts");
+                return;
+            }
+            w.active = Some(self.bursts.len());
+            self.burst_ends.push(hi);
+            self.bursts.push(Burst {
+                by: who.0,
+                id: who.1,
+                exe: exe.map(str::to_string),
+                failures: n as u64,
+                start: format_micros(lo),
+                end: format_micros(hi),
+            });
+        }
+    }
+
+    fn finish(mut self, verification: Verification) -> Report {
+        let open: Vec<(u32, OpenProc)> = {
+            let mut v: Vec<_> = self.open.drain().collect();
+            v.sort_by_key(|(_, p)| p.seq);
+            v
+        };
+        for (pid, p) in open {
+            self.unclean_process(pid, p, "no close in the log");
+        }
+        self.unclean.list.sort_by_key(|u| u.attach_seq);
+        self.without_outcome.count = self.pending.len() as u64;
+        self.without_outcome.list = std::mem::take(&mut self.pending)
+            .into_values()
+            .take(MAX_ROWS)
+            .collect();
+        if self.without_outcome.count as usize > MAX_ROWS {
+            self.limit("calls without outcome");
+        }
+
+        let mut keys: Vec<(KeyRef, KeyAgg)> = self.keys.drain().collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.first_seq.cmp(&b.1.first_seq)));
+        let keys = keys
+            .into_iter()
+            .map(|(key, a)| {
+                let mut used_by: Vec<UserReport> = a
+                    .users
+                    .into_iter()
+                    .map(|((uid, exe), calls)| UserReport { uid, exe, calls })
+                    .collect();
+                used_by.sort_by_key(|u| std::cmp::Reverse(u.calls));
+                KeyReport {
+                    key,
+                    calls: a.calls,
+                    failed: a.failed,
+                    first_use: a.first_use,
+                    last_use: a.last_use,
+                    used_for: a
+                        .uses
+                        .into_iter()
+                        .map(|((function, mechanism), u)| UseReport {
+                            function,
+                            mechanism,
+                            ok: u.ok,
+                            failed: u.failed,
+                            length_queries: u.length_queries,
+                        })
+                        .collect(),
+                    used_by,
+                    lifecycle: {
+                        let mut l: Vec<LifecycleReport> = a
+                            .life
+                            .into_iter()
+                            .map(|(event, l)| LifecycleReport {
+                                event: event.to_string(),
+                                count: l.count,
+                                first: l.first,
+                                last_ts: l.last_ts,
+                            })
+                            .collect();
+                        l.sort_by_key(|l| l.first.seq);
+                        l
+                    },
+                }
+            })
+            .collect();
+
+        let mut failed: Vec<FailedLogins> = self
+            .failed
+            .into_iter()
+            .map(|((uid, pid, exe, user_type, rv), f)| FailedLogins {
+                uid,
+                pid,
+                exe,
+                user_type,
+                rv,
+                count: f.count,
+                first_ts: f.first_ts,
+                last_ts: f.last_ts,
+            })
+            .collect();
+        failed.sort_by(|a, b| a.first_ts.cmp(&b.first_ts).then(a.pid.cmp(&b.pid)));
+        failed.truncate(MAX_ROWS);
+
+        let mut procs: Vec<((u32, String), ProcAgg)> = self
+            .procs
+            .into_iter()
+            .flat_map(|(pid, v)| v.into_iter().map(move |(exe, p)| ((pid, exe), p)))
+            .collect();
+        procs.sort_by_key(|(_, p)| p.first_seq);
+        let processes = procs
+            .into_iter()
+            .map(|((pid, exe), p)| ProcessReport {
+                pid,
+                exe,
+                uid: p.uid,
+                records: p.records,
+                first_ts: p.first_ts,
+                last_ts: p.last_ts,
+                attached: p.attached,
+                closed: p.closed,
+                sessions_opened: p.sessions_opened,
+                sessions_closed: p.sessions_closed,
+                close_all_sessions: p.close_all_sessions,
+                logins: p.logins,
+                failed_logins: p.failed_logins,
+            })
+            .collect();
+
+        let fmt_bound = |b: Option<i64>| b.map(format_micros);
+        Report {
+            verification,
+            period: PeriodText {
+                since: fmt_bound(self.opts.period.since),
+                until: fmt_bound(self.opts.period.until),
+            },
+            records: self.records,
+            keys,
+            lifecycle_totals: self.lifecycle_totals,
+            logins: Logins {
+                per_user_type: self
+                    .user_types
+                    .into_iter()
+                    .map(|(user_type, (ok, failed, already))| UserTypeLogins {
+                        user_type,
+                        ok,
+                        failed,
+                        already_logged_in: already,
+                    })
+                    .collect(),
+                failed_total: self.failed_total,
+                pin_locked: self.pin_locked,
+                failed,
+                bursts: self.bursts,
+                burst_rule: format!(
+                    "at least {} failed logins within {} s from one pid or one uid",
+                    self.opts.burst_failures,
+                    self.opts.burst_window_us as f64 / 1e6
+                ),
+            },
+            processes,
+            gaps: self.gaps,
+            unclean_closes: self.unclean,
+            without_outcome: self.without_outcome,
+            unreadable_records: self.unreadable,
+            limits_reached: self.limits.into_keys().map(str::to_string).collect(),
+        }
+    }
+}
+
+/// Verifies `paths` and aggregates what they say in the same pass. `Err` only when a file
+/// cannot be read; a chain that does not verify gives a report of the records before the
+/// problem, with the problem in `verification`.
+pub fn report(
+    paths: &[PathBuf],
+    verify: &VerifyOptions,
+    opts: &ReportOptions,
+    progress: &mut Progress,
+) -> Result<Report, VerifyIoError> {
+    let mut agg = Aggregator::new(opts);
+    let v = verify_files_with(paths, verify, |line, _| {
+        progress.record(line.len());
+        agg.on_record(line);
+        ControlFlow::Continue(())
+    })?
+    .expect("the visitor never stops the walk");
+    progress.finish();
+    let s = &v.summary;
+    let verification = Verification {
+        intact: v.intact,
+        problem: v.problem.clone(),
+        state_checked: v.state_checked,
+        records: s.records,
+        first_seq: s.first_seq,
+        last_seq: s.last_seq,
+        first_ts: s.first_ts.clone(),
+        last_ts: s.last_ts.clone(),
+    };
+    Ok(agg.finish(verification))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The human form
+
+/// Rows with aligned columns, each line indented by `indent`.
+fn table(o: &mut String, indent: &str, rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::from(indent);
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        o.push_str(line.trim_end());
+        o.push('\n');
+    }
+}
+
+fn who_text(w: &Who) -> String {
+    let mut s = format!(
+        "{} by uid {} pid {} {}",
+        escape(&w.ts),
+        w.uid,
+        w.pid,
+        escape(&w.exe)
+    );
+    let what: Vec<String> = [&w.function, &w.mechanism]
+        .into_iter()
+        .flatten()
+        .map(|x| escape(x))
+        .collect();
+    if !what.is_empty() {
+        let _ = write!(s, " ({})", what.join(" "));
+    }
+    s
+}
+
+/// The report for people: the verdict first, then one section per question.
+pub fn render_human(r: &Report) -> String {
+    let mut o = String::new();
+    let v = &r.verification;
+    let seqs = match (v.first_seq, v.last_seq) {
+        (Some(a), Some(b)) => format!(" (seq {a}..{b})"),
+        _ => String::new(),
+    };
+    match &v.problem {
+        None => {
+            let state = if v.state_checked {
+                "its end checked against the state file"
+            } else {
+                "its end not checked against a state file"
+            };
+            let _ = writeln!(
+                o,
+                "VERIFIED: chain intact, {} records{seqs}, {state}",
+                v.records
+            );
+        }
+        Some(p) => {
+            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "NOT VERIFIED: the log did not verify: {} at {}:{}{seq}: {}",
+                p.kind,
+                escape(&p.file.to_string_lossy()),
+                p.line,
+                escape(&p.detail)
+            );
+            let _ = writeln!(
+                o,
+                "This report covers only the {} record(s){seqs} before the problem; nothing after it was read.",
+                v.records
+            );
+        }
+    }
+    let bound = |b: &Option<String>, open: &str| b.clone().unwrap_or_else(|| open.to_string());
+    let _ = writeln!(
+        o,
+        "Period: {} .. {}; {} record(s) in the period",
+        bound(&r.period.since, "(start)"),
+        bound(&r.period.until, "(end)"),
+        r.records
+    );
+    if let (Some(a), Some(b)) = (&v.first_ts, &v.last_ts) {
+        let _ = writeln!(o, "Log: {} .. {}", escape(a), escape(b));
+    }
+    if !r.limits_reached.is_empty() {
+        let _ = writeln!(
+            o,
+            "LIMITS REACHED (these lists are incomplete; totals are exact): {}",
+            r.limits_reached.join(", ")
+        );
+    }
+
+    let _ = writeln!(o, "\nKEYS AND OBJECTS ({})", r.keys.len());
+    if r.keys.is_empty() {
+        o.push_str("  none\n");
+    }
+    for k in &r.keys {
+        let _ = writeln!(o, "  {}", k.key.display());
+        if k.calls > 0 {
+            let _ = writeln!(
+                o,
+                "    {} call(s), {} failed; first {}, last {}",
+                k.calls,
+                k.failed,
+                escape(k.first_use.as_deref().unwrap_or("-")),
+                escape(k.last_use.as_deref().unwrap_or("-"))
+            );
+            let rows: Vec<Vec<String>> = k
+                .used_for
+                .iter()
+                .map(|u| {
+                    let mut row = vec![
+                        escape(&u.function),
+                        u.mechanism.as_deref().map_or_else(|| "-".into(), escape),
+                        format!("ok {}", u.ok),
+                        format!("failed {}", u.failed),
+                    ];
+                    if u.length_queries > 0 {
+                        row.push(format!("length queries {}", u.length_queries));
+                    }
+                    row
+                })
+                .collect();
+            o.push_str("    used for:\n");
+            table(&mut o, "      ", &rows);
+            let rows: Vec<Vec<String>> = k
+                .used_by
+                .iter()
+                .map(|u| {
+                    vec![
+                        format!("uid {}", u.uid),
+                        escape(&u.exe),
+                        format!("{} call(s)", u.calls),
+                    ]
+                })
+                .collect();
+            o.push_str("    used by:\n");
+            table(&mut o, "      ", &rows);
+        }
+        if !k.lifecycle.is_empty() {
+            o.push_str("    lifecycle:\n");
+            let rows: Vec<Vec<String>> = k
+                .lifecycle
+                .iter()
+                .map(|l| {
+                    let times = if l.count > 1 {
+                        format!("{}x, first", l.count)
+                    } else {
+                        String::new()
+                    };
+                    vec![l.event.clone(), times, who_text(&l.first)]
+                })
+                .collect();
+            table(&mut o, "      ", &rows);
+        }
+    }
+
+    o.push_str("\nKEY LIFECYCLE\n");
+    if r.lifecycle_totals.is_empty() {
+        o.push_str(
+            "  no key created, imported, derived, unwrapped, changed, wrapped or destroyed\n",
+        );
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .lifecycle_totals
+            .iter()
+            .map(|(e, n)| vec![e.clone(), n.to_string()])
+            .collect();
+        table(&mut o, "  ", &rows);
+    }
+
+    let l = &r.logins;
+    o.push_str("\nLOGINS\n");
+    if l.per_user_type.is_empty() {
+        o.push_str("  none\n");
+    } else {
+        let rows: Vec<Vec<String>> = l
+            .per_user_type
+            .iter()
+            .map(|u| {
+                let mut row = vec![
+                    escape(&u.user_type),
+                    format!("ok {}", u.ok),
+                    format!("failed {}", u.failed),
+                ];
+                if u.already_logged_in > 0 {
+                    row.push(format!("already logged in {}", u.already_logged_in));
+                }
+                row
+            })
+            .collect();
+        table(&mut o, "  ", &rows);
+    }
+    let _ = writeln!(
+        o,
+        "  failed logins: {}; PIN locked (CKR_PIN_LOCKED): {}",
+        l.failed_total, l.pin_locked
+    );
+    if !l.failed.is_empty() {
+        let rows: Vec<Vec<String>> = l
+            .failed
+            .iter()
+            .map(|f| {
+                vec![
+                    format!("uid {}", f.uid),
+                    format!("pid {}", f.pid),
+                    escape(&f.exe),
+                    escape(&f.user_type),
+                    escape(&f.rv),
+                    format!("{}x", f.count),
+                    if f.count > 1 {
+                        format!("{} .. {}", escape(&f.first_ts), escape(&f.last_ts))
+                    } else {
+                        escape(&f.first_ts)
+                    },
+                ]
+            })
+            .collect();
+        table(&mut o, "    ", &rows);
+    }
+    if l.bursts.is_empty() {
+        let _ = writeln!(o, "  bursts ({}): none", l.burst_rule);
+    } else {
+        let _ = writeln!(o, "  BURSTS ({}):", l.burst_rule);
+        for b in &l.bursts {
+            let exe = b
+                .exe
+                .as_deref()
+                .map(|e| format!(" ({})", escape(e)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "    {} failed logins from {} {}{exe} between {} and {}",
+                b.failures, b.by, b.id, b.start, b.end
+            );
+        }
+    }
+
+    o.push_str("\nSESSIONS PER PROCESS\n");
+    if r.processes.is_empty() {
+        o.push_str("  none\n");
+    } else {
+        let mut rows = vec![vec![
+            "PID".to_string(),
+            "UID".into(),
+            "EXE".into(),
+            "RECORDS".into(),
+            "ATTACH".into(),
+            "CLOSE".into(),
+            "SESSIONS OPENED".into(),
+            "CLOSED".into(),
+            "CLOSE ALL".into(),
+            "LOGINS".into(),
+            "FAILED LOGINS".into(),
+            "FIRST".into(),
+            "LAST".into(),
+        ]];
+        for p in &r.processes {
+            rows.push(vec![
+                p.pid.to_string(),
+                p.uid.to_string(),
+                escape(&p.exe),
+                p.records.to_string(),
+                p.attached.to_string(),
+                p.closed.to_string(),
+                p.sessions_opened.to_string(),
+                p.sessions_closed.to_string(),
+                p.close_all_sessions.to_string(),
+                p.logins.to_string(),
+                p.failed_logins.to_string(),
+                escape(&p.first_ts),
+                escape(&p.last_ts),
+            ]);
+        }
+        table(&mut o, "  ", &rows);
+    }
+
+    o.push_str("\nGAPS AND REFUSALS\n");
+    if r.gaps.count == 0 {
+        o.push_str(
+            "  no gap records: no record was lost and no call was refused for want of a log\n",
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  {} gap record(s), {} record(s) lost (calls refused fail-closed, calls that went ahead unrecorded, records that were waiting)",
+            r.gaps.count, r.gaps.lost
+        );
+        for g in &r.gaps.list {
+            let since = g
+                .since
+                .as_deref()
+                .map(|s| format!(" since {}", escape(s)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "    seq {} {} pid {} {}: {} lost{since}",
+                g.seq,
+                escape(&g.ts),
+                g.pid,
+                escape(&g.exe),
+                g.lost
+            );
+        }
+    }
+
+    o.push_str("\nUNCLEAN CLOSES (attach without close)\n");
+    if r.unclean_closes.count == 0 {
+        o.push_str("  none\n");
+    } else {
+        let _ = writeln!(o, "  {} process(es)", r.unclean_closes.count);
+        let rows: Vec<Vec<String>> = r
+            .unclean_closes
+            .list
+            .iter()
+            .map(|u| {
+                vec![
+                    format!("pid {}", u.pid),
+                    format!("uid {}", u.uid),
+                    escape(&u.exe),
+                    format!("attached {}", escape(&u.attached)),
+                    u.why.to_string(),
+                ]
+            })
+            .collect();
+        table(&mut o, "    ", &rows);
+    }
+
+    let w = &r.without_outcome;
+    o.push_str("\nCALLS WITHOUT OUTCOME (intent only)\n");
+    if w.count == 0 && w.given_up == 0 {
+        o.push_str("  none\n");
+    } else {
+        let _ = writeln!(o, "  {} call(s)", w.count);
+        if !v.intact && w.count > 0 {
+            o.push_str(
+                "  (the log stopped verifying: some of these outcomes may be past the problem)\n",
+            );
+        }
+        for c in &w.list {
+            let _ = writeln!(o, "    seq {} {}", c.seq, who_text(c));
+        }
+        if w.given_up > 0 {
+            let _ = writeln!(
+                o,
+                "  {} more intent(s) not followed: more than {MAX_PENDING} were waiting at once",
+                w.given_up
+            );
+        }
+    }
+    if r.unreadable_records > 0 {
+        let _ = writeln!(
+            o,
+            "\n{} verified record(s) could not be read as p11audit records",
+            r.unreadable_records
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testlog::{body, log};
+    use super::*;
+
+    fn run(bodies: &[String], period: Period) -> Report {
+        let (_dir, path, vopts) = log(bodies);
+        report(
+            &[path],
+            &vopts,
+            &ReportOptions::new(period),
+            &mut Progress::new(false, &[]),
+        )
+        .unwrap()
+    }
+
+    fn login(secs: u64, pid: u32, uid: u32, rv: &str) -> String {
+        body(
+            secs,
+            pid,
+            uid,
+            "outcome",
+            Some("C_Login"),
+            &format!(r#","rv":"{rv}","user_type":"CKU_USER""#),
+        )
+    }
+
+    #[test]
+    fn pin_locked_and_bursts_within_the_window_only() {
+        let mut bodies = Vec::new();
+        // pid 1: five failures in 40 s (a burst), a sixth 10 s later (the same burst).
+        for s in [0, 10, 20, 30, 40, 50] {
+            bodies.push(login(s, 1, 100, "CKR_PIN_INCORRECT"));
+        }
+        // Later, after a pause: four quick ones are not yet a burst, the fifth makes one.
+        bodies.push(login(200, 1, 100, "CKR_PIN_INCORRECT"));
+        for s in [300, 301, 302, 303] {
+            bodies.push(login(s, 1, 100, "CKR_PIN_INCORRECT"));
+        }
+        bodies.push(login(304, 1, 100, "CKR_PIN_LOCKED"));
+        // pid 2 (another uid): five failures spread over 80 s: no burst.
+        for s in [0, 20, 40, 60, 80] {
+            bodies.push(login(s, 2, 200, "CKR_PIN_INCORRECT"));
+        }
+        bodies.push(login(90, 2, 200, "CKR_USER_ALREADY_LOGGED_IN"));
+        bodies.push(login(91, 2, 200, "CKR_OK"));
+        let r = run(&bodies, Period::default());
+        let l = &r.logins;
+        assert_eq!(l.failed_total, 17);
+        assert_eq!(l.pin_locked, 1);
+        let u = &l.per_user_type[0];
+        assert_eq!((u.ok, u.failed, u.already_logged_in), (1, 17, 1));
+        let summary: Vec<(&str, u32, u64, &str)> = l
+            .bursts
+            .iter()
+            .map(|b| (b.by, b.id, b.failures, b.start.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("pid", 1, 6, "2026-11-26T03:00:00.000000Z"),
+                ("uid", 100, 6, "2026-11-26T03:00:00.000000Z"),
+                ("pid", 1, 5, "2026-11-26T03:05:00.000000Z"),
+                ("uid", 100, 5, "2026-11-26T03:05:00.000000Z"),
+            ]
+        );
+        assert_eq!(l.bursts[0].end, "2026-11-26T03:00:50.000000Z");
+        assert_eq!(l.bursts[0].exe.as_deref(), Some("/bin/p1"));
+        let locked = l.failed.iter().find(|f| f.rv == "CKR_PIN_LOCKED").unwrap();
+        assert_eq!((locked.pid, locked.count), (1, 1));
+        let text = render_human(&r);
+        assert!(text.contains("PIN locked (CKR_PIN_LOCKED): 1"), "{text}");
+        assert!(
+            text.contains("6 failed logins from pid 1 (/bin/p1) between"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unclean_closes_gaps_and_the_period() {
+        let bodies = [
+            body(0, 7, 0, "attach", Some("C_Initialize"), ""),
+            // pid 7 again without a close: the first process did not close.
+            body(10, 7, 0, "attach", Some("C_Initialize"), ""),
+            body(20, 7, 0, "close", Some("C_Finalize"), ""),
+            body(30, 8, 0, "attach", Some("C_Initialize"), ""),
+            body(
+                40,
+                8,
+                0,
+                "gap",
+                None,
+                r#","lost":3,"since":"2026-11-26T03:00:35Z""#,
+            ),
+            body(
+                50,
+                8,
+                0,
+                "intent",
+                Some("C_DestroyObject"),
+                r#","key":{"handle":4,"label":"k"}"#,
+            ),
+        ];
+        let r = run(&bodies, Period::default());
+        let why: Vec<(u32, &str)> = r
+            .unclean_closes
+            .list
+            .iter()
+            .map(|u| (u.pid, u.why))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (7, "attached again without a close"),
+                (8, "no close in the log")
+            ]
+        );
+        assert_eq!((r.gaps.count, r.gaps.lost), (1, 3));
+        assert_eq!(r.without_outcome.count, 1);
+        assert_eq!(
+            r.without_outcome.list[0].function.as_deref(),
+            Some("C_DestroyObject")
+        );
+        // An intent is not a use: the key has no calls (its outcome is missing).
+        assert!(r.keys.is_empty());
+
+        // From 35 s on: the gap and the intent; pid 8's attach (at 30 s) is outside.
+        let r = run(
+            &bodies,
+            Period {
+                since: super::super::parse_ts("2026-11-26T03:00:35Z"),
+                until: None,
+            },
+        );
+        assert_eq!(r.records, 2);
+        assert_eq!(r.unclean_closes.count, 0);
+        assert_eq!(r.gaps.count, 1);
+        assert_eq!(r.without_outcome.count, 1);
+    }
+
+    #[test]
+    fn keys_are_told_apart_by_class_and_anonymous_ones_by_process() {
+        let sign = |pid: u32, key: &str, rv: &str| {
+            body(
+                1,
+                pid,
+                0,
+                "outcome",
+                Some("C_Sign"),
+                &format!(
+                    r#","rv":"{rv}","mechanism":{{"type":"CKM_ECDSA"}},"key":{key},"out":"returned""#
+                ),
+            )
+        };
+        let private = r#"{"handle":2,"class":"CKO_PRIVATE_KEY","label":"k","id":{"hex":"01"}}"#;
+        let public = r#"{"handle":3,"class":"CKO_PUBLIC_KEY","label":"k","id":{"hex":"01"}}"#;
+        let bodies = [
+            sign(1, private, "CKR_OK"),
+            sign(2, private, "CKR_KEY_HANDLE_INVALID"),
+            sign(1, public, "CKR_OK"),
+            sign(1, r#"{"handle":9}"#, "CKR_OK"),
+            sign(2, r#"{"handle":9}"#, "CKR_OK"),
+        ];
+        let r = run(&bodies, Period::default());
+        assert_eq!(r.keys.len(), 4);
+        let k = r
+            .keys
+            .iter()
+            .find(|k| k.key.class.as_deref() == Some("CKO_PRIVATE_KEY"))
+            .unwrap();
+        assert_eq!((k.calls, k.failed), (2, 1));
+        assert_eq!((k.used_for[0].ok, k.used_for[0].failed), (1, 1));
+        assert_eq!(k.used_by.len(), 2);
+        let anon: Vec<Option<u32>> = r
+            .keys
+            .iter()
+            .filter(|k| k.key.handle == Some(9))
+            .map(|k| k.key.pid)
+            .collect();
+        assert_eq!(anon, [Some(1), Some(2)]);
+    }
+}
