@@ -141,8 +141,23 @@ extern "C" fn flush_at_exit() {
 
 /// Thread id for records.
 pub(crate) fn thread_id() -> u64 {
-    // SAFETY: gettid has no preconditions.
-    (unsafe { libc::gettid() }) as u64
+    // gettid is a system call and every record needs it: keep it per thread, with the pid it
+    // was read in, so that a forked child (same thread-local values, new tid) reads it again.
+    // A const-initialized Cell of plain integers: no lazy initialization and no destructor, so
+    // nothing runs at thread exit or after the host unloads us (STYLE: thread-locals).
+    thread_local! {
+        static TID: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let pid = crate::audit::process::current_pid();
+    TID.with(|c| match c.get() {
+        (p, tid) if p == pid && tid != 0 => tid,
+        _ => {
+            // SAFETY: gettid has no preconditions.
+            let tid = (unsafe { libc::gettid() }) as u64;
+            c.set((pid, tid));
+            tid
+        }
+    })
 }
 
 /// Runs `f`, turning a panic into CKR_GENERAL_ERROR: no panic may cross the C boundary.
