@@ -1250,6 +1250,10 @@ fn role_lifecycle() {
                     while calls_after < 50 {
                         let was_finalized = finalized.load(Ordering::SeqCst);
                         let rvs = [get_info(&m), generate_random(&m, s, &mut buf)];
+                        // A short pause: without it the workers log hundreds of thousands of
+                        // records (three threads share writes), and verifying them in a debug
+                        // build is what the test would spend its time on.
+                        std::thread::sleep(Duration::from_micros(20));
                         for rv in rvs {
                             if was_finalized {
                                 after.add(rv);

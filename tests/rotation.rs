@@ -208,6 +208,11 @@ fn one_process_rotates_into_a_chain_of_files() {
         files[files.len() / 2 + 1].to_str(),
         "{text}"
     );
+    let detail = report["problem"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("first line of its file") && detail.contains("is missing"),
+        "the report says a file is missing: {detail}"
+    );
 }
 
 #[test]

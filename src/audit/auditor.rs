@@ -2,11 +2,13 @@
 //! file before a call goes on, failure accounting and gap records.
 //!
 //! Records are serialized by the calling thread before it takes the lock; the lock covers only
-//! the queue and the append. It is never held across a call into the provider.
+//! the queue, never a write to the file (see `Auditor`), and is never held across a call into
+//! the provider.
 
 use super::lock::Mutex;
 use super::record::{Event, ProcessIdentity, Record};
 use super::writer::{AuditLog, LogSettings, WriterError};
+use std::sync::{Condvar, MutexGuard};
 
 /// What to do with a call whose record could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,10 +28,29 @@ const MAX_WAITING_BYTES: usize = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotRecorded;
 
+/// What became of the records with tickets `first..end` (written in one append, or lost).
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    first: u64,
+    end: u64,
+    /// The seq of the record with ticket `first`; None if the append failed.
+    first_seq: Option<u64>,
+}
+
 struct Inner {
-    log: AuditLog,
+    /// The log, or None while a thread (the leader) is writing with it, without the lock.
+    log: Option<AuditLog>,
     waiting: Vec<String>,
     waiting_bytes: usize,
+    /// Every record queued gets a ticket, in queue order: the next one is `queued`.
+    queued: u64,
+    /// Tickets below this have been written (or lost).
+    resolved: u64,
+    /// The batches that resolved tickets some thread may still wait for (cleared when no thread
+    /// waits).
+    batches: Vec<Batch>,
+    /// Threads waiting for their ticket.
+    waiters: usize,
     /// Records that could not be written since the last successful append.
     lost: u64,
     lost_since: Option<String>,
@@ -42,8 +63,17 @@ struct Inner {
 pub struct AuditorHold<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, Inner>);
 
 /// The audit trail of this process.
+///
+/// Group commit: a thread whose record must be in the file queues it, and if no other thread
+/// is writing, it becomes the leader: it takes everything queued, writes it with one append
+/// *without holding the lock*, and wakes the threads whose records it wrote. Threads that queue
+/// while a leader writes wait for the next append, which carries all of their records at once.
+/// So the lock never covers a `write` or `fdatasync`, and under load several threads' records
+/// share one write.
 pub struct Auditor {
     inner: Mutex<Inner>,
+    /// Signalled after every append (and when the log is handed back).
+    appended: Condvar,
     policy: FailurePolicy,
 }
 
@@ -57,14 +87,19 @@ impl Auditor {
         let log = AuditLog::open(settings, who)?;
         Ok(Auditor {
             inner: Mutex::new(Inner {
-                log,
+                log: Some(log),
                 waiting: Vec::new(),
                 waiting_bytes: 0,
+                queued: 0,
+                resolved: 0,
+                batches: Vec::new(),
+                waiters: 0,
                 lost: 0,
                 lost_since: None,
                 queue_pid: crate::audit::process::current_pid(),
                 warned: false,
             }),
+            appended: Condvar::new(),
             policy,
         })
     }
@@ -78,35 +113,135 @@ impl Auditor {
         let body = record.to_body();
         let mut inner = self.inner.lock();
         inner.forget_parent_queue();
-        inner.waiting_bytes += body.len();
-        inner.waiting.push(body);
-        if inner.waiting.len() >= MAX_WAITING_RECORDS || inner.waiting_bytes >= MAX_WAITING_BYTES {
-            let _ = inner.append(None, record);
+        inner.enqueue(body);
+        if (inner.waiting.len() >= MAX_WAITING_RECORDS || inner.waiting_bytes >= MAX_WAITING_BYTES)
+            && inner.log.is_some()
+        {
+            drop(self.lead(inner, record));
         }
     }
 
-    /// Writes `record` (after everything waiting) and returns its seq once it is in the file.
+    /// Writes `record` (after everything queued before it) and returns its seq once it is in
+    /// the file.
     pub fn write(&self, record: &Record) -> Result<u64, NotRecorded> {
         let body = record.to_body();
         let mut inner = self.inner.lock();
         inner.forget_parent_queue();
-        inner.append(Some(body), record)
+        let ticket = inner.enqueue(body);
+        self.until_resolved(inner, ticket, record)
     }
 
-    /// Writes everything waiting.
+    /// Writes everything queued.
     pub fn flush(&self, who: &Record) -> Result<(), NotRecorded> {
         let mut inner = self.inner.lock();
         inner.forget_parent_queue();
-        if inner.waiting.is_empty() && inner.lost == 0 {
+        if inner.queued == inner.resolved && inner.lost == 0 {
             return Ok(());
         }
-        inner.append(None, who).map(|_| ())
+        if inner.queued == inner.resolved {
+            // Only a loss to report: a gap record on its own.
+            return match self.lead(inner, who).batches.last() {
+                Some(b) if b.first_seq.is_none() => Err(NotRecorded),
+                _ => Ok(()),
+            };
+        }
+        let last = inner.queued - 1;
+        self.until_resolved(inner, last, who).map(|_| ())
+    }
+
+    /// Leads or waits until `ticket` is resolved; its seq, or NotRecorded.
+    fn until_resolved<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        ticket: u64,
+        template: &Record,
+    ) -> Result<u64, NotRecorded> {
+        loop {
+            if ticket < inner.resolved {
+                let outcome = inner.outcome(ticket);
+                if inner.waiters == 0 {
+                    inner.batches.clear();
+                }
+                return outcome;
+            }
+            if inner.log.is_some() {
+                inner = self.lead(inner, template);
+            } else {
+                inner.waiters += 1;
+                inner = Mutex::wait(&self.appended, inner);
+                inner.waiters -= 1;
+            }
+        }
+    }
+
+    /// Takes everything queued and writes it with one append, without holding the lock during
+    /// the write. `template` supplies the identity for a gap record.
+    fn lead<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        template: &Record,
+    ) -> MutexGuard<'a, Inner> {
+        let Some(mut log) = inner.log.take() else {
+            return inner;
+        };
+        let mut bodies = Vec::with_capacity(inner.waiting.len() + 1);
+        let gap = inner.lost > 0;
+        if gap {
+            let mut rec = template.clone();
+            rec.ev = Event::Gap;
+            rec.function = None;
+            rec.detail = Default::default();
+            rec.detail.lost = Some(inner.lost);
+            rec.detail.since = inner.lost_since.clone();
+            bodies.push(rec.to_body());
+        }
+        bodies.append(&mut inner.waiting);
+        inner.waiting_bytes = 0;
+        let (first, end) = (inner.resolved, inner.queued);
+        drop(inner);
+        let result = log.append(&bodies, template);
+        let mut inner = self.inner.lock();
+        inner.log = Some(log);
+        let first_seq = match result {
+            Ok(done) => {
+                inner.lost = 0;
+                inner.lost_since = None;
+                Some(done.first_seq + u64::from(gap))
+            }
+            Err(e) => {
+                inner.note_loss(end - first, template);
+                if !inner.warned {
+                    inner.warned = true;
+                    eprintln!(
+                        "p11audit: {e}; calls that need a record now fail, unless P11AUDIT_ON_FAILURE=open"
+                    );
+                }
+                None
+            }
+        };
+        if inner.waiters == 0 {
+            // Nobody waits for an older batch (a leader only needs its own).
+            inner.batches.clear();
+        }
+        inner.batches.push(Batch {
+            first,
+            end,
+            first_seq,
+        });
+        inner.resolved = end;
+        self.appended.notify_all();
+        inner
     }
 
     /// Holds the lock until the returned value is dropped: taken before `fork` so that the child
-    /// never inherits it held by a thread that does not exist there.
+    /// never inherits it held by a thread that does not exist there, nor a log that such a
+    /// thread was writing with (it waits for the leader to hand the log back).
     pub fn hold(&self) -> AuditorHold<'_> {
-        AuditorHold(self.inner.lock())
+        let mut inner = self.inner.lock();
+        while inner.log.is_none() {
+            inner = Mutex::wait(&self.appended, inner);
+        }
+        AuditorHold(inner)
     }
 
     /// Counts a call that went ahead unrecorded (giving-up calls, fail-open).
@@ -117,12 +252,34 @@ impl Auditor {
 }
 
 impl Inner {
+    fn enqueue(&mut self, body: String) -> u64 {
+        self.waiting_bytes += body.len();
+        self.waiting.push(body);
+        self.queued += 1;
+        self.queued - 1
+    }
+
+    /// What became of a resolved ticket.
+    fn outcome(&self, ticket: u64) -> Result<u64, NotRecorded> {
+        self.batches
+            .iter()
+            .rev()
+            .find(|b| (b.first..b.end).contains(&ticket))
+            .and_then(|b| b.first_seq.map(|s| s + (ticket - b.first)))
+            .ok_or(NotRecorded)
+    }
+
     fn forget_parent_queue(&mut self) {
         let pid = crate::audit::process::current_pid();
         if self.queue_pid != pid {
             // These records were queued by the parent before fork; the parent writes them.
+            // (No thread of the child waits for them: only the forking thread exists here.)
             self.waiting.clear();
             self.waiting_bytes = 0;
+            self.queued = 0;
+            self.resolved = 0;
+            self.batches.clear();
+            self.waiters = 0;
             self.lost = 0;
             self.lost_since = None;
             self.queue_pid = pid;
@@ -134,47 +291,5 @@ impl Inner {
             self.lost_since = Some(template.ts.clone());
         }
         self.lost += n;
-    }
-
-    /// Appends a gap record (if records were lost), the waiting records and `body`.
-    /// `template` supplies the identity for a gap record.
-    fn append(&mut self, body: Option<String>, template: &Record) -> Result<u64, NotRecorded> {
-        let mut bodies = Vec::with_capacity(self.waiting.len() + 2);
-        if self.lost > 0 {
-            let mut gap = template.clone();
-            gap.ev = Event::Gap;
-            gap.function = None;
-            gap.detail = Default::default();
-            gap.detail.lost = Some(self.lost);
-            gap.detail.since = self.lost_since.clone();
-            bodies.push(gap.to_body());
-        }
-        bodies.append(&mut self.waiting);
-        self.waiting_bytes = 0;
-        let had_body = body.is_some();
-        bodies.extend(body);
-        match self.log.append(&bodies, template) {
-            Ok(done) => {
-                self.lost = 0;
-                self.lost_since = None;
-                Ok(done.last_seq)
-            }
-            Err(e) => {
-                let gap_records = u64::from(self.lost > 0);
-                self.note_loss(bodies.len() as u64 - gap_records, template);
-                if !self.warned {
-                    self.warned = true;
-                    eprintln!(
-                        "p11audit: {e}; {}",
-                        if had_body {
-                            "calls that need a record now fail (P11AUDIT_ON_FAILURE)"
-                        } else {
-                            "records are being lost"
-                        }
-                    );
-                }
-                Err(NotRecorded)
-            }
-        }
     }
 }

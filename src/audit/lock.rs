@@ -18,6 +18,15 @@ impl<T> Mutex<T> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Waits on `cv`, releasing and retaking the lock (poisoning ignored as in `lock`).
+    pub fn wait<'a>(
+        cv: &std::sync::Condvar,
+        guard: std::sync::MutexGuard<'a, T>,
+    ) -> std::sync::MutexGuard<'a, T> {
+        cv.wait(guard)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl<T: Default> Default for Mutex<T> {

@@ -687,17 +687,29 @@ impl<'o> Verifier<'o> {
                         format!("seq {s} appears before seq {e}, which follows at {loc}"),
                     )
                 }
-                None => self.problem(
-                    Missing,
-                    meta,
-                    cursor,
-                    Some(s),
-                    format!(
-                        "{} record(s) missing ({}) before this line, which holds seq {s}",
-                        s - e,
-                        range_text(e, s - 1)
-                    ),
-                ),
+                None => {
+                    // At the first line of a file after another: a rotated file is gone (or
+                    // the end of the one before it).
+                    let whole_file = if meta.line_no == 1 && meta.file_idx > 0 {
+                        format!(
+                            "; it is the first line of its file, so a file between {} and this one (or the end of {0}) is missing",
+                            cursor.paths[meta.file_idx - 1].display()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    self.problem(
+                        Missing,
+                        meta,
+                        cursor,
+                        Some(s),
+                        format!(
+                            "{} record(s) missing ({}) before this line, which holds seq {s}{whole_file}",
+                            s - e,
+                            range_text(e, s - 1)
+                        ),
+                    )
+                }
             });
         }
         if prev != self.last_mac {
