@@ -28,7 +28,8 @@ pub struct LogSettings {
     pub key_file: Option<PathBuf>,
     /// Mode for a new log file: 0o600 (default) or 0o640.
     pub log_mode: u32,
-    /// `fdatasync` the log and the state before an append returns.
+    /// `fdatasync` the log before an append returns. (The state file is never synced: after a
+    /// crash the next writer rolls forward over records the state on disk is missing.)
     pub sync_always: bool,
     /// Rotate to a new file when an append would take the log past this size.
     pub rotate_bytes: Option<u64>,

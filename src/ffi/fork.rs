@@ -2,7 +2,10 @@
 //!
 //! `pthread_atfork` handlers take the auditor and context locks in the forking thread just
 //! before `fork` and release them right after it, in the parent and in the child. The child then
-//! starts with free locks; its first append reopens the files (its own `flock`) and drops the
+//! starts with free locks. Holding the auditor lock also means that no thread of the parent holds
+//! the state file's mutex at the fork (appends take it only under the auditor lock). The child
+//! goes on with the inherited log descriptor and `MAP_SHARED` mapping of the state file (that
+//! mutex is process-shared, so parent and child exclude each other through it), and drops the
 //! records the parent had queued (the parent writes those).
 
 use super::{runtime, Runtime};
