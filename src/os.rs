@@ -107,6 +107,16 @@ impl SharedFileMap {
         self.atomic_u64(off).store(value, Ordering::Release)
     }
 
+    /// `msync(MS_SYNC)`: the mapped page is on disk when this returns.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: base and len describe this mapping.
+        if unsafe { libc::msync(self.base.cast(), self.len, libc::MS_SYNC) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     fn mutex(&self, off: usize) -> *mut libc::pthread_mutex_t {
         self.check(off, std::mem::size_of::<libc::pthread_mutex_t>());
         assert!(off.is_multiple_of(8), "unaligned shared mutex");

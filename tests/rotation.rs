@@ -254,35 +254,63 @@ fn processes_follow_each_others_rotations() {
     }
 }
 
+/// A writer killed at each step of its first rotation; then a new process (which has none of
+/// the files open) finishes the rotation and logs on, and the set verifies with nothing lost.
+/// - `after:N` with N the write that carries the rotate record is not reachable by count, so
+///   `link:1` stands for "record written, state stored, no file step done";
+/// - `rename:1`: the old file has its second name, the new file is not at the path yet;
+/// - `renamed:1`: the new file is at the path, the state still names the old file.
 #[test]
 fn a_writer_killed_mid_rotation_is_finished_by_the_next() {
-    let fx = Fixture::new();
-    let lib = compile_c(fx.dir.path(), "crash_at", &["-shared", "-fPIC", "-ldl"]);
-    let mut env = env_with(&fx, &fx.softhsm_conf, 300);
-    env.push(("LD_PRELOAD", lib.into()));
-    env.push(("CRASH_AT", "link:1".into()));
-    env.push(("CRASH_AT_LOG", fx.log.clone().into()));
-    let run = run_with_timeout(
-        child_command(CHILD, ROLE_VAR, "sign", &env),
-        fx.dir.path(),
-        "signer killed at its first rotation",
-    );
-    assert_eq!(run.status.signal(), Some(libc::SIGKILL), "{}", run.dump());
-    let before = records(&fx.log);
-    assert_eq!(
-        before.last().unwrap()["ev"],
-        "rotate",
-        "killed after the rotate record, before the rename"
-    );
-    assert_eq!(files_in_order(&fx).len(), 1, "no file renamed yet");
+    for point in ["link:1", "rename:1", "renamed:1"] {
+        let fx = Fixture::new();
+        let lib = compile_c(fx.dir.path(), "crash_at", &["-shared", "-fPIC", "-ldl"]);
+        let mut env = env_with(&fx, &fx.softhsm_conf, 300);
+        env.push(("LD_PRELOAD", lib.into()));
+        env.push(("CRASH_AT", point.into()));
+        env.push(("CRASH_AT_LOG", fx.log.clone().into()));
+        let run = run_with_timeout(
+            child_command(CHILD, ROLE_VAR, "sign", &env),
+            fx.dir.path(),
+            &format!("signer killed at {point}"),
+        );
+        assert_eq!(
+            run.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}\n{}",
+            run.dump()
+        );
+        // The old file, by whichever name it has now.
+        let old = files_in_order(&fx)
+            .into_iter()
+            .find(|f| {
+                fs::read_to_string(f)
+                    .map(|t| {
+                        t.lines()
+                            .last()
+                            .is_some_and(|l| l.contains("\"ev\":\"rotate\""))
+                    })
+                    .unwrap_or(false)
+            })
+            .unwrap_or_else(|| panic!("{point}: a file ends with the rotate record"));
+        let before = records(&old);
 
-    run_signer(&fx, &env_with(&fx, &fx.softhsm_conf, 20), "next signer");
-    let files = files_in_order(&fx);
-    assert!(files.len() >= 2, "{files:?}");
-    assert_eq!(
-        records(&files[0]),
-        before,
-        "the old file, renamed, holds exactly what it held"
-    );
-    check_rotated_set(&fx, &files);
+        run_signer(
+            &fx,
+            &env_with(&fx, &fx.softhsm_conf, 20),
+            &format!("{point}: next signer"),
+        );
+        let files = files_in_order(&fx);
+        assert!(files.len() >= 2, "{point}: {files:?}");
+        assert_eq!(
+            records(&files[0]),
+            before,
+            "{point}: the old file, renamed, holds exactly what it held"
+        );
+        assert!(
+            !fx.dir.path().join("audit.jsonl.next").exists(),
+            "{point}: no leftover .next file"
+        );
+        check_rotated_set(&fx, &files);
+    }
 }

@@ -251,10 +251,18 @@ fn map_state_file(
         if magic != layout::MAGIC {
             return Err(unusable("unknown state file version"));
         }
-        let boot = crate::os::boot_id().unwrap_or(*b"unknown boot id.....................");
         let mut saved = [0u8; layout::BOOT_ID_LEN];
         shared.read(layout::BOOT_ID, &mut saved);
-        if saved != boot {
+        let new_file = saved == [0u8; layout::BOOT_ID_LEN];
+        // Without a readable boot id, a mutex is set up only in a new file: re-initializing one
+        // that other processes may hold would break mutual exclusion. (A mutex saved locked
+        // before a power loss then makes writers time out and fail closed, never hang.)
+        let boot = crate::os::boot_id().unwrap_or(*b"unknown boot id.....................");
+        let reinit = match crate::os::boot_id() {
+            Some(_) => saved != boot,
+            None => new_file,
+        };
+        if reinit {
             shared
                 .init_robust_mutex(layout::MUTEX)
                 .map_err(|e| io_err("set up the lock in", e))?;
@@ -414,15 +422,16 @@ impl AuditLog {
         self.with_lock(|me| {
             let recover = me.shared.load_u64(layout::RECOVER) != 0;
             let mut state = me.current_state()?;
+            if me.shared.load_u64(layout::ROTATE_SEQ) != 0 {
+                // A writer died in the middle of a rotation: finish it (or call it off).
+                state = me.resume_rotation(state)?;
+            }
+            let mut state = me.follow(state)?;
             let check_due = me
                 .log_checked
                 .is_none_or(|t| t.elapsed() >= LOG_CHECK_INTERVAL);
             if recover || check_due {
                 state = me.check_log(state)?;
-            }
-            if me.shared.load_u64(layout::ROTATE_SEQ) != 0 {
-                // A writer died in the middle of a rotation: finish it (or call it off).
-                state = me.finish_rotation(state)?;
             }
             if let Some(limit) = me.settings.rotate_bytes {
                 // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
@@ -435,16 +444,18 @@ impl AuditLog {
         })
     }
 
-    /// The state, with this process's log following the file the state names: after another
-    /// process rotated the log, the state names the new file at the log's path.
+    /// The state, or why it cannot be used.
     fn current_state(&mut self) -> Result<ChainState, WriterError> {
-        let state = match self.read_state() {
-            Ok(s) => s,
-            Err(StateError::Empty) => {
-                return Err(self.corrupt_state("empty: the chain state was removed"))
-            }
-            Err(StateError::Corrupt(why)) => return Err(self.corrupt_state(why)),
-        };
+        match self.read_state() {
+            Ok(s) => Ok(s),
+            Err(StateError::Empty) => Err(self.corrupt_state("empty: the chain state was removed")),
+            Err(StateError::Corrupt(why)) => Err(self.corrupt_state(why)),
+        }
+    }
+
+    /// This process's log follows the file `state` names: after another process rotated the
+    /// log, the state names the new file at the log's path.
+    fn follow(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         if (state.log_dev, state.log_ino) != self.log_id {
             let follow = open_existing_log(&self.settings.log_path)
                 .ok()
@@ -507,6 +518,46 @@ impl AuditLog {
         }
     }
 
+    /// The new name of the file being rotated, from the state file's header.
+    fn rotation_name(&self) -> String {
+        let mut name = [0u8; layout::ROTATE_NAME_LEN];
+        self.shared.read(layout::ROTATE_NAME, &mut name);
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        String::from_utf8_lossy(&name[..end]).into_owned()
+    }
+
+    /// A rotation was left half-done by a writer that died holding the lock. Its old file is
+    /// at the log's path (not renamed yet) or at its new name; roll forward over what the dead
+    /// writer left in it, then finish the rotation if its rotate record is there, or call it
+    /// off if not (the file steps all come after that record, so the old file is then still at
+    /// the log's path, and the next append rotates again).
+    fn resume_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
+        let old_id = (state.log_dev, state.log_ino);
+        let rotated = self.dir().join(self.rotation_name());
+        let old = [self.settings.log_path.clone(), rotated]
+            .iter()
+            .find_map(|p| open_existing_log(p).ok().filter(|(_, id)| *id == old_id));
+        let Some((old_file, _)) = old else {
+            return err(format!(
+                "a rotation of audit log {} was interrupted and its old file is gone; refusing to log",
+                self.settings.log_path.display()
+            ));
+        };
+        let meta = old_file
+            .metadata()
+            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+        let before = state.log_size;
+        let state = self.recover(&old_file, state, &meta)?;
+        if state.log_size != before {
+            self.store_state(state.clone());
+        }
+        if state.next_seq < self.shared.load_u64(layout::ROTATE_SEQ) {
+            self.shared.store_u64(layout::ROTATE_SEQ, 0);
+            return Ok(state);
+        }
+        self.finish_rotation(state)
+    }
+
     fn dir(&self) -> PathBuf {
         match self.settings.log_path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -520,18 +571,9 @@ impl AuditLog {
     /// 2. a new empty file is renamed over the log's path;
     /// 3. the state moves to the new file (same seq, prev and key: one chain).
     ///
-    /// If the rotate record never reached the old file, the rotation is called off instead.
+    /// The caller has checked that the rotate record is the old file's last record.
     fn finish_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
-        let rotate_seq_plus_one = self.shared.load_u64(layout::ROTATE_SEQ);
-        if state.next_seq < rotate_seq_plus_one {
-            self.shared.store_u64(layout::ROTATE_SEQ, 0);
-            return Ok(state);
-        }
-        let mut name = [0u8; layout::ROTATE_NAME_LEN];
-        self.shared.read(layout::ROTATE_NAME, &mut name);
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        let renamed_to = String::from_utf8_lossy(&name[..end]).into_owned();
-        let dir = self.dir();
+        let rotated = self.dir().join(self.rotation_name());
         let log_path = self.settings.log_path.clone();
         let failed = |what: &str, e: io::Error| {
             WriterError(format!(
@@ -539,9 +581,17 @@ impl AuditLog {
                 log_path.display()
             ))
         };
-        let rotated = dir.join(&renamed_to);
+        let old_id = (state.log_dev, state.log_ino);
         let at_path = open_existing_log(&log_path).ok().map(|(_, id)| id);
-        if at_path == Some((state.log_dev, state.log_ino)) {
+        let at_new_name = open_existing_log(&rotated).ok().map(|(_, id)| id);
+        if at_path != Some(old_id) && at_new_name != Some(old_id) {
+            return err(format!(
+                "cannot finish rotating audit log {}: the old file is neither there nor at {}; refusing to log",
+                log_path.display(),
+                rotated.display()
+            ));
+        }
+        if at_path == Some(old_id) {
             match std::fs::hard_link(&log_path, &rotated) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -597,7 +647,7 @@ impl AuditLog {
             ));
         }
         let before = state.log_size;
-        let state = self.recover(state, &meta)?;
+        let state = self.recover(&self.log, state, &meta)?;
         if state.log_size != before {
             self.store_state(state.clone());
         }
@@ -610,7 +660,8 @@ impl AuditLog {
     /// but did not record in the state. A torn last line (an incomplete write) is cut off: it
     /// was never acknowledged to anyone, and appending after it would bury it mid-file.
     fn recover(
-        &mut self,
+        &self,
+        log: &File,
         mut state: ChainState,
         meta: &std::fs::Metadata,
     ) -> Result<ChainState, WriterError> {
@@ -636,8 +687,7 @@ impl AuditLog {
             return err(format!("audit log {path} has {extra} bytes past the last record the state knows; refusing to log"));
         }
         let mut tail = vec![0u8; extra as usize];
-        self.log
-            .read_exact_at(&mut tail, state.log_size)
+        log.read_exact_at(&mut tail, state.log_size)
             .or_else(|e| err(format!("cannot read audit log {path} for recovery: {e}")))?;
         let mut good = 0usize;
         while let Some(nl) = tail[good..].iter().position(|&b| b == b'\n') {
@@ -664,7 +714,7 @@ impl AuditLog {
         }
         if good < tail.len() {
             // An incomplete last line: remove exactly those bytes.
-            self.log.set_len(state.log_size).or_else(|e| {
+            log.set_len(state.log_size).or_else(|e| {
                 err(format!(
                     "cannot remove a torn last line from audit log {path}: {e}"
                 ))
@@ -711,6 +761,13 @@ impl AuditLog {
         // The records are in the log now. Should this process die before the state is stored,
         // the next writer gets EOWNERDEAD and rolls forward over them (see `check_log`).
         self.store_state(state);
+        if self.settings.sync_always {
+            // The state too (FORMAT.md §6), so that after an OS crash the key on disk has moved
+            // on with the log (an older key on disk would undo forward security for the records
+            // after it). Failure is not fatal: the records are durable, and the next writer
+            // rolls forward over them.
+            let _ = self.shared.sync();
+        }
         Ok(Appended {
             first_seq,
             last_seq,

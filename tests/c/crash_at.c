@@ -13,6 +13,10 @@
  *   CRASH_AT=link:N    SIGKILL on entry to the Nth link()/linkat() (a rotation:
  *                      the rotate record is in the old file, which has not been
  *                      renamed yet)
+ *   CRASH_AT=rename:N  SIGKILL on entry to the Nth rename() (a rotation: the old
+ *                      file has its new name, the new file is not at the path yet)
+ *   CRASH_AT=renamed:N SIGKILL right after the Nth rename() (the new file is at the
+ *                      path, the state still names the old file)
  *   CRASH_AT=torn:N    on the Nth write to the log: write the first half of the
  *                      buffer, then SIGKILL (a torn last line, as a kill during
  *                      a large write leaves one)
@@ -33,7 +37,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum mode { OFF, BEFORE, AFTER, LINK, TORN };
+enum mode { OFF, BEFORE, AFTER, LINK, RENAME, RENAMED, TORN };
 
 static enum mode mode = OFF;
 static long target;
@@ -72,6 +76,12 @@ __attribute__((constructor)) static void crash_at_init(void)
     } else if (strncmp(spec, "after:", 6) == 0) {
         mode = AFTER;
         target = atol(spec + 6);
+    } else if (strncmp(spec, "rename:", 7) == 0) {
+        mode = RENAME;
+        target = atol(spec + 7);
+    } else if (strncmp(spec, "renamed:", 8) == 0) {
+        mode = RENAMED;
+        target = atol(spec + 8);
     } else if (strncmp(spec, "link:", 5) == 0) {
         mode = LINK;
         target = atol(spec + 5);
@@ -110,6 +120,22 @@ int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
     return real(olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
+typedef int (*rename_fn)(const char *, const char *);
+
+int rename(const char *oldpath, const char *newpath)
+{
+    rename_fn real = (rename_fn)dlsym(RTLD_NEXT, "rename");
+    int rc;
+    if ((mode != RENAME && mode != RENAMED)
+        || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) != target)
+        return real(oldpath, newpath);
+    if (mode == RENAME)
+        die_now();
+    rc = real(oldpath, newpath);
+    die_now();
+    return rc;
+}
+
 int link(const char *oldpath, const char *newpath)
 {
     return linkat(AT_FDCWD, oldpath, AT_FDCWD, newpath, 0);
@@ -119,7 +145,7 @@ ssize_t write(int fd, const void *buf, size_t n)
 {
     write_fn real = (write_fn)dlsym(RTLD_NEXT, "write");
     ssize_t done;
-    if (mode == OFF || mode == LINK || !fd_is(fd, log_path)
+    if (mode == OFF || mode == LINK || mode == RENAME || mode == RENAMED || !fd_is(fd, log_path)
         || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) != target)
         return real(fd, buf, n);
     if (mode == BEFORE)
