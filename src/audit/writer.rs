@@ -485,6 +485,9 @@ impl AuditLog {
         self.shared.write(layout::ROTATE_NAME, &name);
         self.shared
             .store_u64(layout::ROTATE_SEQ, state.next_seq + 1);
+        // On disk before any file step, so that after a power loss the next writer knows a
+        // rotation was under way and finishes it (`resume_rotation`).
+        self.sync_state("before a rotation")?;
         let mut rec = template.clone();
         rec.ts = super::record::rfc3339_micros_now();
         rec.ev = Event::Rotate;
@@ -516,6 +519,16 @@ impl AuditLog {
             }
             n += 1;
         }
+    }
+
+    /// `msync` of the state file's page; a failure fails the append (fail-closed).
+    fn sync_state(&self, when: &str) -> Result<(), WriterError> {
+        self.shared.sync().or_else(|e| {
+            err(format!(
+                "cannot sync audit state file {} {when}: {e}",
+                self.state_path.display()
+            ))
+        })
     }
 
     /// The new name of the file being rotated, from the state file's header.
@@ -551,10 +564,15 @@ impl AuditLog {
         if state.log_size != before {
             self.store_state(state.clone());
         }
-        if state.next_seq < self.shared.load_u64(layout::ROTATE_SEQ) {
+        let at_path = open_existing_log(&self.settings.log_path)
+            .ok()
+            .is_some_and(|(_, id)| id == old_id);
+        if state.next_seq < self.shared.load_u64(layout::ROTATE_SEQ) && at_path {
             self.shared.store_u64(layout::ROTATE_SEQ, 0);
             return Ok(state);
         }
+        // The rotate record is there; or it is not (lost with the page cache in a power loss)
+        // but the old file already left the log's path: finish the file steps either way.
         self.finish_rotation(state)
     }
 
@@ -625,6 +643,12 @@ impl AuditLog {
         state.log_size = 0;
         self.store_state(state.clone());
         self.shared.store_u64(layout::ROTATE_SEQ, 0);
+        // The state naming the new file on disk, with the rename: after a power loss the next
+        // writer must not find a state that names a file no longer at the log's path.
+        if let Ok(d) = File::open(self.dir()) {
+            let _ = d.sync_all();
+        }
+        self.sync_state("after a rotation")?;
         self.log = new_log;
         self.log_id = (meta.dev(), meta.ino());
         self.log_checked = Some(Instant::now());
@@ -761,13 +785,6 @@ impl AuditLog {
         // The records are in the log now. Should this process die before the state is stored,
         // the next writer gets EOWNERDEAD and rolls forward over them (see `check_log`).
         self.store_state(state);
-        if self.settings.sync_always {
-            // The state too (FORMAT.md §6), so that after an OS crash the key on disk has moved
-            // on with the log (an older key on disk would undo forward security for the records
-            // after it). Failure is not fatal: the records are durable, and the next writer
-            // rolls forward over them.
-            let _ = self.shared.sync();
-        }
         Ok(Appended {
             first_seq,
             last_seq,
