@@ -10,16 +10,36 @@ use cryptoki_sys as ck;
 
 /// The verifier, fed an arbitrary audit file: it must not panic and must always report
 /// (intact, or a problem, or an I/O error), with and without a state.
+///
+/// The input goes into one in-memory file per thread (a memfd, opened by the verifier as
+/// `/proc/self/fd/N` like any other path), rewritten for each input: a new file on disk per
+/// input made the fuzzer spend most of its time in the file system.
 pub fn check_verifier(data: &[u8]) {
-    let dir = std::env::temp_dir().join(format!("p11audit-fuzz-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("audit.jsonl");
-    std::fs::write(&path, data).expect("write fuzz input");
-    let opts = VerifyOptions::new(ChainKey::from_bytes([7; 32]), None);
-    if let Ok(report) = verify_files(std::slice::from_ref(&path), &opts) {
-        assert_eq!(report.intact, report.problem.is_none());
-        serde_json::to_string(&report).expect("a report always serializes");
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static INPUT: (std::fs::File, std::path::PathBuf) = memfd_input();
     }
+    INPUT.with(|(file, path)| {
+        file.set_len(0).expect("truncate the fuzz input file");
+        file.write_all_at(data, 0).expect("write fuzz input");
+        let opts = VerifyOptions::new(ChainKey::from_bytes([7; 32]), None);
+        if let Ok(report) = verify_files(std::slice::from_ref(path), &opts) {
+            assert_eq!(report.intact, report.problem.is_none());
+            serde_json::to_string(&report).expect("a report always serializes");
+        }
+    });
+}
+
+/// An anonymous in-memory file and a path that opens it.
+fn memfd_input() -> (std::fs::File, std::path::PathBuf) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a NUL-terminated name and valid flags; the descriptor is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"p11audit-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    (file, path)
 }
 
 /// Arbitrary templates and mechanism parameters through the argument decoders, and the
