@@ -12,6 +12,7 @@
 #                   a test-only provider) links the system OpenSSL
 #   libclang-dev    libclang for bindgen in kryoptic's build script
 #   libsqlite3-dev  libsqlite3.so: kryoptic's sqlite token database
+#   valgrind        memcheck over the shim (tests/valgrind.rs)
 #   real clients of tests/clients/run.sh, each run directly and through p11audit:
 #   gnutls-bin                p11tool, certtool
 #   libengine-pkcs11-openssl  the OpenSSL pkcs11 engine (with openssl)
@@ -36,6 +37,7 @@ packages=(
     libssl-dev
     libclang-dev
     libsqlite3-dev
+    valgrind
     gnutls-bin
     libengine-pkcs11-openssl
     openssl

@@ -411,3 +411,49 @@ fn configuration_file_with_unknown_setting() {
     case.set("P11AUDIT_CONFIG", file);
     case.expect_refused("config_file_unknown_setting", "p11audit.conf:2");
 }
+
+/// A log directory others can write to: C_Initialize still succeeds (nothing is refused), and
+/// stderr has exactly one `p11audit: warning:` line naming the directory and its mode. An
+/// owner-only directory gives no warning.
+#[test]
+fn log_directory_writable_by_others_is_warned_about() {
+    let mut case = Case::new();
+    let dir = case.work().join("logs");
+    fs::create_dir(&dir).expect("mkdir");
+    case.set("P11AUDIT_LOG", dir.join("audit.jsonl"));
+
+    for (mode, warned) in [
+        (0o700, false),
+        (0o777, true),
+        (0o1777, true),
+        (0o770, false),
+    ] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).expect("chmod");
+        let what = format!("log_dir_{mode:04o}");
+        let run = run_child(case.work(), &what, &case.env);
+        assert_eq!(rv(&run, "C_Initialize"), CKR_OK, "{what}\n{}", run.dump());
+        assert_eq!(rv(&run, "C_GetInfo"), CKR_OK, "{what}\n{}", run.dump());
+        assert_eq!(rv(&run, "C_Finalize"), CKR_OK, "{what}\n{}", run.dump());
+        let lines = run.p11audit_lines();
+        if warned {
+            assert_eq!(lines.len(), 1, "{what}: one warning line\n{}", run.dump());
+            let expected = format!(
+                "p11audit: warning: the directory {} of the audit log (P11AUDIT_LOG) is writable by others (mode {mode:04o})",
+                dir.display()
+            );
+            assert!(
+                lines[0].starts_with(&expected),
+                "{what}: {:?} does not start with {expected:?}",
+                lines[0]
+            );
+        } else {
+            assert!(lines.is_empty(), "{what}: no warning\n{}", run.dump());
+        }
+    }
+    // The four runs (two warned) wrote one chain.
+    assert_verifies(
+        &case.fx.key,
+        &dir.join("audit.jsonl"),
+        "the log in the checked directory",
+    );
+}

@@ -39,3 +39,28 @@ fn decoders_and_encoder_regressions() {
         p11audit::fuzzing::check_decoders_and_encoder(&input);
     }
 }
+
+#[test]
+fn verifier_sealed_regressions() {
+    let inputs = corpus("verifier_sealed");
+    assert!(inputs.len() > 5, "the sealed verifier corpus is empty");
+    for input in inputs {
+        p11audit::fuzzing::check_verifier_sealed(&input);
+    }
+    // The harness itself: sealed records verify, tampering does not.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/verifier_sealed");
+    for (name, intact) in [
+        ("real-bodies", true),
+        ("real-bodies-with-state", true),
+        ("trailing-skip", true),
+        ("trailing-skip-with-state", false),
+        ("duplicate-skip-raw", false),
+    ] {
+        let input = std::fs::read(dir.join(name)).expect("read corpus file");
+        assert_eq!(
+            p11audit::fuzzing::check_verifier_sealed(&input),
+            intact,
+            "{name}"
+        );
+    }
+}

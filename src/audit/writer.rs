@@ -222,7 +222,15 @@ fn map_state_file(
             state_path.display()
         ))
     };
-    state.lock().map_err(|e| io_err("lock", e))?;
+    // std's `File::lock` does not retry `flock` when a signal (installed without SA_RESTART)
+    // interrupts the wait.
+    loop {
+        match state.lock() {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("lock", e)),
+        }
+    }
     let result = (|| {
         let len = state.metadata().map_err(|e| io_err("stat", e))?.len();
         if len == 0 && log_len > 0 {

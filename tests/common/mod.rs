@@ -218,7 +218,12 @@ impl Finished {
 
 /// Runs `cmd` with stdout/stderr to files in `work` named after `what`, killing it and failing
 /// the test after RUN_TIMEOUT.
-pub fn run_with_timeout(mut cmd: Command, work: &Path, what: &str) -> Finished {
+pub fn run_with_timeout(cmd: Command, work: &Path, what: &str) -> Finished {
+    run_with_time_limit(cmd, work, what, RUN_TIMEOUT)
+}
+
+/// `run_with_timeout` with another limit than RUN_TIMEOUT, for long runs.
+pub fn run_with_time_limit(mut cmd: Command, work: &Path, what: &str, limit: Duration) -> Finished {
     let stem: String = what
         .chars()
         .map(|c| match c {
@@ -239,7 +244,7 @@ pub fn run_with_timeout(mut cmd: Command, work: &Path, what: &str) -> Finished {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break Some(status);
         }
-        if started.elapsed() > RUN_TIMEOUT {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -261,7 +266,7 @@ pub fn run_with_timeout(mut cmd: Command, work: &Path, what: &str) -> Finished {
             stderr,
         },
         None => panic!(
-            "{what} did not finish within {RUN_TIMEOUT:?} (calls recursing or deadlocked?)\n\
+            "{what} did not finish within {limit:?} (calls recursing or deadlocked?)\n\
              --- stdout ---\n{stdout}--- stderr ---\n{stderr}"
         ),
     }
