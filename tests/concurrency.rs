@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 
 const CHILD_THREADS: &str = "child_threads";
 const CHILD_PROCESS: &str = "child_process";
+const CHILD_SPINNER: &str = "child_spinner";
+/// Sessions the main thread opens, uses and closes while the spinner runs.
+const MAIN_ROUNDS: usize = 300;
 const READY_VAR: &str = "P11AUDIT_TEST_READY";
 const GO_VAR: &str = "P11AUDIT_TEST_GO";
 
@@ -119,6 +122,60 @@ fn child_threads() {
     main.logout().expect("C_Logout");
     main.close().expect("C_CloseSession");
     p.finalize().expect("C_Finalize");
+}
+
+/// A thread that makes informational calls as fast as it can (their records wait, and fill the
+/// queue) while the main thread makes a few calls of its own. Regression: once the queue was
+/// full, the main thread had to write it, and the spinner refilled it during each write, so the
+/// main thread wrote the spinner's records for ever (seen as `dlclose_and_reload` in faults.rs
+/// hanging now and then). A thread now writes until its own record is out, no longer.
+#[test]
+fn child_spinner() {
+    if !is_role(CHILD_SPINNER) {
+        return;
+    }
+    let p = client();
+    let slot = initialize(&p);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut calls = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                p.get_library_info().expect("C_GetInfo");
+                calls += 1;
+            }
+            calls
+        })
+    };
+    for _ in 0..MAIN_ROUNDS {
+        let s = p.open_ro_session(slot).expect("C_OpenSession");
+        s.generate_random_vec(16).expect("C_GenerateRandom");
+        s.close().expect("C_CloseSession");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = spinner.join().expect("spinner");
+    println!("SPINNER_CALLS={calls}");
+    p.finalize().expect("C_Finalize");
+}
+
+#[test]
+fn a_thread_that_floods_the_queue_does_not_stall_the_others() {
+    let fx = Fixture::new();
+    let run = run_child_ok(
+        child_command(CHILD_SPINNER, ROLE_VAR, CHILD_SPINNER, &fx.env()),
+        fx.dir.path(),
+        "spinner",
+    );
+    let calls: u64 = run.value_after("SPINNER_CALLS").unwrap().parse().unwrap();
+    let records = check_chain(&fx);
+    let infos = records.iter().filter(|r| r["fn"] == "C_GetInfo").count() as u64;
+    assert_eq!(infos, calls, "every C_GetInfo of the spinner is on record");
+    let randoms = records
+        .iter()
+        .filter(|r| r["fn"] == "C_GenerateRandom" && r["ev"] == "outcome")
+        .count();
+    assert_eq!(randoms, MAIN_ROUNDS, "and every call of the other thread");
 }
 
 fn wait_for(path: &Path, what: &str) {

@@ -51,6 +51,8 @@ struct Inner {
     batches: Vec<Batch>,
     /// Threads waiting for their ticket.
     waiters: usize,
+    /// Threads in `hold` (before fork): while non-zero, no thread starts a write.
+    fork_pending: usize,
     /// Records that could not be written since the last successful append.
     lost: u64,
     lost_since: Option<String>,
@@ -60,7 +62,17 @@ struct Inner {
 }
 
 /// The auditor's lock, held (see `Auditor::hold`).
-pub struct AuditorHold<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, Inner>);
+pub struct AuditorHold<'a> {
+    inner: MutexGuard<'a, Inner>,
+    appended: &'a Condvar,
+}
+
+impl Drop for AuditorHold<'_> {
+    fn drop(&mut self) {
+        self.inner.fork_pending -= 1;
+        self.appended.notify_all();
+    }
+}
 
 /// The audit trail of this process.
 ///
@@ -94,6 +106,7 @@ impl Auditor {
                 resolved: 0,
                 batches: Vec::new(),
                 waiters: 0,
+                fork_pending: 0,
                 lost: 0,
                 lost_since: None,
                 queue_pid: crate::audit::process::current_pid(),
@@ -108,16 +121,26 @@ impl Auditor {
         self.policy
     }
 
-    /// Queues a record that may wait for the next write.
+    /// Queues a record that may wait for the next write. When the queue is full, the caller
+    /// writes it (or, while another thread writes, waits for that write) until its own record
+    /// is written: the queue stays bounded however fast threads make calls (back-pressure), and
+    /// no thread is kept writing other threads' records after its own are out.
     pub fn wait(&self, record: &Record) {
         let body = record.to_body();
         let mut inner = self.inner.lock();
         inner.forget_parent_queue();
-        inner.enqueue(body);
-        if (inner.waiting.len() >= MAX_WAITING_RECORDS || inner.waiting_bytes >= MAX_WAITING_BYTES)
-            && inner.log.is_some()
+        let ticket = inner.enqueue(body);
+        while (inner.waiting.len() >= MAX_WAITING_RECORDS
+            || inner.waiting_bytes >= MAX_WAITING_BYTES)
+            && ticket >= inner.resolved
         {
-            drop(self.lead(inner, record));
+            if inner.may_lead() {
+                inner = self.lead(inner, record);
+            } else {
+                inner.waiters += 1;
+                inner = Mutex::wait(&self.appended, inner);
+                inner.waiters -= 1;
+            }
         }
     }
 
@@ -164,7 +187,7 @@ impl Auditor {
                 }
                 return outcome;
             }
-            if inner.log.is_some() {
+            if inner.may_lead() {
                 inner = self.lead(inner, template);
             } else {
                 inner.waiters += 1;
@@ -238,10 +261,15 @@ impl Auditor {
     /// thread was writing with (it waits for the leader to hand the log back).
     pub fn hold(&self) -> AuditorHold<'_> {
         let mut inner = self.inner.lock();
+        // No thread starts a new write while a fork waits (`may_lead`), so this cannot starve.
+        inner.fork_pending += 1;
         while inner.log.is_none() {
             inner = Mutex::wait(&self.appended, inner);
         }
-        AuditorHold(inner)
+        AuditorHold {
+            inner,
+            appended: &self.appended,
+        }
     }
 
     /// Counts a call that went ahead unrecorded (giving-up calls, fail-open).
@@ -252,6 +280,11 @@ impl Auditor {
 }
 
 impl Inner {
+    /// The log is free and no fork is waiting for it.
+    fn may_lead(&self) -> bool {
+        self.log.is_some() && self.fork_pending == 0
+    }
+
     fn enqueue(&mut self, body: String) -> u64 {
         self.waiting_bytes += body.len();
         self.waiting.push(body);
