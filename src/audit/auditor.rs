@@ -222,7 +222,11 @@ impl Auditor {
         inner.waiting_bytes = 0;
         let (first, end) = (inner.resolved, inner.queued);
         drop(inner);
-        let result = log.append(&bodies, template);
+        // The log must come back whatever happens: other threads wait for it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.append(&bodies, template)
+        }))
+        .unwrap_or_else(|_| Err(WriterError("internal error while writing".into())));
         let mut inner = self.inner.lock();
         inner.log = Some(log);
         let first_seq = match result {
@@ -270,12 +274,6 @@ impl Auditor {
             inner,
             appended: &self.appended,
         }
-    }
-
-    /// Counts a call that went ahead unrecorded (giving-up calls, fail-open).
-    pub fn count_unrecorded(&self, template: &Record) {
-        let mut inner = self.inner.lock();
-        inner.note_loss(1, template);
     }
 }
 
