@@ -256,7 +256,11 @@ impl Auditor {
             first_seq,
         });
         inner.resolved = end;
-        self.appended.notify_all();
+        // Waiters and a pending fork register under the lock before they sleep, so nobody is
+        // missed; and a wake-up is a system call, which the common case (nobody waits) skips.
+        if inner.waiters > 0 || inner.fork_pending > 0 {
+            self.appended.notify_all();
+        }
         inner
     }
 
