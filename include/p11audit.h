@@ -26,16 +26,28 @@
  *                        call (CKR_GENERAL_ERROR, nothing is forwarded that could
  *                        go unrecorded); "open" forwards it anyway and records the
  *                        loss as a gap once the log can be written again.
- *   P11AUDIT_SYNC        "none" (default) or "always". With "always" each record
- *                        is flushed to stable storage (fsync) before the call
- *                        it records goes on; "none" leaves that to the kernel.
+ *   P11AUDIT_SYNC        "none" (default) or "always". With "always" the log is
+ *                        flushed to stable storage (fdatasync) after each write
+ *                        that a call waits for; "none" leaves that to the kernel.
+ *   P11AUDIT_LOG_MODE    "0600" (default) or "0640": the mode of a new log file.
+ *   P11AUDIT_ROTATE_BYTES  a size such as 100M (at least 64K): end the log with
+ *                        a "rotate" record and go on in a new file when it would
+ *                        pass this size (one chain across the files).
+ *   P11AUDIT_CONFIG      a file of NAME=value lines with the settings above,
+ *                        for applications that cannot set environment
+ *                        variables; variables set in the environment win.
+ *
+ * In setuid and setgid programs (AT_SECURE) the environment is ignored and the
+ * settings come only from /etc/p11audit.conf (owned by root, not writable by
+ * group or others). See docs/CONFIG.md.
  *
  * Errors: on a bad configuration (a required variable unset, a value out of
  * range, the module or key file unreadable, a log whose state does not match)
  * C_Initialize returns CKR_GENERAL_ERROR and writes exactly one line starting
  * with "p11audit:" to stderr saying what is wrong.
  *
- * Verify a log with:  p11audit verify --key-file KEY LOG...
+ * Verify a log with:  p11audit verify --key-file KEY LOG...   (or a directory of
+ * rotated files); read it with p11audit show / p11audit report.
  * (exit status 0: intact; 1: a problem was found; 2: usage or I/O error).
  *
  * PKCS#11 types: this header needs only CK_RV and the function-list structure.
