@@ -134,13 +134,7 @@ impl Auditor {
             || inner.waiting_bytes >= MAX_WAITING_BYTES)
             && ticket >= inner.resolved
         {
-            if inner.may_lead() {
-                inner = self.lead(inner, record);
-            } else {
-                inner.waiters += 1;
-                inner = Mutex::wait(&self.appended, inner);
-                inner.waiters -= 1;
-            }
+            inner = self.lead_or_wait(inner, record);
         }
     }
 
@@ -187,14 +181,24 @@ impl Auditor {
                 }
                 return outcome;
             }
-            if inner.may_lead() {
-                inner = self.lead(inner, template);
-            } else {
-                inner.waiters += 1;
-                inner = Mutex::wait(&self.appended, inner);
-                inner.waiters -= 1;
-            }
+            inner = self.lead_or_wait(inner, template);
         }
+    }
+
+    /// One step towards a record being written: write what is queued if this thread may, else
+    /// sleep until the next append ends.
+    fn lead_or_wait<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        template: &Record,
+    ) -> MutexGuard<'a, Inner> {
+        if inner.may_lead() {
+            return self.lead(inner, template);
+        }
+        inner.waiters += 1;
+        let mut inner = Mutex::wait(&self.appended, inner);
+        inner.waiters -= 1;
+        inner
     }
 
     /// Takes everything queued and writes it with one append, without holding the lock during
@@ -210,10 +214,7 @@ impl Auditor {
         let mut bodies = Vec::with_capacity(inner.waiting.len() + 1);
         let gap = inner.lost > 0;
         if gap {
-            let mut rec = template.clone();
-            rec.ev = Event::Gap;
-            rec.function = None;
-            rec.detail = Default::default();
+            let mut rec = template.bookkeeping(Event::Gap);
             rec.detail.lost = Some(inner.lost);
             rec.detail.since = inner.lost_since.clone();
             bodies.push(rec.to_body());

@@ -280,6 +280,22 @@ impl Record {
         }
     }
 
+    /// A record of the audit trail itself (`gap`, `rotate`) by the same process and thread
+    /// as `self`, at the same time: no function, no detail.
+    pub fn bookkeeping(&self, ev: Event) -> Record {
+        Record {
+            ts: self.ts.clone(),
+            host: self.host.clone(),
+            pid: self.pid,
+            tid: self.tid,
+            uid: self.uid,
+            exe: self.exe.clone(),
+            ev,
+            function: None,
+            detail: Detail::default(),
+        }
+    }
+
     /// The JSON body (`{...}`) the writer seals: the bytes `serde_json::to_string` would give,
     /// written by `encode::push_record`.
     pub fn to_body(&self) -> String {

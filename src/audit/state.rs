@@ -62,10 +62,16 @@ pub fn decode_file(bytes: &[u8]) -> Result<ChainState, StateError> {
         return Err(StateError::Corrupt("unknown state file version"));
     }
     let active = u64::from_ne_bytes(bytes[ACTIVE..ACTIVE + 8].try_into().expect("8 bytes"));
-    let Some(&at) = SLOTS.get(active as usize) else {
-        return Err(StateError::Corrupt("bad active slot"));
-    };
+    let at = active_slot_offset(active)?;
     decode_slot(&bytes[at..at + SLOT_LEN])
+}
+
+/// Where the slot that the header's `active` value names starts.
+pub fn active_slot_offset(active: u64) -> Result<usize, StateError> {
+    layout::SLOTS
+        .get(active as usize)
+        .copied()
+        .ok_or(StateError::Corrupt("bad active slot"))
 }
 
 /// A slot: the text form of `encode`, then zeros. All zeros: no chain yet.

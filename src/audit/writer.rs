@@ -192,6 +192,21 @@ pub fn read_key_file(path: &Path) -> Result<ChainKey, WriterError> {
     })
 }
 
+fn state_unusable(state_path: &Path, why: &str) -> WriterError {
+    WriterError(format!(
+        "audit state file {} is unusable ({why}); refusing to log so that no history is overwritten: restore it, or start a new chain deliberately (see README)",
+        state_path.display()
+    ))
+}
+
+fn not_its_log(log_path: &Path, state_path: &Path) -> WriterError {
+    WriterError(format!(
+        "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
+        log_path.display(),
+        state_path.display()
+    ))
+}
+
 fn log_without_state(log_path: &Path, state_path: &Path) -> WriterError {
     WriterError(format!(
         "audit log {} has content but its state file {} is empty or missing; refusing to start a new chain over it: restore the state file, or move the log away to start a new chain deliberately",
@@ -213,12 +228,6 @@ fn map_state_file(
     let io_err = |what: &str, e: io::Error| {
         WriterError(format!(
             "cannot {what} audit state file {}: {e}",
-            state_path.display()
-        ))
-    };
-    let unusable = |why: &str| {
-        WriterError(format!(
-            "audit state file {} is unusable ({why}); refusing to log so that no history is overwritten: restore it, or start a new chain deliberately (see README)",
             state_path.display()
         ))
     };
@@ -251,13 +260,13 @@ fn map_state_file(
                 Err(StateError::Corrupt(why)) => why,
                 _ => "wrong size for a state file",
             };
-            return Err(unusable(why));
+            return Err(state_unusable(state_path, why));
         }
         let shared = SharedFileMap::new(state, layout::FILE_LEN).map_err(|e| io_err("map", e))?;
         let mut magic = vec![0u8; layout::MAGIC.len()];
         shared.read(0, &mut magic);
         if magic != layout::MAGIC {
-            return Err(unusable("unknown state file version"));
+            return Err(state_unusable(state_path, "unknown state file version"));
         }
         let mut saved = [0u8; layout::BOOT_ID_LEN];
         shared.read(layout::BOOT_ID, &mut saved);
@@ -265,11 +274,12 @@ fn map_state_file(
         // Without a readable boot id, a mutex is set up only in a new file: re-initializing one
         // that other processes may hold would break mutual exclusion. (A mutex saved locked
         // before a power loss then makes writers time out and fail closed, never hang.)
-        let boot = crate::os::boot_id().unwrap_or(*b"unknown boot id.....................");
-        let reinit = match crate::os::boot_id() {
-            Some(_) => saved != boot,
+        let this_boot = crate::os::boot_id();
+        let reinit = match this_boot {
+            Some(boot) => saved != boot,
             None => new_file,
         };
+        let boot = this_boot.unwrap_or(*b"unknown boot id.....................");
         if reinit {
             shared
                 .init_robust_mutex(layout::MUTEX)
@@ -345,6 +355,7 @@ impl AuditLog {
         self.shared.unlock_robust_mutex(layout::MUTEX);
         out.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
+
     fn start_chain_if_new(
         &mut self,
         who: &ProcessIdentity,
@@ -386,10 +397,7 @@ impl AuditLog {
             Some((g, s)) if g == generation => return Ok(s),
             _ => {}
         }
-        let active = self.shared.load_u64(layout::ACTIVE);
-        let Some(&at) = layout::SLOTS.get(active as usize) else {
-            return Err(StateError::Corrupt("bad active slot"));
-        };
+        let at = state::active_slot_offset(self.shared.load_u64(layout::ACTIVE))?;
         let mut slot = [0u8; layout::SLOT_LEN];
         self.shared.read(at, &mut slot);
         let decoded = state::decode_slot(&slot);
@@ -414,10 +422,7 @@ impl AuditLog {
     }
 
     fn corrupt_state(&self, why: &str) -> WriterError {
-        WriterError(format!(
-            "audit state file {} is unusable ({why}); refusing to log so that no history is overwritten: restore it, or start a new chain deliberately (see README)",
-            self.state_path.display()
-        ))
+        state_unusable(&self.state_path, why)
     }
 
     /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`.
@@ -469,11 +474,7 @@ impl AuditLog {
                 .ok()
                 .filter(|(_, id)| *id == (state.log_dev, state.log_ino));
             let Some((log, id)) = follow else {
-                return err(format!(
-                    "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
-                    self.settings.log_path.display(),
-                    self.state_path.display()
-                ));
+                return Err(not_its_log(&self.settings.log_path, &self.state_path));
             };
             self.log = log;
             self.log_id = id;
@@ -484,7 +485,7 @@ impl AuditLog {
 
     /// Ends the current file with a rotate record and goes on in a new file at the log's path;
     /// the old file is renamed `<log>.<UTC time>`. Under the lock, so other writers see the
-    /// rotation whole, and follow it on their next append (`current_state`).
+    /// rotation whole, and follow it on their next append (`follow`).
     fn rotate(&mut self, state: ChainState, template: &Record) -> Result<ChainState, WriterError> {
         let renamed_to = self.rotated_name();
         let base = file_name(&self.settings.log_path);
@@ -496,11 +497,8 @@ impl AuditLog {
         // On disk before any file step, so that after a power loss the next writer knows a
         // rotation was under way and finishes it (`resume_rotation`).
         self.sync_state("before a rotation")?;
-        let mut rec = template.clone();
+        let mut rec = template.bookkeeping(Event::Rotate);
         rec.ts = super::record::rfc3339_micros_now();
-        rec.ev = Event::Rotate;
-        rec.function = None;
-        rec.detail = Default::default();
         rec.detail.renamed_to = Some(renamed_to);
         rec.detail.next = Some(base);
         self.append_locked(state, &[rec.to_body()])?;
@@ -555,10 +553,15 @@ impl AuditLog {
     fn resume_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         let old_id = (state.log_dev, state.log_ino);
         let rotated = self.dir().join(self.rotation_name());
+        // Which of the two names has it: index 0 is the log's path.
         let old = [self.settings.log_path.clone(), rotated]
             .iter()
-            .find_map(|p| open_existing_log(p).ok().filter(|(_, id)| *id == old_id));
-        let Some((old_file, _)) = old else {
+            .enumerate()
+            .find_map(|(i, p)| {
+                let (f, id) = open_existing_log(p).ok()?;
+                (id == old_id).then_some((i, f))
+            });
+        let Some((where_found, old_file)) = old else {
             return err(format!(
                 "a rotation of audit log {} was interrupted and its old file is gone; refusing to log",
                 self.settings.log_path.display()
@@ -572,9 +575,7 @@ impl AuditLog {
         if state.log_size != before {
             self.store_state(state.clone());
         }
-        let at_path = open_existing_log(&self.settings.log_path)
-            .ok()
-            .is_some_and(|(_, id)| id == old_id);
+        let at_path = where_found == 0;
         if state.next_seq < self.shared.load_u64(layout::ROTATE_SEQ) && at_path {
             self.shared.store_u64(layout::ROTATE_SEQ, 0);
             return Ok(state);
@@ -620,11 +621,9 @@ impl AuditLog {
         if at_path == Some(old_id) {
             match std::fs::hard_link(&log_path, &rotated) {
                 Ok(()) => {}
+                // The old file under its new name already (a repeated step) is fine.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let same = open_existing_log(&rotated)
-                        .ok()
-                        .is_some_and(|(_, id)| id == (state.log_dev, state.log_ino));
-                    if !same {
+                    if at_new_name != Some(old_id) {
                         return Err(failed("its new name is taken", e));
                     }
                 }
@@ -699,10 +698,7 @@ impl AuditLog {
     ) -> Result<ChainState, WriterError> {
         let path = self.settings.log_path.display();
         if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
-            return err(format!(
-                "audit log {path} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
-                self.state_path.display()
-            ));
+            return Err(not_its_log(&self.settings.log_path, &self.state_path));
         }
         if meta.len() < state.log_size {
             return err(format!(

@@ -145,7 +145,9 @@ ssize_t write(int fd, const void *buf, size_t n)
 {
     write_fn real = (write_fn)dlsym(RTLD_NEXT, "write");
     ssize_t done;
-    if (mode == OFF || mode == LINK || mode == RENAME || mode == RENAMED || !fd_is(fd, log_path)
+    size_t half;
+    /* Only the modes that act on a log write count writes. */
+    if ((mode != BEFORE && mode != AFTER && mode != TORN) || !fd_is(fd, log_path)
         || __atomic_add_fetch(&seen, 1, __ATOMIC_SEQ_CST) != target)
         return real(fd, buf, n);
     if (mode == BEFORE)
@@ -156,14 +158,12 @@ ssize_t write(int fd, const void *buf, size_t n)
             die_now();
         return done;
     }
-    {
-        size_t k = n / 2;
-        /* Never stop right after a newline: the last line must be incomplete. */
-        if (k > 0 && ((const char *)buf)[k - 1] == '\n')
-            k++;
-        if (k > 0 && k < n)
-            real(fd, buf, k);
-        die_now();
-    }
-    return real(fd, buf, n);
+    /* TORN. Never stop right after a newline: the last line must be incomplete. */
+    half = n / 2;
+    if (half > 0 && ((const char *)buf)[half - 1] == '\n')
+        half++;
+    if (half > 0 && half < n)
+        real(fd, buf, half);
+    die_now();
+    return -1; /* not reached */
 }
