@@ -1,9 +1,11 @@
 //! p11audit: a PKCS#11 module that forwards every call to the real provider and writes a
 //! forward-secure, HMAC-chained audit record for it.
 //!
-//! Layout: `ffi` is the only place with raw pointers (exported entry points, argument decoding,
-//! function tables); `provider` loads the real module; `config` turns the environment into a
-//! validated `Config`; `audit` is the record model, chain, writer and verifier in safe Rust.
+//! Layout: `ffi` holds the raw pointers of the PKCS#11 boundary (exported entry points,
+//! argument decoding, function tables); `provider` loads the real module; `os` wraps the one
+//! other unsafe facility, the shared mapping of the state file with its robust mutex; `config`
+//! turns the environment into a validated `Config`; `audit` is the record model, chain, writer
+//! and verifier in safe Rust.
 #![deny(unsafe_op_in_unsafe_fn)]
 // CK_ULONG is C `unsigned long`: u64 on this target, u32 on others. The `as u64` casts keep
 // record values portable.

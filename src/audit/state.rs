@@ -74,6 +74,16 @@ pub fn active_slot_offset(active: u64) -> Result<usize, StateError> {
         .ok_or(StateError::Corrupt("bad active slot"))
 }
 
+/// For the verifier: a state file of format v2, or of format v1 (the bare text form, written by
+/// earlier versions), so that logs written before v2 still verify against their state.
+pub fn decode_any_version(bytes: &[u8]) -> Result<ChainState, StateError> {
+    if bytes.starts_with(SLOT_MAGIC.as_bytes()) {
+        ChainState::decode(bytes)
+    } else {
+        decode_file(bytes)
+    }
+}
+
 /// A slot: the text form of `encode`, then zeros. All zeros: no chain yet.
 pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
     let end = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
@@ -237,6 +247,14 @@ mod tests {
         assert_eq!(a.encode().len(), ENCODED_LEN);
         assert_eq!(b.encode().len(), ENCODED_LEN);
         assert_eq!(ChainState::decode(&b.encode()).unwrap(), b);
+    }
+
+    #[test]
+    fn the_verifier_reads_both_versions() {
+        let s = ChainState::genesis(ChainKey::from_bytes([5; 32]), 1, 2, 3);
+        assert_eq!(decode_any_version(&s.encode()).unwrap(), s);
+        assert_eq!(decode_any_version(&encode_file(Some(&s))).unwrap(), s);
+        assert!(decode_file(&s.encode()).is_err(), "writers refuse v1");
     }
 
     #[test]

@@ -340,7 +340,7 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
         }
         bytes = again;
     }
-    match state::decode_file(&bytes) {
+    match state::decode_any_version(&bytes) {
         Ok(s) => Ok(s),
         // No chain started yet: the log must hold no records. (Inode 0 marks this as not a
         // state a writer wrote; see `check_state`.)
