@@ -4,7 +4,8 @@
 //!
 //! Prints the median cost of: building and serializing one typical record, sealing it
 //! (HMAC + key evolution), one append of 1 and of 3 records to a log in DIR (default: a
-//! temporary directory under /tmp), and the system calls an append makes, each alone.
+//! temporary directory under /tmp), and the system calls an append makes, each alone, including
+//! appends of several sizes to a growing file with and without space reserved ahead.
 
 use p11audit::audit::chain::ChainKey;
 use p11audit::audit::record::{
@@ -169,4 +170,30 @@ fn syscalls(dir: &std::path::Path) {
         "  pwrite 300 B: {:.0} ns",
         median_ns(|| s.write_all_at(&st, 0).unwrap(), 20_000)
     );
+    // Appending allocates the file's blocks and page cache as it grows, so the cost of a write
+    // depends on its size and on whether the space was reserved ahead (what the writer does).
+    for size in [600usize, 1250, 2500, 4096] {
+        let mut cost = [0.0; 2];
+        for (reserve, slot) in [(false, 0), (true, 1)] {
+            let p = dir.join(format!("grow-{size}-{reserve}.log"));
+            let _ = std::fs::remove_file(&p);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .unwrap();
+            let n = 4_000;
+            if reserve {
+                // 25 batches of n writes (median_ns), and some room.
+                let _ = p11audit::os::preallocate(&f, 0, (26 * n * size) as u64);
+            }
+            let line = vec![b'x'; size];
+            cost[slot] = median_ns(|| f.write_all(&line).unwrap(), n);
+            let _ = std::fs::remove_file(&p);
+        }
+        println!(
+            "  write {size} B growing the file: {:.0} ns; into reserved space: {:.0} ns",
+            cost[0], cost[1]
+        );
+    }
 }

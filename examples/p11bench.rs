@@ -12,7 +12,7 @@
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ const OPS: &[&str] = &[
     "aes_gcm_1k",
     "find_by_label",
     "aes_keygen_destroy",
+    "read_key_attributes",
 ];
 
 struct Args {
@@ -196,6 +197,21 @@ fn run_op(p11: &Pkcs11, s: &Session, keys: &Keys, op: &str, pin: &AuthPin) {
                 )
                 .expect("keygen");
             s.destroy_object(k).expect("destroy");
+        }
+        "read_key_attributes" => {
+            // What p11audit reads of every new key (its identity): what that costs SoftHSM.
+            let attrs = s
+                .get_attributes(
+                    keys.aes,
+                    &[
+                        AttributeType::Class,
+                        AttributeType::KeyType,
+                        AttributeType::Label,
+                        AttributeType::Id,
+                    ],
+                )
+                .expect("get attributes");
+            assert_eq!(attrs.len(), 4);
         }
         other => panic!("unknown op {other}; ops: {}", OPS.join(" ")),
     }

@@ -221,3 +221,25 @@ pub fn boot_id() -> Option<[u8; 36]> {
     let text = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
     text.get(..36)?.try_into().ok()
 }
+
+/// Reserves disk space for `len` bytes at `offset` of `file` without changing its size
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`). Appends into reserved space skip the filesystem's
+/// per-block allocation: on ext4 that made a 1.2 KB append about 0.3 µs faster, and a 4 KiB one
+/// three times faster (docs/PERFORMANCE.md).
+pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    loop {
+        // SAFETY: fallocate on a valid open descriptor; no memory is passed.
+        let rc =
+            unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

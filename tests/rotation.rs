@@ -215,6 +215,67 @@ fn one_process_rotates_into_a_chain_of_files() {
     );
 }
 
+/// Bytes of disk the file holds (st_blocks are 512-byte units whatever the filesystem).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// The writer reserves disk space past the log's end (fallocate KEEP_SIZE, to spare each append
+/// the filesystem's block allocation), never past the rotation size, and never changes a file's
+/// size or bytes by doing so.
+#[test]
+fn space_is_reserved_ahead_of_the_log_but_not_past_the_rotation_size() {
+    // Without rotation: space is reserved ahead of the end.
+    let fx = Fixture::new();
+    let mut env = env_with(&fx, &fx.softhsm_conf, 20);
+    env.retain(|(k, _)| *k != "P11AUDIT_ROTATE_BYTES");
+    run_signer(&fx, &env, "signer without rotation");
+    let size = fs::metadata(&fx.log).unwrap().len();
+    let reserved = allocated(&fx.log);
+    // Does this filesystem keep space reserved past a file's end? (util-linux fallocate -n)
+    let probe = fx.dir.path().join("probe");
+    fs::File::create(&probe).unwrap();
+    let probed = std::process::Command::new("fallocate")
+        .args(["-n", "-l", "1M"])
+        .arg(&probe)
+        .status()
+        .is_ok_and(|s| s.success())
+        && allocated(&probe) >= 1 << 20;
+    if probed {
+        assert!(
+            reserved >= size + (512 << 10),
+            "a step of 1 MiB is reserved: {reserved} allocated for {size} bytes"
+        );
+    } else {
+        eprintln!(
+            "SKIP part: {} cannot reserve space past a file's end",
+            fx.dir.path().display()
+        );
+    }
+    let (code, _, text) = verify_args(&fx.key, &[fx.log.as_os_str()]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // With rotation: no file holds reserved space past the rotation size.
+    let fx = Fixture::new();
+    run_signer(
+        &fx,
+        &env_with(&fx, &fx.softhsm_conf, 200),
+        "signer with rotation",
+    );
+    let files = files_in_order(&fx);
+    assert!(files.len() >= 3, "{files:?}");
+    for f in &files {
+        let held = allocated(f);
+        assert!(
+            held <= LIMIT + (16 << 10),
+            "{} holds {held} bytes of disk for a rotation size of {LIMIT}",
+            f.display()
+        );
+    }
+    check_rotated_set(&fx, &files);
+}
+
 #[test]
 fn processes_follow_each_others_rotations() {
     const PROCS: usize = 4;

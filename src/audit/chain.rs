@@ -58,6 +58,11 @@ impl ChainKey {
         hex_lower(&self.0)
     }
 
+    /// Appends the key in lowercase hex to `out` (no temporary copy to wipe).
+    pub fn push_hex(&self, out: &mut Vec<u8>) {
+        push_hex_lower(out, &self.0);
+    }
+
     /// K_{i+1} from K_i. The old key is overwritten in place.
     pub fn evolve(&mut self) {
         let mut next = hmac(&self.0, EVOLVE_LABEL);
@@ -95,13 +100,20 @@ fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
 
 /// Lowercase hex of `bytes`.
 pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut s = Vec::with_capacity(bytes.len() * 2);
+    push_hex_lower(&mut s, bytes);
+    // Only ASCII hex digits were pushed.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// Appends `bytes` in lowercase hex to `out`.
+pub fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    out.extend(
+        bytes
+            .iter()
+            .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]),
+    );
 }
 
 /// Decodes hex (either case) into `out`; None unless `hex` is exactly 2*out.len() hex digits.

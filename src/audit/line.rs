@@ -36,9 +36,7 @@ pub fn seal_and_evolve_into(
     debug_assert!(body.starts_with('{') && body.ends_with('}') && body.len() > 2);
     let start = out.len();
     out.extend_from_slice(b"{\"v\":1,\"seq\":");
-    let mut digits = String::with_capacity(20);
-    super::encode::push_u64(&mut digits, seq);
-    out.extend_from_slice(digits.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(prev_hex.as_bytes());
     out.extend_from_slice(b"\",");

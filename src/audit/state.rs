@@ -5,9 +5,10 @@
 //! block so that every update is one positioned write of the same length, with a SHA-256 check
 //! line that detects a torn or corrupted state. See docs/FORMAT.md.
 
-use super::chain::{decode_hex_into, hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HEX};
+use super::chain::{
+    decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
+};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
 
 /// Length of `ChainState::encode`'s output.
 const ENCODED_LEN: usize = 341;
@@ -154,13 +155,18 @@ impl ChainState {
             out.extend_from_slice(value);
             out.push(b'\n');
         }
+        fn hex_line(out: &mut Vec<u8>, name: &str, push_value: impl FnOnce(&mut Vec<u8>)) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b' ');
+            push_value(out);
+            out.push(b'\n');
+        }
         fn padded(n: u64) -> [u8; 20] {
             let mut d = [b'0'; 20];
-            let mut v = n;
-            for slot in d.iter_mut().rev() {
-                *slot = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(n).as_bytes();
+            // u64::MAX has 20 digits, so they always fit.
+            d[20 - digits.len()..].copy_from_slice(digits);
             d
         }
         let mut out = Vec::with_capacity(ENCODED_LEN);
@@ -168,14 +174,12 @@ impl ChainState {
         out.push(b'\n');
         line(&mut out, "seq", &padded(self.next_seq));
         line(&mut out, "prev", self.prev_mac.as_bytes());
-        let mut key_hex = self.key.to_hex();
-        line(&mut out, "key", key_hex.as_bytes());
-        key_hex.zeroize();
+        hex_line(&mut out, "key", |out| self.key.push_hex(out));
         line(&mut out, "log_dev", &padded(self.log_dev));
         line(&mut out, "log_ino", &padded(self.log_ino));
         line(&mut out, "log_size", &padded(self.log_size));
-        let check = hex_lower(&Sha256::digest(&out));
-        line(&mut out, "check", check.as_bytes());
+        let check = Sha256::digest(&out);
+        hex_line(&mut out, "check", |out| push_hex_lower(out, &check));
         out
     }
 

@@ -68,6 +68,10 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// shared state already tells a writer everything other writers did.
 pub const LOG_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Disk space is reserved past the log's end in steps of this many bytes (or up to the rotation
+/// size, if smaller), so that appends do not each allocate blocks.
+const RESERVE_STEP: u64 = 1 << 20;
+
 /// The open log and state files of one process.
 pub struct AuditLog {
     settings: LogSettings,
@@ -84,6 +88,8 @@ pub struct AuditLog {
     cached: Option<(u64, ChainState)>,
     /// When the log was last checked with `fstat` (None: not yet; the first append checks it).
     log_checked: Option<Instant>,
+    /// Offset of `log` up to which this process has reserved disk space (`preallocate`).
+    reserved_to: u64,
 }
 
 /// `<log>.state`.
@@ -325,6 +331,7 @@ impl AuditLog {
             buf: Vec::with_capacity(4096),
             cached: None,
             log_checked: None,
+            reserved_to: 0,
         };
         me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
         Ok(me)
@@ -478,6 +485,7 @@ impl AuditLog {
             };
             self.log = log;
             self.log_id = id;
+            self.reserved_to = 0;
             self.log_checked = None;
         }
         Ok(state)
@@ -504,6 +512,28 @@ impl AuditLog {
         self.append_locked(state, &[rec.to_body()])?;
         let state = self.current_state()?;
         self.finish_rotation(state)
+    }
+
+    /// Makes sure disk space is reserved for `incoming` bytes at `log_size`. With rotation the
+    /// reservation stops at the rotation size, so a rotated file keeps no reserved space worth
+    /// mentioning past its end; without it, up to `RESERVE_STEP` past the end. Only an
+    /// optimization: if the filesystem cannot reserve (no `fallocate`, or full), the write
+    /// allocates as it always did, and fails by itself if it must.
+    fn reserve(&mut self, log_size: u64, incoming: u64) {
+        let end = log_size + incoming;
+        if end <= self.reserved_to {
+            return;
+        }
+        let step = match self.settings.rotate_bytes {
+            Some(limit) => RESERVE_STEP.min(limit.saturating_sub(log_size)),
+            None => RESERVE_STEP,
+        };
+        let from = log_size.max(self.reserved_to);
+        let to = end.max(log_size + step);
+        // Whether or not it worked, the next attempt is a step further: a failing filesystem
+        // costs one extra system call per step, not one per append.
+        self.reserved_to = to;
+        let _ = crate::os::preallocate(&self.log, from, to - from);
     }
 
     /// `<log>.<UTC time to the microsecond>`, a name no file has yet (file name only).
@@ -658,6 +688,7 @@ impl AuditLog {
         self.sync_state("after a rotation")?;
         self.log = new_log;
         self.log_id = (meta.dev(), meta.ino());
+        self.reserved_to = 0;
         self.log_checked = Some(Instant::now());
         Ok(state)
     }
@@ -772,6 +803,7 @@ impl AuditLog {
             std::mem::swap(&mut state.prev_mac, &mut mac);
             state.next_seq += 1;
         }
+        self.reserve(state.log_size, self.buf.len() as u64);
         let path = self.settings.log_path.display();
         // write_all retries EINTR and completes short writes. If it fails partway (ENOSPC after
         // a short write), cut the partial bytes off so no torn line stays in the middle.

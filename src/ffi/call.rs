@@ -108,9 +108,11 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    fn record(&self, ev: Event) -> Record {
+    /// A record of this call with the detail gathered so far, which it takes (no copy: it is
+    /// built twice per call). `write_intent` puts it back.
+    fn take_record(&mut self, ev: Event) -> Record {
         let mut r = bare_record(self.rt, ev, Some(self.function));
-        r.detail = self.detail.clone();
+        r.detail = std::mem::take(&mut self.detail);
         r
     }
 
@@ -492,11 +494,16 @@ impl<'rt> Call<'rt> {
         if !self.kind.writes_intent() {
             return Ok(None);
         }
-        let mut intent = self.record(Event::Intent);
-        if intent.detail.template.as_ref().is_some_and(Vec::is_empty) {
-            intent.detail.template = None;
+        let mut intent = self.take_record(Event::Intent);
+        // An empty template is left out of the intent (and still given to the outcome should
+        // the intent not be written).
+        let empty_template = intent.detail.template.take_if(|t| t.is_empty());
+        let written = write_intent_or_refuse(self.rt, &intent);
+        self.detail = intent.detail;
+        if empty_template.is_some() {
+            self.detail.template = empty_template;
         }
-        write_intent_or_refuse(self.rt, &intent)
+        written
     }
 
     /// Writes (or queues) the outcome and decides what the caller gets.
@@ -511,7 +518,7 @@ impl<'rt> Call<'rt> {
             }
         }
         self.refresh_session_view();
-        let mut outcome = self.record(Event::Outcome);
+        let mut outcome = self.take_record(Event::Outcome);
         outcome.detail.rv = Some(rv_named(rv));
         outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);
         outcome.detail.intent = intent;
