@@ -8,7 +8,9 @@
 use super::lock::Mutex;
 use super::record::{Event, ProcessIdentity, Record};
 use super::writer::{AuditLog, LogSettings, WriterError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// What to do with a call whose record could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,12 @@ pub enum FailurePolicy {
 const MAX_WAITING_RECORDS: usize = 256;
 /// ...or when they add up to this many bytes.
 const MAX_WAITING_BYTES: usize = 64 << 10;
+
+/// A thread whose record another thread is writing spins this long for that write to end before
+/// it sleeps. An append takes a few microseconds; going to sleep and being woken costs more than
+/// that in system calls and scheduling, on both threads (docs/PERFORMANCE.md). Not in durable
+/// mode, where an append waits for the disk.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 
 /// A record that must be in the file could not be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +54,12 @@ struct Inner {
     queued: u64,
     /// Tickets below this have been written (or lost).
     resolved: u64,
-    /// The batches that resolved tickets some thread may still wait for (cleared when no thread
-    /// waits).
+    /// The batches that resolved tickets some thread may still wait for: a leader forgets those
+    /// that hold no ticket in `waiting_for`.
     batches: Vec<Batch>,
-    /// Threads waiting for their ticket.
+    /// The tickets of threads that wait (spinning or asleep) for another thread's append.
+    waiting_for: Vec<u64>,
+    /// Threads asleep waiting for their ticket (they need a wake-up).
     waiters: usize,
     /// Threads in `hold` (before fork): while non-zero, no thread starts a write.
     fork_pending: usize,
@@ -86,6 +96,10 @@ pub struct Auditor {
     inner: Mutex<Inner>,
     /// Signalled after every append (and when the log is handed back).
     appended: Condvar,
+    /// Counts appends that ended (the log handed back): what a spinning thread watches.
+    appends_ended: AtomicU64,
+    /// Whether a waiting thread spins briefly before it sleeps (`SPIN_BEFORE_SLEEP`).
+    spin: bool,
     policy: FailurePolicy,
 }
 
@@ -105,6 +119,7 @@ impl Auditor {
                 queued: 0,
                 resolved: 0,
                 batches: Vec::new(),
+                waiting_for: Vec::new(),
                 waiters: 0,
                 fork_pending: 0,
                 lost: 0,
@@ -113,6 +128,8 @@ impl Auditor {
                 warned: false,
             }),
             appended: Condvar::new(),
+            appends_ended: AtomicU64::new(0),
+            spin: !settings.sync_always,
             policy,
         })
     }
@@ -134,7 +151,7 @@ impl Auditor {
             || inner.waiting_bytes >= MAX_WAITING_BYTES)
             && ticket >= inner.resolved
         {
-            inner = self.lead_or_wait(inner, record);
+            inner = self.lead_or_wait(inner, ticket, record);
         }
     }
 
@@ -175,26 +192,63 @@ impl Auditor {
     ) -> Result<u64, NotRecorded> {
         loop {
             if ticket < inner.resolved {
-                let outcome = inner.outcome(ticket);
-                if inner.waiters == 0 {
-                    inner.batches.clear();
-                }
-                return outcome;
+                return inner.outcome(ticket);
             }
-            inner = self.lead_or_wait(inner, template);
+            inner = self.lead_or_wait(inner, ticket, template);
         }
     }
 
     /// One step towards a record being written: write what is queued if this thread may, else
-    /// sleep until the next append ends.
+    /// wait (spinning briefly, then asleep) until the next append ends.
     fn lead_or_wait<'a>(
         &'a self,
         mut inner: MutexGuard<'a, Inner>,
+        ticket: u64,
         template: &Record,
     ) -> MutexGuard<'a, Inner> {
         if inner.may_lead() {
             return self.lead(inner, template);
         }
+        // Until this thread has the lock back and has read what became of its ticket, the batch
+        // that resolves it must be kept.
+        inner.waiting_for.push(ticket);
+        let mut inner = self.wait_for_append(inner);
+        if let Some(at) = inner.waiting_for.iter().position(|&t| t == ticket) {
+            inner.waiting_for.swap_remove(at);
+        }
+        inner
+    }
+
+    /// Waits until the append under way ends (or the log is handed back).
+    fn wait_for_append<'a>(&'a self, inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        if self.spin && inner.log.is_none() && inner.fork_pending == 0 {
+            // Another thread is writing: watch for its append to end without the lock, then
+            // look again (the caller loops). Its records may be ours.
+            let seen = self.appends_ended.load(Ordering::Acquire);
+            drop(inner);
+            let start = Instant::now();
+            'spin: loop {
+                for _ in 0..64 {
+                    if self.appends_ended.load(Ordering::Acquire) != seen {
+                        break 'spin;
+                    }
+                    std::hint::spin_loop();
+                }
+                if start.elapsed() >= SPIN_BEFORE_SLEEP {
+                    break;
+                }
+            }
+            let inner = self.inner.lock();
+            if self.appends_ended.load(Ordering::Acquire) != seen || inner.may_lead() {
+                return inner;
+            }
+            return self.sleep(inner);
+        }
+        self.sleep(inner)
+    }
+
+    /// Sleeps until the next append ends (or the log is handed back).
+    fn sleep<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
         inner.waiters += 1;
         let mut inner = Mutex::wait(&self.appended, inner);
         inner.waiters -= 1;
@@ -230,6 +284,9 @@ impl Auditor {
         .unwrap_or_else(|_| Err(WriterError("internal error while writing".into())));
         let mut inner = self.inner.lock();
         inner.log = Some(log);
+        // Under the lock, so a thread that saw the old count and then takes the lock sees the
+        // log handed back.
+        self.appends_ended.fetch_add(1, Ordering::Release);
         let first_seq = match result {
             Ok(done) => {
                 inner.lost = 0;
@@ -247,10 +304,14 @@ impl Auditor {
                 None
             }
         };
-        if inner.waiters == 0 {
-            // Nobody waits for an older batch (a leader only needs its own).
-            inner.batches.clear();
-        }
+        // Keep only the batches a waiting thread may still look up (a leader needs its own,
+        // pushed next): the list stays as short as the number of threads.
+        let Inner {
+            batches,
+            waiting_for,
+            ..
+        } = &mut *inner;
+        batches.retain(|b| waiting_for.iter().any(|t| (b.first..b.end).contains(t)));
         inner.batches.push(Batch {
             first,
             end,
@@ -316,6 +377,7 @@ impl Inner {
             self.resolved = 0;
             self.batches.clear();
             self.waiters = 0;
+            self.waiting_for.clear();
             self.lost = 0;
             self.lost_since = None;
             self.queue_pid = pid;
@@ -327,5 +389,74 @@ impl Inner {
             self.lost_since = Some(template.ts.clone());
         }
         self.lost += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn who() -> ProcessIdentity {
+        ProcessIdentity {
+            host: "h".into(),
+            pid: 1,
+            uid: 0,
+            exe: "/x".into(),
+        }
+    }
+
+    /// Threads that write at once all get their own seq, and the batches kept for waiting
+    /// threads stay as few as the threads (a leader forgets those nobody waits for), however
+    /// long they keep writing.
+    #[test]
+    fn concurrent_writers_get_distinct_seqs_and_old_batches_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "22".repeat(32)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let settings = LogSettings {
+            log_path: dir.path().join("log"),
+            key_file: Some(key),
+            log_mode: 0o600,
+            sync_always: false,
+            rotate_bytes: None,
+        };
+        let auditor = Arc::new(Auditor::open(&settings, &who(), FailurePolicy::Closed).unwrap());
+        const THREADS: usize = 4;
+        const WRITES: usize = 2_000;
+        let most_kept = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (auditor, most_kept) = (auditor.clone(), most_kept.clone());
+                std::thread::spawn(move || {
+                    let rec = Record::new(&who(), t as u64, Event::Outcome, Some("C_Sign"));
+                    let mut seqs = Vec::with_capacity(WRITES);
+                    for i in 0..WRITES {
+                        if i % 3 == 0 {
+                            auditor.wait(&rec);
+                        }
+                        seqs.push(auditor.write(&rec).expect("written"));
+                        let kept = auditor.inner.lock().batches.len();
+                        most_kept.fetch_max(kept, Ordering::Relaxed);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "every write has its own seq");
+        let kept = most_kept.load(Ordering::Relaxed);
+        assert!(
+            kept <= THREADS + 1,
+            "at most one batch per thread is kept, saw {kept}"
+        );
     }
 }
