@@ -27,10 +27,11 @@ const MAX_WAITING_RECORDS: usize = 256;
 const MAX_WAITING_BYTES: usize = 64 << 10;
 
 /// A thread whose record another thread is writing spins this long for that write to end before
-/// it sleeps. An append takes a few microseconds; going to sleep and being woken costs more than
-/// that in system calls and scheduling, on both threads (docs/PERFORMANCE.md). Not in durable
+/// it sleeps. An append takes 2 to 5 µs; going to sleep and being woken costs more than that in
+/// system calls and scheduling, on both threads (docs/PERFORMANCE.md). Short, because with more
+/// threads than cores a spinning thread takes a core from one with real work. Not in durable
 /// mode, where an append waits for the disk.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(5);
 
 /// A record that must be in the file could not be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
