@@ -264,12 +264,15 @@ fn main() {
             setup.logout().expect("logout before login_logout");
         }
         let deadline = Duration::from_secs_f64(args.seconds);
+        // Every thread warms up, then the log's size is read, then all start: no measured call
+        // lands in the log before that reading.
         let ready = std::sync::Barrier::new(args.threads + 1);
+        let go = std::sync::Barrier::new(args.threads + 1);
         let mut log_before = None;
         let per_thread: Vec<(Vec<f64>, f64)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..args.threads)
                 .map(|_| {
-                    let (p11, keys, pin, ready) = (&p11, &keys, &pin, &ready);
+                    let (p11, keys, pin, ready, go) = (&p11, &keys, &pin, &ready, &go);
                     scope.spawn(move || {
                         let s = p11.open_rw_session(slot).expect("session");
                         // Warm up (key identities cached, code paged in).
@@ -277,6 +280,7 @@ fn main() {
                             run_op(p11, &s, keys, op, pin);
                         }
                         ready.wait();
+                        go.wait();
                         let mut lat = Vec::with_capacity(100_000);
                         let t0 = Instant::now();
                         while t0.elapsed() < deadline {
@@ -290,6 +294,7 @@ fn main() {
                 .collect();
             ready.wait();
             log_before = log_position(log.as_deref());
+            go.wait();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("bench thread"))
