@@ -1150,6 +1150,20 @@ fn role_unload() {
     );
 }
 
+/// The fixture's environment with SoftHSM behind tests/c/finalize_gate.c, which serializes
+/// C_Finalize with C_GetInfo and C_GenerateRandom inside SoftHSM: SoftHSM 2.6.1 crashes now and
+/// then when C_Finalize races its own calls (PKCS#11 leaves that undefined), and these tests
+/// are about p11audit's behaviour there, not SoftHSM's.
+fn behind_finalize_gate(fx: &Fixture) -> Vec<(&'static str, OsString)> {
+    let gate = compile_c(
+        fx.dir.path(),
+        "finalize_gate",
+        &["-shared", "-fPIC", "-ldl", "-lpthread"],
+    );
+    let env = with_var(&fx.env(), "P11AUDIT_MODULE", &gate);
+    with_var(&env, "FINALIZE_GATE_MODULE", SOFTHSM)
+}
+
 /// The host dlclose()s libp11audit.so and dlopen()s it again while other threads are alive (one
 /// spinning in C_GetInfo, one sleeping between calls): no crash, the library stays mapped
 /// (-z nodelete, so late calls and thread exits never jump into unmapped code), the threads
@@ -1158,16 +1172,8 @@ fn role_unload() {
 #[test]
 fn dlclose_and_reload_with_threads_alive() {
     let fx = Fixture::new();
-    // The spinner is inside C_GetInfo when the host calls C_Finalize, and SoftHSM itself does
-    // not survive that now and then (see `finalize_while_other_threads_are_inside_calls`): it
-    // sits behind the same gate, which serializes those calls inside SoftHSM only.
-    let gate = compile_c(
-        fx.dir.path(),
-        "finalize_gate",
-        &["-shared", "-fPIC", "-ldl", "-lpthread"],
-    );
-    let env = with_var(&fx.env(), "P11AUDIT_MODULE", &gate);
-    let env = with_var(&env, "FINALIZE_GATE_MODULE", SOFTHSM);
+    // The spinner is inside C_GetInfo when the host calls C_Finalize.
+    let env = behind_finalize_gate(&fx);
     let started = Instant::now();
     let run = run_child_ok(
         child_command(CHILD, ROLE_VAR, "unload", &env),
@@ -1343,13 +1349,7 @@ fn check_lifecycle(r: &Value, what: &str) {
 #[test]
 fn finalize_while_other_threads_are_inside_calls() {
     let fx = Fixture::new();
-    let gate = compile_c(
-        fx.dir.path(),
-        "finalize_gate",
-        &["-shared", "-fPIC", "-ldl", "-lpthread"],
-    );
-    let env = with_var(&fx.env(), "P11AUDIT_MODULE", &gate);
-    let env = with_var(&env, "FINALIZE_GATE_MODULE", SOFTHSM);
+    let env = behind_finalize_gate(&fx);
     let started = Instant::now();
     let run = run_child_ok(
         child_command(CHILD, ROLE_VAR, "lifecycle", &env),
