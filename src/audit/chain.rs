@@ -100,20 +100,20 @@ fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
 
 /// Lowercase hex of `bytes`.
 pub fn hex_lower(bytes: &[u8]) -> String {
-    let mut s = Vec::with_capacity(bytes.len() * 2);
-    push_hex_lower(&mut s, bytes);
-    // Only ASCII hex digits were pushed.
-    String::from_utf8(s).unwrap_or_default()
+    hex_digits(bytes).map(char::from).collect()
 }
 
 /// Appends `bytes` in lowercase hex to `out`.
 pub fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend(hex_digits(bytes));
+}
+
+/// The lowercase hex digits of `bytes`, two per byte: the one place every hex writer uses.
+pub fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        bytes
-            .iter()
-            .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]]),
-    );
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]])
 }
 
 /// Decodes hex (either case) into `out`; None unless `hex` is exactly 2*out.len() hex digits.

@@ -3,7 +3,7 @@
 //! A line is `{"v":1,"seq":N,"prev":"<64 hex>",` + the body's members + `,"mac":"<64 hex>"}` + `\n`.
 //! P_i is everything before the final `,"mac":"`.
 
-use super::chain::{is_mac_hex, ChainKey};
+use super::chain::{hex_digits, is_mac_hex, ChainKey};
 
 /// The separator that starts the last member of every line.
 pub const MAC_MARKER: &[u8] = b",\"mac\":\"";
@@ -43,18 +43,10 @@ pub fn seal_and_evolve_into(
     out.extend_from_slice(&body.as_bytes()[1..body.len() - 1]);
     let mac = key.mac_then_evolve(&out[start..]);
     mac_hex.clear();
-    push_hex(mac_hex, &mac);
+    mac_hex.extend(hex_digits(&mac).map(char::from));
     out.extend_from_slice(MAC_MARKER);
     out.extend_from_slice(mac_hex.as_bytes());
     out.extend_from_slice(b"\"}\n");
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
 }
 
 /// A line split into its authenticated part and its mac.

@@ -150,12 +150,10 @@ impl ChainState {
     pub fn encode(&self) -> Vec<u8> {
         // By hand rather than format!: once per append, on the hot path.
         fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-            out.extend_from_slice(name.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(value);
-            out.push(b'\n');
+            line_with(out, name, |out| out.extend_from_slice(value));
         }
-        fn hex_line(out: &mut Vec<u8>, name: &str, push_value: impl FnOnce(&mut Vec<u8>)) {
+        // The value written straight into `out`: the key's hex is never copied anywhere else.
+        fn line_with(out: &mut Vec<u8>, name: &str, push_value: impl FnOnce(&mut Vec<u8>)) {
             out.extend_from_slice(name.as_bytes());
             out.push(b' ');
             push_value(out);
@@ -174,12 +172,12 @@ impl ChainState {
         out.push(b'\n');
         line(&mut out, "seq", &padded(self.next_seq));
         line(&mut out, "prev", self.prev_mac.as_bytes());
-        hex_line(&mut out, "key", |out| self.key.push_hex(out));
+        line_with(&mut out, "key", |out| self.key.push_hex(out));
         line(&mut out, "log_dev", &padded(self.log_dev));
         line(&mut out, "log_ino", &padded(self.log_ino));
         line(&mut out, "log_size", &padded(self.log_size));
         let check = Sha256::digest(&out);
-        hex_line(&mut out, "check", |out| push_hex_lower(out, &check));
+        line_with(&mut out, "check", |out| push_hex_lower(out, &check));
         out
     }
 
