@@ -6,6 +6,12 @@
 #   scripts/bench.sh [ROUNDS] [SECONDS_PER_OP]        (defaults: 3 rounds, 1 s per op)
 #   P11BENCH_SYNC=always scripts/bench.sh             durable mode for the p11audit runs
 #   P11BENCH_OPS="ecdsa_p256_sign get_info" ...        a subset of operations
+#   P11BENCH_THREADS="1 2 4" ...                       thread counts (default: 1 2)
+#   P11BENCH_BASELINE=OLD/libp11audit.so ...           another build of p11audit, run as
+#                                                      "baseline" in the same rounds instead of
+#                                                      pkcs11-spy: judges a change on a noisy
+#                                                      machine (build the old commit in a
+#                                                      git worktree)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
@@ -26,23 +32,31 @@ ops=()
 for op in ${P11BENCH_OPS:-}; do ops+=(--op "$op"); done
 
 configs=(direct p11audit)
-[[ -f $spy ]] && configs+=(pkcs11-spy)
+if [[ -n ${P11BENCH_BASELINE:-} ]]; then
+    # A copy: the build may be rebuilt while this runs.
+    cp "$P11BENCH_BASELINE" "$work/baseline.so"
+    configs+=(baseline)
+elif [[ -f $spy ]]; then
+    configs+=(pkcs11-spy)
+fi
 
 results=$work/results.jsonl
 for round in $(seq 1 "$rounds"); do
     for config in "${configs[@]}"; do
-        for threads in 1 2; do
+        for threads in ${P11BENCH_THREADS:-1 2}; do
             run=$work/run-$round-$config-$threads
             mkdir -p "$run"
             case $config in
             direct)
                 out=$("$bench" --module "$softhsm" --pin 123456 --threads "$threads" --seconds "$seconds" "${ops[@]}")
                 ;;
-            p11audit)
+            p11audit | baseline)
+                module=$shim
+                [[ $config == baseline ]] && module=$work/baseline.so
                 target/release/p11audit keygen "$run/key" >/dev/null
                 out=$(P11AUDIT_MODULE=$softhsm P11AUDIT_LOG=$run/audit.jsonl P11AUDIT_KEY_FILE=$run/key \
                     P11AUDIT_SYNC=${P11BENCH_SYNC:-none} \
-                    "$bench" --module "$shim" --pin 123456 --threads "$threads" --seconds "$seconds" "${ops[@]}")
+                    "$bench" --module "$module" --pin 123456 --threads "$threads" --seconds "$seconds" "${ops[@]}")
                 ;;
             pkcs11-spy)
                 out=$(PKCS11SPY=$softhsm PKCS11SPY_OUTPUT=$run/spy.log \
@@ -64,9 +78,9 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-configs = sorted({r["config"] for r in rows}, key=["direct", "p11audit", "pkcs11-spy"].index)
+configs = sorted({r["config"] for r in rows}, key=["direct", "p11audit", "baseline", "pkcs11-spy"].index)
 ops = list(dict.fromkeys(r["op"] for r in rows))
-for threads in (1, 2):
+for threads in sorted({r["threads"] for r in rows}):
     print(f"\n### {threads} thread(s), one session each; medians of {max(r['round'] for r in rows)} alternated rounds\n")
     head = "| operation | direct ops/s | direct median µs |"
     for c in configs[1:]:
