@@ -387,7 +387,7 @@ impl Inner {
 
     fn note_loss(&mut self, n: u64, template: &Record) {
         if self.lost == 0 {
-            self.lost_since = Some(template.ts.clone());
+            self.lost_since = Some(template.ts.to_string());
         }
         self.lost += n;
     }

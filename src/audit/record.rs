@@ -173,7 +173,7 @@ pub enum OutputDisposition {
 /// One audit record, before sealing. Members are written in declaration order.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
-    pub ts: String,
+    pub ts: Timestamp,
     pub host: Arc<str>,
     pub pid: u32,
     pub tid: u64,
@@ -284,7 +284,7 @@ impl Record {
     /// as `self`, at the same time: no function, no detail.
     pub fn bookkeeping(&self, ev: Event) -> Record {
         Record {
-            ts: self.ts.clone(),
+            ts: self.ts,
             host: self.host.clone(),
             pid: self.pid,
             tid: self.tid,
@@ -306,15 +306,16 @@ impl Record {
 }
 
 /// Now as RFC 3339 UTC with microseconds, e.g. `2026-11-26T03:12:45.123456Z`.
-pub fn rfc3339_micros_now() -> String {
+pub fn rfc3339_micros_now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     rfc3339_micros(d.as_secs(), d.subsec_micros())
 }
 
-/// Formats seconds since the epoch plus microseconds as RFC 3339 UTC.
-pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
+/// Formats seconds since the epoch plus microseconds as RFC 3339 UTC (years past 9999 wrap:
+/// the four year digits are the year modulo 10000).
+pub fn rfc3339_micros(secs: u64, micros: u32) -> Timestamp {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), valid for all dates after 1970.
@@ -353,7 +354,50 @@ pub fn rfc3339_micros(secs: u64, micros: u32) -> String {
     ] {
         out[at] = sep;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Timestamp(out)
+}
+
+/// A record's time stamp, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, kept inline: every record has one, and
+/// a `String` was one heap allocation per record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp([u8; 27]);
+
+impl Timestamp {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or("0000-00-00T00:00:00.000000Z")
+    }
+}
+
+impl std::ops::Deref for Timestamp {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Timestamp {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[cfg(test)]

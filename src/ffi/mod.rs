@@ -264,7 +264,7 @@ fn interfaces() -> &'static [StaticInterface] {
 /// A call the shim answered itself before it was configured (interface negotiation comes
 /// before C_Initialize): kept until the auditor exists, then written.
 struct EarlyCall {
-    ts: String,
+    ts: crate::audit::record::Timestamp,
     tid: u64,
     function: &'static str,
     rv: ck::CK_RV,

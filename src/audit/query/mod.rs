@@ -202,7 +202,7 @@ pub fn format_micros(us: i64) -> String {
     if us < 0 {
         return format!("{us} us before 1970");
     }
-    rfc3339_micros((us / 1_000_000) as u64, (us % 1_000_000) as u32)
+    rfc3339_micros((us / 1_000_000) as u64, (us % 1_000_000) as u32).to_string()
 }
 
 /// A duration in microseconds for people: `84us`, `5.63ms`, `1.24s`.
