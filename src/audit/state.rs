@@ -9,6 +9,7 @@ use super::chain::{
     decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
 };
 use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 /// Length of `ChainState::encode`'s output.
 const ENCODED_LEN: usize = 341;
@@ -92,6 +93,27 @@ pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
         return Err(StateError::Corrupt("bytes after the state in its slot"));
     }
     ChainState::decode(&slot[..end])
+}
+
+/// Where the key's hex digits start in the text form: after the magic line, `seq` (20 digits)
+/// and `prev` (64 hex digits) lines and `key ` (every field has a fixed width).
+const KEY_AT: usize =
+    SLOT_MAGIC.len() + 1 + "seq ".len() + 20 + 1 + "prev ".len() + 64 + 1 + "key ".len();
+
+/// Only the key of a slot, for a writer that still holds the rest of the state it stored there
+/// (the state file's generation says nobody wrote since) and kept no copy of the key.
+pub fn decode_slot_key(slot: &[u8]) -> Result<ChainKey, StateError> {
+    let line = slot
+        .get(KEY_AT - "key ".len()..KEY_AT + 65)
+        .filter(|l| l.starts_with(b"key ") && l.ends_with(b"\n"))
+        .ok_or(StateError::Corrupt("no key where the key belongs"))?;
+    let mut key = [0u8; 32];
+    let decoded = decode_hex_into(&line["key ".len()..line.len() - 1], &mut key);
+    let chain_key = ChainKey::from_bytes(key);
+    key.zeroize();
+    decoded
+        .map(|_| chain_key)
+        .ok_or(StateError::Corrupt("bad key"))
 }
 
 /// A whole state file holding `state` in slot 0 (or no chain), with a mutex that the first
@@ -257,6 +279,23 @@ mod tests {
         assert_eq!(decode_any_version(&s.encode()).unwrap(), s);
         assert_eq!(decode_any_version(&encode_file(Some(&s))).unwrap(), s);
         assert!(decode_file(&s.encode()).is_err(), "writers refuse v1");
+    }
+
+    #[test]
+    fn the_key_alone_is_read_from_its_fixed_place() {
+        let state = ChainState {
+            next_seq: 12_345,
+            prev_mac: "ab".repeat(32),
+            key: ChainKey::from_bytes([0x5c; 32]),
+            log_dev: 1,
+            log_ino: u64::MAX,
+            log_size: 99,
+        };
+        let mut slot = state.encode();
+        assert_eq!(decode_slot_key(&slot), Ok(state.key.clone()));
+        slot[KEY_AT - 2] = b'X';
+        assert!(decode_slot_key(&slot).is_err());
+        assert!(decode_slot_key(&[0u8; layout::SLOT_LEN]).is_err());
     }
 
     #[test]

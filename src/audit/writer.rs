@@ -90,6 +90,9 @@ pub struct AuditLog {
     log_checked: Option<Instant>,
     /// Offset of `log` up to which this process has reserved disk space (`preallocate`).
     reserved_to: u64,
+    /// Unit tests: the next `fdatasync` fails (after the append's `write`, as with EIO).
+    #[cfg(test)]
+    fail_sync: bool,
 }
 
 /// `<log>.state`.
@@ -332,6 +335,8 @@ impl AuditLog {
             cached: None,
             log_checked: None,
             reserved_to: 0,
+            #[cfg(test)]
+            fail_sync: false,
         };
         me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
         Ok(me)
@@ -354,11 +359,18 @@ impl AuditLog {
             })?;
         if how == Locked::OwnerDied {
             self.shared.store_u64(layout::RECOVER, 1);
+            // The dead writer may have switched slots without counting it: no writer may trust
+            // its cached state now.
+            self.bump_generation();
             self.shared.mark_consistent(layout::MUTEX);
         }
         // Unlock even if `f` panics (the panic is caught at the C boundary; the lock must not
         // stay with a thread that goes on running other code).
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if out.is_err() {
+            // A panic may have come between a `write` and storing the state.
+            self.log_may_be_ahead();
+        }
         self.shared.unlock_robust_mutex(layout::MUTEX);
         out.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
@@ -397,24 +409,33 @@ impl AuditLog {
         Ok(())
     }
 
-    /// The current state: the cached one if nobody wrote since, else the active slot decoded.
+    /// The current state: the cached one (with the key read from the slot) if nobody wrote
+    /// since, else the active slot decoded.
     fn read_state(&mut self) -> Result<ChainState, StateError> {
         let generation = self.shared.load_u64(layout::GENERATION);
-        match self.cached.take() {
-            Some((g, s)) if g == generation => return Ok(s),
-            _ => {}
-        }
         let at = state::active_slot_offset(self.shared.load_u64(layout::ACTIVE))?;
         let mut slot = [0u8; layout::SLOT_LEN];
         self.shared.read(at, &mut slot);
-        let decoded = state::decode_slot(&slot);
+        let state = match self.cached.take() {
+            Some((g, mut s)) if g == generation => state::decode_slot_key(&slot).map(|key| {
+                s.key = key;
+                s
+            }),
+            _ => state::decode_slot(&slot),
+        };
         slot.zeroize();
-        decoded
+        state
     }
 
     /// Writes `state` to the inactive slot, makes it the active one, and wipes the old slot (the
     /// old key must not outlive the append: forward security).
-    fn store_state(&mut self, state: ChainState) {
+    ///
+    /// The generation moves first: a writer that dies part way through has already told every
+    /// other writer not to trust its cached state. This process caches the state without its
+    /// key (it reads the key from the slot when it next appends): a process that stays idle
+    /// while others append must not keep an old key in its memory (forward security).
+    fn store_state(&mut self, mut state: ChainState) {
+        let generation = self.bump_generation();
         let old = (self.shared.load_u64(layout::ACTIVE) as usize).min(1);
         let new = 1 - old;
         let mut text = state.encode();
@@ -423,9 +444,44 @@ impl AuditLog {
         text.zeroize();
         self.shared.store_u64(layout::ACTIVE, new as u64);
         self.shared.zero(layout::SLOTS[old], layout::SLOT_LEN);
+        // Replacing the key wipes it (ChainKey zeroizes on drop).
+        state.key = ChainKey::from_bytes([0; 32]);
+        self.cached = Some((generation, state));
+    }
+
+    fn log_path_shown(&self) -> std::path::Display<'_> {
+        self.settings.log_path.display()
+    }
+
+    /// `fdatasync` of the log in durable mode.
+    fn sync_if_durable(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_sync) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        if self.settings.sync_always {
+            self.log.sync_data()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The log may hold bytes the state does not count: records written before `fdatasync`
+    /// failed, or a torn line that could not be cut off. Whoever appends next (this process or
+    /// another) checks the log first and rolls forward over them or cuts them, as after a
+    /// writer that died (§8), instead of sealing the same seqs again after them.
+    fn log_may_be_ahead(&mut self) {
+        self.shared.store_u64(layout::RECOVER, 1);
+        self.log_checked = None;
+        self.cached = None;
+    }
+
+    /// Moves the state file's generation on (every writer's cached state becomes stale) and
+    /// returns the new value.
+    fn bump_generation(&self) -> u64 {
         let generation = self.shared.load_u64(layout::GENERATION).wrapping_add(1);
         self.shared.store_u64(layout::GENERATION, generation);
-        self.cached = Some((generation, state));
+        generation
     }
 
     fn corrupt_state(&self, why: &str) -> WriterError {
@@ -804,17 +860,19 @@ impl AuditLog {
             state.next_seq += 1;
         }
         self.reserve(state.log_size, self.buf.len() as u64);
-        let path = self.settings.log_path.display();
         // write_all retries EINTR and completes short writes. If it fails partway (ENOSPC after
         // a short write), cut the partial bytes off so no torn line stays in the middle.
         if let Err(e) = self.log.write_all(&self.buf) {
-            let _ = self.log.set_len(state.log_size);
-            return err(format!("cannot write audit log {path}: {e}"));
+            let message = format!("cannot write audit log {}: {e}", self.log_path_shown());
+            if self.log.set_len(state.log_size).is_err() {
+                self.log_may_be_ahead();
+            }
+            return err(message);
         }
-        if self.settings.sync_always {
-            self.log
-                .sync_data()
-                .or_else(|e| err(format!("cannot fdatasync audit log {path}: {e}")))?;
+        if let Err(e) = self.sync_if_durable() {
+            let message = format!("cannot fdatasync audit log {}: {e}", self.log_path_shown());
+            self.log_may_be_ahead();
+            return err(message);
         }
         state.log_size += self.buf.len() as u64;
         let last_seq = state.next_seq - 1;
@@ -825,5 +883,94 @@ impl AuditLog {
             first_seq,
             last_seq,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify::{verify_files, VerifyOptions};
+
+    fn who() -> ProcessIdentity {
+        ProcessIdentity {
+            host: "h".into(),
+            pid: 1,
+            uid: 0,
+            exe: "/x".into(),
+        }
+    }
+
+    const KEY: [u8; 32] = [0x42; 32];
+
+    fn settings(dir: &Path) -> LogSettings {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("key");
+        std::fs::write(&key, crate::audit::chain::hex_lower(&KEY)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        LogSettings {
+            log_path: dir.join("log"),
+            key_file: Some(key),
+            log_mode: 0o600,
+            sync_always: false,
+            rotate_bytes: None,
+        }
+    }
+
+    fn body(n: u64) -> Vec<String> {
+        let mut r = Record::new(&who(), n, Event::Outcome, Some("C_Sign"));
+        r.detail.in_len = Some(n);
+        vec![r.to_body(), r.to_body()]
+    }
+
+    /// The chain verifies against K_0 and the state file, and holds `records` records.
+    fn assert_intact(settings: &LogSettings, records: u64) {
+        let state = state::decode_file(&std::fs::read(state_path_for(&settings.log_path)).unwrap())
+            .unwrap();
+        let opts = VerifyOptions::new(ChainKey::from_bytes(KEY), Some(state));
+        let report = verify_files(std::slice::from_ref(&settings.log_path), &opts).unwrap();
+        assert!(report.intact, "{:?}", report.problem);
+        assert_eq!(report.summary.records, records);
+    }
+
+    /// An append whose records reached the file but which then failed (`fdatasync` failing)
+    /// leaves them uncounted by the state. The next append must roll forward over them, not
+    /// seal the same seqs again after them (which would break the chain for good).
+    #[test]
+    fn records_of_an_append_that_failed_after_writing_are_rolled_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let mut log = AuditLog::open(&settings, &who()).unwrap();
+        // seq 0 is the chain's start record.
+        assert_eq!(log.append(&body(1), &template).unwrap().first_seq, 1);
+        log.fail_sync = true;
+        assert!(log.append(&body(2), &template).is_err());
+        // The failed append's two records (seqs 3 and 4) are in the file: the next are 5 and 6.
+        assert_eq!(log.append(&body(3), &template).unwrap().first_seq, 5);
+        assert_intact(&settings, 7);
+    }
+
+    /// Between appends a writer keeps no chain key in memory: a process that stays idle while
+    /// others append must not hold a key from which the records after it could be forged.
+    #[test]
+    fn an_idle_writer_holds_no_key_and_follows_other_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let zero = ChainKey::from_bytes([0; 32]);
+        let mut a = AuditLog::open(&settings, &who()).unwrap();
+        let mut b = AuditLog::open(&settings, &who()).unwrap();
+        a.append(&body(1), &template).unwrap();
+        let (_, cached) = a.cached.as_ref().expect("a caches the state it stored");
+        assert_eq!(cached.key, zero);
+        for n in 0..5 {
+            b.append(&body(n), &template).unwrap();
+            assert_eq!(b.cached.as_ref().unwrap().1.key, zero);
+        }
+        // a's cache is stale (b wrote since): a reads the state b left.
+        assert_eq!(a.append(&body(9), &template).unwrap().first_seq, 13);
+        // a's cache is current: a reads only the key from the slot.
+        assert_eq!(a.append(&body(10), &template).unwrap().first_seq, 15);
+        assert_intact(&settings, 17);
     }
 }
