@@ -263,9 +263,9 @@ impl Auditor {
         mut inner: MutexGuard<'a, Inner>,
         template: &Record,
     ) -> MutexGuard<'a, Inner> {
-        let Some(mut log) = inner.log.take() else {
+        if inner.log.is_none() {
             return inner;
-        };
+        }
         let mut bodies = Vec::with_capacity(inner.waiting.len() + 1);
         let gap = inner.lost > 0;
         if gap {
@@ -274,6 +274,11 @@ impl Auditor {
             rec.detail.since = inner.lost_since.clone();
             bodies.push(rec.to_body());
         }
+        // Only now, after the last step that could panic: every other thread waits for the log
+        // to come back.
+        let Some(mut log) = inner.log.take() else {
+            return inner;
+        };
         bodies.append(&mut inner.waiting);
         inner.waiting_bytes = 0;
         let (first, end) = (inner.resolved, inner.queued);
@@ -378,6 +383,8 @@ impl Inner {
             self.resolved = 0;
             self.batches.clear();
             self.waiters = 0;
+            // Threads of the parent that were waiting to fork (`hold`) do not exist here.
+            self.fork_pending = 0;
             self.waiting_for.clear();
             self.lost = 0;
             self.lost_since = None;
@@ -459,5 +466,43 @@ mod tests {
             kept <= THREADS + 1,
             "at most one batch per thread is kept, saw {kept}"
         );
+    }
+
+    /// A child forked while two threads of the parent waited to fork (`hold`) inherits a
+    /// count of pending forks that only the forking thread's hold, dropped in the child, takes
+    /// back. The other is of a thread that does not exist in the child: its writes must not
+    /// wait for it.
+    #[test]
+    fn a_child_does_not_wait_for_forks_of_parent_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "33".repeat(32)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let settings = LogSettings {
+            log_path: dir.path().join("log"),
+            key_file: Some(key),
+            log_mode: 0o600,
+            sync_always: false,
+            rotate_bytes: None,
+        };
+        let auditor = Arc::new(Auditor::open(&settings, &who(), FailurePolicy::Closed).unwrap());
+        {
+            // What the child sees: the parent's queue (another pid), and a second thread of
+            // the parent's still counted as about to fork.
+            let mut inner = auditor.inner.lock();
+            inner.queue_pid = crate::audit::process::current_pid().wrapping_add(1);
+            inner.fork_pending = 1;
+        }
+        let (done, result) = std::sync::mpsc::channel();
+        let writer = auditor.clone();
+        std::thread::spawn(move || {
+            let rec = Record::new(&who(), 1, Event::Outcome, Some("C_Sign"));
+            let _ = done.send(writer.write(&rec));
+        });
+        let written = result
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the write finished (it hung waiting for a fork that never comes)");
+        assert!(written.is_ok());
     }
 }
