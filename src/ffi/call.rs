@@ -90,6 +90,13 @@ pub(crate) struct Call<'rt> {
     starts: Option<Op>,
     /// Output regions to wipe if the outcome must be written and cannot be.
     outputs: Vec<(*mut u8, usize)>,
+    /// The application's output buffers and their sizes, as it passed them (before the call).
+    /// What the provider reports having written is read and wiped only within them: a
+    /// provider that reports more (against PKCS#11) must not make p11audit read or zero memory
+    /// past the application's buffer.
+    output_capacities: Vec<(*const u8, usize)>,
+    /// C_GetAttributeValue: each attribute's `ulValueLen` as the application passed it.
+    attribute_capacities: Vec<ck::CK_ULONG>,
     /// The outcome hands something to the application, so it must be in the file first.
     hands_out: bool,
 }
@@ -104,6 +111,8 @@ impl<'rt> Call<'rt> {
             session: None,
             starts: None,
             outputs: Vec::new(),
+            output_capacities: Vec::new(),
+            attribute_capacities: Vec::new(),
             hands_out: false,
         }
     }
@@ -245,14 +254,14 @@ impl<'rt> Call<'rt> {
     /// See `args::template`.
     pub unsafe fn template(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
-        self.detail.template = Some(unsafe { args::template(p, count, true) });
+        self.detail.template = Some(unsafe { args::template(p, count, true, &[]) });
     }
 
     /// # Safety
     /// See `args::template`.
     pub unsafe fn template2(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
-        self.detail.template2 = Some(unsafe { args::template(p, count, true) });
+        self.detail.template2 = Some(unsafe { args::template(p, count, true, &[]) });
     }
 
     pub fn in_len(&mut self, len: ck::CK_ULONG) {
@@ -338,11 +347,52 @@ impl<'rt> Call<'rt> {
                 self.detail.out = Some(OutputDisposition::Returned);
                 self.hands_out = true;
                 if let Some(n) = out_len {
-                    self.outputs.push((buf, n as usize));
+                    let n = self.within_capacity(buf, n as usize);
+                    self.outputs.push((buf, n));
                 }
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Before the call: the application's output buffer `buf` and its size `*len`.
+    ///
+    /// # Safety
+    /// `len` must be NULL or readable.
+    pub unsafe fn output_buffer(&mut self, buf: *mut u8, len: *const ck::CK_ULONG) {
+        // SAFETY: per the caller.
+        if let (false, Some(cap)) = (buf.is_null(), unsafe { args::read(len) }) {
+            self.output_capacities.push((buf, cap as usize));
+        }
+    }
+
+    /// `len` bytes at `buf`, or fewer if the application said its buffer there is smaller.
+    fn within_capacity(&self, buf: *const u8, len: usize) -> usize {
+        match self.output_capacities.iter().find(|(b, _)| *b == buf) {
+            Some(&(_, cap)) => len.min(cap),
+            None => len,
+        }
+    }
+
+    /// Before C_GetAttributeValue: the size of each attribute's buffer.
+    ///
+    /// # Safety
+    /// `template` must be NULL or point to `count` readable attributes.
+    pub unsafe fn attribute_buffers(
+        &mut self,
+        template: *const ck::CK_ATTRIBUTE,
+        count: ck::CK_ULONG,
+    ) {
+        if template.is_null() {
+            return;
+        }
+        for i in 0..count as usize {
+            // SAFETY: i < count.
+            let Some(a) = (unsafe { args::read(template.add(i)) }) else {
+                break;
+            };
+            self.attribute_capacities.push(a.ulValueLen);
         }
     }
 
@@ -432,7 +482,8 @@ impl<'rt> Call<'rt> {
                 | ck::CKR_BUFFER_TOO_SMALL
         );
         // SAFETY: per the caller.
-        self.detail.template = Some(unsafe { args::template(template, count, filled) });
+        self.detail.template =
+            Some(unsafe { args::template(template, count, filled, &self.attribute_capacities) });
         if !filled || template.is_null() {
             return;
         }
@@ -443,19 +494,21 @@ impl<'rt> Call<'rt> {
                 break;
             };
             if !a.pValue.is_null() && a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION {
-                self.outputs
-                    .push((a.pValue as *mut u8, a.ulValueLen as usize));
+                let cap = self.attribute_capacities.get(i).copied();
+                let len = cap.map_or(a.ulValueLen, |cap| a.ulValueLen.min(cap));
+                self.outputs.push((a.pValue as *mut u8, len as usize));
             }
         }
     }
 
-    /// After C_FindObjects: how many handles were returned.
+    /// After C_FindObjects: how many handles were returned (into an array of `max`).
     ///
     /// # Safety
-    /// `found` must be NULL or readable; `objects` holds `*found` handles on success.
+    /// `found` must be NULL or readable; `objects` holds `max` handles.
     pub unsafe fn objects_found(
         &mut self,
         objects: *mut ck::CK_OBJECT_HANDLE,
+        max: ck::CK_ULONG,
         found: *const ck::CK_ULONG,
         rv: ck::CK_RV,
     ) {
@@ -463,11 +516,14 @@ impl<'rt> Call<'rt> {
             return;
         }
         // SAFETY: per the caller.
-        let n = unsafe { args::read(found) }.unwrap_or(0);
-        self.detail.count = Some(n as u64);
+        let reported = unsafe { args::read(found) }.unwrap_or(0);
+        self.detail.count = Some(reported as u64);
+        // A provider cannot have returned more than the array holds (PKCS#11 §5.10); one that
+        // says so must not make p11audit read or wipe past it.
+        let n = reported.min(max);
         if !objects.is_null() {
             for i in 0..(n as usize).min(MAX_LOGGED_HANDLES) {
-                // SAFETY: the provider returned n >= i+1 handles in `objects`.
+                // SAFETY: i < n <= max, the array's length.
                 self.detail
                     .found
                     .push(unsafe { objects.add(i).read_unaligned() } as u64);
@@ -475,7 +531,7 @@ impl<'rt> Call<'rt> {
         }
         self.output_region(
             objects as *mut u8,
-            n as usize * std::mem::size_of::<ck::CK_OBJECT_HANDLE>(),
+            (n as usize).saturating_mul(std::mem::size_of::<ck::CK_OBJECT_HANDLE>()),
         );
     }
 
@@ -654,4 +710,122 @@ unsafe fn fetch_identity(
         id.id = Some(Bytes::hex(&obj_id[..tmpl[3].ulValueLen as usize]));
     }
     (id, true)
+}
+
+/// Argument edge cases no real provider produces: a provider that reports more output than the
+/// application's buffer holds (against PKCS#11). The provider's side is played by writing the
+/// lengths it would report straight into the arguments; no provider is called.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::auditor::Auditor;
+    use crate::audit::context::CallContext;
+    use crate::audit::lock::Mutex;
+    use crate::audit::record::{AttributeValue, ProcessIdentity};
+    use crate::audit::writer::LogSettings;
+    use crate::provider::Provider;
+
+    fn runtime(dir: &std::path::Path) -> Runtime {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("key");
+        std::fs::write(&key, "44".repeat(32)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let settings = LogSettings {
+            log_path: dir.join("log"),
+            key_file: Some(key),
+            log_mode: 0o600,
+            sync_always: false,
+            rotate_bytes: None,
+        };
+        let who = ProcessIdentity {
+            host: "h".into(),
+            pid: 1,
+            uid: 0,
+            exe: "/x".into(),
+        };
+        let provider = Box::leak(Box::new(Provider {
+            path: "unused".into(),
+            // SAFETY: a table of `Option<fn>`s and a version: all zeros is a valid (empty) one.
+            functions: unsafe { std::mem::zeroed() },
+            interfaces: Vec::new(),
+        }));
+        Runtime {
+            provider,
+            auditor: Auditor::open(&settings, &who, FailurePolicy::Closed).unwrap(),
+            host: "h".into(),
+            exe: "/x".into(),
+            uid: 0,
+            context: Mutex::new(CallContext::default()),
+        }
+    }
+
+    fn label(value: &mut [u8], len: usize) -> ck::CK_ATTRIBUTE {
+        ck::CK_ATTRIBUTE {
+            type_: ck::CKA_LABEL,
+            pValue: value.as_mut_ptr().cast(),
+            ulValueLen: len as ck::CK_ULONG,
+        }
+    }
+
+    #[test]
+    fn attribute_values_longer_than_their_buffer_are_not_read_nor_wiped_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        // One allocation: the application's 8-byte label buffer, then 8 bytes that are not it.
+        let mut memory = *b"labelXYZsecret!!";
+        let buffer = memory.as_mut_ptr();
+        for (reported, logged, wiped) in [(5, Some("label"), 5), (16, None, 8)] {
+            let mut template = [label(&mut memory[..8], 8)];
+            let mut c = Call::new(&rt, "C_GetAttributeValue", Kind::Result);
+            // SAFETY: a live one-attribute template.
+            unsafe { c.attribute_buffers(template.as_ptr(), 1) };
+            // The provider's answer: CKR_OK and `reported` bytes.
+            template[0].ulValueLen = reported;
+            // SAFETY: as above; `reported` bytes are readable only when within the buffer,
+            // which is what is being tested.
+            unsafe { c.attributes_read(template.as_ptr(), 1, ck::CKR_OK) };
+            let summary = &c.detail.template.as_ref().unwrap()[0];
+            assert_eq!(summary.len, reported as i64);
+            let value = summary.value.as_ref().map(|v| match v {
+                AttributeValue::Bytes(Bytes::Text(t)) => t.clone(),
+                other => panic!("{other:?}"),
+            });
+            assert_eq!(value.as_deref(), logged);
+            assert_eq!(c.outputs, vec![(buffer, wiped)]);
+        }
+    }
+
+    #[test]
+    fn output_reported_longer_than_the_buffer_is_wiped_only_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let mut out = [0u8; 32];
+        let mut len: ck::CK_ULONG = 16;
+        let mut c = Call::new(&rt, "C_Sign", Kind::Result);
+        // SAFETY: `len` is a live CK_ULONG.
+        unsafe { c.output_buffer(out.as_mut_ptr(), &len) };
+        len = 32;
+        // SAFETY: as above.
+        unsafe { c.output(out.as_mut_ptr(), &len, ck::CKR_OK) };
+        assert_eq!(
+            c.detail.out_len,
+            Some(32),
+            "the record says what the provider said"
+        );
+        assert_eq!(c.outputs, vec![(out.as_mut_ptr(), 16)]);
+    }
+
+    #[test]
+    fn more_objects_found_than_asked_for_are_read_only_up_to_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let mut objects: [ck::CK_OBJECT_HANDLE; 3] = [7, 8, 9];
+        let found: ck::CK_ULONG = 1_000;
+        let mut c = Call::new(&rt, "C_FindObjects", Kind::Result);
+        // SAFETY: `objects` holds 2 handles as far as the call knows (max), `found` is live.
+        unsafe { c.objects_found(objects.as_mut_ptr(), 2, &found, ck::CKR_OK) };
+        assert_eq!(c.detail.count, Some(1_000));
+        assert_eq!(c.detail.found, vec![7, 8]);
+        assert_eq!(c.outputs, vec![(objects.as_mut_ptr().cast::<u8>(), 16)]);
+    }
 }

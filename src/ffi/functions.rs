@@ -187,7 +187,7 @@ pkcs11_functions! {
     C_GetSessionInfo: Informational (session: H, info: *mut ck::CK_SESSION_INFO) { |c| { c.session(session) } |c, rv| {} }
     C_GetOperationState: Result (session: H, state: Buf, state_len: UlOut) {
         // The state blob may hold secrets: only its length is recorded.
-        |c| { c.session(session) } |c, rv| { let _ = c.output(state, state_len, rv); }
+        |c| { c.output_buffer(state, state_len); c.session(session) } |c, rv| { let _ = c.output(state, state_len, rv); }
     }
     C_SetOperationState: Acting (session: H, state: Buf, state_len: Ul, enc_key: Obj, auth_key: Obj) {
         |c| {
@@ -217,7 +217,7 @@ pkcs11_functions! {
         |c| { c.session(session); object_handle(c, object) } |c, rv| {}
     }
     C_GetAttributeValue: Result (session: H, object: Obj, template: Attrs, count: Ul) {
-        |c| { c.session(session); c.key(object) } |c, rv| { c.attributes_read(template, count, rv) }
+        |c| { c.attribute_buffers(template, count); c.session(session); c.key(object) } |c, rv| { c.attributes_read(template, count, rv) }
     }
     C_SetAttributeValue: Acting (session: H, object: Obj, template: Attrs, count: Ul) {
         |c| { c.session(session); c.key(object); c.template(template, count) } |c, rv| { c.forget_key(object) }
@@ -226,42 +226,42 @@ pkcs11_functions! {
         |c| { c.session(session); c.template(template, count) } |c, rv| {}
     }
     C_FindObjects: Result (session: H, objects: *mut Obj, max: Ul, found: UlOut) {
-        |c| { c.session(session) } |c, rv| { c.objects_found(objects, found, rv) }
+        |c| { c.session(session) } |c, rv| { c.objects_found(objects, max, found, rv) }
     }
     C_FindObjectsFinal: GivingUp (session: H) { |c| { c.session(session) } |c, rv| {} }
     C_EncryptInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Encrypt) } |c, rv| {}
     }
     C_Encrypt: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Encrypt); c.in_len(data_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::Encrypt), out, out_len, rv) }
     }
     C_EncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv) }
     }
     C_EncryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Encrypt) } |c, rv| { c.output_final(Some(Op::Encrypt), out, out_len, rv) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt) } |c, rv| { c.output_final(Some(Op::Encrypt), out, out_len, rv) }
     }
     C_DecryptInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Decrypt) } |c, rv| {}
     }
     C_Decrypt: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Decrypt); c.in_len(data_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::Decrypt), out, out_len, rv) }
     }
     C_DecryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv) }
     }
     C_DecryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Decrypt) } |c, rv| { c.output_final(Some(Op::Decrypt), out, out_len, rv) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt) } |c, rv| { c.output_final(Some(Op::Decrypt), out, out_len, rv) }
     }
     C_DigestInit: Acting (session: H, mech: Mech) {
         |c| { c.session(session); c.mechanism(mech); c.starts(Op::Digest) } |c, rv| {}
     }
     C_Digest: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Digest); c.in_len(data_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Digest); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
     }
     C_DigestUpdate: Result (session: H, part: Buf, part_len: Ul) {
@@ -272,26 +272,26 @@ pkcs11_functions! {
         |c| { c.session(session); c.within(Op::Digest); c.key2(key) } |c, rv| { c.update_done(Op::Digest, rv) }
     }
     C_DigestFinal: Result (session: H, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Digest) } |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Digest) } |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
     }
     C_SignInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Sign) } |c, rv| {}
     }
     C_Sign: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Sign); c.in_len(data_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Sign); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
     }
     C_SignUpdate: Result (session: H, part: Buf, part_len: Ul) {
         |c| { c.session(session); c.within(Op::Sign); c.in_len(part_len) } |c, rv| { c.update_done(Op::Sign, rv) }
     }
     C_SignFinal: Result (session: H, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Sign) } |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Sign) } |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
     }
     C_SignRecoverInit: Acting (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::SignRecover) } |c, rv| {}
     }
     C_SignRecover: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::SignRecover); c.in_len(data_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::SignRecover); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::SignRecover), out, out_len, rv) }
     }
     C_VerifyInit: Acting (session: H, mech: Mech, key: Obj) {
@@ -313,24 +313,24 @@ pkcs11_functions! {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::VerifyRecover) } |c, rv| {}
     }
     C_VerifyRecover: Result (session: H, sig: Buf, sig_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::VerifyRecover); c.detail.sig_len = Some(sig_len as u64) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::VerifyRecover); c.detail.sig_len = Some(sig_len as u64) }
         |c, rv| { c.output_final(Some(Op::VerifyRecover), out, out_len, rv) }
     }
     // Dual-function updates record the operation that produces the output.
     C_DigestEncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv); c.update_done(Op::Digest, rv) }
     }
     C_DecryptDigestUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv); c.update_done(Op::Digest, rv) }
     }
     C_SignEncryptUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Encrypt, rv); c.update_done(Op::Sign, rv) }
     }
     C_DecryptVerifyUpdate: Result (session: H, part: Buf, part_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt); c.in_len(part_len) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.update_done(Op::Decrypt, rv); c.update_done(Op::Verify, rv) }
     }
     C_GenerateKey: Acting (session: H, mech: Mech, template: Attrs, count: Ul, key: *mut Obj) {
@@ -342,7 +342,7 @@ pkcs11_functions! {
     }
     // Uses two keys and hands out key material: intent first, outcome before the bytes.
     C_WrapKey: ActingResult (session: H, mech: Mech, wrapping_key: Obj, key: Obj, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.mechanism(mech); c.key(wrapping_key); c.key2(key) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.mechanism(mech); c.key(wrapping_key); c.key2(key) }
         |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_UnwrapKey: Acting (session: H, mech: Mech, unwrapping_key: Obj, wrapped: Buf, wrapped_len: Ul, template: Attrs, count: Ul, key: *mut Obj) {
@@ -386,13 +386,13 @@ pkcs11_functions! {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageEncrypt) } |c, rv| {}
     }
     C_EncryptMessage: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul, plain: Buf, plain_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::MessageEncrypt); c.in_len(plain_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageEncrypt); c.in_len(plain_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_EncryptMessageBegin: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul) {
         |c| { c.session(session); c.within(Op::MessageEncrypt) } |c, rv| {}
     }
     C_EncryptMessageNext: Result (session: H, param: *mut c_void, param_len: Ul, plain: Buf, plain_len: Ul, out: Buf, out_len: UlOut, flags: ck::CK_FLAGS) {
-        |c| { c.session(session); c.within(Op::MessageEncrypt); c.in_len(plain_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageEncrypt); c.in_len(plain_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageEncryptFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageEncrypt) } |c, rv| { c.end_op(Op::MessageEncrypt) }
@@ -401,13 +401,13 @@ pkcs11_functions! {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageDecrypt) } |c, rv| {}
     }
     C_DecryptMessage: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul, cipher: Buf, cipher_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::MessageDecrypt); c.in_len(cipher_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageDecrypt); c.in_len(cipher_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_DecryptMessageBegin: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul) {
         |c| { c.session(session); c.within(Op::MessageDecrypt) } |c, rv| {}
     }
     C_DecryptMessageNext: Result (session: H, param: *mut c_void, param_len: Ul, cipher: Buf, cipher_len: Ul, out: Buf, out_len: UlOut, flags: ck::CK_FLAGS) {
-        |c| { c.session(session); c.within(Op::MessageDecrypt); c.in_len(cipher_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageDecrypt); c.in_len(cipher_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageDecryptFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageDecrypt) } |c, rv| { c.end_op(Op::MessageDecrypt) }
@@ -416,13 +416,13 @@ pkcs11_functions! {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageSign) } |c, rv| {}
     }
     C_SignMessage: Result (session: H, param: *mut c_void, param_len: Ul, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::MessageSign); c.in_len(data_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageSign); c.in_len(data_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_SignMessageBegin: Result (session: H, param: *mut c_void, param_len: Ul) {
         |c| { c.session(session); c.within(Op::MessageSign) } |c, rv| {}
     }
     C_SignMessageNext: Result (session: H, param: *mut c_void, param_len: Ul, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.within(Op::MessageSign); c.in_len(data_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::MessageSign); c.in_len(data_len) } |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_MessageSignFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageSign) } |c, rv| { c.end_op(Op::MessageSign) }
@@ -446,7 +446,7 @@ pkcs11_functions! {
     }
     // Creates a key and hands out a ciphertext.
     C_EncapsulateKey: ActingResult (session: H, mech: Mech, public_key: Obj, template: Attrs, count: Ul, out: Buf, out_len: UlOut, key: *mut Obj) {
-        |c| { c.session(session); c.mechanism(mech); c.key(public_key); c.template(template, count) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.mechanism(mech); c.key(public_key); c.template(template, count) }
         |c, rv| { let _ = c.output(out, out_len, rv); c.created(key, rv) }
     }
     C_DecapsulateKey: Acting (session: H, mech: Mech, private_key: Obj, template: Attrs, count: Ul, cipher: Buf, cipher_len: Ul, key: *mut Obj) {
@@ -477,7 +477,7 @@ pkcs11_functions! {
         |c| { c.session(session) } |c, rv| { if rv == ck::CKR_OK { c.verdict() } }
     }
     C_WrapKeyAuthenticated: ActingResult (session: H, mech: Mech, wrapping_key: Obj, key: Obj, aad: Buf, aad_len: Ul, out: Buf, out_len: UlOut) {
-        |c| { c.session(session); c.mechanism(mech); c.key(wrapping_key); c.key2(key) }
+        |c| { c.output_buffer(out, out_len); c.session(session); c.mechanism(mech); c.key(wrapping_key); c.key2(key) }
         |c, rv| { let _ = c.output(out, out_len, rv); }
     }
     C_UnwrapKeyAuthenticated: Acting (session: H, mech: Mech, unwrapping_key: Obj, wrapped: Buf, wrapped_len: Ul, template: Attrs, count: Ul, aad: Buf, aad_len: Ul, key: *mut Obj) {
