@@ -7,6 +7,9 @@
 #   P11BENCH_SYNC=always scripts/bench.sh             durable mode for the p11audit runs
 #   P11BENCH_OPS="ecdsa_p256_sign get_info" ...        a subset of operations
 #   P11BENCH_THREADS="1 2 4" ...                       thread counts (default: 1 2)
+#   P11BENCH_PER_CALL=1 ...                            each call of an operation timed on its
+#                                                      own (examples/p11calls.rs: the init, the
+#                                                      length query, the call) instead of p11bench
 #   P11BENCH_BASELINE=OLD/libp11audit.so ...           another build of p11audit, run as
 #                                                      "baseline" in the same rounds instead of
 #                                                      pkcs11-spy: judges a change on a noisy
@@ -18,8 +21,9 @@ rounds=${1:-3}
 seconds=${2:-1}
 
 scripts/install-deps.sh
-cargo build --release --example p11bench --lib --bin p11audit >&2
+cargo build --release --example p11bench --example p11calls --lib --bin p11audit >&2
 bench=target/release/examples/p11bench
+[[ -n ${P11BENCH_PER_CALL:-} ]] && bench=target/release/examples/p11calls
 shim=$PWD/target/release/libp11audit.so
 softhsm=/usr/lib/softhsm/libsofthsm2.so
 spy=/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so
@@ -84,7 +88,7 @@ for threads in sorted({r["threads"] for r in rows}):
     print(f"\n### {threads} thread(s), one session each; medians of {max(r['round'] for r in rows)} alternated rounds\n")
     head = "| operation | direct ops/s | direct median µs |"
     for c in configs[1:]:
-        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct |"
+        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct | {c} added µs |"
     head += " calls/op | log bytes/op |"
     print(head)
     print("|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
@@ -99,7 +103,9 @@ for threads in sorted({r["threads"] for r in rows}):
             rs = sel(c)
             # Ratio per round (same round, alternated), then the median of the ratios.
             ratios = [r["ops_per_s"] / x["ops_per_s"] for r in rs for x in d if x["round"] == r["round"]]
-            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} |"
+            # Added latency: the difference of the medians over the rounds.
+            added = med([r["median_us"] for r in rs]) - med([r["median_us"] for r in d])
+            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} | {added:+.1f} |"
         a = sel("p11audit")
         calls, logb = med([r["calls_per_op"] for r in a]), med([r["log_bytes_per_op"] for r in a])
         line += f" {calls:.1f} | {logb:.0f} |" if calls is not None else " | |"

@@ -1,7 +1,8 @@
-//! A short pass of the benchmark program (examples/p11bench.rs), so that it keeps working: every
-//! operation runs directly against SoftHSM and through p11audit, at 1 and 2 threads, and its
-//! counts agree with the audit log it produced. No time is asserted (docs/PERFORMANCE.md has the
-//! figures and the command that measures them).
+//! A short pass of the benchmark programs (examples/p11bench.rs, and examples/p11calls.rs which
+//! times each call of an operation), so that they keep working: every operation runs directly
+//! against SoftHSM and through p11audit, at 1 and 2 threads, and its counts agree with the audit
+//! log it produced. No time is asserted (docs/PERFORMANCE.md has the figures and the commands
+//! that measure them).
 
 mod common;
 
@@ -11,13 +12,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// `cargo test` builds the examples next to the test binaries' directory.
-fn p11bench() -> PathBuf {
+fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let debug_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir");
-    let bench = debug_dir.join("examples").join("p11bench");
+    let bench = debug_dir.join("examples").join(name);
     assert!(
         bench.is_file(),
         "{} not built (cargo test builds the examples)",
@@ -26,8 +27,37 @@ fn p11bench() -> PathBuf {
     bench
 }
 
+fn p11bench() -> PathBuf {
+    example("p11bench")
+}
+
+/// The program's ops, from its --help.
+fn ops_of(program: &std::path::Path) -> Vec<String> {
+    let help = Command::new(program)
+        .arg("--help")
+        .output()
+        .expect("--help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    help.lines()
+        .find_map(|l| l.strip_prefix("ops: "))
+        .unwrap_or_else(|| panic!("--help lists the ops: {help}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 fn run_bench(fx: &Fixture, module: &std::path::Path, threads: u32, shim: bool) -> Vec<Value> {
-    let mut cmd = Command::new(p11bench());
+    run_program(&p11bench(), fx, module, threads, shim)
+}
+
+fn run_program(
+    program: &std::path::Path,
+    fx: &Fixture,
+    module: &std::path::Path,
+    threads: u32,
+    shim: bool,
+) -> Vec<Value> {
+    let mut cmd = Command::new(program);
     cmd.arg("--module")
         .arg(module)
         .args(["--pin", USER_PIN, "--threads", &threads.to_string()])
@@ -38,7 +68,7 @@ fn run_bench(fx: &Fixture, module: &std::path::Path, threads: u32, shim: bool) -
             .env("P11AUDIT_LOG", &fx.log)
             .env("P11AUDIT_KEY_FILE", &fx.key);
     }
-    let what = format!("p11bench shim={shim} threads={threads}");
+    let what = format!("{} shim={shim} threads={threads}", program.display());
     let run = run_with_timeout(cmd, fx.dir.path(), &what);
     assert!(run.status.success(), "{what}\n{}", run.dump());
     run.stdout
@@ -50,18 +80,8 @@ fn run_bench(fx: &Fixture, module: &std::path::Path, threads: u32, shim: bool) -
 #[test]
 fn every_benchmark_operation_runs_direct_and_through_p11audit() {
     // The operations p11bench knows, from its --help: every one of them must run.
-    let help = Command::new(p11bench())
-        .arg("--help")
-        .output()
-        .expect("p11bench --help");
-    let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    let expected_ops: Vec<&str> = help
-        .lines()
-        .find_map(|l| l.strip_prefix("ops: "))
-        .expect("--help lists the ops")
-        .split_whitespace()
-        .collect();
-    assert!(expected_ops.len() >= 12, "{help}");
+    let expected_ops = ops_of(&p11bench());
+    assert!(expected_ops.len() >= 12, "{expected_ops:?}");
     for threads in [1, 2] {
         let fx = Fixture::new();
         let direct = run_bench(&fx, std::path::Path::new(SOFTHSM), threads, false);
@@ -71,7 +91,7 @@ fn every_benchmark_operation_runs_direct_and_through_p11audit() {
             // login+logout runs at 1 thread only (login state belongs to the application).
             let want: Vec<&str> = expected_ops
                 .iter()
-                .copied()
+                .map(String::as_str)
                 .filter(|op| threads == 1 || *op != "login_logout")
                 .collect();
             assert_eq!(ops, want, "threads={threads}");
@@ -102,5 +122,61 @@ fn every_benchmark_operation_runs_direct_and_through_p11audit() {
             assert!(r["log_bytes_per_op"].as_f64().unwrap() > 100.0, "{r}");
         }
         fx.assert_verifies(&format!("the benchmark's log at {threads} threads"));
+    }
+}
+
+/// p11calls times an operation's three calls one by one: each op gives three rows, in call
+/// order, and through p11audit every call it timed is in the log.
+#[test]
+fn every_per_call_operation_runs_direct_and_through_p11audit() {
+    let program = example("p11calls");
+    let ops = ops_of(&program);
+    assert!(ops.len() >= 4, "{ops:?}");
+    for threads in [1, 2] {
+        let fx = Fixture::new();
+        let direct = run_program(&program, &fx, std::path::Path::new(SOFTHSM), threads, false);
+        let shim = run_program(&program, &fx, &shim_library(), threads, true);
+        for rows in [&direct, &shim] {
+            assert_eq!(rows.len(), 3 * ops.len(), "{rows:?}");
+            for (op, calls) in ops.iter().zip(rows.chunks(3)) {
+                let names: Vec<&str> = calls.iter().map(|r| r["op"].as_str().unwrap()).collect();
+                assert!(names[0].starts_with(&format!("{op}/C_")), "{names:?}");
+                assert!(names[0].ends_with("Init"), "{names:?}");
+                let call = names[2];
+                assert_eq!(names[1], format!("{call}/len"));
+                let ops_run = calls[0]["ops"].as_u64().unwrap();
+                assert!(ops_run > 0, "{calls:?}");
+                for r in calls {
+                    assert_eq!(r["ops"].as_u64(), Some(ops_run), "{r}");
+                    assert_eq!(r["threads"].as_u64(), Some(u64::from(threads)), "{r}");
+                    assert!(r["median_us"].as_f64().unwrap() > 0.0, "{r}");
+                }
+            }
+        }
+        // Every timed call is in the log (and the warm-up's too, 20 per thread and op).
+        let records = fx.records();
+        let outcomes = |function: &str, out: Option<&str>| {
+            records
+                .iter()
+                .filter(|r| r["ev"] == "outcome" && r["fn"] == function)
+                .filter(|r| out.is_none_or(|o| r["out"] == o))
+                .count() as u64
+        };
+        for (op, calls) in ops.iter().zip(shim.chunks(3)) {
+            let ops_run = calls[0]["ops"].as_u64().unwrap();
+            let name = calls[0]["op"].as_str().unwrap();
+            let init = name.strip_prefix(&format!("{op}/")).unwrap();
+            let call = calls[2]["op"].as_str().unwrap().rsplit('/').next().unwrap();
+            // ECDSA and HMAC share C_SignInit and C_Sign: at least this op's calls are there.
+            assert!(outcomes(init, None) >= ops_run, "{op}: {init}");
+            assert!(
+                outcomes(call, Some("length_query")) >= ops_run,
+                "{op}: {call}"
+            );
+            assert!(outcomes(call, Some("returned")) >= ops_run, "{op}: {call}");
+        }
+        fx.assert_verifies(&format!(
+            "the per-call benchmark's log at {threads} threads"
+        ));
     }
 }
