@@ -95,20 +95,24 @@ pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
     ChainState::decode(&slot[..end])
 }
 
-/// Where the key's hex digits start in the text form: after the magic line, `seq` (20 digits)
-/// and `prev` (64 hex digits) lines and `key ` (every field has a fixed width).
-const KEY_AT: usize =
-    SLOT_MAGIC.len() + 1 + "seq ".len() + 20 + 1 + "prev ".len() + 64 + 1 + "key ".len();
+/// Where the `key` line is in the text form (`key `, 64 hex digits, newline): after the magic
+/// line and the `seq` (20 digits) and `prev` (64 hex digits) lines; every field has a fixed
+/// width.
+pub const KEY_LINE: std::ops::Range<usize> = {
+    let start = SLOT_MAGIC.len() + 1 + "seq ".len() + 20 + 1 + "prev ".len() + 64 + 1;
+    start..start + "key ".len() + 64 + 1
+};
 
-/// Only the key of a slot, for a writer that still holds the rest of the state it stored there
-/// (the state file's generation says nobody wrote since) and kept no copy of the key.
-pub fn decode_slot_key(slot: &[u8]) -> Result<ChainKey, StateError> {
-    let line = slot
-        .get(KEY_AT - "key ".len()..KEY_AT + 65)
-        .filter(|l| l.starts_with(b"key ") && l.ends_with(b"\n"))
+/// The key from its line (`KEY_LINE` of a slot), for a writer that still holds the rest of the
+/// state it stored there (the state file's generation says nobody wrote since) and kept no copy
+/// of the key.
+pub fn decode_key_line(line: &[u8]) -> Result<ChainKey, StateError> {
+    let hex = line
+        .strip_prefix(b"key ")
+        .and_then(|l| l.strip_suffix(b"\n"))
         .ok_or(StateError::Corrupt("no key where the key belongs"))?;
     let mut key = [0u8; 32];
-    let decoded = decode_hex_into(&line["key ".len()..line.len() - 1], &mut key);
+    let decoded = decode_hex_into(hex, &mut key);
     let chain_key = ChainKey::from_bytes(key);
     key.zeroize();
     decoded
@@ -292,10 +296,10 @@ mod tests {
             log_size: 99,
         };
         let mut slot = state.encode();
-        assert_eq!(decode_slot_key(&slot), Ok(state.key.clone()));
-        slot[KEY_AT - 2] = b'X';
-        assert!(decode_slot_key(&slot).is_err());
-        assert!(decode_slot_key(&[0u8; layout::SLOT_LEN]).is_err());
+        assert_eq!(decode_key_line(&slot[KEY_LINE]), Ok(state.key.clone()));
+        slot[KEY_LINE.end - 3] = b'X';
+        assert!(decode_key_line(&slot[KEY_LINE]).is_err());
+        assert!(decode_key_line(&[0u8; layout::SLOT_LEN][KEY_LINE]).is_err());
     }
 
     #[test]

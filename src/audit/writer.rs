@@ -414,15 +414,19 @@ impl AuditLog {
     fn read_state(&mut self) -> Result<ChainState, StateError> {
         let generation = self.shared.load_u64(layout::GENERATION);
         let at = state::active_slot_offset(self.shared.load_u64(layout::ACTIVE))?;
+        if let Some((g, mut state)) = self.cached.take() {
+            if g == generation {
+                let mut line = [0u8; state::KEY_LINE.end - state::KEY_LINE.start];
+                self.shared.read(at + state::KEY_LINE.start, &mut line);
+                let key = state::decode_key_line(&line);
+                line.zeroize();
+                state.key = key?;
+                return Ok(state);
+            }
+        }
         let mut slot = [0u8; layout::SLOT_LEN];
         self.shared.read(at, &mut slot);
-        let state = match self.cached.take() {
-            Some((g, mut s)) if g == generation => state::decode_slot_key(&slot).map(|key| {
-                s.key = key;
-                s
-            }),
-            _ => state::decode_slot(&slot),
-        };
+        let state = state::decode_slot(&slot);
         slot.zeroize();
         state
     }
