@@ -90,11 +90,11 @@ pub(crate) struct Call<'rt> {
     starts: Option<Op>,
     /// Output regions to wipe if the outcome must be written and cannot be.
     outputs: Vec<(*mut u8, usize)>,
-    /// The application's output buffers and their sizes, as it passed them (before the call).
-    /// What the provider reports having written is read and wiped only within them: a
-    /// provider that reports more (against PKCS#11) must not make p11audit read or zero memory
-    /// past the application's buffer.
-    output_capacities: Vec<(*const u8, usize)>,
+    /// The application's output buffer and its size, as it passed them (before the call; no
+    /// function has two). What the provider reports having written is read and wiped only
+    /// within it: a provider that reports more (against PKCS#11) must not make p11audit read or
+    /// zero memory past the application's buffer.
+    output_capacity: Option<(*const u8, usize)>,
     /// C_GetAttributeValue: each attribute's `ulValueLen` as the application passed it.
     attribute_capacities: Vec<ck::CK_ULONG>,
     /// The outcome hands something to the application, so it must be in the file first.
@@ -111,7 +111,7 @@ impl<'rt> Call<'rt> {
             session: None,
             starts: None,
             outputs: Vec::new(),
-            output_capacities: Vec::new(),
+            output_capacity: None,
             attribute_capacities: Vec::new(),
             hands_out: false,
         }
@@ -363,15 +363,15 @@ impl<'rt> Call<'rt> {
     pub unsafe fn output_buffer(&mut self, buf: *mut u8, len: *const ck::CK_ULONG) {
         // SAFETY: per the caller.
         if let (false, Some(cap)) = (buf.is_null(), unsafe { args::read(len) }) {
-            self.output_capacities.push((buf, cap as usize));
+            self.output_capacity = Some((buf, cap as usize));
         }
     }
 
     /// `len` bytes at `buf`, or fewer if the application said its buffer there is smaller.
     fn within_capacity(&self, buf: *const u8, len: usize) -> usize {
-        match self.output_capacities.iter().find(|(b, _)| *b == buf) {
-            Some(&(_, cap)) => len.min(cap),
-            None => len,
+        match self.output_capacity {
+            Some((b, cap)) if b == buf => len.min(cap),
+            _ => len,
         }
     }
 
