@@ -17,6 +17,9 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use std::time::{Duration, Instant};
 
+#[path = "common/bench_args.rs"]
+mod bench_args;
+use bench_args::parse_args;
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OPS: &[&str] = &[
     "get_info",
@@ -32,48 +35,6 @@ const OPS: &[&str] = &[
     "aes_keygen_destroy",
     "read_key_attributes",
 ];
-
-struct Args {
-    module: String,
-    pin: String,
-    threads: usize,
-    seconds: f64,
-    ops: Vec<String>,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        module: String::new(),
-        pin: String::new(),
-        threads: 1,
-        seconds: 1.0,
-        ops: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--module" => a.module = value(),
-            "--pin" => a.pin = value(),
-            "--threads" => a.threads = value().parse().expect("--threads N"),
-            "--seconds" => a.seconds = value().parse().expect("--seconds S"),
-            "--op" => a.ops.push(value()),
-            "--help" | "-h" => {
-                println!("p11bench --module PATH --pin PIN [--threads N] [--seconds S] [--op NAME]...\nops: {}", OPS.join(" "));
-                std::process::exit(0);
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    assert!(
-        !a.module.is_empty() && !a.pin.is_empty(),
-        "--module and --pin are required"
-    );
-    if a.ops.is_empty() {
-        a.ops = OPS.iter().map(|s| s.to_string()).collect();
-    }
-    a
-}
 
 /// Keys every thread's session can use: session objects, visible to all sessions of this
 /// application until the setup session closes.
@@ -242,7 +203,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = parse_args("p11bench", OPS);
     let log = std::env::var("P11AUDIT_LOG").ok();
     let p11 = Pkcs11::new(&args.module).expect("load module");
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))

@@ -15,6 +15,9 @@ use std::ffi::{c_void, CString};
 use std::ptr;
 use std::time::{Duration, Instant};
 
+#[path = "common/bench_args.rs"]
+mod bench_args;
+use bench_args::parse_args;
 const OPS: &[&str] = &[
     "ecdsa_p256_sign",
     "hmac_sha256_64",
@@ -22,48 +25,6 @@ const OPS: &[&str] = &[
     "aes_cbc_1k",
 ];
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-struct Args {
-    module: String,
-    pin: String,
-    threads: usize,
-    seconds: f64,
-    ops: Vec<String>,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        module: String::new(),
-        pin: String::new(),
-        threads: 1,
-        seconds: 1.0,
-        ops: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--module" => a.module = value(),
-            "--pin" => a.pin = value(),
-            "--threads" => a.threads = value().parse().expect("--threads N"),
-            "--seconds" => a.seconds = value().parse().expect("--seconds S"),
-            "--op" => a.ops.push(value()),
-            "--help" | "-h" => {
-                println!("p11calls --module PATH --pin PIN [--threads N] [--seconds S] [--op NAME]...\nops: {}", OPS.join(" "));
-                std::process::exit(0);
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    assert!(
-        !a.module.is_empty() && !a.pin.is_empty(),
-        "--module and --pin are required"
-    );
-    if a.ops.is_empty() {
-        a.ops = OPS.iter().map(|s| s.to_string()).collect();
-    }
-    a
-}
 
 /// The module's function list. Its functions are thread-safe (initialized with
 /// CKF_OS_LOCKING_OK), and the list lives as long as the process (never dlclosed).
@@ -119,12 +80,9 @@ struct Keys {
 /// Session keys (CKA_TOKEN false), usable from every session of this application.
 fn make_keys(m: &Module, s: ck::CK_SESSION_HANDLE) -> Keys {
     let (yes, no): (ck::CK_BBOOL, ck::CK_BBOOL) = (ck::CK_TRUE, ck::CK_FALSE);
-    let len32: ck::CK_ULONG = 32;
     let f = m.0;
     let mut ec_pub = 0;
     let mut ec = 0;
-    let mut hmac = 0;
-    let mut aes = 0;
     // SAFETY: every pointer passed is to a live local or template for the call's duration.
     unsafe {
         let public = [
@@ -147,40 +105,39 @@ fn make_keys(m: &Module, s: ck::CK_SESSION_HANDLE) -> Keys {
                 &mut ec,
             ),
         );
-        let hmac_t = [
-            attr(ck::CKA_TOKEN, &no),
-            attr(ck::CKA_VALUE_LEN, &len32),
-            attr(ck::CKA_SIGN, &yes),
-        ];
-        let mut gen = mechanism(ck::CKM_GENERIC_SECRET_KEY_GEN);
-        ok(
-            "C_GenerateKey",
-            f.C_GenerateKey.expect("C_GenerateKey")(
-                s,
-                &mut gen,
-                hmac_t.as_ptr() as *mut _,
-                hmac_t.len() as _,
-                &mut hmac,
-            ),
-        );
-        let aes_t = [
-            attr(ck::CKA_TOKEN, &no),
-            attr(ck::CKA_VALUE_LEN, &len32),
-            attr(ck::CKA_ENCRYPT, &yes),
-        ];
-        let mut gen = mechanism(ck::CKM_AES_KEY_GEN);
-        ok(
-            "C_GenerateKey",
-            f.C_GenerateKey.expect("C_GenerateKey")(
-                s,
-                &mut gen,
-                aes_t.as_ptr() as *mut _,
-                aes_t.len() as _,
-                &mut aes,
-            ),
-        );
     }
+    let hmac = secret_key(m, s, ck::CKM_GENERIC_SECRET_KEY_GEN, ck::CKA_SIGN);
+    let aes = secret_key(m, s, ck::CKM_AES_KEY_GEN, ck::CKA_ENCRYPT);
     Keys { ec, hmac, aes }
+}
+
+/// A 32-byte session secret key made by `mechanism`, allowed `usage` (CKA_SIGN, CKA_ENCRYPT).
+fn secret_key(
+    m: &Module,
+    s: ck::CK_SESSION_HANDLE,
+    mechanism_type: ck::CK_MECHANISM_TYPE,
+    usage: ck::CK_ATTRIBUTE_TYPE,
+) -> ck::CK_OBJECT_HANDLE {
+    let (yes, no): (ck::CK_BBOOL, ck::CK_BBOOL) = (ck::CK_TRUE, ck::CK_FALSE);
+    let len32: ck::CK_ULONG = 32;
+    let template = [
+        attr(ck::CKA_TOKEN, &no),
+        attr(ck::CKA_VALUE_LEN, &len32),
+        attr(usage, &yes),
+    ];
+    let mut gen = mechanism(mechanism_type);
+    let mut key = 0;
+    // SAFETY: the template, mechanism and out-handle are live locals for the call.
+    ok("C_GenerateKey", unsafe {
+        m.0.C_GenerateKey.expect("C_GenerateKey")(
+            s,
+            &mut gen,
+            template.as_ptr() as *mut _,
+            template.len() as _,
+            &mut key,
+        )
+    });
+    key
 }
 
 fn mechanism(kind: ck::CK_MECHANISM_TYPE) -> ck::CK_MECHANISM {
@@ -290,7 +247,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let args = parse_args();
+    let args = parse_args("p11calls", OPS);
     let m = Module::load(&args.module);
     let f = m.0;
     let mut slots = [0 as ck::CK_SLOT_ID; 16];

@@ -403,16 +403,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::testing::{log_settings, who};
     use std::sync::Arc;
-
-    fn who() -> ProcessIdentity {
-        ProcessIdentity {
-            host: "h".into(),
-            pid: 1,
-            uid: 0,
-            exe: "/x".into(),
-        }
-    }
 
     /// Threads that write at once all get their own seq, and the batches kept for waiting
     /// threads stay as few as the threads (a leader forgets those nobody waits for), however
@@ -420,17 +412,7 @@ mod tests {
     #[test]
     fn concurrent_writers_get_distinct_seqs_and_old_batches_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key");
-        std::fs::write(&key, "22".repeat(32)).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let settings = LogSettings {
-            log_path: dir.path().join("log"),
-            key_file: Some(key),
-            log_mode: 0o600,
-            sync_always: false,
-            rotate_bytes: None,
-        };
+        let settings = log_settings(dir.path(), [0x22; 32]);
         let auditor = Arc::new(Auditor::open(&settings, &who(), FailurePolicy::Closed).unwrap());
         const THREADS: usize = 4;
         const WRITES: usize = 2_000;
@@ -475,17 +457,7 @@ mod tests {
     #[test]
     fn a_child_does_not_wait_for_forks_of_parent_threads() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key");
-        std::fs::write(&key, "33".repeat(32)).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let settings = LogSettings {
-            log_path: dir.path().join("log"),
-            key_file: Some(key),
-            log_mode: 0o600,
-            sync_always: false,
-            rotate_bytes: None,
-        };
+        let settings = log_settings(dir.path(), [0x33; 32]);
         let auditor = Arc::new(Auditor::open(&settings, &who(), FailurePolicy::Closed).unwrap());
         {
             // What the child sees: the parent's queue (another pid), and a second thread of

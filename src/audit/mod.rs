@@ -14,5 +14,7 @@ pub mod query;
 pub mod record;
 pub mod redact;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod verify;
 pub mod writer;

@@ -893,31 +893,13 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::testing::{log_settings, who};
     use crate::audit::verify::{verify_files, VerifyOptions};
-
-    fn who() -> ProcessIdentity {
-        ProcessIdentity {
-            host: "h".into(),
-            pid: 1,
-            uid: 0,
-            exe: "/x".into(),
-        }
-    }
 
     const KEY: [u8; 32] = [0x42; 32];
 
     fn settings(dir: &Path) -> LogSettings {
-        use std::os::unix::fs::PermissionsExt;
-        let key = dir.join("key");
-        std::fs::write(&key, crate::audit::chain::hex_lower(&KEY)).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        LogSettings {
-            log_path: dir.join("log"),
-            key_file: Some(key),
-            log_mode: 0o600,
-            sync_always: false,
-            rotate_bytes: None,
-        }
+        log_settings(dir, KEY)
     }
 
     fn body(n: u64) -> Vec<String> {

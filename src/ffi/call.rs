@@ -721,28 +721,12 @@ mod tests {
     use crate::audit::auditor::Auditor;
     use crate::audit::context::CallContext;
     use crate::audit::lock::Mutex;
-    use crate::audit::record::{AttributeValue, ProcessIdentity};
-    use crate::audit::writer::LogSettings;
+    use crate::audit::record::AttributeValue;
+    use crate::audit::testing::{log_settings, who};
     use crate::provider::Provider;
 
     fn runtime(dir: &std::path::Path) -> Runtime {
-        use std::os::unix::fs::PermissionsExt;
-        let key = dir.join("key");
-        std::fs::write(&key, "44".repeat(32)).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let settings = LogSettings {
-            log_path: dir.join("log"),
-            key_file: Some(key),
-            log_mode: 0o600,
-            sync_always: false,
-            rotate_bytes: None,
-        };
-        let who = ProcessIdentity {
-            host: "h".into(),
-            pid: 1,
-            uid: 0,
-            exe: "/x".into(),
-        };
+        let settings = log_settings(dir, [0x44; 32]);
         let provider = Box::leak(Box::new(Provider {
             path: "unused".into(),
             // SAFETY: a table of `Option<fn>`s and a version: all zeros is a valid (empty) one.
@@ -751,7 +735,7 @@ mod tests {
         }));
         Runtime {
             provider,
-            auditor: Auditor::open(&settings, &who, FailurePolicy::Closed).unwrap(),
+            auditor: Auditor::open(&settings, &who(), FailurePolicy::Closed).unwrap(),
             host: "h".into(),
             exe: "/x".into(),
             uid: 0,
