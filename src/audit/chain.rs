@@ -63,6 +63,16 @@ impl ChainKey {
         push_hex_lower(out, &self.0);
     }
 
+    /// The first 16 bytes of the key's SHA-256: enough to tell that a key read back is the one
+    /// stored, and nothing from which the key can be found.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        use sha2::Digest;
+        let digest = Sha256::digest(self.0);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+
     /// K_{i+1} from K_i. The old key is overwritten in place.
     pub fn evolve(&mut self) {
         let mut next = hmac(&self.0, EVOLVE_LABEL);

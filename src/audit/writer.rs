@@ -83,9 +83,11 @@ pub struct AuditLog {
     shared: SharedFileMap,
     /// Reused buffer for the sealed lines of one append.
     buf: Vec<u8>,
-    /// The state this process last wrote or read, and the state file's generation then: if the
-    /// generation has not moved, nobody else wrote, and the slot need not be decoded again.
-    cached: Option<(u64, ChainState)>,
+    /// The state this process last stored, the state file's generation then, and the stored
+    /// key's fingerprint: if the generation has not moved, nobody else wrote, and only the key
+    /// is read back from the slot (and checked against the fingerprint). The cached state's own
+    /// key is zeros: no key stays in memory between appends.
+    cached: Option<(u64, ChainState, [u8; 16])>,
     /// When the log was last checked with `fstat` (None: not yet; the first append checks it).
     log_checked: Option<Instant>,
     /// Offset of `log` up to which this process has reserved disk space (`preallocate`).
@@ -414,13 +416,19 @@ impl AuditLog {
     fn read_state(&mut self) -> Result<ChainState, StateError> {
         let generation = self.shared.load_u64(layout::GENERATION);
         let at = state::active_slot_offset(self.shared.load_u64(layout::ACTIVE))?;
-        if let Some((g, mut state)) = self.cached.take() {
+        if let Some((g, mut state, fingerprint)) = self.cached.take() {
             if g == generation {
                 let mut line = [0u8; state::KEY_LINE.end - state::KEY_LINE.start];
                 self.shared.read(at + state::KEY_LINE.start, &mut line);
                 let key = state::decode_key_line(&line);
                 line.zeroize();
                 state.key = key?;
+                // The slot's check line is not read on this path: this stands in for it.
+                if state.key.fingerprint() != fingerprint {
+                    return Err(StateError::Corrupt(
+                        "its key changed without a state update",
+                    ));
+                }
                 return Ok(state);
             }
         }
@@ -448,9 +456,10 @@ impl AuditLog {
         text.zeroize();
         self.shared.store_u64(layout::ACTIVE, new as u64);
         self.shared.zero(layout::SLOTS[old], layout::SLOT_LEN);
+        let fingerprint = state.key.fingerprint();
         // Replacing the key wipes it (ChainKey zeroizes on drop).
         state.key = ChainKey::from_bytes([0; 32]);
-        self.cached = Some((generation, state));
+        self.cached = Some((generation, state, fingerprint));
     }
 
     fn log_path_shown(&self) -> std::path::Display<'_> {
@@ -470,10 +479,21 @@ impl AuditLog {
         }
     }
 
-    /// The log may hold bytes the state does not count: records written before `fdatasync`
-    /// failed, or a torn line that could not be cut off. Whoever appends next (this process or
-    /// another) checks the log first and rolls forward over them or cuts them, as after a
-    /// writer that died (§8), instead of sealing the same seqs again after them.
+    /// An append failed after its `write` began: its bytes were never acknowledged to anyone,
+    /// so they are cut off the log (from `log_size`, where the stored state ends). If even that
+    /// fails, the next append must deal with them (`log_may_be_ahead`).
+    fn cut_back(&mut self, log_size: u64) {
+        // The cut also frees the space reserved past it.
+        self.reserved_to = 0;
+        if self.log.set_len(log_size).is_err() {
+            self.log_may_be_ahead();
+        }
+    }
+
+    /// The log may hold bytes the state does not count: a failed append's records or torn line
+    /// that could not be cut off, or records written before a panic. Whoever appends next (this
+    /// process or another) checks the log first and rolls forward over them or cuts them, as
+    /// after a writer that died (§8), instead of sealing the same seqs again after them.
     fn log_may_be_ahead(&mut self) {
         self.shared.store_u64(layout::RECOVER, 1);
         self.log_checked = None;
@@ -868,14 +888,15 @@ impl AuditLog {
         // a short write), cut the partial bytes off so no torn line stays in the middle.
         if let Err(e) = self.log.write_all(&self.buf) {
             let message = format!("cannot write audit log {}: {e}", self.log_path_shown());
-            if self.log.set_len(state.log_size).is_err() {
-                self.log_may_be_ahead();
-            }
+            self.cut_back(state.log_size);
             return err(message);
         }
         if let Err(e) = self.sync_if_durable() {
+            // After a failed fdatasync the kernel may have dropped the pages' error and marked
+            // them clean: the records may never reach the disk. They are reported as not
+            // written (their calls refused, their output wiped), so they go.
             let message = format!("cannot fdatasync audit log {}: {e}", self.log_path_shown());
-            self.log_may_be_ahead();
+            self.cut_back(state.log_size);
             return err(message);
         }
         state.log_size += self.buf.len() as u64;
@@ -919,21 +940,26 @@ mod tests {
     }
 
     /// An append whose records reached the file but which then failed (`fdatasync` failing)
-    /// leaves them uncounted by the state. The next append must roll forward over them, not
-    /// seal the same seqs again after them (which would break the chain for good).
+    /// reports them not written: they are cut off the log, and the next append seals the same
+    /// seqs in their place (not after them, which would break the chain for good).
     #[test]
-    fn records_of_an_append_that_failed_after_writing_are_rolled_forward() {
+    fn records_of_an_append_that_failed_after_writing_are_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
         let template = Record::new(&who(), 0, Event::Outcome, None);
         let mut log = AuditLog::open(&settings, &who()).unwrap();
         // seq 0 is the chain's start record.
         assert_eq!(log.append(&body(1), &template).unwrap().first_seq, 1);
+        let size_before = std::fs::metadata(&settings.log_path).unwrap().len();
         log.fail_sync = true;
         assert!(log.append(&body(2), &template).is_err());
-        // The failed append's two records (seqs 3 and 4) are in the file: the next are 5 and 6.
-        assert_eq!(log.append(&body(3), &template).unwrap().first_seq, 5);
-        assert_intact(&settings, 7);
+        assert_eq!(
+            std::fs::metadata(&settings.log_path).unwrap().len(),
+            size_before,
+            "the failed append's records are gone"
+        );
+        assert_eq!(log.append(&body(3), &template).unwrap().first_seq, 3);
+        assert_intact(&settings, 5);
     }
 
     /// Between appends a writer keeps no chain key in memory: a process that stays idle while
@@ -947,7 +973,7 @@ mod tests {
         let mut a = AuditLog::open(&settings, &who()).unwrap();
         let mut b = AuditLog::open(&settings, &who()).unwrap();
         a.append(&body(1), &template).unwrap();
-        let (_, cached) = a.cached.as_ref().expect("a caches the state it stored");
+        let (_, cached, _) = a.cached.as_ref().expect("a caches the state it stored");
         assert_eq!(cached.key, zero);
         for n in 0..5 {
             b.append(&body(n), &template).unwrap();
@@ -958,5 +984,35 @@ mod tests {
         // a's cache is current: a reads only the key from the slot.
         assert_eq!(a.append(&body(10), &template).unwrap().first_seq, 15);
         assert_intact(&settings, 17);
+    }
+
+    /// A key changed in the state file's slot without a state update (a stray write, a bit
+    /// flip) is refused, not used to seal the next records: only the key line is read back on
+    /// the fast path, so its fingerprint stands in for the slot's check line.
+    #[test]
+    fn a_key_altered_in_the_slot_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let mut log = AuditLog::open(&settings, &who()).unwrap();
+        log.append(&body(1), &template).unwrap();
+        let state_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(state_path_for(&settings.log_path))
+            .unwrap();
+        let mut active = [0u8; 8];
+        state_file
+            .read_exact_at(&mut active, layout::ACTIVE as u64)
+            .unwrap();
+        let at = layout::SLOTS[u64::from_ne_bytes(active) as usize] + state::KEY_LINE.start;
+        let mut digit = [0u8; 1];
+        let digit_at = (at + "key ".len()) as u64;
+        state_file.read_exact_at(&mut digit, digit_at).unwrap();
+        digit[0] = if digit[0] == b'0' { b'1' } else { b'0' };
+        state_file.write_all_at(&digit, digit_at).unwrap();
+        let refused = log.append(&body(2), &template).unwrap_err();
+        assert!(refused.0.contains("key changed"), "{refused}");
     }
 }

@@ -465,8 +465,8 @@ impl<'rt> Call<'rt> {
     /// values. Every returned value is output the caller must not see without a record.
     ///
     /// # Safety
-    /// `template` must be NULL or point to `count` attributes whose non-NULL `pValue` hold
-    /// `ulValueLen` bytes.
+    /// `template` must be NULL or point to `count` attributes whose non-NULL `pValue` hold as
+    /// many bytes as their `ulValueLen` said before the call (`attribute_buffers`).
     pub unsafe fn attributes_read(
         &mut self,
         template: *const ck::CK_ATTRIBUTE,
@@ -593,8 +593,9 @@ impl<'rt> Call<'rt> {
             Err(_) if self.rt.auditor.policy() == FailurePolicy::Open => rv,
             Err(_) => {
                 for &(buf, len) in &self.outputs {
-                    // SAFETY: the provider just wrote `len` bytes at `buf` (registered by the
-                    // function's after-block from the provider's reported output length).
+                    // SAFETY: `buf` is the application's buffer and `len` is at most the size
+                    // it gave for it before the call (`within_capacity`, the attribute and
+                    // `max` caps), and at most what the provider reports having written.
                     unsafe { std::ptr::write_bytes(buf, 0, len) };
                 }
                 ck::CKR_GENERAL_ERROR
