@@ -190,7 +190,12 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         .collect();
     // SAFETY: every pValue points to ulValueLen bytes owned by `values`.
     let template = unsafe {
-        crate::ffi::args::template(attrs.as_mut_ptr(), attrs.len() as ck::CK_ULONG, true, &[])
+        crate::ffi::args::template(
+            attrs.as_mut_ptr(),
+            attrs.len() as ck::CK_ULONG,
+            true,
+            |_| None,
+        )
     };
 
     // A mechanism: type from the next chunk, parameter bytes from the one after.

@@ -140,18 +140,18 @@ unsafe fn param<T: Copy>(m: &ck::CK_MECHANISM) -> Option<T> {
 
 /// Summarizes a template: every attribute's type and length, and allowlisted values.
 /// `values_valid` says whether `pValue` buffers hold values (false for a length query or an
-/// output template before the call). `capacities`, for a template the provider filled, are
-/// the attributes' `ulValueLen` as the application gave them: a value the provider reports
-/// longer than its buffer is not read (empty: the lengths are the application's own).
+/// output template before the call). `capacity(i)`, for a template the provider filled, is
+/// attribute i's `ulValueLen` as the application gave it: a value the provider reports longer
+/// than its buffer is not read (None: the lengths are the application's own).
 ///
 /// # Safety
 /// `p` must be NULL or point to `count` CK_ATTRIBUTEs whose `pValue` (if non-NULL) point to
-/// `ulValueLen` readable bytes, or to as many as `capacities` says.
+/// `ulValueLen` readable bytes, or to as many as `capacity` says.
 pub unsafe fn template(
     p: *const ck::CK_ATTRIBUTE,
     count: ck::CK_ULONG,
     values_valid: bool,
-    capacities: &[ck::CK_ULONG],
+    capacity: impl Fn(usize) -> Option<ck::CK_ULONG>,
 ) -> Vec<AttributeSummary> {
     if p.is_null() || count == 0 {
         return Vec::new();
@@ -164,7 +164,7 @@ pub unsafe fn template(
             break;
         };
         let len = a.ulValueLen as u64;
-        let fits = capacities.get(i).is_none_or(|&cap| a.ulValueLen <= cap);
+        let fits = capacity(i).is_none_or(|cap| a.ulValueLen <= cap);
         let value =
             if values_valid && fits && len != UNAVAILABLE && value_is_loggable(a.type_ as u64, len)
             {

@@ -94,9 +94,10 @@ pub(crate) struct Call<'rt> {
     /// function has two). What the provider reports having written is read and wiped only
     /// within it: a provider that reports more (against PKCS#11) must not make p11audit read or
     /// zero memory past the application's buffer.
-    output_capacity: Option<(*const u8, usize)>,
-    /// C_GetAttributeValue: each attribute's `ulValueLen` as the application passed it.
-    attribute_capacities: Vec<ck::CK_ULONG>,
+    output_capacity: Option<(*mut u8, usize)>,
+    /// C_GetAttributeValue: each attribute's buffer and its `ulValueLen` as the application
+    /// passed them.
+    attribute_buffers: Vec<(*mut u8, ck::CK_ULONG)>,
     /// The outcome hands something to the application, so it must be in the file first.
     hands_out: bool,
 }
@@ -112,7 +113,7 @@ impl<'rt> Call<'rt> {
             starts: None,
             outputs: Vec::new(),
             output_capacity: None,
-            attribute_capacities: Vec::new(),
+            attribute_buffers: Vec::new(),
             hands_out: false,
         }
     }
@@ -254,14 +255,14 @@ impl<'rt> Call<'rt> {
     /// See `args::template`.
     pub unsafe fn template(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
-        self.detail.template = Some(unsafe { args::template(p, count, true, &[]) });
+        self.detail.template = Some(unsafe { args::template(p, count, true, |_| None) });
     }
 
     /// # Safety
     /// See `args::template`.
     pub unsafe fn template2(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
-        self.detail.template2 = Some(unsafe { args::template(p, count, true, &[]) });
+        self.detail.template2 = Some(unsafe { args::template(p, count, true, |_| None) });
     }
 
     pub fn in_len(&mut self, len: ck::CK_ULONG) {
@@ -367,10 +368,35 @@ impl<'rt> Call<'rt> {
         }
     }
 
+    /// Before the call: the application's output buffer `buf` of `bytes` (C_FindObjects'
+    /// handle array, C_GenerateRandom's buffer).
+    pub fn given_buffer(&mut self, buf: *mut u8, bytes: usize) {
+        if !buf.is_null() {
+            self.output_capacity = Some((buf, bytes));
+        }
+    }
+
+    /// After a failure inside p11audit once the provider had answered: zeroes every buffer the
+    /// application gave for output, whole (what the provider wrote there is not known).
+    fn wipe_given_buffers(&self) {
+        let attributes = self
+            .attribute_buffers
+            .iter()
+            .filter(|&&(_, cap)| cap != ck::CK_UNAVAILABLE_INFORMATION)
+            .map(|&(buf, cap)| (buf, cap as usize));
+        for (buf, len) in self.output_capacity.into_iter().chain(attributes) {
+            if !buf.is_null() {
+                // SAFETY: the application gave `buf` for output with room for `len` bytes
+                // (its own size, recorded before the call).
+                unsafe { std::ptr::write_bytes(buf, 0, len) };
+            }
+        }
+    }
+
     /// `len` bytes at `buf`, or fewer if the application said its buffer there is smaller.
     fn within_capacity(&self, buf: *const u8, len: usize) -> usize {
         match self.output_capacity {
-            Some((b, cap)) if b == buf => len.min(cap),
+            Some((b, cap)) if b.cast_const() == buf => len.min(cap),
             _ => len,
         }
     }
@@ -392,7 +418,7 @@ impl<'rt> Call<'rt> {
             let Some(a) = (unsafe { args::read(template.add(i)) }) else {
                 break;
             };
-            self.attribute_capacities.push(a.ulValueLen);
+            self.attribute_buffers.push((a.pValue.cast(), a.ulValueLen));
         }
     }
 
@@ -482,8 +508,8 @@ impl<'rt> Call<'rt> {
                 | ck::CKR_BUFFER_TOO_SMALL
         );
         // SAFETY: per the caller.
-        self.detail.template =
-            Some(unsafe { args::template(template, count, filled, &self.attribute_capacities) });
+        let capacity = |i: usize| self.attribute_buffers.get(i).map(|&(_, cap)| cap);
+        self.detail.template = Some(unsafe { args::template(template, count, filled, capacity) });
         if !filled || template.is_null() {
             return;
         }
@@ -494,7 +520,7 @@ impl<'rt> Call<'rt> {
                 break;
             };
             if !a.pValue.is_null() && a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION {
-                let cap = self.attribute_capacities.get(i).copied();
+                let cap = self.attribute_buffers.get(i).map(|&(_, cap)| cap);
                 let len = cap.map_or(a.ulValueLen, |cap| a.ulValueLen.min(cap));
                 self.outputs.push((a.pValue as *mut u8, len as usize));
             }
@@ -563,7 +589,7 @@ impl<'rt> Call<'rt> {
     }
 
     /// Writes (or queues) the outcome and decides what the caller gets.
-    fn finish(mut self, rv: ck::CK_RV, started: Instant, intent: Option<u64>) -> ck::CK_RV {
+    fn finish(&mut self, rv: ck::CK_RV, started: Instant, intent: Option<u64>) -> ck::CK_RV {
         if rv == ck::CKR_OK {
             if let (Some(op), Some(session)) = (self.starts, self.session) {
                 let ctx = OpContext {
@@ -626,8 +652,17 @@ pub(crate) fn run_call(
         };
         let started = Instant::now();
         let rv = forward(&rt.provider.functions);
-        after(&mut call, rv);
-        call.finish(rv, started, intent)
+        // From here the provider's output is in the application's buffers. Should p11audit
+        // fail (panic) before its record is settled, that output must not stay there
+        // unrecorded: it is wiped, and the call fails.
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            after(&mut call, rv);
+            call.finish(rv, started, intent)
+        }));
+        finished.unwrap_or_else(|_| {
+            call.wipe_given_buffers();
+            ck::CKR_GENERAL_ERROR
+        })
     })
 }
 
@@ -812,5 +847,35 @@ mod tests {
         assert_eq!(c.detail.count, Some(1_000));
         assert_eq!(c.detail.found, vec![7, 8]);
         assert_eq!(c.outputs, vec![(objects.as_mut_ptr().cast::<u8>(), 16)]);
+    }
+
+    /// A failure inside p11audit (here a panic in the after-block) once the provider has
+    /// written its output: the output must not reach the application unrecorded.
+    #[test]
+    fn output_is_wiped_when_p11audit_fails_after_the_provider_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        // run_call looks the runtime up; this is the only unit test that sets it.
+        assert!(crate::ffi::RUNTIME.set(runtime(dir.path())).is_ok());
+        let mut out = [0u8; 16];
+        let mut len = out.len() as ck::CK_ULONG;
+        let (out_ptr, len_ptr) = (out.as_mut_ptr(), &mut len as *mut ck::CK_ULONG);
+        let rv = run_call(
+            "C_Sign",
+            Kind::Result,
+            // SAFETY: `len` is a live CK_ULONG.
+            |c| unsafe { c.output_buffer(out_ptr, len_ptr) },
+            // The provider's answer: 16 bytes of output.
+            |_| {
+                // SAFETY: `out` has 16 bytes; `len` is live.
+                unsafe {
+                    std::ptr::write_bytes(out_ptr, 0x5a, 16);
+                    *len_ptr = 16;
+                }
+                ck::CKR_OK
+            },
+            |_, _| panic!("a failure inside p11audit after the provider answered"),
+        );
+        assert_eq!(rv, ck::CKR_GENERAL_ERROR);
+        assert_eq!(out, [0u8; 16]);
     }
 }

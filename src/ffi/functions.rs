@@ -226,7 +226,8 @@ pkcs11_functions! {
         |c| { c.session(session); c.template(template, count) } |c, rv| {}
     }
     C_FindObjects: Result (session: H, objects: *mut Obj, max: Ul, found: UlOut) {
-        |c| { c.session(session) } |c, rv| { c.objects_found(objects, max, found, rv) }
+        |c| { c.given_buffer(objects.cast(), (max as usize).saturating_mul(std::mem::size_of::<Obj>())); c.session(session) }
+        |c, rv| { c.objects_found(objects, max, found, rv) }
     }
     C_FindObjectsFinal: GivingUp (session: H) { |c| { c.session(session) } |c, rv| {} }
     C_EncryptInit: Acting (session: H, mech: Mech, key: Obj) {
@@ -355,7 +356,7 @@ pkcs11_functions! {
     }
     C_SeedRandom: Acting (session: H, seed: Buf, seed_len: Ul) { |c| { c.session(session); c.in_len(seed_len) } |c, rv| {} }
     C_GenerateRandom: Result (session: H, out: Buf, len: Ul) {
-        |c| { c.session(session); c.detail.out_len = Some(len as u64) }
+        |c| { c.given_buffer(out, len as usize); c.session(session); c.detail.out_len = Some(len as u64) }
         |c, rv| { if rv == ck::CKR_OK { c.output_region(out, len as usize) } }
     }
     C_GetFunctionStatus: Informational (session: H) { |c| { c.session(session) } |c, rv| {} }
