@@ -6,6 +6,7 @@
 //! check it byte for byte against `serde_json::to_string` of the same record (the derive stays
 //! as that oracle), including hostile strings.
 
+use super::chain::hex_digits;
 use super::record::{
     AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
     ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
@@ -32,10 +33,8 @@ pub fn push_str(out: &mut String, s: &str) {
             0x08 => out.push_str("\\b"),
             0x0c => out.push_str("\\f"),
             _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push_str("\\u00");
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 0xf) as usize] as char);
+                out.extend(hex_digits(&[b]).map(char::from));
             }
         }
         start = i + 1;

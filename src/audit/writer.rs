@@ -923,6 +923,11 @@ mod tests {
         log_settings(dir, KEY)
     }
 
+    /// The identity a rotate record would take (these tests never rotate).
+    fn template() -> Record {
+        Record::new(&who(), 0, Event::Outcome, None)
+    }
+
     fn body(n: u64) -> Vec<String> {
         let mut r = Record::new(&who(), n, Event::Outcome, Some("C_Sign"));
         r.detail.in_len = Some(n);
@@ -945,8 +950,7 @@ mod tests {
     #[test]
     fn records_of_an_append_that_failed_after_writing_are_cut_off() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let (settings, template) = (settings(dir.path()), template());
         let mut log = AuditLog::open(&settings, &who()).unwrap();
         // seq 0 is the chain's start record.
         assert_eq!(log.append(&body(1), &template).unwrap().first_seq, 1);
@@ -967,8 +971,7 @@ mod tests {
     #[test]
     fn an_idle_writer_holds_no_key_and_follows_other_writers() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let (settings, template) = (settings(dir.path()), template());
         let zero = ChainKey::from_bytes([0; 32]);
         let mut a = AuditLog::open(&settings, &who()).unwrap();
         let mut b = AuditLog::open(&settings, &who()).unwrap();
@@ -993,8 +996,7 @@ mod tests {
     fn a_key_altered_in_the_slot_is_refused() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path());
-        let template = Record::new(&who(), 0, Event::Outcome, None);
+        let (settings, template) = (settings(dir.path()), template());
         let mut log = AuditLog::open(&settings, &who()).unwrap();
         log.append(&body(1), &template).unwrap();
         let state_file = OpenOptions::new()

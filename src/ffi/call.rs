@@ -401,6 +401,11 @@ impl<'rt> Call<'rt> {
         }
     }
 
+    /// The size the application gave for attribute `i`'s buffer (C_GetAttributeValue).
+    fn attribute_capacity(&self, i: usize) -> Option<ck::CK_ULONG> {
+        self.attribute_buffers.get(i).map(|&(_, cap)| cap)
+    }
+
     /// Before C_GetAttributeValue: the size of each attribute's buffer.
     ///
     /// # Safety
@@ -508,8 +513,9 @@ impl<'rt> Call<'rt> {
                 | ck::CKR_BUFFER_TOO_SMALL
         );
         // SAFETY: per the caller.
-        let capacity = |i: usize| self.attribute_buffers.get(i).map(|&(_, cap)| cap);
-        self.detail.template = Some(unsafe { args::template(template, count, filled, capacity) });
+        let summary =
+            unsafe { args::template(template, count, filled, |i| self.attribute_capacity(i)) };
+        self.detail.template = Some(summary);
         if !filled || template.is_null() {
             return;
         }
@@ -520,8 +526,9 @@ impl<'rt> Call<'rt> {
                 break;
             };
             if !a.pValue.is_null() && a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION {
-                let cap = self.attribute_buffers.get(i).map(|&(_, cap)| cap);
-                let len = cap.map_or(a.ulValueLen, |cap| a.ulValueLen.min(cap));
+                let len = self
+                    .attribute_capacity(i)
+                    .map_or(a.ulValueLen, |cap| a.ulValueLen.min(cap));
                 self.outputs.push((a.pValue as *mut u8, len as usize));
             }
         }
