@@ -180,3 +180,24 @@ fn every_per_call_operation_runs_direct_and_through_p11audit() {
         ));
     }
 }
+
+/// An op name neither program knows is refused before any thread starts: a usage error, not a
+/// measuring thread that panics while the others wait for it at a barrier for good.
+#[test]
+fn an_unknown_op_is_refused_at_once() {
+    for program in [p11bench(), example("p11calls")] {
+        let fx = Fixture::new();
+        let mut cmd = Command::new(&program);
+        cmd.args(["--module", SOFTHSM, "--pin", USER_PIN, "--op", "no_such_op"])
+            .env("SOFTHSM2_CONF", &fx.softhsm_conf);
+        let what = format!("{} --op no_such_op", program.display());
+        let run = run_with_timeout(cmd, fx.dir.path(), &what);
+        assert_eq!(run.status.code(), Some(2), "{}", run.dump());
+        assert!(
+            run.stderr.contains("unknown op no_such_op"),
+            "{}",
+            run.dump()
+        );
+        assert!(run.stdout.is_empty(), "{}", run.dump());
+    }
+}

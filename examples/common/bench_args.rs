@@ -12,8 +12,17 @@ pub struct Args {
 }
 
 /// The arguments, or the usage and `ops` printed for `--help` (the smoke test reads the ops
-/// from there). Without `--op`, every op of `ops`.
+/// from there). Without `--op`, every op of `ops`; an op not in `ops` is refused here, before
+/// any thread starts.
+///
+/// Also makes any later panic end the process: the measuring threads meet at barriers, and a
+/// thread that panicked before its barrier would otherwise leave the others waiting for good.
 pub fn parse_args(program: &str, ops: &[&str]) -> Args {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(101);
+    }));
     let mut a = Args {
         module: String::new(),
         pin: String::new(),
@@ -41,6 +50,10 @@ pub fn parse_args(program: &str, ops: &[&str]) -> Args {
         !a.module.is_empty() && !a.pin.is_empty(),
         "--module and --pin are required"
     );
+    if let Some(unknown) = a.ops.iter().find(|op| !ops.contains(&op.as_str())) {
+        eprintln!("{program}: unknown op {unknown}; ops: {}", ops.join(" "));
+        std::process::exit(2);
+    }
     if a.ops.is_empty() {
         a.ops = ops.iter().map(|s| s.to_string()).collect();
     }
