@@ -166,6 +166,14 @@ impl Auditor {
         self.until_resolved(inner, ticket, record)
     }
 
+    /// Counts `n` records that could not even be built (a failure inside p11audit): the next
+    /// write reports them in a gap record, as records lost to a failing log are.
+    pub fn count_lost(&self, n: u64) {
+        let mut inner = self.inner.lock();
+        inner.forget_parent_queue();
+        inner.note_loss_since(n, || super::record::rfc3339_micros_now().to_string());
+    }
+
     /// Writes everything queued.
     pub fn flush(&self, who: &Record) -> Result<(), NotRecorded> {
         let mut inner = self.inner.lock();
@@ -393,8 +401,12 @@ impl Inner {
     }
 
     fn note_loss(&mut self, n: u64, template: &Record) {
+        self.note_loss_since(n, || template.ts.to_string());
+    }
+
+    fn note_loss_since(&mut self, n: u64, since: impl FnOnce() -> String) {
         if self.lost == 0 {
-            self.lost_since = Some(template.ts.to_string());
+            self.lost_since = Some(since());
         }
         self.lost += n;
     }
@@ -405,6 +417,31 @@ mod tests {
     use super::*;
     use crate::audit::testing::{log_settings, who};
     use std::sync::Arc;
+
+    /// A record p11audit could not even build (`count_lost`) is reported by the next write's
+    /// gap record, like records lost to a failing log.
+    #[test]
+    fn records_counted_lost_are_reported_in_a_gap_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let auditor = Auditor::open(
+            &log_settings(dir.path(), [7; 32]),
+            &who(),
+            FailurePolicy::Closed,
+        )
+        .unwrap();
+        auditor.count_lost(1);
+        let rec = Record::new(&who(), 1, Event::Outcome, Some("C_Sign"));
+        auditor.write(&rec).unwrap();
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let gap = &lines[lines.len() - 2];
+        assert_eq!(gap["ev"], "gap", "{log}");
+        assert_eq!(gap["lost"], 1, "{log}");
+        assert_eq!(lines[lines.len() - 1]["fn"], "C_Sign", "{log}");
+    }
 
     /// Threads that write at once all get their own seq, and the batches kept for waiting
     /// threads stay as few as the threads (a leader forgets those nobody waits for), however

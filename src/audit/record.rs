@@ -166,7 +166,8 @@ pub enum OutputDisposition {
     BufferTooSmall,
     /// Output was handed to the application.
     Returned,
-    /// Output was withheld (wiped) because its record could not be written.
+    /// Output was withheld (wiped): p11audit failed after the provider answered, before the
+    /// record was settled (FORMAT.md §7).
     Withheld,
 }
 

@@ -668,10 +668,45 @@ pub(crate) fn run_call(
         }));
         finished.unwrap_or_else(|_| {
             call.wipe_given_buffers();
+            record_internal_failure(rt, function, rv, started, intent, call.session);
             ck::CKR_GENERAL_ERROR
         })
     })
 }
+
+/// The provider answered `rv`, but p11audit failed (panicked) before it settled the call's
+/// record: the output has been wiped and the application gets CKR_GENERAL_ERROR. The call still
+/// took effect in the provider (an operation ended, an object may exist), so it gets an outcome
+/// record built from the plain values that are known for sure: the provider's `rv`, the intent
+/// it answers, the session, and `"out":"withheld"`. It may wait for the next write: nothing
+/// reaches the application. Should even that fail, the record is counted as lost and reported
+/// in the next gap record (docs/FORMAT.md §7).
+fn record_internal_failure(
+    rt: &Runtime,
+    function: &'static str,
+    rv: ck::CK_RV,
+    started: Instant,
+    intent: Option<u64>,
+    session: Option<u64>,
+) {
+    let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut outcome = timed_outcome(rt, function, rv, started);
+        outcome.detail.intent = intent;
+        outcome.detail.session = session;
+        outcome.detail.out = Some(OutputDisposition::Withheld);
+        outcome.detail.note = Some(INTERNAL_FAILURE_NOTE.into());
+        rt.auditor.wait(&outcome);
+    }));
+    if recorded.is_err() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.auditor.count_lost(1);
+        }));
+    }
+}
+
+/// The note of an outcome that p11audit failed to settle (`record_internal_failure`).
+pub(crate) const INTERNAL_FAILURE_NOTE: &str =
+    "p11audit failed after the provider answered: output withheld, CKR_GENERAL_ERROR returned";
 
 /// Reads CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL and CKA_ID of `handle` in one call. Returns the
 /// identity and whether the object exists (so the identity may be cached).
@@ -884,5 +919,18 @@ mod tests {
         );
         assert_eq!(rv, ck::CKR_GENERAL_ERROR);
         assert_eq!(out, [0u8; 16]);
+        // The call took effect in the provider: its outcome is in the log, saying what the
+        // provider answered and that the output was withheld.
+        let rt = crate::ffi::runtime().unwrap();
+        rt.auditor
+            .flush(&bare_record(rt, Event::Outcome, None))
+            .unwrap();
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["ev"], "outcome", "{last}");
+        assert_eq!(last["fn"], "C_Sign", "{last}");
+        assert_eq!(last["rv"], "CKR_OK", "{last}");
+        assert_eq!(last["out"], "withheld", "{last}");
+        assert_eq!(last["note"], INTERNAL_FAILURE_NOTE, "{last}");
     }
 }
