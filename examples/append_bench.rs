@@ -5,7 +5,8 @@
 //! Prints the median cost of: building and serializing one typical record, sealing it
 //! (HMAC + key evolution), one append of 1 and of 3 records to a log in DIR (default: a
 //! temporary directory under /tmp), and the system calls an append makes, each alone, including
-//! appends of several sizes to a growing file with and without space reserved ahead.
+//! appends of several sizes to a growing file with and without space reserved ahead, and, for
+//! comparison, stores through a shared mapping of the file (which p11audit does not use).
 
 use p11audit::audit::chain::ChainKey;
 use p11audit::audit::record::{
@@ -194,6 +195,74 @@ fn syscalls(dir: &std::path::Path) {
         println!(
             "  write {size} B growing the file: {:.0} ns; into reserved space: {:.0} ns",
             cost[0], cost[1]
+        );
+    }
+    mapped_stores(dir);
+}
+
+/// What a log written through a shared mapping (instead of `write`) would cost per record:
+/// a copy into the mapped file, after the space was either reserved with `fallocate` or
+/// written with zeros ahead (MiB at a time). Measured only, not used by p11audit:
+/// docs/PERFORMANCE.md ("The write path's ceiling") says why.
+fn mapped_stores(dir: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    const SIZE: usize = 950; // about half of an HMAC operation's log bytes
+    const N: usize = 100_000;
+    let len = SIZE * N;
+    for prewrite_zeros in [false, true] {
+        let p = dir.join("mapped.log");
+        let _ = std::fs::remove_file(&p);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let t = Instant::now();
+        if prewrite_zeros {
+            let zeros = vec![0u8; 1 << 20];
+            for at in (0..len).step_by(zeros.len()) {
+                f.write_all_at(&zeros, at as u64).unwrap();
+            }
+        } else {
+            p11audit::os::preallocate(&f, 0, len as u64).unwrap();
+            f.set_len(len as u64).unwrap();
+        }
+        let prepare = t.elapsed().as_nanos() as f64 / N as f64;
+        // SAFETY: a fresh shared mapping of `len` bytes of a file this function alone uses,
+        // at least `len` long; unmapped below before the file is removed.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap");
+        let line = vec![b'x'; SIZE];
+        let t = Instant::now();
+        for i in 0..N {
+            // SAFETY: i * SIZE + SIZE <= len: inside the mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(line.as_ptr(), (map as *mut u8).add(i * SIZE), SIZE)
+            };
+        }
+        let store = t.elapsed().as_nanos() as f64 / N as f64;
+        // SAFETY: the mapping made above, not used after this.
+        unsafe { libc::munmap(map, len) };
+        let _ = std::fs::remove_file(&p);
+        let how = if prewrite_zeros {
+            "into zeros written ahead"
+        } else {
+            "into reserved (fallocate) space"
+        };
+        println!(
+            "  store {SIZE} B through a shared mapping {how}: {store:.0} ns (+ {prepare:.0} ns per record to prepare the space)"
         );
     }
 }
