@@ -3,8 +3,8 @@
 //!   cargo run --release --example append_bench [-- DIR]
 //!
 //! Prints the median cost of: building and serializing one typical record, sealing it
-//! (HMAC + key evolution), one append of 1 and of 3 records to a log in DIR (default: a
-//! temporary directory under /tmp), and the system calls an append makes, each alone, including
+//! (HMAC + key evolution), one append of 1 and of 3 records to a log in a new directory inside
+//! DIR (default: the temporary directory; removed at the end), and the system calls an append makes, each alone, including
 //! appends of several sizes to a growing file with and without space reserved ahead, and, for
 //! comparison, stores through a shared mapping of the file (which p11audit does not use).
 
@@ -58,15 +58,15 @@ fn typical(who: &ProcessIdentity) -> Record {
 }
 
 fn main() {
-    let dir = std::env::args()
+    // A directory of its own inside DIR (which picks the filesystem), removed at the end:
+    // never DIR itself, which may hold anything.
+    let parent = std::env::args()
         .nth(1)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let d =
-                std::env::temp_dir().join(format!("p11audit-append-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        });
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("p11audit-append-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let key_path = dir.join("key");
     let _ = std::fs::remove_file(&key_path);
     std::fs::write(&key_path, "11".repeat(32)).unwrap();
@@ -117,6 +117,14 @@ fn main() {
         20_000,
     );
     println!("seal one record (HMAC + evolve): {seal:.0} ns");
+    // What every append adds besides its records: the state slot (with its SHA-256 check
+    // line) and the key's fingerprint, computed when the state is stored and again when the
+    // key is read back at the next append.
+    let state = p11audit::audit::state::ChainState::genesis(ChainKey::from_bytes([9; 32]), 1, 2, 3);
+    let encode = median_ns(|| state.encode(), 20_000);
+    println!("encode the state slot (check line included): {encode:.0} ns");
+    let fingerprint = median_ns(|| key.fingerprint(), 20_000);
+    println!("key fingerprint (twice per append): {fingerprint:.0} ns");
     let one = [body.clone()];
     let three = [body.clone(), body.clone(), body.clone()];
     let template = typical(&who);
