@@ -218,7 +218,7 @@ impl Config {
         let settings = Config::settings(sources)?;
         let config = Config::from_lookup(&|name| settings(name))?;
         for w in config.warnings() {
-            eprintln!("p11audit: warning: {w}");
+            crate::stderr_line(&format!("p11audit: warning: {w}"));
         }
         Ok(config)
     }

@@ -17,3 +17,11 @@ pub mod ffi;
 pub mod fuzzing;
 pub mod os;
 pub mod provider;
+
+/// Writes one line to stderr and ignores a failure. `eprintln!` panics when stderr is gone (a
+/// closed pipe, with SIGPIPE ignored as Python does): a message of p11audit's must never fail
+/// the host application's call.
+pub fn stderr_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

@@ -311,9 +311,9 @@ impl Auditor {
                 inner.note_loss(end - first, template);
                 if !inner.warned {
                     inner.warned = true;
-                    eprintln!(
+                    crate::stderr_line(&format!(
                         "p11audit: {e}; calls that need a record now fail, unless P11AUDIT_ON_FAILURE=open"
-                    );
+                    ));
                 }
                 None
             }

@@ -19,7 +19,8 @@ pub enum Event {
     Outcome,
     /// The first record of a chain (seq 0).
     Start,
-    /// A process attached (its first successful configuration, at C_Initialize).
+    /// A process attached: its first C_Initialize with a good configuration (or the first
+    /// after a successful C_Finalize).
     Attach,
     /// A process closed its part of the chain cleanly (C_Finalize or normal exit).
     Close,

@@ -818,6 +818,7 @@ mod tests {
             exe: "/x".into(),
             uid: 0,
             context: Mutex::new(CallContext::default()),
+            attached_pid: Default::default(),
         }
     }
 

@@ -5,59 +5,46 @@ use super::{args, guard, runtime, runtime_or_init};
 use crate::audit::record::Event;
 use cryptoki_sys as ck;
 use std::os::raw::c_void;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Checks CK_C_INITIALIZE_ARGS the way PKCS#11 2.40 §5.4 requires: the four mutex callbacks
-/// are all supplied or all NULL, and pReserved is NULL. Returns the flags.
+/// The flags of CK_C_INITIALIZE_ARGS, for the intent record.
+///
+/// The arguments are not checked here: they are forwarded unchanged and the provider's answer
+/// is returned, so that it is the provider's own. Providers differ: SoftHSM answers
+/// CKR_CRYPTOKI_ALREADY_INITIALIZED before it looks at them, and NSS's softokn takes its
+/// parameter string in pReserved, which PKCS#11 2.40 §5.4 says must be NULL. p11audit never
+/// uses the mutex callbacks (its own locks are OS locks that never block on the provider).
 ///
 /// # Safety
 /// `init_args` must be NULL or point to a CK_C_INITIALIZE_ARGS.
-unsafe fn check_init_args(init_args: *const c_void) -> Result<Option<ck::CK_FLAGS>, ck::CK_RV> {
+unsafe fn init_flags(init_args: *const c_void) -> Option<ck::CK_FLAGS> {
     // SAFETY: per the caller.
-    let Some(a) = (unsafe { args::read(init_args as *const ck::CK_C_INITIALIZE_ARGS) }) else {
-        return Ok(None);
-    };
-    let supplied = [
-        a.CreateMutex.is_some(),
-        a.DestroyMutex.is_some(),
-        a.LockMutex.is_some(),
-        a.UnlockMutex.is_some(),
-    ];
-    if supplied.iter().any(|&s| s != supplied[0]) || !a.pReserved.is_null() {
-        return Err(ck::CKR_ARGUMENTS_BAD);
-    }
-    // With application callbacks and no CKF_OS_LOCKING_OK the library must use the callbacks
-    // or fail with CKR_CANT_LOCK. p11audit's own locks are OS locks that never block on the
-    // provider, and the decision about the provider's locking is the provider's: the arguments
-    // are forwarded unchanged and its answer is returned.
-    Ok(Some(a.flags))
+    unsafe { args::read(init_args as *const ck::CK_C_INITIALIZE_ARGS) }.map(|a| a.flags)
 }
 
 pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_RV {
     guard(|| {
         // SAFETY: the caller passes NULL or a CK_C_INITIALIZE_ARGS.
-        let flags = match unsafe { check_init_args(init_args) } {
-            Ok(f) => f,
-            Err(rv) => {
-                // Answered here, never forwarded; recorded if the shim is configured already.
-                super::log_informational("C_Initialize", rv);
-                return rv;
-            }
-        };
+        let flags = unsafe { init_flags(init_args) };
         let rt = match runtime_or_init() {
             Ok(rt) => rt,
             Err(msg) => {
-                eprintln!("p11audit: {msg}");
+                crate::stderr_line(&format!("p11audit: {msg}"));
                 return ck::CKR_GENERAL_ERROR;
             }
         };
-        // A forked child (or a second initialization) starts with fresh sessions.
-        rt.context.lock().clear();
-        let mut attach = bare_record(rt, Event::Attach, Some("C_Initialize"));
-        attach.detail.note = Some(format!("provider {}", rt.provider.path.display()));
+        let pid = crate::audit::process::current_pid();
+        // One `attach` per attached period of a process: a second C_Initialize (refused by
+        // the provider, or after a failed one) is not a new attachment, and `report` would
+        // count it as one that never closed.
+        if rt.attached_pid.swap(pid, Ordering::Relaxed) != pid {
+            let mut attach = bare_record(rt, Event::Attach, Some("C_Initialize"));
+            attach.detail.note = Some(format!("provider {}", rt.provider.path.display()));
+            rt.auditor.wait(&attach);
+        }
         let mut intent = bare_record(rt, Event::Intent, Some("C_Initialize"));
         intent.detail.flags = flags.map(|f| f as u64);
-        rt.auditor.wait(&attach);
         let intent_seq = match write_intent_or_refuse(rt, &intent) {
             Ok(seq) => seq,
             Err(rv) => return rv,
@@ -68,6 +55,12 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
         let started = Instant::now();
         // SAFETY: forwarded as given. No p11audit lock is held: providers may re-enter.
         let rv = unsafe { init(init_args) };
+        if rv == ck::CKR_OK {
+            // The provider starts afresh (in a forked child too): the sessions, logins and
+            // operations p11audit knew of are gone. Not before it answered: a refused
+            // C_Initialize (CKR_CRYPTOKI_ALREADY_INITIALIZED) leaves them all as they were.
+            rt.context.lock().clear();
+        }
         let mut outcome = timed_outcome(rt, "C_Initialize", rv, started);
         outcome.detail.intent = intent_seq;
         rt.auditor.wait(&outcome);
@@ -94,6 +87,7 @@ pub(crate) unsafe extern "C" fn c_finalize(reserved: *mut c_void) -> ck::CK_RV {
             let close = bare_record(rt, Event::Close, Some("C_Finalize"));
             // If it cannot be written, the failed append counted it for the next gap record.
             let _ = rt.auditor.write(&close);
+            rt.attached_pid.store(0, Ordering::Relaxed);
         } else {
             rt.auditor.wait(&outcome);
             let _ = rt.auditor.flush(&outcome);

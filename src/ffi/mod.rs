@@ -28,6 +28,9 @@ pub(crate) struct Runtime {
     exe: std::sync::Arc<str>,
     uid: u32,
     pub context: Mutex<CallContext>,
+    /// The pid whose `attach` is the last one in the log without a `close` after it (0: none).
+    /// A pid, not a flag: a forked child is a new process and attaches on its own.
+    pub attached_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Runtime {
@@ -120,6 +123,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
         exe: who.exe,
         uid,
         context: Mutex::new(CallContext::default()),
+        attached_pid: std::sync::atomic::AtomicU32::new(0),
     };
     let _ = RUNTIME.set(rt);
     fork::install_fork_handlers();

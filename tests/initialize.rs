@@ -1,0 +1,181 @@
+//! `C_Initialize` sequences an application may make, in a child process each (the shim reads
+//! its configuration at `C_Initialize`, and a process can load SoftHSM only once):
+//! - a second `C_Initialize`, which SoftHSM refuses, changes nothing p11audit knows of the
+//!   sessions (their records keep slot, token and login) and is not a new `attach`;
+//! - a warning p11audit prints at `C_Initialize` cannot fail it when stderr is gone (a pipe
+//!   nobody reads, SIGPIPE ignored, as in a Python program piped into `head`);
+//! - the arguments reach the provider as given: NSS's softokn takes its parameter string in
+//!   `pReserved` (which PKCS#11 says must be NULL), and works behind p11audit.
+
+mod common;
+
+use common::raw::{self, os_locking_args, Module};
+use common::*;
+use cryptoki_sys as ck;
+use serde_json::Value;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Stdio;
+
+const ROLE: &str = "P11AUDIT_INITIALIZE_ROLE";
+const SECOND: &str = "second_initialize";
+const NO_STDERR: &str = "no_stderr";
+const SOFTOKN: &str = "softokn";
+/// NSS's software token (Debian package libnss3, which libnss3-tools pulls in).
+const SOFTOKN_MODULE: &str = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+/// The parameter string softokn reads from `pReserved`, for the child.
+const SOFTOKN_PARAMS_VAR: &str = "P11AUDIT_TEST_SOFTOKN_PARAMS";
+
+/// The child: initializes, opens a logged-in session, calls C_Initialize again, uses the
+/// session, and closes everything. Prints each return value.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let shim = Module::shim();
+    if role == SOFTOKN {
+        let params = std::ffi::CString::new(std::env::var(SOFTOKN_PARAMS_VAR).unwrap()).unwrap();
+        let mut args = os_locking_args();
+        args.pReserved = params.as_ptr() as *mut _;
+        let rv = shim.initialize_rv(Some(args));
+        println!("\nC_Initialize rv={rv:#x}");
+        if rv == ck::CKR_OK {
+            println!("\nslot {}", shim.first_slot());
+            shim.finalize();
+        }
+        return;
+    }
+    let rv = shim.initialize_rv(Some(os_locking_args()));
+    println!("\nC_Initialize rv={rv:#x}");
+    if role != SECOND || rv != ck::CKR_OK {
+        return;
+    }
+    let s = shim.open_rw(shim.first_slot());
+    raw::ok(shim.login(s), "C_Login");
+    let again = shim.initialize_rv(Some(os_locking_args()));
+    println!("\nsecond C_Initialize rv={again:#x}");
+    shim.random(s, 16);
+    shim.logout(s);
+    shim.close(s);
+    shim.finalize();
+}
+
+fn child_command_for(role: &str, fx: &Fixture) -> std::process::Command {
+    child_command("child", ROLE, role, &fx.env())
+}
+
+/// The refused second `C_Initialize` is recorded (intent and outcome), is not a second
+/// `attach`, and the session's next record still says which token it is on and who is logged
+/// in: p11audit forgets its sessions only when the provider does (a `C_Initialize` it accepts).
+#[test]
+fn a_refused_second_initialize_keeps_what_p11audit_knows_of_the_sessions() {
+    let fx = Fixture::new();
+    let run = run_child_ok(child_command_for(SECOND, &fx), fx.dir.path(), SECOND);
+    assert!(
+        run.stdout.contains("\nC_Initialize rv=0x0"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stdout.contains("\nsecond C_Initialize rv=0x191"),
+        "SoftHSM refuses a second C_Initialize with CKR_CRYPTOKI_ALREADY_INITIALIZED\n{}",
+        run.dump()
+    );
+    let records = check_chain(&fx);
+    let count = |ev: &str| records.iter().filter(|r| r["ev"] == ev).count();
+    assert_eq!(count("attach"), 1, "one attach per attached process");
+    assert_eq!(count("close"), 1);
+    let initialize_outcomes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["ev"] == "outcome" && r["fn"] == "C_Initialize")
+        .collect();
+    assert_eq!(initialize_outcomes.len(), 2, "{initialize_outcomes:?}");
+    assert_eq!(
+        initialize_outcomes[1]["rv"],
+        "CKR_CRYPTOKI_ALREADY_INITIALIZED"
+    );
+    assert!(initialize_outcomes[1]["intent"].is_u64());
+    let random = records
+        .iter()
+        .find(|r| r["ev"] == "outcome" && r["fn"] == "C_GenerateRandom")
+        .expect("the C_GenerateRandom outcome");
+    assert_eq!(random["login"], "user", "{random}");
+    assert!(random["token"]["label"].is_string(), "{random}");
+    assert!(random["slot"].is_u64(), "{random}");
+}
+
+/// A valid configuration whose log directory others can write to gets a warning on stderr at
+/// `C_Initialize`. With stderr a pipe whose reader is gone, writing it fails (EPIPE: the Rust
+/// runtime ignores SIGPIPE): `C_Initialize` must still succeed and the chain start.
+#[test]
+fn initialize_succeeds_when_its_warning_cannot_be_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fx = Fixture::new();
+    let open_dir = fx.dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fx.log = open_dir.join("audit.jsonl");
+
+    // A pipe with its read end closed before the child starts.
+    let mut fds = [0; 2];
+    // SAFETY: a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+
+    let mut cmd = child_command_for(NO_STDERR, &fx);
+    cmd.stderr(Stdio::from(write_end)).stdout(Stdio::piped());
+    let out = cmd.output().expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("\nC_Initialize rv=0x0"),
+        "C_Initialize failed when its warning could not be written: {stdout}"
+    );
+    let records = fx.records();
+    assert_eq!(records[0]["ev"], "start", "{records:?}");
+    assert!(records.iter().any(|r| r["ev"] == "attach"), "{records:?}");
+}
+
+/// softokn refuses a NULL `pReserved` and reads its database settings from it: p11audit hands
+/// the arguments over as given, so softokn initializes, shows its slots, and every call is in
+/// the log.
+#[test]
+fn nss_softokn_gets_its_parameters_through_p_reserved() {
+    assert!(
+        std::path::Path::new(SOFTOKN_MODULE).is_file(),
+        "{SOFTOKN_MODULE} is missing: install Debian's libnss3 (scripts/install-deps.sh does)"
+    );
+    let fx = Fixture::new();
+    let db = fx.dir.path().join("nssdb");
+    std::fs::create_dir(&db).unwrap();
+    let params = format!(
+        "configdir='sql:{}' certPrefix='' keyPrefix='' secmod='secmod.db' flags='noModDB'",
+        db.display()
+    );
+    let env = vec![
+        ("P11AUDIT_MODULE", SOFTOKN_MODULE.into()),
+        ("P11AUDIT_LOG", fx.log.clone().into()),
+        ("P11AUDIT_KEY_FILE", fx.key.clone().into()),
+        (SOFTOKN_PARAMS_VAR, params.into()),
+    ];
+    let run = run_child_ok(
+        child_command("child", ROLE, SOFTOKN, &env),
+        fx.dir.path(),
+        SOFTOKN,
+    );
+    assert!(
+        run.stdout.contains("\nC_Initialize rv=0x0"),
+        "softokn did not initialize behind p11audit\n{}",
+        run.dump()
+    );
+    assert!(run.stdout.contains("\nslot "), "{}", run.dump());
+    let records = check_chain(&fx);
+    let outcome = records
+        .iter()
+        .find(|r| r["ev"] == "outcome" && r["fn"] == "C_Initialize")
+        .expect("the C_Initialize outcome");
+    assert_eq!(outcome["rv"], "CKR_OK", "{outcome}");
+    assert!(records.iter().any(|r| r["ev"] == "close"), "{records:?}");
+}
