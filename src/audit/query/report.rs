@@ -883,8 +883,7 @@ impl<'o> Aggregator<'o> {
             })
             .collect();
 
-        let mut failed: Vec<FailedLogins> = self
-            .failed
+        let mut failed: Vec<FailedLogins> = std::mem::take(&mut self.failed)
             .into_iter()
             .map(|((uid, pid, exe, user_type, rv), f)| FailedLogins {
                 uid,
@@ -898,7 +897,10 @@ impl<'o> Aggregator<'o> {
             })
             .collect();
         failed.sort_by(|a, b| a.first_ts.cmp(&b.first_ts).then(a.pid.cmp(&b.pid)));
-        failed.truncate(MAX_ROWS);
+        if failed.len() > MAX_ROWS {
+            self.limit("failed logins");
+            failed.truncate(MAX_ROWS);
+        }
 
         let mut procs: Vec<((u32, String), ProcAgg)> = self
             .procs
@@ -1446,6 +1448,33 @@ mod tests {
             text.contains("6 failed logins from pid 1 (/bin/p1) between"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn more_failed_login_groups_than_rows_is_a_limit_reached() {
+        // One failed login from each of MAX_ROWS + 1 pids: one group (row) each.
+        let bodies: Vec<String> = (0..=MAX_ROWS as u32)
+            .map(|pid| login(1, pid + 1, 100, "CKR_PIN_INCORRECT"))
+            .collect();
+        let r = run(&bodies, Period::default());
+        assert_eq!(r.logins.failed_total, MAX_ROWS as u64 + 1);
+        assert_eq!(r.logins.failed.len(), MAX_ROWS);
+        assert!(
+            r.limits_reached.iter().any(|l| l == "failed logins"),
+            "{:?}",
+            r.limits_reached
+        );
+        let text = render_human(&r);
+        let limits_line = text.lines().find(|l| l.starts_with("LIMITS REACHED"));
+        assert!(
+            limits_line.is_some_and(|l| l.ends_with(": failed logins")),
+            "{text}"
+        );
+
+        // Exactly MAX_ROWS groups fit: no limit.
+        let r = run(&bodies[..MAX_ROWS], Period::default());
+        assert_eq!(r.logins.failed.len(), MAX_ROWS);
+        assert!(r.limits_reached.is_empty(), "{:?}", r.limits_reached);
     }
 
     #[test]
