@@ -1215,3 +1215,55 @@ fn verify_refuses_a_fifo_instead_of_blocking() {
     assert_no_panic(&m, "fifo");
     assert_eq!(m.code, Some(2), "{}", m.dump());
 }
+
+/// The state file beside the log gets the guards the log gets: a FIFO must not block verify, a
+/// symbolic link (to /dev/zero, which never ends, or even to a valid state file) is not
+/// followed, and a regular file longer than a state file is not read to its end. Each is a bad
+/// state file: exit 2, within seconds, naming the state file.
+#[test]
+fn verify_refuses_a_state_file_that_is_not_a_bounded_regular_file() {
+    let f = Forge::new();
+    let (sealed, _) = f.seal(&[body(1, "attach", "C_Initialize", "/bin/x")]);
+    let valid_state = f.file("valid.state", &p11audit::audit::state::encode_file(None));
+
+    let fifo_log = f.file("fifo.log", &sealed);
+    let fifo = f.dir.path().join("fifo.log.state");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+    let zero_log = f.file("zero.log", &sealed);
+    std::os::unix::fs::symlink("/dev/zero", f.dir.path().join("zero.log.state")).unwrap();
+
+    let link_log = f.file("link.log", &sealed);
+    std::os::unix::fs::symlink(&valid_state, f.dir.path().join("link.log.state")).unwrap();
+
+    let dangling_log = f.file("dangling.log", &sealed);
+    std::os::unix::fs::symlink("/nonexistent", f.dir.path().join("dangling.log.state")).unwrap();
+
+    let long_log = f.file("long.log", &sealed);
+    let mut long = p11audit::audit::state::encode_file(None);
+    long.resize(64 << 20, 0);
+    f.file("long.log.state", &long);
+    drop(long);
+
+    for (log, why) in [
+        (&fifo_log, "not a regular file"),
+        (&zero_log, "a symbolic link"),
+        (&link_log, "a symbolic link"),
+        (&dangling_log, "a symbolic link"),
+        (&long_log, "longer than a state file (4096 bytes)"),
+    ] {
+        let m = verify_measured(&f.key_file, &[log.as_os_str()], Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{}: verify did not finish within 10 s", log.display()));
+        assert_no_panic(&m, "state file");
+        assert_eq!(m.code, Some(2), "{}", m.dump());
+        assert!(
+            m.stderr.contains(".log.state: ") && m.stderr.contains(why),
+            "{}",
+            m.dump()
+        );
+        // Well under 64 MiB: the long file was not read to its end.
+        assert!(m.max_rss_kib < 32 << 10, "{}", m.dump());
+    }
+}

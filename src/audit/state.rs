@@ -9,7 +9,7 @@ use super::chain::{
     decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
 };
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length of `ChainState::encode`'s output.
 const ENCODED_LEN: usize = 341;
@@ -84,6 +84,39 @@ pub fn decode_any_version(bytes: &[u8]) -> Result<ChainState, StateError> {
     } else {
         decode_file(bytes)
     }
+}
+
+/// Reads a whole state file for a reader that does not take part in the locking (a verifier),
+/// with the guards a file named on the command line needs: a symbolic link is refused
+/// (`O_NOFOLLOW`), a FIFO cannot block the open (`O_NONBLOCK`) and anything but a regular file
+/// is refused before it is read, and at most one byte more than a state file of format v2 is
+/// read (a device such as /dev/zero would never end). A longer file is an error. The bytes hold
+/// the key, so they are wiped when dropped, and the buffer is never grown (no copy is left
+/// behind in freed memory).
+pub fn read_file_bounded(path: &std::path::Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::new(ErrorKind::InvalidInput, "a symbolic link"),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let limit = layout::FILE_LEN + 1;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
+    file.take(limit as u64).read_to_end(&mut bytes)?;
+    if bytes.len() > layout::FILE_LEN {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("longer than a state file ({} bytes)", layout::FILE_LEN),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A slot: the text form of `encode`, then zeros. All zeros: no chain yet.

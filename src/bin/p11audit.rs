@@ -326,8 +326,7 @@ fn read_key(path: &Path) -> Result<ChainKey, Fatal> {
 
 fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
     let read = || {
-        std::fs::read(path)
-            .map(Zeroizing::new)
+        state::read_file_bounded(path)
             .map_err(|e| Fatal(format!("state file {}: {e}", path.display())))
     };
     // Writers update the file in place through a shared mapping (FORMAT.md §8); a read that
@@ -396,7 +395,9 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
         (Some(s), StateSource::Loaded(p.clone(), n))
     } else {
         let p = default_state_path(chain.files.last().expect("clap requires FILE"));
-        if p.exists() {
+        // Anything at that name, a dangling symbolic link too, is read (and refused if it is
+        // not a regular file) rather than taken as no state file.
+        if p.symlink_metadata().is_ok() {
             let s = read_state(&p, &key)?;
             let n = s.next_seq;
             (Some(s), StateSource::Loaded(p, n))
