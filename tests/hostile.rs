@@ -1139,8 +1139,8 @@ fn verify_reports_garbage_files_without_panicking() {
             }
         }
     }
-    // An empty log next to a state that names a record: the tail was cut off. (verify reads
-    // only seq and prev of the state, so one built by the library for the chain is enough.)
+    // An empty log next to a state that names a record: the tail was cut off. (A state built by
+    // the library for the chain, with its key K_1, is one a writer would have written.)
     let mut st = p11audit::audit::state::ChainState::genesis(f.key.clone(), 0, 0, 0);
     let mut sealed = Vec::new();
     st.prev_mac = seal_into(

@@ -217,6 +217,28 @@ fn truncation_uses_the_default_state_unless_told_otherwise() {
 }
 
 #[test]
+fn a_state_file_without_the_chains_key_does_not_hide_a_cut_tail() {
+    let (lines, _) = chain(&standard());
+    // Five of the seven records kept, beside a state for exactly those five: seq and prev read
+    // from the log, the check line computed, but a key that is not K_5.
+    let (_, mut forged) = chain(&standard()[..5]);
+    forged.key = ChainKey::from_bytes([0x11; 32]);
+    forged.log_ino = 1;
+    let f = Fixture::new(&lines, &all(5), &forged);
+    let out = f.verify(&[], 1).out;
+    assert!(out.starts_with("FAIL: truncated at "), "{out}");
+    assert_contains_all(&out, &["key is not K_5", "forged or corrupt"]);
+    // The same state in the text form of format v1.
+    std::fs::write(f.dir.path().join("log.state"), forged.encode()).unwrap();
+    let out = f.verify(&[], 1).out;
+    assert_contains_all(&out, &["key is not K_5", "forged or corrupt"]);
+    // With the key a writer would have stored, the same state verifies the same log.
+    let (_, genuine) = chain(&standard()[..5]);
+    std::fs::write(f.dir.path().join("log.state"), genuine.encode()).unwrap();
+    f.verify(&[], 0);
+}
+
+#[test]
 fn torn_last_line() {
     let (mut lines, st) = chain(&standard());
     let n = lines[6].len();

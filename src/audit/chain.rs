@@ -73,6 +73,19 @@ impl ChainKey {
         out
     }
 
+    /// Whether `other` is the same key, taking the same time whichever bytes differ: a
+    /// comparison that stopped at the first difference would tell, by its timing, how much of a
+    /// guessed key is right.
+    pub fn ct_eq(&self, other: &ChainKey) -> bool {
+        let differing_bits = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // Keeps the compiler from turning the fold back into an early-exit comparison.
+        std::hint::black_box(differing_bits) == 0
+    }
+
     /// K_{i+1} from K_i. The old key is overwritten in place.
     pub fn evolve(&mut self) {
         let mut next = hmac(&self.0, EVOLVE_LABEL);
@@ -201,6 +214,17 @@ mod tests {
             a.evolve();
             assert_eq!(b.mac_then_evolve(payload), expect);
             assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn ct_eq_is_true_only_for_the_same_key() {
+        let key = ChainKey::from_bytes([5; 32]);
+        assert!(key.ct_eq(&key.clone()));
+        for at in [0, 17, 31] {
+            let mut bytes = [5u8; 32];
+            bytes[at] ^= 0x80;
+            assert!(!key.ct_eq(&ChainKey::from_bytes(bytes)), "byte {at}");
         }
     }
 

@@ -5,7 +5,8 @@
 //! counts up by one from 0 across all files, and that every `prev` is the mac of the record
 //! before. It stops at the first problem and classifies it ([`ProblemKind`]); the [`Summary`]
 //! covers the records verified before that point. With a [`ChainState`] it also checks that the
-//! log ends where the writer's state says it does (truncation).
+//! log ends where the writer's state says it does (truncation), and that the state holds the
+//! chain's key at its seq (a state anyone but a writer wrote cannot vouch for the end).
 //!
 //! Memory does not grow with the size of the log: one line is held at a time (plus a bounded
 //! look-ahead when a record appears early), and a line longer than
@@ -94,7 +95,8 @@ pub enum ProblemKind {
     Inserted,
     /// A later record appears before the expected one, which follows shortly after.
     Reordered,
-    /// The log ends before (or after) where the state file says it does.
+    /// The log ends before (or after) where the state file says it does, or the state's key is
+    /// not the chain's key at the state's seq (a forged or corrupt state).
     Truncated,
     /// The last line of the last file is incomplete (a torn write).
     TornLastLine,
@@ -470,6 +472,27 @@ fn range_text(from: u64, to_incl: u64) -> String {
 // ---------------------------------------------------------------------------------------------
 // The chain walk
 
+/// The state against the chain at seq `next_seq` of the state (the walk has verified every
+/// record before it).
+#[derive(Debug, Clone, Copy)]
+struct StateComparison {
+    /// The state's prev is the mac of seq next_seq-1 (64 zeros for next_seq 0).
+    prev_matches: bool,
+    /// The state's key is K_next_seq, evolved from K_0. Only a writer (or someone holding a
+    /// chain key of a seq at or before next_seq) can know it: the check line is an unkeyed
+    /// hash anyone can compute, and seq and prev can be read from the log.
+    key_matches: bool,
+}
+
+impl StateComparison {
+    fn new(state: &ChainState, mac: &str, key: &ChainKey) -> Self {
+        StateComparison {
+            prev_matches: state.prev_mac == mac,
+            key_matches: state.key.ct_eq(key),
+        }
+    }
+}
+
 struct Verifier<'o> {
     opts: &'o VerifyOptions,
     /// The expected seq e, and K_e.
@@ -477,8 +500,8 @@ struct Verifier<'o> {
     key_e: ChainKey,
     /// mac of seq e-1 (zeros for e = 0).
     last_mac: String,
-    /// Whether the record at state.next_seq-1 was seen, and if its mac matched prev_mac.
-    state_mac_seen: Option<bool>,
+    /// How the state compares with the chain at the state's seq, once the walk got there.
+    state_at_its_seq: Option<StateComparison>,
     // Summary material.
     records: u64,
     first_seq: Option<u64>,
@@ -501,7 +524,11 @@ impl<'o> Verifier<'o> {
             expected: 0,
             key_e: opts.key.clone(),
             last_mac: ZERO_MAC_HEX.to_string(),
-            state_mac_seen: None,
+            state_at_its_seq: opts
+                .state
+                .as_ref()
+                .filter(|st| st.next_seq == 0)
+                .map(|st| StateComparison::new(st, ZERO_MAC_HEX, &opts.key)),
             records: 0,
             first_seq: None,
             first_ts: None,
@@ -776,15 +803,15 @@ impl<'o> Verifier<'o> {
     }
 
     fn accept(&mut self, s: u64, mac: &str, rec: &Rec) {
-        if let Some(st) = &self.opts.state {
-            if st.next_seq == s + 1 {
-                self.state_mac_seen = Some(st.prev_mac == mac);
-            }
-        }
         self.last_mac.clear();
         self.last_mac.push_str(mac);
         self.key_e.evolve();
         self.expected = s + 1;
+        if let Some(st) = &self.opts.state {
+            if st.next_seq == self.expected {
+                self.state_at_its_seq = Some(StateComparison::new(st, mac, &self.key_e));
+            }
+        }
 
         self.records += 1;
         self.first_seq.get_or_insert(s);
@@ -818,7 +845,8 @@ impl<'o> Verifier<'o> {
         self.last_ev_close = rec.ev == "close";
     }
 
-    /// After the last line: does the log end where the state says?
+    /// After the last line: does the log end where the state says, and did a writer of this
+    /// chain write the state?
     fn check_state(&self, cursor: &Cursor) -> Option<Problem> {
         let st = self.opts.state.as_ref()?;
         let e = self.expected;
@@ -839,10 +867,24 @@ impl<'o> Verifier<'o> {
             None => "the log holds no records".to_string(),
         };
         if st.next_seq > e {
+            // The state's key is not checked here: that would take evolving the key over every
+            // missing record, and the log fails either way.
             let n = st.next_seq - e;
             return mk(format!(
                 "{last_text} but the state expects {n} more record(s) ({}): records missing at the end",
                 range_text(e, st.next_seq - 1)
+            ));
+        }
+        let at_state = self
+            .state_at_its_seq
+            .expect("the walk verified every seq below e, so it compared the state at its seq");
+        // seq, prev and the check line of a state can be written by anyone who can read the
+        // log; K_next_seq only by a writer (forward security keeps a thief who took a later
+        // key from going back). A state with another key cannot vouch for the end of the log.
+        if !at_state.key_matches {
+            let n = st.next_seq;
+            return mk(format!(
+                "the state's key is not K_{n}, the chain's key for its next seq {n}: the state file is forged or corrupt and cannot show whether records were cut off the end ({last_text})"
             ));
         }
         // A writer stopped between its log write and its state write (e.g. killed) leaves the
@@ -851,8 +893,8 @@ impl<'o> Verifier<'o> {
         // a problem. A state behind the log whose mac does not match is.
         // A state at seq 0 is such a state only if a writer wrote it (it names the log's
         // inode); an empty state file (read as "no chain started", inode 0) beside records is not.
-        let written_genesis = st.next_seq == 0 && st.log_ino != 0;
-        if st.next_seq < e && (written_genesis || self.state_mac_seen == Some(true)) {
+        let written_by_a_writer = st.next_seq > 0 || st.log_ino != 0;
+        if st.next_seq < e && at_state.prev_matches && written_by_a_writer {
             return None;
         }
         if st.next_seq < e {
@@ -861,16 +903,17 @@ impl<'o> Verifier<'o> {
                 Some(l) => format!("seq {l}"),
                 None => "no records".to_string(),
             };
-            let agrees = match (st.next_seq, self.state_mac_seen) {
-                (0, _) => String::new(),
-                (_, Some(true)) => " (its mac matches the log there)".to_string(),
-                (_, _) => " (and its mac does not match the log there)".to_string(),
+            let agrees = match (st.next_seq, at_state.prev_matches) {
+                (0, true) => "",
+                (0, false) => " (and its prev is not 64 zeros)",
+                (_, true) => " (its mac matches the log there)",
+                (_, false) => " (and its mac does not match the log there)",
             };
             return mk(format!(
                 "state behind log: the state ends at {state_last}{agrees} but {last_text}, {n} record(s) later"
             ));
         }
-        if st.prev_mac != self.last_mac {
+        if !at_state.prev_matches {
             return mk(format!(
                 "{last_text} as the state expects, but its mac is not the state's prev mac: the tail was replaced"
             ));
@@ -1218,6 +1261,75 @@ mod tests {
         );
         assert!(p.detail.contains("state behind log"), "{}", p.detail);
         assert!(p.detail.contains("does not match"), "{}", p.detail);
+    }
+
+    /// K_n, evolved from K_0.
+    fn key_at(n: u64) -> ChainKey {
+        let mut key = k0();
+        for _ in 0..n {
+            key.evolve();
+        }
+        key
+    }
+
+    #[test]
+    fn state_whose_key_is_not_the_chains_key_at_its_seq_is_refused() {
+        let c = chain(&signs(6));
+        let forged_detail = "the state file is forged or corrupt";
+        // The log cut after seq 3, beside a state for exactly that log (seq and prev can be
+        // read from the log) with a key that is not K_4: the cut would go unnoticed.
+        let cut = c.joined(&[0, 1, 2, 3]);
+        let forged_at = |next_seq: u64, prev_mac: &str, key: ChainKey| ChainState {
+            next_seq,
+            prev_mac: prev_mac.to_string(),
+            key,
+            log_dev: 0,
+            log_ino: 1,
+            log_size: 0,
+        };
+        for (what, key) in [
+            ("zeros", ChainKey::from_bytes([0; 32])),
+            ("K_0", k0()),
+            // A thief with the current key K_6 cannot go back to K_4.
+            ("a later key", c.key_next.clone()),
+        ] {
+            let r = run(&[&cut], Some(forged_at(4, &c.macs[3], key)));
+            let p = problem(&r);
+            assert_eq!(
+                (p.kind, p.line, p.seq),
+                (ProblemKind::Truncated, 4, Some(3)),
+                "{what}"
+            );
+            assert!(p.detail.contains("key is not K_4"), "{what}: {}", p.detail);
+            assert!(p.detail.contains(forged_detail), "{what}: {}", p.detail);
+            assert_eq!(r.summary.records, 4, "{what}");
+        }
+        // The real K_4: the same state is one a writer wrote.
+        assert!(run(&[&cut], Some(forged_at(4, &c.macs[3], key_at(4)))).intact);
+
+        // A state behind the log, its prev matching: accepted only with its seq's key.
+        let behind = forged_at(2, &c.macs[1], key_at(3));
+        let p = problem(&run(&[&c.all()], Some(behind))).clone();
+        assert!(p.detail.contains("key is not K_2"), "{}", p.detail);
+        assert!(run(&[&c.all()], Some(forged_at(2, &c.macs[1], key_at(2)))).intact);
+
+        // A state at seq 0 naming an inode (what a writer killed before its first state update
+        // leaves): accepted beside records only with K_0 and prev of 64 zeros.
+        let genesis = forged_at(0, ZERO_MAC_HEX, key_at(1));
+        let p = problem(&run(&[&cut], Some(genesis))).clone();
+        assert!(p.detail.contains("key is not K_0"), "{}", p.detail);
+        assert!(run(&[&cut], Some(forged_at(0, ZERO_MAC_HEX, k0()))).intact);
+        let p = problem(&run(&[&cut], Some(forged_at(0, &c.macs[0], k0())))).clone();
+        assert!(p.detail.contains("prev is not 64 zeros"), "{}", p.detail);
+
+        // Across rotated files: K_n is the chain's key, whichever file holds seq n-1.
+        let (older, current) = (c.joined(&[0, 1, 2]), c.joined(&[3, 4, 5]));
+        let mut rotated = c.state();
+        assert!(run(&[&older, &current], Some(rotated.clone())).intact);
+        rotated.key = key_at(3);
+        let p = problem(&run(&[&older, &current], Some(rotated))).clone();
+        assert!(p.detail.contains("key is not K_6"), "{}", p.detail);
+        assert!(p.file.ends_with("log.1"), "{}", p.file.display());
     }
 
     #[test]
