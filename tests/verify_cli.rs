@@ -240,10 +240,12 @@ fn a_state_file_without_the_chains_key_does_not_hide_a_cut_tail() {
 
 #[test]
 fn torn_last_line() {
-    let (mut lines, st) = chain(&standard());
+    let (mut lines, _) = chain(&standard());
     let n = lines[6].len();
     lines[6].truncate(n - 10);
-    let f = Fixture::new(&lines, &all(7), &st);
+    // The state of the six complete records: a writer was cut short in its seventh write.
+    let (_, st6) = chain(&standard()[..6]);
+    let f = Fixture::new(&lines, &all(7), &st6);
     let out = f.verify(&[], 1).out;
     assert!(
         out.starts_with(&format!(
@@ -252,6 +254,28 @@ fn torn_last_line() {
         )),
         "{out}"
     );
+}
+
+/// Records cut off the end, then a fragment of a later line appended (no newline), beside the
+/// state of the whole log: still a truncation, not a harmless torn write.
+#[test]
+fn junk_after_a_cut_tail_does_not_hide_the_cut() {
+    let (lines, st) = chain(&standard());
+    let mut kept: Vec<Vec<u8>> = lines[..4].to_vec();
+    kept.push(lines[5][..100].to_vec());
+    let f = Fixture::new(&kept, &all(5), &st);
+    let out = f.verify(&[], 1).out;
+    assert!(
+        out.starts_with(&format!(
+            "FAIL: truncated at {}:5 (seq 3): ",
+            f.log.display()
+        )),
+        "{out}"
+    );
+    assert_contains_all(&out, &["3 more record(s)", "is torn"]);
+    // Without the state nothing says records are missing: a torn write.
+    let out = f.verify(&["--no-state"], 1).out;
+    assert!(out.starts_with("FAIL: torn_last_line at "), "{out}");
 }
 
 #[test]

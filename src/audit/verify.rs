@@ -234,9 +234,28 @@ where
             return Ok(None);
         }
     }
-    if problem.is_none() {
-        problem = verifier.check_state(&cursor);
-    }
+    problem = match problem {
+        None => verifier.check_state(&cursor),
+        // A writer stores the state only after its write completed, so a torn last line does
+        // not excuse a state that disagrees with the records before it (e.g. names later
+        // ones: a cut tail with junk appended). That is the problem to report; the torn line
+        // is its last line.
+        Some(torn) if torn.kind == ProblemKind::TornLastLine => {
+            Some(match verifier.check_state(&cursor) {
+                Some(state_problem) => Problem {
+                    detail: format!(
+                        "{} (the last line, {}, is torn)",
+                        state_problem.detail, torn.line
+                    ),
+                    file: torn.file,
+                    line: torn.line,
+                    ..state_problem
+                },
+                None => torn,
+            })
+        }
+        other => other,
+    };
     Ok(Some(verifier.finish(problem)))
 }
 
@@ -604,24 +623,23 @@ impl<'o> Verifier<'o> {
         let split = split_line(line);
         let split_ok = split.is_some();
         let (Some(split), Some((s, prev))) = (split, prefix) else {
-            if cursor.at_end()? {
-                let what = if meta.newline {
-                    "is not a complete record"
-                } else {
-                    "is incomplete (no newline)"
-                };
+            // Only a line cut short lacks its newline: a last line that has one but is not a
+            // record was written that way (or altered), not torn.
+            if !meta.newline && cursor.at_end()? {
                 return Ok(self.problem(
                     TornLastLine,
                     meta,
                     cursor,
                     claimed,
                     format!(
-                        "the last line ({} bytes) {what}: a torn write; expected seq {e}",
+                        "the last line ({} bytes) is incomplete (no newline): a torn write; expected seq {e}",
                         meta.len
                     ),
                 ));
             }
-            let why = if !split_ok {
+            let why = if line.ends_with(b"\r") {
+                "ends in a carriage return (a \\r\\n line ending)"
+            } else if !split_ok {
                 "does not end in a well-formed \"mac\" member"
             } else {
                 "does not start with {\"v\":1,\"seq\":N,\"prev\":\"<mac>\","
@@ -1337,7 +1355,8 @@ mod tests {
         let c = chain(&signs(4));
         let mut log = c.all();
         log.truncate(log.len() - 30);
-        let r = run(&[&log], Some(c.state()));
+        // The state of the three complete records: a writer died in its fourth write.
+        let r = run(&[&log], Some(chain(&signs(3)).state()));
         let p = problem(&r);
         assert_eq!(
             (p.kind, p.line, p.seq),
@@ -1366,6 +1385,71 @@ mod tests {
         let log = [b"{\"v\":1,\"se\n".to_vec(), c.lines[0].clone()].concat();
         let p = problem(&run(&[&log], None)).clone();
         assert_eq!((p.kind, p.line), (ProblemKind::Altered, 1));
+    }
+
+    #[test]
+    fn torn_last_line_after_a_cut_tail_is_truncated() {
+        let c = chain(&signs(8));
+        // Four records kept, then the first 100 bytes of a later one (junk without a newline),
+        // beside the state of all eight: the state was stored after the eighth write completed.
+        let junk = &c.lines[6][..100];
+        let log = [c.joined(&[0, 1, 2, 3]), junk.to_vec()].concat();
+        let r = run(&[&log], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!(
+            (p.kind, p.line, p.seq),
+            (ProblemKind::Truncated, 5, Some(3))
+        );
+        assert!(
+            p.detail.contains("4 more record(s) (seq 4..7)"),
+            "{}",
+            p.detail
+        );
+        assert!(
+            p.detail.contains("the last line, 5, is torn"),
+            "{}",
+            p.detail
+        );
+        assert!(p.file.ends_with("log.0"), "{}", p.file.display());
+        assert_eq!(r.summary.records, 4);
+
+        // The same cut with a trailing empty file (the current log just after a rotation): the
+        // problem is still where the torn line is.
+        let r = run(&[&log, b""], Some(c.state()));
+        let p = problem(&r);
+        assert_eq!((p.kind, p.line), (ProblemKind::Truncated, 5));
+        assert!(p.file.ends_with("log.0"), "{}", p.file.display());
+
+        // A state that is not the chain's is reported over a torn line too.
+        let mut forged = chain(&signs(4)).state();
+        forged.key = k0();
+        let p = problem(&run(&[&log], Some(forged))).clone();
+        assert_eq!((p.kind, p.line), (ProblemKind::Truncated, 5));
+        assert!(p.detail.contains("forged or corrupt"), "{}", p.detail);
+
+        // Without a state, or with the state of the records present, it is a torn write.
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line), (ProblemKind::TornLastLine, 5));
+        let p = problem(&run(&[&log], Some(chain(&signs(4)).state()))).clone();
+        assert_eq!((p.kind, p.line), (ProblemKind::TornLastLine, 5));
+    }
+
+    #[test]
+    fn a_last_line_with_its_newline_is_not_torn() {
+        let c = chain(&signs(3));
+        // A complete last record with a carriage return before its newline.
+        let mut crlf = c.lines[2].clone();
+        crlf.insert(crlf.len() - 1, b'\r');
+        let log = [c.joined(&[0, 1]), crlf].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 3, Some(2)));
+        assert!(p.detail.contains("carriage return"), "{}", p.detail);
+        assert!(!p.detail.contains("torn"), "{}", p.detail);
+
+        // A fragment that ends in a newline.
+        let log = [c.lines[0].clone(), b"{\"v\":1,\"se\n".to_vec()].concat();
+        let p = problem(&run(&[&log], None)).clone();
+        assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 2, None));
     }
 
     #[test]
