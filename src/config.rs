@@ -88,8 +88,12 @@ fn rotate_bytes(get: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<u64>, C
         Some((i, c)) if c.is_ascii_alphabetic() => (&text.trim()[..i], c.to_ascii_uppercase()),
         _ => (text.trim(), 'B'),
     };
+    // Digits only, then at most one of K, M, G (CONFIG.md): `u64::parse` alone would also
+    // take a leading `+`, and a `B` suffix is not in the documented form.
+    let digits_only = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     let shift = match unit {
-        'B' => 0,
+        _ if !digits_only => 64,
+        'B' if digits.len() == text.trim().len() => 0,
         'K' => 10,
         'M' => 20,
         'G' => 30,
@@ -374,7 +378,17 @@ mod tests {
         assert_eq!(with("64k").unwrap().log.rotate_bytes, Some(64 << 10));
         assert_eq!(with("1G").unwrap().log.rotate_bytes, Some(1 << 30));
         assert_eq!(with("70000").unwrap().log.rotate_bytes, Some(70000));
-        for bad in ["1000", "10X", "M", "-5M", "99999999999G"] {
+        for bad in [
+            "1000",
+            "10X",
+            "M",
+            "-5M",
+            "99999999999G",
+            "65536B",
+            "+64K",
+            "+70000",
+            "6 4K",
+        ] {
             let e = with(bad).unwrap_err();
             assert!(e.0.contains("P11AUDIT_ROTATE_BYTES"), "{bad}: {e}");
         }

@@ -893,9 +893,14 @@ impl<'o> Verifier<'o> {
                 range_text(e, st.next_seq - 1)
             ));
         }
-        let at_state = self
-            .state_at_its_seq
-            .expect("the walk verified every seq below e, so it compared the state at its seq");
+        // The walk verified every seq below e from 0, so it compared the state at its seq;
+        // should it not have, the state cannot vouch for the end either.
+        let Some(at_state) = self.state_at_its_seq else {
+            return mk(format!(
+                "the state (next seq {}) could not be compared with the chain at its seq ({last_text})",
+                st.next_seq
+            ));
+        };
         // seq, prev and the check line of a state can be written by anyone who can read the
         // log; K_next_seq only by a writer (forward security keeps a thief who took a later
         // key from going back). A state with another key cannot vouch for the end of the log.
