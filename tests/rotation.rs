@@ -9,7 +9,7 @@
 //!   files concatenated into one all accept the chain, with every seq once;
 //! - four processes rotating the same log lose and duplicate nothing;
 //! - a missing middle file is reported as records missing at the first line of the file after
-//!   the gap;
+//!   the gap, and a missing current log as records missing at the end (the directory's state);
 //! - a writer killed in the middle of a rotation (tests/c/crash_at.c, at the `link` that gives
 //!   the old file its new name) leaves the rotation for the next writer, which finishes it.
 
@@ -193,6 +193,18 @@ fn one_process_rotates_into_a_chain_of_files() {
         .count();
     assert_eq!(signs, 300, "every signature is on record");
     eprintln!("{} records in {} files", all.len(), files.len());
+
+    // The current log gone (and with it the newest records): `verify DIR` still finds the
+    // chain's state file by name, and reports the records missing at the end.
+    let current = files.last().unwrap();
+    let away = tempfile::tempdir().unwrap();
+    let moved = away.path().join("current-log");
+    fs::rename(current, &moved).unwrap();
+    let (code, report, text) = verify_args(&fx.key, &[fx.dir.path().as_os_str()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(report["problem"]["kind"], "truncated", "{text}");
+    assert_eq!(report["state_checked"], true, "{text}");
+    fs::rename(&moved, current).unwrap();
 
     // A missing middle file: reported as records missing where the next file starts.
     let gone = &files[files.len() / 2];

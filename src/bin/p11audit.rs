@@ -116,7 +116,8 @@ struct ChainArgs {
     /// Key file holding K_0 (64 hex characters)
     #[arg(long, value_name = "KEY")]
     key_file: PathBuf,
-    /// State file to check the end of the chain against [default: LAST-FILE.state, if it exists]
+    /// State file to check the end of the chain against [default: LAST-FILE.state, if it
+    /// exists; for a directory, the chain's `<log>.state` in it]
     #[arg(long, value_name = "STATE", conflicts_with = "no_state")]
     state: Option<PathBuf>,
     /// Do not check the end of the chain against a state file
@@ -126,14 +127,42 @@ struct ChainArgs {
     /// the current log), put in order by the seq each file starts at
     #[arg(value_name = "FILE|DIR", required = true)]
     files: Vec<PathBuf>,
+    /// When the last argument is a directory: the chain's state file in it (see `expand`).
+    #[arg(skip)]
+    directory_state: Option<PathBuf>,
 }
 
 impl ChainArgs {
-    /// Replaces each directory argument by its files in chain order.
+    /// Replaces each directory argument by its files in chain order. When the last argument
+    /// is a directory, the state file is the chain's own in that directory (`<log>.state`),
+    /// found by name even if the current log is gone: `LAST-FILE.state` would then name the
+    /// newest rotated file, which has none, and a deleted tail would go unchecked.
     fn expand(mut self) -> Result<ChainArgs, Fatal> {
+        let last_is_dir = self.files.last().is_some_and(|p| p.is_dir());
         self.files = expand_directories(&self.files)?;
+        if last_is_dir {
+            self.directory_state = self.files.last().and_then(|f| chain_state_beside(f));
+        }
         Ok(self)
     }
+}
+
+/// The state file `<log>.state` beside `last` whose `<log>` is `last`'s own name or the name
+/// it was rotated from (`<log>.<UTC time>`); the longest such name if several match.
+fn chain_state_beside(last: &Path) -> Option<PathBuf> {
+    let dir = last.parent()?;
+    let name = last.file_name()?.to_str()?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let log = file.strip_suffix(".state")?.to_string();
+            let is_its_log = name == log || name.strip_prefix(&log)?.starts_with('.');
+            is_its_log.then(|| (log.len(), e.path()))
+        })
+        .max()
+        .map(|(_, path)| path)
 }
 
 #[derive(Args)]
@@ -394,7 +423,10 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
         let n = s.next_seq;
         (Some(s), StateSource::Loaded(p.clone(), n))
     } else {
-        let p = default_state_path(chain.files.last().expect("clap requires FILE"));
+        let p = match &chain.directory_state {
+            Some(p) => p.clone(),
+            None => default_state_path(chain.files.last().expect("clap requires FILE")),
+        };
         // Anything at that name, a dangling symbolic link too, is read (and refused if it is
         // not a regular file) rather than taken as no state file.
         if p.symlink_metadata().is_ok() {
