@@ -48,12 +48,20 @@ pub fn chain_order(dir: &Path) -> io::Result<ChainFiles> {
                 continue;
             }
         };
-        files.push((rank, path));
+        use std::os::unix::fs::MetadataExt;
+        let meta = entry.metadata()?;
+        // The log's own name (the one with the state file beside it) sorts first among the
+        // names of one file (see below).
+        let not_the_log = !super::writer::state_path_for(&path).is_file();
+        files.push((rank, (meta.dev(), meta.ino()), not_the_log, path));
     }
     files.sort();
+    // A rotation cut short leaves the log with two names (its own and the one it was being
+    // renamed to, §10.1): one file, listed once, under the log's own name.
+    files.dedup_by_key(|(rank, id, _, _)| (*rank, *id));
     skipped.sort();
     Ok(ChainFiles {
-        files: files.into_iter().map(|(_, p)| p).collect(),
+        files: files.into_iter().map(|(_, _, _, p)| p).collect(),
         skipped,
     })
 }
@@ -88,6 +96,33 @@ fn first_seq(path: &Path) -> io::Result<FirstLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rotation cut short between its link and its rename (§10.1): the log has two names.
+    /// It is one file of the chain, under the log's own name.
+    #[test]
+    fn a_file_with_two_names_is_listed_once_as_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
+        w(
+            "audit.jsonl.20261126T000000.000000Z",
+            "{\"v\":1,\"seq\":0,\"prev\":\"x\"}\n",
+        );
+        w("audit.jsonl", "{\"v\":1,\"seq\":7,\"prev\":\"x\"}\n");
+        w("audit.jsonl.state", "state");
+        std::fs::hard_link(
+            d.path().join("audit.jsonl"),
+            d.path().join("audit.jsonl.20261126T010000.000000Z"),
+        )
+        .unwrap();
+        let found = chain_order(d.path()).unwrap();
+        assert_eq!(
+            found.files,
+            [
+                d.path().join("audit.jsonl.20261126T000000.000000Z"),
+                d.path().join("audit.jsonl")
+            ]
+        );
+    }
 
     #[test]
     fn orders_by_first_seq_not_by_name() {
