@@ -190,7 +190,13 @@ fn read_config_file(
 /// mode 2770 directory is the recommended deployment (docs/SECURITY.md). Nothing is refused;
 /// a directory that cannot be read is left for the writer to report.
 pub fn log_dir_warning(log_path: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
+    // `Path::parent` ignores a trailing slash: "/var/log/p11audit/" would be judged by
+    // /var/log. Such a path names a directory, which the writer refuses with its own error.
+    if log_path.as_os_str().as_bytes().ends_with(b"/") {
+        return None;
+    }
     let dir = match log_path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
@@ -470,6 +476,15 @@ mod tests {
         chmod(0o1777);
         let w = log_dir_warning(&log).expect("1777 is warned about");
         assert!(w.contains("(mode 1777)") && w.contains("sticky bit"), "{w}");
+        // A path ending in "/" names a directory (the writer's error), not a file in the
+        // directory above: with a closed log directory inside a world-writable one, no warning
+        // about the one above.
+        let inner = dir.path().join("logs");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut with_slash = inner.into_os_string();
+        with_slash.push("/");
+        assert_eq!(log_dir_warning(std::path::Path::new(&with_slash)), None);
         chmod(0o700);
         // A missing directory is the writer's error, not a warning.
         assert_eq!(log_dir_warning(&dir.path().join("no/audit.jsonl")), None);
