@@ -130,7 +130,19 @@ pub fn parse_config_file(
     text: &str,
     path: &std::path::Path,
 ) -> Result<HashMap<String, OsString>, ConfigError> {
-    let mut out = HashMap::new();
+    Ok(parse_config_lines(text, path)?
+        .into_iter()
+        .map(|(name, (value, _))| (name, value))
+        .collect())
+}
+
+/// `parse_config_file` with the line each setting is on. A setting given twice is an error:
+/// which line wins would be a guess for whoever reads the file.
+fn parse_config_lines(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<HashMap<String, (OsString, usize)>, ConfigError> {
+    let mut out: HashMap<String, (OsString, usize)> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -148,7 +160,14 @@ pub fn parse_config_file(
                 SETTINGS.join(", ")
             )));
         }
-        out.insert(name.to_string(), OsString::from(value.trim()));
+        if let Some((_, first)) = out.get(name) {
+            return Err(ConfigError(format!(
+                "{}:{}: {name} is set again (first on line {first}): set it once",
+                path.display(),
+                n + 1
+            )));
+        }
+        out.insert(name.to_string(), (OsString::from(value.trim()), n + 1));
     }
     Ok(out)
 }
@@ -158,7 +177,7 @@ pub fn parse_config_file(
 fn read_config_file(
     path: &std::path::Path,
     must_be_root_owned: bool,
-) -> Result<HashMap<String, OsString>, ConfigError> {
+) -> Result<ConfigFile, ConfigError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         ConfigError(format!(
@@ -178,7 +197,62 @@ fn read_config_file(
             path.display()
         ))
     })?;
-    parse_config_file(&text, path)
+    Ok(ConfigFile {
+        path: path.to_path_buf(),
+        settings: parse_config_lines(&text, path)?,
+    })
+}
+
+/// A configuration file's settings, with the line each is on.
+struct ConfigFile {
+    path: PathBuf,
+    settings: HashMap<String, (OsString, usize)>,
+}
+
+/// Where the settings come from: the environment over a configuration file, or (setuid) the
+/// file alone.
+struct Settings {
+    use_environment: bool,
+    file: Option<ConfigFile>,
+}
+
+impl Settings {
+    fn get(&self, name: &str) -> Option<OsString> {
+        self.in_environment(name)
+            .or_else(|| self.in_file(name).map(|(v, _)| v.clone()))
+    }
+
+    fn in_environment(&self, name: &str) -> Option<OsString> {
+        self.use_environment
+            .then(|| std::env::var_os(name))
+            .flatten()
+            .filter(|v| !v.is_empty())
+    }
+
+    fn in_file(&self, name: &str) -> Option<&(OsString, usize)> {
+        self.file.as_ref()?.settings.get(name)
+    }
+
+    /// `error` with where the settings it names were taken from, when that is a file: a user
+    /// who looks only at the environment would not find a bad value there.
+    fn locate(&self, error: ConfigError) -> ConfigError {
+        let Some(file) = &self.file else {
+            return error;
+        };
+        let places: Vec<String> = SETTINGS
+            .iter()
+            .filter(|name| error.0.contains(*name) && self.in_environment(name).is_none())
+            .filter_map(|name| {
+                let (_, line) = self.in_file(name)?;
+                Some(format!("{name} is set in {}:{line}", file.path.display()))
+            })
+            .collect();
+        if places.is_empty() {
+            error
+        } else {
+            ConfigError(format!("{} ({})", error.0, places.join("; ")))
+        }
+    }
 }
 
 /// A warning if others (not only the owner and group) may write to the directory of the log.
@@ -226,7 +300,8 @@ impl Config {
     /// `p11audit: warning:` line each.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let settings = Config::settings(sources)?;
-        let config = Config::from_lookup(&|name| settings(name))?;
+        let config =
+            Config::from_lookup(&|name| settings.get(name)).map_err(|e| settings.locate(e))?;
         for w in config.warnings() {
             crate::stderr_line(&format!("p11audit: warning: {w}"));
         }
@@ -243,14 +318,15 @@ impl Config {
     pub fn module(sources: &Sources) -> Result<PathBuf, ConfigError> {
         let settings = Config::settings(sources)?;
         required(
-            &|name| settings(name),
+            &|name| settings.get(name),
             "P11AUDIT_MODULE",
             "set it to the real PKCS#11 module",
         )
+        .map_err(|e| settings.locate(e))
     }
 
-    /// The lookup function for the settings `sources` allow.
-    fn settings(sources: &Sources) -> Result<impl Fn(&str) -> Option<OsString>, ConfigError> {
+    /// The settings `sources` allow.
+    fn settings(sources: &Sources) -> Result<Settings, ConfigError> {
         if sources.secure {
             if !sources.secure_file.exists() {
                 return Err(ConfigError(format!(
@@ -258,19 +334,19 @@ impl Config {
                     sources.secure_file.display()
                 )));
             }
-            let file = read_config_file(&sources.secure_file, true)?;
-            return Ok(Box::new(move |name: &str| file.get(name).cloned())
-                as Box<dyn Fn(&str) -> Option<OsString>>);
+            return Ok(Settings {
+                use_environment: false,
+                file: Some(read_config_file(&sources.secure_file, true)?),
+            });
         }
         let file = match std::env::var_os("P11AUDIT_CONFIG").filter(|v| !v.is_empty()) {
-            Some(path) => read_config_file(std::path::Path::new(&path), false)?,
-            None => HashMap::new(),
+            Some(path) => Some(read_config_file(std::path::Path::new(&path), false)?),
+            None => None,
         };
-        Ok(Box::new(move |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .or_else(|| file.get(name).cloned())
-        }) as Box<dyn Fn(&str) -> Option<OsString>>)
+        Ok(Settings {
+            use_environment: true,
+            file,
+        })
     }
 
     /// Reads configuration through `get` (the environment, or a map in tests).
@@ -398,6 +474,33 @@ mod tests {
             let e = with(bad).unwrap_err();
             assert!(e.0.contains("P11AUDIT_ROTATE_BYTES"), "{bad}: {e}");
         }
+    }
+
+    /// A bad value from a configuration file names the file and line it is on; a setting
+    /// given twice in the file is refused, naming both lines.
+    #[test]
+    fn config_file_values_are_located_in_errors() {
+        let path = std::path::Path::new("/etc/p11audit.conf");
+        let text = "P11AUDIT_MODULE=/m.so\nP11AUDIT_LOG=/l\n\nP11AUDIT_ON_FAILURE=opne\n";
+        let settings = Settings {
+            use_environment: false,
+            file: Some(ConfigFile {
+                path: path.to_path_buf(),
+                settings: parse_config_lines(text, path).unwrap(),
+            }),
+        };
+        let e = Config::from_lookup(&|n| settings.get(n))
+            .map_err(|e| settings.locate(e))
+            .unwrap_err();
+        assert!(
+            e.0.contains("P11AUDIT_ON_FAILURE") && e.0.contains("is set in /etc/p11audit.conf:4"),
+            "{e}"
+        );
+        let e = parse_config_file("P11AUDIT_LOG=/a\n# x\nP11AUDIT_LOG=/b\n", path).unwrap_err();
+        assert!(
+            e.0.contains("p11audit.conf:3: P11AUDIT_LOG is set again (first on line 1)"),
+            "{e}"
+        );
     }
 
     #[test]
