@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------
 // Escaping
 
-/// Escapes C0 controls, DEL and C1 controls (which terminals interpret) and backslashes, so
-/// that text from a log prints as one harmless line.
+/// Escapes C0 controls, DEL and C1 controls (which terminals interpret), the invisible
+/// characters that change how the text around them is shown (`hides_or_reorders`), and
+/// backslashes, so that text from a log prints as one harmless line that reads as it is.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -36,13 +37,29 @@ pub fn escape(s: &str) -> String {
             c if (c as u32) < 0x20 || c == '\u{7f}' => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+            c if ('\u{80}'..='\u{9f}').contains(&c) || hides_or_reorders(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
         }
     }
     out
+}
+
+/// Invisible characters that reorder or hide the text around them: bidirectional controls
+/// (a label with U+202E shows its end first, "Trojan Source"), zero-width characters and
+/// joiners (two labels that look the same), and the line and paragraph separators.
+fn hides_or_reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// `"text"` with [`escape`] applied and inner quotes escaped: a label as a person reads it.
@@ -706,6 +723,12 @@ mod tests {
     #[test]
     fn escaping_and_identities() {
         assert_eq!(escape("a\x1b[2J\u{9b}b\\"), "a\\x1b[2J\\u{9b}b\\\\");
+        // A right-to-left override and a zero-width space show as what they are.
+        assert_eq!(
+            escape("key\u{202e}gpj.exe\u{200b}"),
+            "key\\u{202e}gpj.exe\\u{200b}"
+        );
+        assert_eq!(escape("clé ключ 鍵"), "clé ключ 鍵");
         assert_eq!(quote("x\"y\n"), "\"x\\\"y\\n\"");
         assert_eq!(escape_c1_and_del("\"\u{9b}\u{7f}\""), "\"\\u009b\\u007f\"");
         let id: Ident = serde_json::from_str(
