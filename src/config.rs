@@ -209,6 +209,17 @@ struct ConfigFile {
     settings: HashMap<String, (OsString, usize)>,
 }
 
+/// Whether `message` names the setting `name` itself, not only a longer one it begins
+/// (P11AUDIT_LOG in "P11AUDIT_LOG_MODE=...").
+fn mentions(message: &str, name: &str) -> bool {
+    message.match_indices(name).any(|(at, _)| {
+        !message[at + name.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c == '_' || c.is_ascii_alphanumeric())
+    })
+}
+
 /// Where the settings come from: the environment over a configuration file, or (setuid) the
 /// file alone.
 struct Settings {
@@ -241,7 +252,7 @@ impl Settings {
         };
         let places: Vec<String> = SETTINGS
             .iter()
-            .filter(|name| error.0.contains(*name) && self.in_environment(name).is_none())
+            .filter(|name| mentions(&error.0, name) && self.in_environment(name).is_none())
             .filter_map(|name| {
                 let (_, line) = self.in_file(name)?;
                 Some(format!("{name} is set in {}:{line}", file.path.display()))
@@ -266,9 +277,14 @@ impl Settings {
 pub fn log_dir_warning(log_path: &std::path::Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    // `Path::parent` ignores a trailing slash: "/var/log/p11audit/" would be judged by
+    // `Path::parent` ignores a trailing "/" or "/.": "/var/log/p11audit/" would be judged by
     // /var/log. Such a path names a directory, which the writer refuses with its own error.
-    if log_path.as_os_str().as_bytes().ends_with(b"/") {
+    let bytes = log_path.as_os_str().as_bytes();
+    if [&b"/"[..], b"/.", b"/.."]
+        .iter()
+        .any(|end| bytes.ends_with(end))
+        || bytes == b"."
+    {
         return None;
     }
     let dir = match log_path.parent() {
@@ -496,6 +512,12 @@ mod tests {
             e.0.contains("P11AUDIT_ON_FAILURE") && e.0.contains("is set in /etc/p11audit.conf:4"),
             "{e}"
         );
+        // A setting whose name begins another's is not taken for it.
+        assert!(mentions("P11AUDIT_LOG is not set", "P11AUDIT_LOG"));
+        assert!(!mentions(
+            "P11AUDIT_LOG_MODE=\"0777x\" is not valid",
+            "P11AUDIT_LOG"
+        ));
         let e = parse_config_file("P11AUDIT_LOG=/a\n# x\nP11AUDIT_LOG=/b\n", path).unwrap_err();
         assert!(
             e.0.contains("p11audit.conf:3: P11AUDIT_LOG is set again (first on line 1)"),
@@ -587,6 +609,8 @@ mod tests {
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mut with_slash = inner.into_os_string();
         with_slash.push("/");
+        assert_eq!(log_dir_warning(std::path::Path::new(&with_slash)), None);
+        with_slash.push(".");
         assert_eq!(log_dir_warning(std::path::Path::new(&with_slash)), None);
         chmod(0o700);
         // A missing directory is the writer's error, not a warning.

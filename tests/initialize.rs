@@ -5,7 +5,9 @@
 //! - a warning p11audit prints at `C_Initialize` cannot fail it when stderr is gone (a pipe
 //!   nobody reads, SIGPIPE ignored, as in a Python program piped into `head`);
 //! - the arguments reach the provider as given: NSS's softokn takes its parameter string in
-//!   `pReserved` (which PKCS#11 says must be NULL), and works behind p11audit.
+//!   `pReserved` (which PKCS#11 says must be NULL), and works behind p11audit;
+//! - a C_Initialize that did not attach (the provider failed it, or its records could not be
+//!   written) leaves the next one to write the `attach`, and `report` counts no unclean close.
 
 mod common;
 
@@ -20,6 +22,7 @@ const ROLE: &str = "P11AUDIT_INITIALIZE_ROLE";
 const SECOND: &str = "second_initialize";
 const NO_STDERR: &str = "no_stderr";
 const SOFTOKN: &str = "softokn";
+const RETRIES: &str = "attach_retries";
 /// NSS's software token (Debian package libnss3, which libnss3-tools pulls in).
 const SOFTOKN_MODULE: &str = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 /// The parameter string softokn reads from `pReserved`, for the child.
@@ -45,6 +48,10 @@ fn child() {
         }
         return;
     }
+    if role == RETRIES {
+        attach_retries(shim);
+        return;
+    }
     let rv = shim.initialize_rv(Some(os_locking_args()));
     println!("\nC_Initialize rv={rv:#x}");
     if role != SECOND || rv != ck::CKR_OK {
@@ -57,6 +64,38 @@ fn child() {
     shim.random(s, 16);
     shim.logout(s);
     shim.close(s);
+    shim.finalize();
+}
+
+/// The child for `RETRIES`: a C_Initialize that SoftHSM refuses (pReserved not NULL) then one
+/// that works; after a C_Finalize, a C_Initialize whose records cannot be written (the log
+/// may not grow: RLIMIT_FSIZE) then one that works; a C_Finalize.
+fn attach_retries(shim: Module) {
+    let mut bad = os_locking_args();
+    let mut anything = 0u8;
+    bad.pReserved = &mut anything as *mut u8 as *mut _;
+    let refused = shim.initialize_rv(Some(bad));
+    println!("\nrefused rv={refused:#x}");
+    shim.initialize();
+    shim.finalize();
+
+    let log = std::env::var_os("P11AUDIT_LOG").unwrap();
+    let size = std::fs::metadata(&log).unwrap().len();
+    let limit = |bytes: u64| {
+        let l = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: a valid rlimit for this process.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &l) }, 0);
+    };
+    // SAFETY: ignoring SIGXFSZ makes a write past the limit fail with EFBIG instead.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    limit(size);
+    let unwritten = shim.initialize_rv(Some(os_locking_args()));
+    println!("\nunwritten rv={unwritten:#x}");
+    limit(libc::RLIM_INFINITY);
+    shim.initialize();
     shim.finalize();
 }
 
@@ -178,4 +217,42 @@ fn nss_softokn_gets_its_parameters_through_p_reserved() {
         .expect("the C_Initialize outcome");
     assert_eq!(outcome["rv"], "CKR_OK", "{outcome}");
     assert!(records.iter().any(|r| r["ev"] == "close"), "{records:?}");
+}
+
+/// Every attachment has its `attach`, and one that did not happen is not counted as a
+/// process that never closed.
+#[test]
+fn a_c_initialize_that_did_not_attach_leaves_the_attach_to_the_next() {
+    let fx = Fixture::new();
+    let run = run_child_ok(child_command_for(RETRIES, &fx), fx.dir.path(), RETRIES);
+    assert!(run.stdout.contains("\nrefused rv=0x7"), "{}", run.dump());
+    assert!(run.stdout.contains("\nunwritten rv=0x5"), "{}", run.dump());
+    let records = check_chain(&fx);
+    let events: Vec<&str> = records
+        .iter()
+        .filter(|r| ["attach", "close", "gap"].contains(&r["ev"].as_str().unwrap()))
+        .map(|r| r["ev"].as_str().unwrap())
+        .collect();
+    // The refused C_Initialize's attach, the next one's (it attached), its close; then the gap
+    // for the records that could not be written, the attach of the C_Initialize that worked,
+    // its close.
+    assert_eq!(
+        events,
+        ["attach", "attach", "close", "gap", "attach", "close"],
+        "{records:?}"
+    );
+    let report = std::process::Command::new(p11audit_bin())
+        .args(["report", "--json", "--key-file"])
+        .arg(&fx.key)
+        .arg(&fx.log)
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", output_text(&report));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report["unclean_closes"]["count"].as_u64(),
+        Some(0),
+        "{}",
+        report["unclean_closes"]
+    );
 }

@@ -6,7 +6,7 @@
 //! the provider.
 
 use super::lock::Mutex;
-use super::record::{Event, ProcessIdentity, Record};
+use super::record::{Event, ProcessIdentity, Record, Timestamp};
 use super::writer::{AuditLog, LogSettings, WriterError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, MutexGuard};
@@ -275,7 +275,10 @@ impl Auditor {
             return inner;
         }
         let mut bodies = Vec::with_capacity(inner.waiting.len() + 1);
-        let gap = inner.lost > 0;
+        // The losses this gap record reports: more may be counted while the append runs
+        // without the lock (`count_lost`), and those must stay counted.
+        let reported = inner.lost;
+        let gap = reported > 0;
         if gap {
             let mut rec = template.bookkeeping(Event::Gap);
             rec.detail.lost = Some(inner.lost);
@@ -290,6 +293,8 @@ impl Auditor {
         bodies.append(&mut inner.waiting);
         inner.waiting_bytes = 0;
         let (first, end) = (inner.resolved, inner.queued);
+        // Losses counted from here on are not in this gap record (see `reported`).
+        let append_started = gap.then(super::record::rfc3339_micros_now);
         drop(inner);
         // The log must come back whatever happens: other threads wait for it.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -303,8 +308,7 @@ impl Auditor {
         self.appends_ended.fetch_add(1, Ordering::Release);
         let first_seq = match result {
             Ok(done) => {
-                inner.lost = 0;
-                inner.lost_since = None;
+                inner.losses_reported(reported, append_started);
                 Some(done.first_seq + u64::from(gap))
             }
             Err(e) => {
@@ -400,6 +404,19 @@ impl Inner {
         }
     }
 
+    /// A gap record reporting `reported` losses is in the file. Losses counted while it was
+    /// being written (`count_lost` from another thread) stay counted for the next one.
+    fn losses_reported(&mut self, reported: u64, append_started: Option<Timestamp>) {
+        self.lost -= reported;
+        if self.lost == 0 {
+            self.lost_since = None;
+        } else if let Some(started) = append_started {
+            // Counted during the append (older losses held `lost_since`): the first of them
+            // came after the append began.
+            self.lost_since = Some(started.to_string());
+        }
+    }
+
     fn note_loss(&mut self, n: u64, template: &Record) {
         self.note_loss_since(n, || template.ts.to_string());
     }
@@ -417,6 +434,30 @@ mod tests {
     use super::*;
     use crate::audit::testing::{log_settings, who};
     use std::sync::Arc;
+
+    /// Losses counted while a gap record was being written (another thread's `count_lost`
+    /// during the append) are not wiped when it lands: they wait for the next gap record.
+    #[test]
+    fn losses_counted_during_a_gap_append_stay_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let auditor = Auditor::open(
+            &log_settings(dir.path(), [7; 32]),
+            &who(),
+            FailurePolicy::Closed,
+        )
+        .unwrap();
+        let mut inner = auditor.inner.lock();
+        inner.lost = 2;
+        inner.lost_since = Some("2026-11-26T00:00:00.000000Z".into());
+        // The leader built a gap record for 2; one more loss came while it appended.
+        inner.lost += 1;
+        let started = crate::audit::record::rfc3339_micros_now();
+        inner.losses_reported(2, Some(started));
+        assert_eq!(inner.lost, 1);
+        assert_eq!(inner.lost_since.as_deref(), Some(started.as_str()));
+        inner.losses_reported(1, None);
+        assert_eq!((inner.lost, inner.lost_since.clone()), (0, None));
+    }
 
     /// A record p11audit could not even build (`count_lost`) is reported by the next write's
     /// gap record, like records lost to a failing log.

@@ -35,10 +35,18 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
             }
         };
         let pid = crate::audit::process::current_pid();
-        // One `attach` per attached period of a process: a second C_Initialize (refused by
-        // the provider, or after a failed one) is not a new attachment, and `report` would
-        // count it as one that never closed.
-        if rt.attached_pid.swap(pid, Ordering::Relaxed) != pid {
+        // One `attach` per attachment of a process: a second C_Initialize (which the provider
+        // refuses) is not a new one, and `report` would count it as one that never closed.
+        let before = rt.attached_pid.swap(pid, Ordering::Relaxed);
+        let attaching = before != pid;
+        // This call did not attach after all (its attach is not in the file, or the provider
+        // failed): the next C_Initialize writes the attach.
+        let not_attached = || {
+            if attaching {
+                rt.attached_pid.store(before, Ordering::Relaxed);
+            }
+        };
+        if attaching {
             let mut attach = bare_record(rt, Event::Attach, Some("C_Initialize"));
             attach.detail.note = Some(format!("provider {}", rt.provider.path.display()));
             rt.auditor.wait(&attach);
@@ -47,14 +55,27 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
         intent.detail.flags = flags.map(|f| f as u64);
         let intent_seq = match write_intent_or_refuse(rt, &intent) {
             Ok(seq) => seq,
-            Err(rv) => return rv,
+            Err(rv) => {
+                not_attached();
+                return rv;
+            }
         };
+        if intent_seq.is_none() {
+            // Fail-open: the attach went with the intent's failed write (counted as lost).
+            not_attached();
+        }
         let Some(init) = rt.provider.functions.C_Initialize else {
+            not_attached();
             return ck::CKR_GENERAL_ERROR;
         };
         let started = Instant::now();
         // SAFETY: forwarded as given. No p11audit lock is held: providers may re-enter.
         let rv = unsafe { init(init_args) };
+        if rv != ck::CKR_OK && rv != ck::CKR_CRYPTOKI_ALREADY_INITIALIZED {
+            // The provider is not initialized: the process did not attach (`report` reads an
+            // attach followed by its failed C_Initialize the same way).
+            not_attached();
+        }
         if rv == ck::CKR_OK {
             // The provider starts afresh (in a forked child too): the sessions, logins and
             // operations p11audit knew of are gone. Not before it answered: a refused

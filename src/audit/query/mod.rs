@@ -47,18 +47,32 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Invisible characters that reorder or hide the text around them: bidirectional controls
-/// (a label with U+202E shows its end first, "Trojan Source"), zero-width characters and
-/// joiners (two labels that look the same), and the line and paragraph separators.
+/// (a label with U+202E shows its end first, "Trojan Source"), zero-width and other blank or
+/// default-ignorable characters (two labels that look the same: soft hyphen, combining
+/// grapheme joiner, Hangul fillers, variation selectors, tags), and the line and paragraph
+/// separators.
 fn hides_or_reorders(c: char) -> bool {
     matches!(
         c,
-        '\u{061c}'
-            | '\u{180e}'
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{061c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
             | '\u{2028}'..='\u{202e}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -729,6 +743,10 @@ mod tests {
             "key\\u{202e}gpj.exe\\u{200b}"
         );
         assert_eq!(escape("clé ключ 鍵"), "clé ключ 鍵");
+        assert_eq!(
+            escape("a\u{ad}b\u{fe0f}\u{e0041}"),
+            "a\\u{ad}b\\u{fe0f}\\u{e0041}"
+        );
         assert_eq!(quote("x\"y\n"), "\"x\\\"y\\n\"");
         assert_eq!(escape_c1_and_del("\"\u{9b}\u{7f}\""), "\"\\u009b\\u007f\"");
         let id: Ident = serde_json::from_str(

@@ -503,6 +503,13 @@ impl<'o> Aggregator<'o> {
             "outcome" => {
                 if let Some(i) = r.intent {
                     self.pending.remove(&i);
+                    // A C_Initialize the provider failed attached nothing: the attach written
+                    // just before its intent is not an open process (FORMAT.md §3, `attach`).
+                    let attach_failed = r.function() == Some("C_Initialize")
+                        && !matches!(r.rv(), Some("CKR_OK" | "CKR_CRYPTOKI_ALREADY_INITIALIZED"));
+                    if attach_failed && self.open.get(&r.pid).is_some_and(|p| p.seq + 1 == i) {
+                        self.open.remove(&r.pid);
+                    }
                 }
             }
             "attach" => {
