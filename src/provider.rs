@@ -3,8 +3,10 @@
 //! A module that exports `C_GetInterfaceList` (PKCS#11 3.x) is asked for its "PKCS 11"
 //! interfaces; each one's table is copied up to the size its version defines (2.x:
 //! CK_FUNCTION_LIST, 3.0 and 3.1: CK_FUNCTION_LIST_3_0, 3.2 and later: CK_FUNCTION_LIST_3_2).
-//! Calls are forwarded through the richest of them. Vendor interfaces are ignored: they would
-//! hand the application functions p11audit cannot audit.
+//! Calls are forwarded through the richest of them, or, when the application took p11audit's
+//! 2.40 table, through the module's own 2.x table for the 2.x functions (`functions_2x`).
+//! Vendor interfaces are ignored: they would hand the application functions p11audit cannot
+//! audit.
 //!
 //! The module is opened with `RTLD_NOW | RTLD_LOCAL` so that its own references to `C_*`
 //! symbols never bind to ours (OpenSC issue 2875), and it is never `dlclose`d: the host may
@@ -34,7 +36,13 @@ pub struct OfferedInterface {
 /// `None`) and the standard interfaces it offers.
 pub struct Provider {
     pub path: PathBuf,
+    /// The richest table: what callers of p11audit's 3.x interfaces are forwarded through.
     pub functions: CK_FUNCTION_LIST_3_2,
+    /// What callers of p11audit's 2.40 table are forwarded through: the 2.x functions of the
+    /// table the module's own `C_GetFunctionList` gives, the 3.x ones of `functions`. Modules
+    /// may answer differently through their tables: OpenSC's `C_GetInfo` says cryptokiVersion
+    /// 2.20 through its 2.x table and 3.0 through its 3.0 one.
+    pub functions_2x: CK_FUNCTION_LIST_3_2,
     /// Its "PKCS 11" interfaces, in its order; just 2.40 for a module without
     /// C_GetInterfaceList.
     pub interfaces: Vec<OfferedInterface>,
@@ -67,6 +75,26 @@ unsafe fn copy_table(list: *const u8, size: usize) -> CK_FUNCTION_LIST_3_2 {
         );
     }
     functions
+}
+
+/// `richest` with its CK_FUNCTION_LIST part (version and the 2.x functions) taken from
+/// `two_x`: one table for a caller that chose a 2.x interface, where the 3.x entries (which
+/// such a caller cannot reach through its own table) still lead somewhere.
+fn with_2x_part(
+    richest: &CK_FUNCTION_LIST_3_2,
+    two_x: &CK_FUNCTION_LIST_3_2,
+) -> CK_FUNCTION_LIST_3_2 {
+    let mut merged = *richest;
+    // SAFETY: both are CK_FUNCTION_LIST_3_2 values, and CK_FUNCTION_LIST is a layout prefix of
+    // CK_FUNCTION_LIST_3_2 (same version field and entries, in the same order).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            two_x as *const CK_FUNCTION_LIST_3_2 as *const u8,
+            &mut merged as *mut CK_FUNCTION_LIST_3_2 as *mut u8,
+            std::mem::size_of::<CK_FUNCTION_LIST>(),
+        );
+    }
+    merged
 }
 
 /// The provider's "PKCS 11" interfaces with their tables, if it has C_GetInterfaceList.
@@ -141,6 +169,16 @@ fn dl_error() -> String {
 }
 
 impl Provider {
+    /// The table to forward through: `functions_2x` for an application that took a 2.x
+    /// interface of p11audit's, else `functions`.
+    pub fn table(&self, for_2x_caller: bool) -> &CK_FUNCTION_LIST_3_2 {
+        if for_2x_caller {
+            &self.functions_2x
+        } else {
+            &self.functions
+        }
+    }
+
     /// Loads the module at `path`. `own_get_function_list` is this library's entry point,
     /// used to refuse a configuration that points the shim at itself.
     pub fn load(path: &Path, own_get_function_list: usize) -> Result<Provider, String> {
@@ -185,8 +223,9 @@ impl Provider {
         }
         // SAFETY: C_GetFunctionList hands out a 2.40 table: only its CK_FUNCTION_LIST part is
         // guaranteed, whatever version it reports (some SoftHSM builds say 3.x).
-        let mut functions =
+        let functions_2x =
             unsafe { copy_table(list as *const u8, std::mem::size_of::<CK_FUNCTION_LIST>()) };
+        let mut functions = functions_2x;
         let mut interfaces = vec![OfferedInterface {
             major: 2,
             minor: 40,
@@ -204,6 +243,7 @@ impl Provider {
         }
         Ok(Provider {
             path: path.to_path_buf(),
+            functions_2x: with_2x_part(&functions, &functions_2x),
             functions,
             interfaces,
         })

@@ -81,6 +81,7 @@ type GetInterface = unsafe extern "C" fn(
 struct Negotiation {
     list: GetInterfaceList,
     get: GetInterface,
+    get_function_list: common::raw::GetFunctionList,
 }
 
 impl Negotiation {
@@ -93,6 +94,8 @@ impl Negotiation {
                     .unwrap_or_else(|| panic!("{module} exports no C_GetInterfaceList")),
                 get: symbol(h, "C_GetInterface")
                     .unwrap_or_else(|| panic!("{module} exports no C_GetInterface")),
+                get_function_list: symbol(h, "C_GetFunctionList")
+                    .unwrap_or_else(|| panic!("{module} exports no C_GetFunctionList")),
             }
         }
     }
@@ -813,17 +816,7 @@ fn opensc_driver() {
         "C_Initialize of {module} through its 3.0 table"
     );
 
-    // SAFETY: CK_INFO is plain data.
-    let mut info: CK_INFO = unsafe { std::mem::zeroed() };
-    // SAFETY: a writable CK_INFO.
-    let rv = unsafe { f.C_GetInfo.expect("C_GetInfo")(&mut info) };
-    let info_v = json!({
-        "cryptokiVersion": format!("{}.{}", info.cryptokiVersion.major, info.cryptokiVersion.minor),
-        "manufacturerID": padded(&info.manufacturerID),
-        "flags": info.flags as u64,
-        "libraryDescription": padded(&info.libraryDescription),
-        "libraryVersion": format!("{}.{}", info.libraryVersion.major, info.libraryVersion.minor),
-    });
+    let (rv, info_v) = get_info(f.C_GetInfo);
     c.rec("C_GetInfo", "C_GetInfo", rv, info_v.clone());
     facts.insert("info".into(), info_v);
 
@@ -861,7 +854,53 @@ fn opensc_driver() {
     // After C_Finalize, through the same table: the module is not initialized.
     call_3_0_functions(&mut c, f, 0x1234, "after C_Finalize");
 
+    // A 2.x caller: the table of C_GetFunctionList. OpenSC answers C_GetInfo per table
+    // (cryptokiVersion 2.20 here, 3.0 through its 3.0 table), so p11audit must forward a
+    // caller of its 2.40 table through the module's 2.x one.
+    let mut list: *mut CK_FUNCTION_LIST = null_mut();
+    // SAFETY: a writable out-pointer.
+    let rv = unsafe { (n.get_function_list)(&mut list) };
+    c.rec(
+        "2.x: C_GetFunctionList",
+        "C_GetFunctionList",
+        rv,
+        Value::Null,
+    );
+    assert!(
+        !list.is_null(),
+        "C_GetFunctionList of {module} gave no table"
+    );
+    // SAFETY: checked non-NULL; the module's (or p11audit's) static table.
+    let f2: &CK_FUNCTION_LIST = unsafe { &*list };
+    // SAFETY: NULL init args.
+    let rv = unsafe { f2.C_Initialize.expect("C_Initialize")(null_mut()) };
+    c.configured = rv == CKR_OK;
+    c.rec("2.x: C_Initialize", "C_Initialize", rv, Value::Null);
+    let (rv, info_2x) = get_info(f2.C_GetInfo);
+    c.rec("2.x: C_GetInfo", "C_GetInfo", rv, info_2x.clone());
+    facts.insert("info_2x".into(), info_2x);
+    // SAFETY: NULL reserved.
+    let rv = unsafe { f2.C_Finalize.expect("C_Finalize")(null_mut()) };
+    c.rec("2.x: C_Finalize", "C_Finalize", rv, Value::Null);
+    c.configured = false;
+
     print_marked(MARKER, &json!({ "calls": c.calls, "facts": facts }));
+}
+
+/// `C_GetInfo` through `get_info`: its return value and what it said.
+fn get_info(get_info: CK_C_GetInfo) -> (CK_RV, Value) {
+    // SAFETY: CK_INFO is plain data.
+    let mut info: CK_INFO = unsafe { std::mem::zeroed() };
+    // SAFETY: a writable CK_INFO.
+    let rv = unsafe { get_info.expect("C_GetInfo")(&mut info) };
+    let v = json!({
+        "cryptokiVersion": format!("{}.{}", info.cryptokiVersion.major, info.cryptokiVersion.minor),
+        "manufacturerID": padded(&info.manufacturerID),
+        "flags": info.flags as u64,
+        "libraryDescription": padded(&info.libraryDescription),
+        "libraryVersion": format!("{}.{}", info.libraryVersion.major, info.libraryVersion.minor),
+    });
+    (rv, v)
 }
 
 /// The calls without the `configured` marker (which differs in meaning between the runs only

@@ -164,7 +164,7 @@ impl<'rt> Call<'rt> {
         if self.rt.context.lock().has_token(slot as u64) {
             return;
         }
-        let Some(get) = self.rt.provider.functions.C_GetTokenInfo else {
+        let Some(get) = self.rt.provider_functions().C_GetTokenInfo else {
             return;
         };
         // SAFETY: CK_TOKEN_INFO is plain data; all-zero is valid.
@@ -226,7 +226,7 @@ impl<'rt> Call<'rt> {
         // SAFETY: fetch_identity passes only buffers it owns.
         let (id, exists) = unsafe {
             fetch_identity(
-                &self.rt.provider.functions,
+                self.rt.provider_functions(),
                 session as ck::CK_SESSION_HANDLE,
                 handle,
             )
@@ -658,7 +658,7 @@ pub(crate) fn run_call(
             Err(rv) => return rv,
         };
         let started = Instant::now();
-        let rv = forward(&rt.provider.functions);
+        let rv = forward(rt.provider_functions());
         // From here the provider's output is in the application's buffers. Should p11audit
         // fail (panic) before its record is settled, that output must not stay there
         // unrecorded: it is wiped, and the call fails.
@@ -809,6 +809,8 @@ mod tests {
             path: "unused".into(),
             // SAFETY: a table of `Option<fn>`s and a version: all zeros is a valid (empty) one.
             functions: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            functions_2x: unsafe { std::mem::zeroed() },
             interfaces: Vec::new(),
         }));
         Runtime {

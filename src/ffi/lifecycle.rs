@@ -64,7 +64,7 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
             // Fail-open: the attach went with the intent's failed write (counted as lost).
             not_attached();
         }
-        let Some(init) = rt.provider.functions.C_Initialize else {
+        let Some(init) = rt.provider_functions().C_Initialize else {
             not_attached();
             return ck::CKR_GENERAL_ERROR;
         };
@@ -94,7 +94,7 @@ pub(crate) unsafe extern "C" fn c_finalize(reserved: *mut c_void) -> ck::CK_RV {
         let Some(rt) = runtime() else {
             return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
         };
-        let Some(fin) = rt.provider.functions.C_Finalize else {
+        let Some(fin) = rt.provider_functions().C_Finalize else {
             return ck::CKR_GENERAL_ERROR;
         };
         let started = Instant::now();
