@@ -8,7 +8,7 @@ use p11audit::audit::query::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::audit::query::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::audit::state::{self, ChainState, StateError};
 use p11audit::audit::verify::{verify_files, VerifyOptions, VerifyReport};
-use std::ffi::OsString;
+use p11audit::audit::writer::state_path_for;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -407,12 +407,6 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
     Ok(files)
 }
 
-fn default_state_path(last: &Path) -> PathBuf {
-    let mut s: OsString = last.as_os_str().to_owned();
-    s.push(".state");
-    PathBuf::from(s)
-}
-
 /// The key, the state and where it came from, as `chain` asks.
 fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fatal> {
     let key = read_key(&chain.key_file)?;
@@ -425,7 +419,7 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
     } else {
         let p = match &chain.directory_state {
             Some(p) => p.clone(),
-            None => default_state_path(chain.files.last().expect("clap requires FILE")),
+            None => state_path_for(chain.files.last().expect("clap requires FILE")),
         };
         // Anything at that name, a dangling symbolic link too, is read (and refused if it is
         // not a regular file) rather than taken as no state file.
