@@ -60,41 +60,34 @@ fn table_size(major: u8, minor: u8) -> usize {
 /// A zero-filled 3.2 table with the first `size` bytes copied from `list`.
 ///
 /// # Safety
-/// `list` must point to at least `size` readable bytes of a function table, and `size` must not
-/// exceed `size_of::<CK_FUNCTION_LIST_3_2>()`.
+/// As for `overlay`.
 unsafe fn copy_table(list: *const u8, size: usize) -> CK_FUNCTION_LIST_3_2 {
     // SAFETY: CK_FUNCTION_LIST_3_2 is plain data (a version and optional function pointers),
     // so all-zero bytes are a valid value with every entry None.
-    let mut functions: CK_FUNCTION_LIST_3_2 = unsafe { std::mem::zeroed() };
+    let empty: CK_FUNCTION_LIST_3_2 = unsafe { std::mem::zeroed() };
+    // SAFETY: per the caller.
+    unsafe { overlay(empty, list, size) }
+}
+
+/// `base` with its first `size` bytes copied from `list`.
+///
+/// # Safety
+/// `list` must point to at least `size` readable bytes of a function table, and `size` must not
+/// exceed `size_of::<CK_FUNCTION_LIST_3_2>()`.
+unsafe fn overlay(
+    mut base: CK_FUNCTION_LIST_3_2,
+    list: *const u8,
+    size: usize,
+) -> CK_FUNCTION_LIST_3_2 {
     // SAFETY: per the caller; the 2.40 and 3.0 tables are layout prefixes of the 3.2 table.
     unsafe {
         std::ptr::copy_nonoverlapping(
             list,
-            &mut functions as *mut CK_FUNCTION_LIST_3_2 as *mut u8,
+            &mut base as *mut CK_FUNCTION_LIST_3_2 as *mut u8,
             size,
         );
     }
-    functions
-}
-
-/// `richest` with its CK_FUNCTION_LIST part (version and the 2.x functions) taken from
-/// `two_x`: one table for a caller that chose a 2.x interface, where the 3.x entries (which
-/// such a caller cannot reach through its own table) still lead somewhere.
-fn with_2x_part(
-    richest: &CK_FUNCTION_LIST_3_2,
-    two_x: &CK_FUNCTION_LIST_3_2,
-) -> CK_FUNCTION_LIST_3_2 {
-    let mut merged = *richest;
-    // SAFETY: both are CK_FUNCTION_LIST_3_2 values, and CK_FUNCTION_LIST is a layout prefix of
-    // CK_FUNCTION_LIST_3_2 (same version field and entries, in the same order).
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            two_x as *const CK_FUNCTION_LIST_3_2 as *const u8,
-            &mut merged as *mut CK_FUNCTION_LIST_3_2 as *mut u8,
-            std::mem::size_of::<CK_FUNCTION_LIST>(),
-        );
-    }
-    merged
+    base
 }
 
 /// The provider's "PKCS 11" interfaces with their tables, if it has C_GetInterfaceList.
@@ -221,11 +214,10 @@ impl Provider {
                 path.display()
             ));
         }
+        let two_x_size = std::mem::size_of::<CK_FUNCTION_LIST>();
         // SAFETY: C_GetFunctionList hands out a 2.40 table: only its CK_FUNCTION_LIST part is
         // guaranteed, whatever version it reports (some SoftHSM builds say 3.x).
-        let functions_2x =
-            unsafe { copy_table(list as *const u8, std::mem::size_of::<CK_FUNCTION_LIST>()) };
-        let mut functions = functions_2x;
+        let mut functions = unsafe { copy_table(list as *const u8, two_x_size) };
         let mut interfaces = vec![OfferedInterface {
             major: 2,
             minor: 40,
@@ -243,7 +235,11 @@ impl Provider {
         }
         Ok(Provider {
             path: path.to_path_buf(),
-            functions_2x: with_2x_part(&functions, &functions_2x),
+            // For a 2.x caller: the 2.x part of the C_GetFunctionList table (its version and
+            // functions), and the richest table's 3.x entries, which such a caller cannot
+            // reach through its own table but which still lead somewhere.
+            // SAFETY: as for `functions` above.
+            functions_2x: unsafe { overlay(functions, list as *const u8, two_x_size) },
             functions,
             interfaces,
         })
