@@ -435,17 +435,17 @@ mod tests {
     use crate::audit::testing::{log_settings, who};
     use std::sync::Arc;
 
+    /// A fail-closed auditor of a new log in `dir`.
+    fn fail_closed_auditor(dir: &std::path::Path) -> Auditor {
+        Auditor::open(&log_settings(dir, [7; 32]), &who(), FailurePolicy::Closed).unwrap()
+    }
+
     /// Losses counted while a gap record was being written (another thread's `count_lost`
     /// during the append) are not wiped when it lands: they wait for the next gap record.
     #[test]
     fn losses_counted_during_a_gap_append_stay_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let auditor = Auditor::open(
-            &log_settings(dir.path(), [7; 32]),
-            &who(),
-            FailurePolicy::Closed,
-        )
-        .unwrap();
+        let auditor = fail_closed_auditor(dir.path());
         let mut inner = auditor.inner.lock();
         inner.lost = 2;
         inner.lost_since = Some("2026-11-26T00:00:00.000000Z".into());
@@ -464,12 +464,7 @@ mod tests {
     #[test]
     fn records_counted_lost_are_reported_in_a_gap_record() {
         let dir = tempfile::tempdir().unwrap();
-        let auditor = Auditor::open(
-            &log_settings(dir.path(), [7; 32]),
-            &who(),
-            FailurePolicy::Closed,
-        )
-        .unwrap();
+        let auditor = fail_closed_auditor(dir.path());
         auditor.count_lost(1);
         let rec = Record::new(&who(), 1, Event::Outcome, Some("C_Sign"));
         auditor.write(&rec).unwrap();
