@@ -879,6 +879,32 @@ fn opensc_driver() {
     let (rv, info_2x) = get_info(f2.C_GetInfo);
     c.rec("2.x: C_GetInfo", "C_GetInfo", rv, info_2x.clone());
     facts.insert("info_2x".into(), info_2x);
+    // One process, both tables (two libraries in one application can each take their own):
+    // each table keeps its own behaviour, whichever was handed out last.
+    let (rv, info) = get_info(f.C_GetInfo);
+    c.rec(
+        "mixed: 3.0 table after C_GetFunctionList",
+        "C_GetInfo",
+        rv,
+        info.clone(),
+    );
+    facts.insert("info_3_0_after_2x".into(), info);
+    let (rv, p) = n.get(Some("PKCS 11"), Some((3, 0)), 0);
+    let got = (rv == CKR_OK).then(|| describe_ptr(p));
+    c.rec(
+        "mixed: get PKCS 11 3.0 again",
+        "C_GetInterface",
+        rv,
+        json!(got),
+    );
+    let (rv, info) = get_info(f2.C_GetInfo);
+    c.rec(
+        "mixed: 2.x table after C_GetInterface 3.0",
+        "C_GetInfo",
+        rv,
+        info.clone(),
+    );
+    facts.insert("info_2x_after_3_0".into(), info);
     // SAFETY: NULL reserved.
     let rv = unsafe { f2.C_Finalize.expect("C_Finalize")(null_mut()) };
     c.rec("2.x: C_Finalize", "C_Finalize", rv, Value::Null);
@@ -957,6 +983,15 @@ fn opensc_3_0_through_the_shim_matches_direct() {
     // OpenSC is a 3.0 module, and the shim offers what it offers.
     let info = &direct["facts"]["info"];
     assert_eq!(info["cryptokiVersion"], "3.0", "OpenSC's C_GetInfo: {info}");
+    // What makes the 2.x phase and the mixed phase tell anything: OpenSC's tables differ.
+    for (fact, version) in [
+        ("info_2x", "2.20"),
+        ("info_3_0_after_2x", "3.0"),
+        ("info_2x_after_3_0", "2.20"),
+    ] {
+        let info = &direct["facts"][fact];
+        assert_eq!(info["cryptokiVersion"], version, "OpenSC's {fact}: {info}");
+    }
     let list = direct["facts"]["list"].as_array().expect("list");
     assert!(
         list.iter()

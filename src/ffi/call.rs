@@ -82,6 +82,9 @@ fn token_ref(info: &ck::CK_TOKEN_INFO) -> TokenRef {
 /// The call being audited.
 pub(crate) struct Call<'rt> {
     pub rt: &'rt Runtime,
+    /// The provider's table this call goes through (`Provider::table`): the one of the same
+    /// kind as the table the application called through.
+    provider_table: &'rt ck::CK_FUNCTION_LIST_3_2,
     pub function: &'static str,
     pub kind: Kind,
     pub detail: Detail,
@@ -103,9 +106,10 @@ pub(crate) struct Call<'rt> {
 }
 
 impl<'rt> Call<'rt> {
-    pub fn new(rt: &'rt Runtime, function: &'static str, kind: Kind) -> Self {
+    pub fn new(rt: &'rt Runtime, function: &'static str, kind: Kind, for_2x: bool) -> Self {
         Call {
             rt,
+            provider_table: rt.provider.table(for_2x),
             function,
             kind,
             detail: Detail::default(),
@@ -164,7 +168,7 @@ impl<'rt> Call<'rt> {
         if self.rt.context.lock().has_token(slot as u64) {
             return;
         }
-        let Some(get) = self.rt.provider_functions().C_GetTokenInfo else {
+        let Some(get) = self.provider_table.C_GetTokenInfo else {
             return;
         };
         // SAFETY: CK_TOKEN_INFO is plain data; all-zero is valid.
@@ -226,7 +230,7 @@ impl<'rt> Call<'rt> {
         // SAFETY: fetch_identity passes only buffers it owns.
         let (id, exists) = unsafe {
             fetch_identity(
-                self.rt.provider_functions(),
+                self.provider_table,
                 session as ck::CK_SESSION_HANDLE,
                 handle,
             )
@@ -637,10 +641,12 @@ impl<'rt> Call<'rt> {
     }
 }
 
-/// The audited flow every forwarded function runs through.
+/// The audited flow every forwarded function runs through. `for_2x`: the application called
+/// through p11audit's 2.40 table (`Provider::table`).
 pub(crate) fn run_call(
     function: &'static str,
     kind: Kind,
+    for_2x: bool,
     before: impl FnOnce(&mut Call),
     forward: impl FnOnce(&ck::CK_FUNCTION_LIST_3_2) -> ck::CK_RV,
     after: impl FnOnce(&mut Call, ck::CK_RV),
@@ -651,14 +657,14 @@ pub(crate) fn run_call(
             // before C_Initialize.
             return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
         };
-        let mut call = Call::new(rt, function, kind);
+        let mut call = Call::new(rt, function, kind, for_2x);
         before(&mut call);
         let intent = match call.write_intent() {
             Ok(seq) => seq,
             Err(rv) => return rv,
         };
         let started = Instant::now();
-        let rv = forward(rt.provider_functions());
+        let rv = forward(call.provider_table);
         // From here the provider's output is in the application's buffers. Should p11audit
         // fail (panic) before its record is settled, that output must not stay there
         // unrecorded: it is wiped, and the call fails.
@@ -841,7 +847,7 @@ mod tests {
         let buffer = memory.as_mut_ptr();
         for (reported, logged, wiped) in [(5, Some("label"), 5), (16, None, 8)] {
             let mut template = [label(&mut memory[..8], 8)];
-            let mut c = Call::new(&rt, "C_GetAttributeValue", Kind::Result);
+            let mut c = Call::new(&rt, "C_GetAttributeValue", Kind::Result, false);
             // SAFETY: a live one-attribute template.
             unsafe { c.attribute_buffers(template.as_ptr(), 1) };
             // The provider's answer: CKR_OK and `reported` bytes.
@@ -866,7 +872,7 @@ mod tests {
         let rt = runtime(dir.path());
         let mut out = [0u8; 32];
         let mut len: ck::CK_ULONG = 16;
-        let mut c = Call::new(&rt, "C_Sign", Kind::Result);
+        let mut c = Call::new(&rt, "C_Sign", Kind::Result, false);
         // SAFETY: `len` is a live CK_ULONG.
         unsafe { c.output_buffer(out.as_mut_ptr(), &len) };
         len = 32;
@@ -886,7 +892,7 @@ mod tests {
         let rt = runtime(dir.path());
         let mut objects: [ck::CK_OBJECT_HANDLE; 3] = [7, 8, 9];
         let found: ck::CK_ULONG = 1_000;
-        let mut c = Call::new(&rt, "C_FindObjects", Kind::Result);
+        let mut c = Call::new(&rt, "C_FindObjects", Kind::Result, false);
         // SAFETY: `objects` holds 2 handles as far as the call knows (max), `found` is live.
         unsafe { c.objects_found(objects.as_mut_ptr(), 2, &found, ck::CKR_OK) };
         assert_eq!(c.detail.count, Some(1_000));
@@ -907,6 +913,7 @@ mod tests {
         let rv = run_call(
             "C_Sign",
             Kind::Result,
+            false,
             // SAFETY: `len` is a live CK_ULONG.
             |c| unsafe { c.output_buffer(out_ptr, len_ptr) },
             // The provider's answer: 16 bytes of output.

@@ -5,6 +5,12 @@
 //! before the intent is written and the call is forwarded, and says what the record carries;
 //! `after` runs once the provider has returned. Entries marked `custom` are written by hand
 //! (lifecycle and interface negotiation).
+//!
+//! Each wrapper exists twice, for p11audit's 2.40 table and for its 3.x tables: a call goes
+//! through the provider's table of the same kind as the one the application called through
+//! (`Provider::table`), because providers may answer differently per table (OpenSC's
+//! `C_GetInfo` says 2.20 through its `C_GetFunctionList` table and 3.0 through its 3.0 one),
+//! and one process may hold both (two libraries, each taking its own).
 
 use super::call::{run_call, Call, Kind};
 use super::{args, lifecycle};
@@ -18,9 +24,13 @@ macro_rules! pkcs11_functions {
     ($( $name:ident : $kind:ident ( $($arg:ident : $ty:ty),* $(,)? ) $body:tt )*) => {
         $( define_wrapper!($name, $kind, ($($arg : $ty),*), $body); )*
 
-        /// A function table with every entry filled, reporting `version`.
-        pub(crate) const fn function_table(version: ck::CK_VERSION) -> ck::CK_FUNCTION_LIST_3_2 {
-            ck::CK_FUNCTION_LIST_3_2 { version, $( $name: Some(wrapper_fn!($name, $body)), )* }
+        /// A function table with every entry filled, reporting `version`. `FOR_2X`: the table is
+        /// handed to 2.x callers, and its calls go through the provider's 2.x table
+        /// (`Provider::table`).
+        pub(crate) const fn function_table<const FOR_2X: bool>(
+            version: ck::CK_VERSION,
+        ) -> ck::CK_FUNCTION_LIST_3_2 {
+            ck::CK_FUNCTION_LIST_3_2 { version, $( $name: Some(wrapper_fn!($name, $body, FOR_2X)), )* }
         }
 
         /// Every function in table order, with its audit kind.
@@ -30,33 +40,47 @@ macro_rules! pkcs11_functions {
 
 macro_rules! define_wrapper {
     ($name:ident, $kind:ident, ($($arg:ident : $ty:ty),*), { custom $path:path }) => {};
+    ($name:ident, $kind:ident, ($($arg:ident : $ty:ty),*), { custom_per_table $path:path }) => {};
     ($name:ident, $kind:ident, ($($arg:ident : $ty:ty),*),
      { |$c:ident| $before:block |$c2:ident, $rv:ident| $after:block }) => {
-        #[allow(non_snake_case, unused_variables, clippy::too_many_arguments)]
-        unsafe extern "C" fn $name($($arg: $ty),*) -> ck::CK_RV {
-            run_call(
-                stringify!($name),
-                Kind::$kind,
-                #[allow(unused_unsafe)]
-                |$c: &mut Call| unsafe { $before },
-                // SAFETY: the arguments are passed through unchanged, as the caller gave them.
-                |f: &ck::CK_FUNCTION_LIST_3_2| match f.$name {
-                    Some(func) => unsafe { func($($arg),*) },
-                    None => ck::CKR_FUNCTION_NOT_SUPPORTED,
-                },
-                #[allow(unused_unsafe)]
-                |$c2: &mut Call, $rv: ck::CK_RV| unsafe { $after },
-            )
+        // One instance per kind of table (`function_table`); both run the same `audited`.
+        #[allow(non_snake_case, clippy::too_many_arguments)]
+        unsafe extern "C" fn $name<const FOR_2X: bool>($($arg: $ty),*) -> ck::CK_RV {
+            #[allow(unused_variables, clippy::too_many_arguments)]
+            unsafe fn audited(for_2x: bool, $($arg: $ty),*) -> ck::CK_RV {
+                run_call(
+                    stringify!($name),
+                    Kind::$kind,
+                    for_2x,
+                    #[allow(unused_unsafe)]
+                    |$c: &mut Call| unsafe { $before },
+                    // SAFETY: the arguments are passed through unchanged, as the caller gave
+                    // them.
+                    |f: &ck::CK_FUNCTION_LIST_3_2| match f.$name {
+                        Some(func) => unsafe { func($($arg),*) },
+                        None => ck::CKR_FUNCTION_NOT_SUPPORTED,
+                    },
+                    #[allow(unused_unsafe)]
+                    |$c2: &mut Call, $rv: ck::CK_RV| unsafe { $after },
+                )
+            }
+            // SAFETY: as the caller's.
+            unsafe { audited(FOR_2X, $($arg),*) }
         }
     };
 }
 
+/// The entry of `$name` in a table for 2.x callers (`$for_2x` true) or 3.x callers. `custom`
+/// entries are the same in both; `custom_per_table` ones take the kind of table too.
 macro_rules! wrapper_fn {
-    ($name:ident, { custom $path:path }) => {
+    ($name:ident, { custom $path:path }, $for_2x:ident) => {
         $path
     };
-    ($name:ident, { $($t:tt)* }) => {
-        $name
+    ($name:ident, { custom_per_table $($part:ident)::+ }, $for_2x:ident) => {
+        $($part)::+::<$for_2x>
+    };
+    ($name:ident, { $($t:tt)* }, $for_2x:ident) => {
+        $name::<$for_2x>
     };
 }
 
@@ -138,8 +162,8 @@ fn object_handle(c: &mut Call, h: Obj) {
 }
 
 pkcs11_functions! {
-    C_Initialize: Acting (init_args: *mut c_void) { custom lifecycle::c_initialize }
-    C_Finalize: GivingUp (reserved: *mut c_void) { custom lifecycle::c_finalize }
+    C_Initialize: Acting (init_args: *mut c_void) { custom_per_table lifecycle::c_initialize }
+    C_Finalize: GivingUp (reserved: *mut c_void) { custom_per_table lifecycle::c_finalize }
     C_GetInfo: Informational (info: *mut ck::CK_INFO) { |c| {} |c, rv| {} }
     C_GetFunctionList: Informational (list: *mut *mut ck::CK_FUNCTION_LIST) { custom super::C_GetFunctionList }
     C_GetSlotList: Informational (token_present: ck::CK_BBOOL, slots: *mut ck::CK_SLOT_ID, count: UlOut) {

@@ -23,7 +23,9 @@ unsafe fn init_flags(init_args: *const c_void) -> Option<ck::CK_FLAGS> {
     unsafe { args::read(init_args as *const ck::CK_C_INITIALIZE_ARGS) }.map(|a| a.flags)
 }
 
-pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_RV {
+pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
+    init_args: *mut c_void,
+) -> ck::CK_RV {
     guard(|| {
         // SAFETY: the caller passes NULL or a CK_C_INITIALIZE_ARGS.
         let flags = unsafe { init_flags(init_args) };
@@ -64,7 +66,7 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
             // Fail-open: the attach went with the intent's failed write (counted as lost).
             not_attached();
         }
-        let Some(init) = rt.provider_functions().C_Initialize else {
+        let Some(init) = rt.provider.table(FOR_2X).C_Initialize else {
             not_attached();
             return ck::CKR_GENERAL_ERROR;
         };
@@ -89,12 +91,12 @@ pub(crate) unsafe extern "C" fn c_initialize(init_args: *mut c_void) -> ck::CK_R
     })
 }
 
-pub(crate) unsafe extern "C" fn c_finalize(reserved: *mut c_void) -> ck::CK_RV {
+pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_void) -> ck::CK_RV {
     guard(|| {
         let Some(rt) = runtime() else {
             return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
         };
-        let Some(fin) = rt.provider_functions().C_Finalize else {
+        let Some(fin) = rt.provider.table(FOR_2X).C_Finalize else {
             return ck::CKR_GENERAL_ERROR;
         };
         let started = Instant::now();

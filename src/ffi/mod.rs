@@ -33,23 +33,7 @@ pub(crate) struct Runtime {
     pub attached_pid: std::sync::atomic::AtomicU32,
 }
 
-/// Whether the application took a 2.x interface of p11audit's (`C_GetFunctionList`, or a 2.x
-/// `C_GetInterface`) rather than a 3.x one: the last choice counts. Decides which of the
-/// provider's tables calls go through (`Provider::table`).
-static APPLICATION_CHOSE_2X: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(true);
-
-fn application_chose(major: u8) {
-    APPLICATION_CHOSE_2X.store(major < 3, std::sync::atomic::Ordering::Relaxed);
-}
-
 impl Runtime {
-    /// The provider's table that matches the interface the application chose.
-    pub fn provider_functions(&self) -> &ck::CK_FUNCTION_LIST_3_2 {
-        self.provider
-            .table(APPLICATION_CHOSE_2X.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
     /// Who is calling, with the current pid (which changes in a forked child).
     pub fn who(&self) -> ProcessIdentity {
         ProcessIdentity {
@@ -187,10 +171,11 @@ pub(crate) fn guard(f: impl FnOnce() -> ck::CK_RV) -> ck::CK_RV {
 
 /// The table handed to PKCS#11 2.40 callers. A 2.40 caller reads only the
 /// `CK_FUNCTION_LIST` prefix of this 3.2-sized table (same layout, C-style prefix).
-static FUNCTION_LIST_240: ck::CK_FUNCTION_LIST_3_2 = functions::function_table(ck::CK_VERSION {
-    major: 2,
-    minor: 40,
-});
+static FUNCTION_LIST_240: ck::CK_FUNCTION_LIST_3_2 =
+    functions::function_table::<true>(ck::CK_VERSION {
+        major: 2,
+        minor: 40,
+    });
 
 /// # Safety
 /// `list` must be NULL or a writable pointer.
@@ -204,7 +189,6 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut ck::CK_FUNCTION_LIST)
                 &FUNCTION_LIST_240 as *const ck::CK_FUNCTION_LIST_3_2 as *mut ck::CK_FUNCTION_LIST;
             // SAFETY: checked non-NULL; the caller provides a writable pointer.
             unsafe { list.write_unaligned(table) };
-            application_chose(2);
             ck::CKR_OK
         };
         log_informational("C_GetFunctionList", rv);
@@ -220,9 +204,9 @@ unsafe impl Sync for StaticInterface {}
 unsafe impl Send for StaticInterface {}
 
 static FUNCTION_LIST_300: ck::CK_FUNCTION_LIST_3_2 =
-    functions::function_table(ck::CK_VERSION { major: 3, minor: 0 });
+    functions::function_table::<false>(ck::CK_VERSION { major: 3, minor: 0 });
 static FUNCTION_LIST_320: ck::CK_FUNCTION_LIST_3_2 =
-    functions::function_table(ck::CK_VERSION { major: 3, minor: 2 });
+    functions::function_table::<false>(ck::CK_VERSION { major: 3, minor: 2 });
 
 /// The interface name PKCS#11 3.0 §5.2 defines for the standard function list.
 const PKCS11_INTERFACE_NAME: &[u8] = b"PKCS 11\0";
@@ -423,7 +407,6 @@ pub unsafe extern "C" fn C_GetInterface(
                     // SAFETY: pFunctionList points to one of our tables.
                     let v = unsafe { (iface.0.pFunctionList as *const ck::CK_VERSION).read() };
                     chosen = Some(format!("PKCS 11 {}.{}", v.major, v.minor));
-                    application_chose(v.major);
                     // SAFETY: checked non-NULL.
                     unsafe {
                         interface.write_unaligned(
