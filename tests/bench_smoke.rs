@@ -201,3 +201,53 @@ fn an_unknown_op_is_refused_at_once() {
         assert!(run.stdout.is_empty(), "{}", run.dump());
     }
 }
+
+/// scripts/bench-upper-bound.sh measures a copy of the source with part of the work cut out.
+/// Its edits are matched as text: each must still apply, and apply where it says, or the
+/// script would measure something other than what PERFORMANCE.md says it measures.
+#[test]
+fn the_upper_bound_edits_still_apply() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("scripts/bench-upper-bound.sh");
+    // (bound, file, text that must be gone from the copy, text that must stay)
+    let write_call = "self.log.write_all(&self.buf)";
+    let detail_call = "push_detail(&mut m, &r.detail);";
+    let cases: [(&str, &[&str], &[&str]); 3] = [
+        ("writes", &[write_call], &[detail_call]),
+        (
+            "records",
+            &[detail_call, "m.str(\"exe\", &r.exe);"],
+            &[write_call],
+        ),
+        ("both", &[write_call, detail_call], &[]),
+    ];
+    for (bound, gone, kept) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .arg("--check")
+            .env("TMPDIR", tmp.path())
+            .env("P11BOUND", bound)
+            .current_dir(&root);
+        let run = run_with_timeout(cmd, tmp.path(), &format!("bench-upper-bound {bound}"));
+        assert_eq!(run.status.code(), Some(0), "{}", run.dump());
+        let copy = tmp.path().join("p11audit-upper-bound/src/audit");
+        let source = std::fs::read_to_string(copy.join("writer.rs")).expect("writer.rs")
+            + &std::fs::read_to_string(copy.join("encode.rs")).expect("encode.rs");
+        for text in gone {
+            assert!(!source.contains(text), "{bound}: {text} still in the copy");
+        }
+        for text in kept {
+            assert!(source.contains(text), "{bound}: {text} gone from the copy");
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .arg("--check")
+        .env("TMPDIR", tmp.path())
+        .env("P11BOUND", "everything")
+        .current_dir(&root);
+    let run = run_with_timeout(cmd, tmp.path(), "bench-upper-bound everything");
+    assert_eq!(run.status.code(), Some(2), "{}", run.dump());
+}
