@@ -107,6 +107,23 @@ impl SharedFileMap {
         self.atomic_u64(off).store(value, Ordering::Release)
     }
 
+    /// An atomic wrapping add; the value before.
+    pub fn fetch_add_u64(&self, off: usize, n: u64) -> u64 {
+        self.atomic_u64(off).fetch_add(n, Ordering::AcqRel)
+    }
+
+    /// An atomic wrapping subtraction; the value before.
+    pub fn fetch_sub_u64(&self, off: usize, n: u64) -> u64 {
+        self.atomic_u64(off).fetch_sub(n, Ordering::AcqRel)
+    }
+
+    /// Stores `new` if the value is `current`; whether it did.
+    pub fn compare_exchange_u64(&self, off: usize, current: u64, new: u64) -> bool {
+        self.atomic_u64(off)
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// `msync(MS_SYNC)`: the mapped page is on disk when this returns.
     pub fn sync(&self) -> io::Result<()> {
         // SAFETY: base and len describe this mapping.

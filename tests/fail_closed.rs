@@ -479,3 +479,113 @@ fn disk_full_fails_closed() {
 fn disk_full_fail_open_reports_gap() {
     disk_full(true);
 }
+
+// ---- a process that exits before the log can be written again -------------------------------
+
+const CHILD_EXITS_UNWRITABLE: &str = "child_exits_while_the_log_cannot_be_written";
+const CHILD_LATER: &str = "child_a_later_process";
+const EXITING_LABEL: &[u8] = b"made-by-a-process-that-exits";
+
+/// Makes the log unwritable (RLIMIT_FSIZE), makes calls, and exits normally with the log still
+/// unwritable: nothing it lost can be reported by itself.
+#[test]
+fn child_exits_while_the_log_cannot_be_written() {
+    if !is_role(CHILD_EXITS_UNWRITABLE) {
+        return;
+    }
+    let log = PathBuf::from(std::env::var_os("P11AUDIT_LOG").expect("P11AUDIT_LOG"));
+    let shim = Module::shim();
+    shim.initialize();
+    let s = shim.open_rw(shim.first_slot());
+    let mut disk = Disk::Rlimit { saved: None };
+    disk.fill(file_len(&log));
+    let mut lost = pad(&shim, s);
+    let (rv, _) = shim.generate_aes(s, EXITING_LABEL);
+    lost += 1; // its intent
+    println!("GENERATE_RV={rv}");
+    println!("LOST_AT_LEAST={lost}");
+    // No C_Finalize: the process ends (its exit handler's flush fails too).
+}
+
+#[test]
+fn child_a_later_process() {
+    if !is_role(CHILD_LATER) {
+        return;
+    }
+    let shim = Module::shim();
+    shim.initialize();
+    shim.finalize();
+}
+
+/// What a process lost is reported even if it exits before the log can be written again: the
+/// count is kept in the state file, and the next process to write reports it in a gap record.
+/// With P11AUDIT_ON_FAILURE=open that process made a key nobody would otherwise know of.
+#[test]
+fn losses_of_a_process_that_exits_are_reported_by_the_next() {
+    for open in [false, true] {
+        let fx = Fixture::new();
+        let mut env = fx.env();
+        if open {
+            env.push(("P11AUDIT_ON_FAILURE", "open".into()));
+        }
+        let what = format!("{CHILD_EXITS_UNWRITABLE} (open: {open})");
+        let run = run_child_ok(
+            child_command(
+                CHILD_EXITS_UNWRITABLE,
+                ROLE_VAR,
+                CHILD_EXITS_UNWRITABLE,
+                &env,
+            ),
+            fx.dir.path(),
+            &what,
+        );
+        let generate_rv: ck::CK_RV = run
+            .value_after("GENERATE_RV")
+            .unwrap_or_else(|| panic!("{}", run.dump()))
+            .parse()
+            .unwrap();
+        let want_rv = if open {
+            ck::CKR_OK
+        } else {
+            ck::CKR_GENERAL_ERROR
+        };
+        assert_eq!(
+            generate_rv,
+            want_rv,
+            "{what}: C_GenerateKey\n{}",
+            run.dump()
+        );
+        let lost_at_least: u64 = run.value_after("LOST_AT_LEAST").unwrap().parse().unwrap();
+        let lines_before = line_count(&fx.log);
+        assert!(
+            !std::fs::read_to_string(&fx.log)
+                .unwrap()
+                .contains(r#""ev":"gap""#),
+            "{what}: a gap record before the next process ran"
+        );
+
+        run_child_ok(
+            child_command(CHILD_LATER, ROLE_VAR, CHILD_LATER, &fx.env()),
+            fx.dir.path(),
+            CHILD_LATER,
+        );
+        assert_verifies(&fx.key, &fx.log, &what);
+        let records = parse_records(&std::fs::read_to_string(&fx.log).unwrap());
+        let gap = &records[lines_before];
+        assert_eq!(
+            gap["ev"], "gap",
+            "{what}: the later process's first record: {gap}"
+        );
+        let lost = gap["lost"].as_u64().expect("lost");
+        assert!(
+            lost >= lost_at_least,
+            "{what}: the gap says {lost} lost; the process that exited lost at least {lost_at_least}"
+        );
+        assert!(gap["since"].is_string(), "{what}: {gap}");
+        assert_eq!(
+            records.iter().filter(|r| r["ev"] == "gap").count(),
+            1,
+            "{what}: reported once"
+        );
+    }
+}

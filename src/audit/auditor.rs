@@ -6,8 +6,8 @@
 //! the provider.
 
 use super::lock::Mutex;
-use super::record::{Event, ProcessIdentity, Record, Timestamp};
-use super::writer::{AuditLog, LogSettings, WriterError};
+use super::record::{ProcessIdentity, Record};
+use super::writer::{AuditLog, LogSettings, Losses, WriterError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, MutexGuard};
 use std::time::{Duration, Instant};
@@ -64,9 +64,6 @@ struct Inner {
     waiters: usize,
     /// Threads in `hold` (before fork): while non-zero, no thread starts a write.
     fork_pending: usize,
-    /// Records that could not be written since the last successful append.
-    lost: u64,
-    lost_since: Option<String>,
     /// The pid `waiting` belongs to: a forked child drops its copy of the parent's queue.
     queue_pid: u32,
     warned: bool,
@@ -102,6 +99,9 @@ pub struct Auditor {
     /// Whether a waiting thread spins briefly before it sleeps (`SPIN_BEFORE_SLEEP`).
     spin: bool,
     policy: FailurePolicy,
+    /// Records lost and not yet reported, by any writer of the log: counted in the state file,
+    /// so that a loss outlives this process (the log's next append reports it).
+    losses: Losses,
 }
 
 impl Auditor {
@@ -112,6 +112,7 @@ impl Auditor {
         policy: FailurePolicy,
     ) -> Result<Auditor, WriterError> {
         let log = AuditLog::open(settings, who)?;
+        let losses = log.losses();
         Ok(Auditor {
             inner: Mutex::new(Inner {
                 log: Some(log),
@@ -123,8 +124,6 @@ impl Auditor {
                 waiting_for: Vec::new(),
                 waiters: 0,
                 fork_pending: 0,
-                lost: 0,
-                lost_since: None,
                 queue_pid: crate::audit::process::current_pid(),
                 warned: false,
             }),
@@ -132,6 +131,7 @@ impl Auditor {
             appends_ended: AtomicU64::new(0),
             spin: !settings.sync_always,
             policy,
+            losses,
         })
     }
 
@@ -169,20 +169,18 @@ impl Auditor {
     /// Counts `n` records that could not even be built (a failure inside p11audit): the next
     /// write reports them in a gap record, as records lost to a failing log are.
     pub fn count_lost(&self, n: u64) {
-        let mut inner = self.inner.lock();
-        inner.forget_parent_queue();
-        inner.note_loss_since(n, || super::record::rfc3339_micros_now().to_string());
+        self.losses.count(n);
     }
 
     /// Writes everything queued.
     pub fn flush(&self, who: &Record) -> Result<(), NotRecorded> {
         let mut inner = self.inner.lock();
         inner.forget_parent_queue();
-        if inner.queued == inner.resolved && inner.lost == 0 {
+        if inner.queued == inner.resolved && self.losses.pending() == 0 {
             return Ok(());
         }
         if inner.queued == inner.resolved {
-            // Only a loss to report: a gap record on its own.
+            // Only a loss to report (this process's or another's): a gap record on its own.
             return match self.lead(inner, who).batches.last() {
                 Some(b) if b.first_seq.is_none() => Err(NotRecorded),
                 _ => Ok(()),
@@ -265,36 +263,20 @@ impl Auditor {
     }
 
     /// Takes everything queued and writes it with one append, without holding the lock during
-    /// the write. `template` supplies the identity for a gap record.
+    /// the write. `template` supplies the identity for a gap record (the append starts with
+    /// one if records were lost and not yet reported: `Losses`).
     fn lead<'a>(
         &'a self,
         mut inner: MutexGuard<'a, Inner>,
         template: &Record,
     ) -> MutexGuard<'a, Inner> {
-        if inner.log.is_none() {
-            return inner;
-        }
-        let mut bodies = Vec::with_capacity(inner.waiting.len() + 1);
-        // The losses this gap record reports: more may be counted while the append runs
-        // without the lock (`count_lost`), and those must stay counted.
-        let reported = inner.lost;
-        let gap = reported > 0;
-        if gap {
-            let mut rec = template.bookkeeping(Event::Gap);
-            rec.detail.lost = Some(inner.lost);
-            rec.detail.since = inner.lost_since.clone();
-            bodies.push(rec.to_body());
-        }
-        // Only now, after the last step that could panic: every other thread waits for the log
-        // to come back.
+        // Every other thread waits for the log to come back.
         let Some(mut log) = inner.log.take() else {
             return inner;
         };
-        bodies.append(&mut inner.waiting);
+        let bodies = std::mem::take(&mut inner.waiting);
         inner.waiting_bytes = 0;
         let (first, end) = (inner.resolved, inner.queued);
-        // Losses counted from here on are not in this gap record (see `reported`).
-        let append_started = gap.then(super::record::rfc3339_micros_now);
         drop(inner);
         // The log must come back whatever happens: other threads wait for it.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -307,16 +289,21 @@ impl Auditor {
         // log handed back.
         self.appends_ended.fetch_add(1, Ordering::Release);
         let first_seq = match result {
-            Ok(done) => {
-                inner.losses_reported(reported, append_started);
-                Some(done.first_seq + u64::from(gap))
-            }
+            Ok(done) => Some(done.first_seq + u64::from(done.gap)),
             Err(e) => {
-                inner.note_loss(end - first, template);
+                self.losses.count(end - first);
                 if !inner.warned {
                     inner.warned = true;
+                    let consequence = match self.policy {
+                        FailurePolicy::Closed => {
+                            "calls that need a record fail (P11AUDIT_ON_FAILURE=closed)"
+                        }
+                        FailurePolicy::Open => {
+                            "calls go ahead unrecorded (P11AUDIT_ON_FAILURE=open)"
+                        }
+                    };
                     crate::stderr_line(&format!(
-                        "p11audit: {e}; calls that need a record now fail, unless P11AUDIT_ON_FAILURE=open"
+                        "p11audit: {e}; {consequence} until the log can be written again, and a gap record will count the records lost"
                     ));
                 }
                 None
@@ -398,65 +385,21 @@ impl Inner {
             // Threads of the parent that were waiting to fork (`hold`) do not exist here.
             self.fork_pending = 0;
             self.waiting_for.clear();
-            self.lost = 0;
-            self.lost_since = None;
             self.queue_pid = pid;
         }
-    }
-
-    /// A gap record reporting `reported` losses is in the file. Losses counted while it was
-    /// being written (`count_lost` from another thread) stay counted for the next one.
-    fn losses_reported(&mut self, reported: u64, append_started: Option<Timestamp>) {
-        self.lost -= reported;
-        if self.lost == 0 {
-            self.lost_since = None;
-        } else if let Some(started) = append_started {
-            // Counted during the append (older losses held `lost_since`): the first of them
-            // came after the append began.
-            self.lost_since = Some(started.to_string());
-        }
-    }
-
-    fn note_loss(&mut self, n: u64, template: &Record) {
-        self.note_loss_since(n, || template.ts.to_string());
-    }
-
-    fn note_loss_since(&mut self, n: u64, since: impl FnOnce() -> String) {
-        if self.lost == 0 {
-            self.lost_since = Some(since());
-        }
-        self.lost += n;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::record::Event;
     use crate::audit::testing::{log_settings, who};
     use std::sync::Arc;
 
     /// A fail-closed auditor of a new log in `dir`.
     fn fail_closed_auditor(dir: &std::path::Path) -> Auditor {
         Auditor::open(&log_settings(dir, [7; 32]), &who(), FailurePolicy::Closed).unwrap()
-    }
-
-    /// Losses counted while a gap record was being written (another thread's `count_lost`
-    /// during the append) are not wiped when it lands: they wait for the next gap record.
-    #[test]
-    fn losses_counted_during_a_gap_append_stay_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let auditor = fail_closed_auditor(dir.path());
-        let mut inner = auditor.inner.lock();
-        inner.lost = 2;
-        inner.lost_since = Some("2026-11-26T00:00:00.000000Z".into());
-        // The leader built a gap record for 2; one more loss came while it appended.
-        inner.lost += 1;
-        let started = crate::audit::record::rfc3339_micros_now();
-        inner.losses_reported(2, Some(started));
-        assert_eq!(inner.lost, 1);
-        assert_eq!(inner.lost_since.as_deref(), Some(started.as_str()));
-        inner.losses_reported(1, None);
-        assert_eq!((inner.lost, inner.lost_since.clone()), (0, None));
     }
 
     /// A record p11audit could not even build (`count_lost`) is reported by the next write's

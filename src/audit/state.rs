@@ -42,6 +42,15 @@ pub mod layout {
     /// While a rotation is under way: the name the old file gets (NUL-padded).
     pub const ROTATE_NAME: usize = 256;
     pub const ROTATE_NAME_LEN: usize = 256;
+    /// u64: records lost by any writer of the chain (an append that failed, a record p11audit
+    /// could not build) that no `gap` record has reported yet. Here, not in the memory of the
+    /// process that lost them, so that a process that exits (or dies) before the log can be
+    /// written again still has its losses reported, by the next append of any writer. Added to
+    /// without the mutex (the failure may be that it could not be had).
+    pub const LOST: usize = 512;
+    /// u64: when the first of those records was lost, in microseconds since the Unix epoch
+    /// (0: not known).
+    pub const LOST_SINCE: usize = 520;
     pub const SLOTS: [usize; 2] = [1024, 1536];
     pub const SLOT_LEN: usize = 512;
 }

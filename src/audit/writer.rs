@@ -57,6 +57,48 @@ const MAX_RECOVERY_BYTES: u64 = 64 << 20;
 pub struct Appended {
     pub first_seq: u64,
     pub last_seq: u64,
+    /// The append began with a `gap` record (at `first_seq`) before the records it was given.
+    pub gap: bool,
+}
+
+/// The count of records lost and not yet reported, kept in the state file (`layout::LOST`) so
+/// that it outlives the process that lost them. Shared by the writer (which reports it in a
+/// `gap` record) and whoever notices a loss.
+#[derive(Clone)]
+pub struct Losses(std::sync::Arc<SharedFileMap>);
+
+impl Losses {
+    /// Counts `n` more records as lost, now.
+    pub fn count(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if self.0.fetch_add_u64(layout::LOST, n) == 0 {
+            // The first since the last report: it says since when. (A writer reporting the
+            // count in between clears only the time it read: `reported`.)
+            self.0.store_u64(layout::LOST_SINCE, micros_now());
+        }
+    }
+
+    /// How many records are counted and not yet reported.
+    pub fn pending(&self) -> u64 {
+        self.0.load_u64(layout::LOST)
+    }
+
+    /// A `gap` record reporting `n` losses counted since `since` is in the file.
+    fn reported(&self, n: u64, since: u64) {
+        if self.0.fetch_sub_u64(layout::LOST, n) == n {
+            // None counted meanwhile: the time goes too (unless a new first loss set its own).
+            self.0.compare_exchange_u64(layout::LOST_SINCE, since, 0);
+        }
+    }
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// How long a writer waits for the state file's mutex before it gives up (and fails closed):
@@ -79,8 +121,9 @@ pub struct AuditLog {
     log: File,
     /// (st_dev, st_ino) of `log`.
     log_id: (u64, u64),
-    /// The state file, mapped: its mutex serializes writers in all processes (`os`).
-    shared: SharedFileMap,
+    /// The state file, mapped: its mutex serializes writers in all processes (`os`). Shared
+    /// with `Losses`.
+    shared: std::sync::Arc<SharedFileMap>,
     /// Reused buffer for the sealed lines of one append.
     buf: Vec<u8>,
     /// The state this process last stored, the state file's generation then, and the stored
@@ -95,6 +138,20 @@ pub struct AuditLog {
     /// Unit tests: the next `fdatasync` fails (after the append's `write`, as with EIO).
     #[cfg(test)]
     fail_sync: bool,
+}
+
+/// The body of a `gap` record reporting `lost` records, the first lost at `since` (µs since the
+/// epoch; 0: not known), in the name of `template`'s process and thread, now.
+fn gap_body(template: &Record, lost: u64, since: u64) -> String {
+    let mut rec = template.bookkeeping(Event::Gap);
+    // Now, not the template's time: the losses may have been counted (by another process)
+    // after the template was made, and `since` must not come after `ts`.
+    rec.ts = super::record::rfc3339_micros_now();
+    rec.detail.lost = Some(lost);
+    rec.detail.since = (since > 0).then(|| {
+        super::record::rfc3339_micros(since / 1_000_000, (since % 1_000_000) as u32).to_string()
+    });
+    rec.to_body()
 }
 
 /// `<log>.state`.
@@ -139,10 +196,10 @@ fn open_log_and_state(
     Ok((log, state))
 }
 
+/// Opens `path`, creating it with exactly `mode` if it does not exist.
 fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true)
-        .create(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
     if append {
@@ -150,7 +207,22 @@ fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
     } else {
         o.write(true);
     }
-    o.open(path)
+    match o.clone().create_new(true).open(path) {
+        Ok(created) => {
+            set_exact_mode(&created, mode)?;
+            Ok(created)
+        }
+        // Another process may have created it since: then it is opened as it is.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => o.open(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// The mode a file was created with, whatever the umask took away from it: a service run with
+/// `UMask=0077` must still get the `0640` that `P11AUDIT_LOG_MODE` asks for.
+fn set_exact_mode(file: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Opens an existing log for appending (never creating one) with its (st_dev, st_ino).
@@ -332,7 +404,7 @@ impl AuditLog {
             state_path,
             log,
             log_id: (log_meta.dev(), log_meta.ino()),
-            shared,
+            shared: std::sync::Arc::new(shared),
             buf: Vec::with_capacity(4096),
             cached: None,
             log_checked: None,
@@ -407,7 +479,7 @@ impl AuditLog {
             .map_err(|_| self.corrupt_state("unreadable after writing"))?;
         let mut start = Record::new(who, 0, Event::Start, None);
         start.detail.note = Some("new chain".into());
-        self.append_locked(state, &[start.to_body()])?;
+        self.append_locked(state, None, &[start.to_body()])?;
         Ok(())
     }
 
@@ -512,8 +584,15 @@ impl AuditLog {
         state_unusable(&self.state_path, why)
     }
 
-    /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`.
-    /// `template` gives the identity for a rotate record, should this append rotate the log.
+    /// The records lost and not yet reported, for whoever notices a loss.
+    pub fn losses(&self) -> Losses {
+        Losses(self.shared.clone())
+    }
+
+    /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`. If
+    /// records were lost and not yet reported (`Losses`), by any writer, a `gap` record saying
+    /// how many goes first. `template` gives the identity for that record and for a rotate
+    /// record, should this append rotate the log.
     pub fn append(
         &mut self,
         bodies: &[String],
@@ -540,7 +619,22 @@ impl AuditLog {
                     state = me.rotate(state, template)?;
                 }
             }
-            me.append_locked(state, bodies)
+            // Read under the mutex, so that no two appends report the same losses.
+            let lost = me.shared.load_u64(layout::LOST);
+            let since = me.shared.load_u64(layout::LOST_SINCE);
+            let gap = (lost > 0).then(|| gap_body(template, lost, since));
+            if gap.is_none() && bodies.is_empty() {
+                return Ok(Appended {
+                    first_seq: state.next_seq,
+                    last_seq: state.next_seq.wrapping_sub(1),
+                    gap: false,
+                });
+            }
+            let done = me.append_locked(state, gap.as_deref(), bodies)?;
+            if gap.is_some() {
+                Losses(me.shared.clone()).reported(lost, since);
+            }
+            Ok(done)
         })
     }
 
@@ -589,7 +683,7 @@ impl AuditLog {
         rec.ts = super::record::rfc3339_micros_now();
         rec.detail.renamed_to = Some(renamed_to);
         rec.detail.next = Some(base);
-        self.append_locked(state, &[rec.to_body()])?;
+        self.append_locked(state, None, &[rec.to_body()])?;
         let state = self.current_state()?;
         self.finish_rotation(state)
     }
@@ -752,6 +846,8 @@ impl AuditLog {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&next_tmp)
             .map_err(|e| failed("create the next file", e))?;
+        set_exact_mode(&new_log, self.settings.log_mode)
+            .map_err(|e| failed("set the mode of the next file", e))?;
         std::fs::rename(&next_tmp, &log_path).map_err(|e| failed("rename", e))?;
         let meta = new_log.metadata().map_err(|e| failed("stat", e))?;
         let mut state = state;
@@ -811,6 +907,14 @@ impl AuditLog {
         if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
             return Err(not_its_log(&self.settings.log_path, &self.state_path));
         }
+        if meta.len() == 0 && state.log_size > 0 {
+            // Deleted and created again is as likely as truncated: a new file may get the old
+            // one's inode number (ext4 reuses freed ones at once), so it passes for the same.
+            return err(format!(
+                "audit log {path} is empty, but the state file records {} bytes: it was truncated, or deleted and created again; refusing to log",
+                state.log_size
+            ));
+        }
         if meta.len() < state.log_size {
             return err(format!(
                 "audit log {path} is shorter ({} bytes) than the state file records ({} bytes): it was truncated; refusing to log",
@@ -862,16 +966,18 @@ impl AuditLog {
         Ok(state)
     }
 
-    /// Seals and writes `bodies` after `state`, then stores the new state. Caller holds the lock.
+    /// Seals and writes `gap` (if any) and `bodies` after `state`, then stores the new state.
+    /// Caller holds the lock.
     fn append_locked(
         &mut self,
         mut state: ChainState,
+        gap: Option<&str>,
         bodies: &[String],
     ) -> Result<Appended, WriterError> {
         let first_seq = state.next_seq;
         self.buf.clear();
         let mut mac = String::with_capacity(64);
-        for body in bodies {
+        for body in gap.into_iter().chain(bodies.iter().map(String::as_str)) {
             seal_and_evolve_into(
                 &mut self.buf,
                 &mut state.key,
@@ -907,6 +1013,7 @@ impl AuditLog {
         Ok(Appended {
             first_seq,
             last_seq,
+            gap: gap.is_some(),
         })
     }
 }
@@ -942,6 +1049,63 @@ mod tests {
         let report = verify_files(std::slice::from_ref(&settings.log_path), &opts).unwrap();
         assert!(report.intact, "{:?}", report.problem);
         assert_eq!(report.summary.records, records);
+    }
+
+    /// Records lost by one writer are reported by the next append of another (as by the next
+    /// process, after the one that lost them exited): a `gap` record first, with the count and
+    /// since when, and then the count is gone.
+    #[test]
+    fn losses_outlive_the_writer_that_counted_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let before = micros_now();
+        {
+            let gone = AuditLog::open(&settings, &who()).unwrap();
+            gone.losses().count(3);
+            gone.losses().count(2);
+        }
+        let mut later = AuditLog::open(&settings, &who()).unwrap();
+        assert_eq!(later.losses().pending(), 5);
+        let done = later.append(&body(1), &template()).unwrap();
+        assert!(done.gap);
+        assert_eq!((done.first_seq, done.last_seq), (1, 3));
+        assert_eq!(later.losses().pending(), 0);
+        assert_eq!(later.shared.load_u64(layout::LOST_SINCE), 0);
+        let text = std::fs::read_to_string(&settings.log_path).unwrap();
+        let gap: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(gap["ev"], "gap", "{text}");
+        assert_eq!(gap["lost"], 5, "{text}");
+        let since = gap["since"].as_str().expect("since");
+        let before =
+            super::super::record::rfc3339_micros(before / 1_000_000, (before % 1_000_000) as u32);
+        assert!(
+            before.as_str() <= since && since <= gap["ts"].as_str().unwrap(),
+            "since {since} not between {} and the gap's ts: {text}",
+            before.as_str()
+        );
+        // Reported once: the next append has no gap record.
+        assert!(!later.append(&body(2), &template()).unwrap().gap);
+        assert_intact(&settings, 6);
+    }
+
+    /// Losses counted while a gap record is being written stay counted for the next one, and
+    /// keep a time.
+    #[test]
+    fn losses_counted_during_a_gap_append_stay_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&settings(dir.path()), &who()).unwrap();
+        let losses = log.losses();
+        losses.count(2);
+        let since = log.shared.load_u64(layout::LOST_SINCE);
+        assert_ne!(since, 0);
+        // A writer read 2 and `since`; one more loss comes while it appends.
+        losses.count(1);
+        losses.reported(2, since);
+        assert_eq!(losses.pending(), 1);
+        assert_eq!(log.shared.load_u64(layout::LOST_SINCE), since);
+        losses.reported(1, since);
+        assert_eq!(losses.pending(), 0);
+        assert_eq!(log.shared.load_u64(layout::LOST_SINCE), 0);
     }
 
     /// An append whose records reached the file but which then failed (`fdatasync` failing)

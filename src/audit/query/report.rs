@@ -1315,7 +1315,7 @@ pub fn render_human(r: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 o,
-                "    seq {} {} pid {} {}: {} lost{since}",
+                "    seq {} {} reported by pid {} {}: {} lost{since}",
                 g.seq,
                 escape(&g.ts),
                 g.pid,
