@@ -457,3 +457,49 @@ fn log_directory_writable_by_others_is_warned_about() {
         "the log in the checked directory",
     );
 }
+
+/// A log emptied, or deleted while no process had it open (the shim then creates a new one), is
+/// refused, and the message fits what happened. A new file can get the old one's inode number
+/// (ext4 reuses freed ones at once) and then looks like the same file, only empty: the message
+/// for an empty log names both possibilities.
+#[test]
+fn log_emptied_or_deleted_while_unused() {
+    use std::os::unix::fs::MetadataExt;
+    let case = Case::new();
+    case.expect_ok("first run");
+    fs::File::create(case.log_path()).expect("truncate the log");
+    let run = case.expect_refused(
+        "log truncated to nothing",
+        "is empty, but the state file records",
+    );
+    assert!(
+        run.stderr
+            .contains("truncated, or deleted and created again"),
+        "{}",
+        run.dump()
+    );
+
+    let case = Case::new();
+    case.expect_ok("first run");
+    let inode_before = fs::metadata(case.log_path()).unwrap().ino();
+    fs::remove_file(case.log_path()).expect("delete the log");
+    let run = run_child(case.work(), "log deleted", &case.env);
+    assert_eq!(
+        rv(&run, "C_Initialize"),
+        CKR_GENERAL_ERROR,
+        "{}",
+        run.dump()
+    );
+    let inode_after = fs::metadata(case.log_path()).unwrap().ino();
+    let want = if inode_after == inode_before {
+        "is empty, but the state file records"
+    } else {
+        "is not the file the state file"
+    };
+    let lines = run.p11audit_lines();
+    assert!(
+        lines.len() == 1 && lines[0].contains(want),
+        "log deleted (inode {inode_before} then {inode_after}): want {want:?}\n{}",
+        run.dump()
+    );
+}

@@ -227,6 +227,39 @@ fn one_process_rotates_into_a_chain_of_files() {
     );
 }
 
+/// P11AUDIT_LOG_MODE is the mode of every log file p11audit creates, the first and each one a
+/// rotation starts, whatever the process's umask: a service run with `UMask=0077` must still
+/// give a log-reader group its `0640`.
+#[test]
+fn log_files_get_the_mode_asked_for_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let fx = Fixture::new();
+    let mut env = env_with(&fx, &fx.softhsm_conf, 60);
+    env.push(("P11AUDIT_LOG_MODE", "0640".into()));
+    let mut cmd = child_command(CHILD, ROLE_VAR, "sign", &env);
+    // SAFETY: umask is async-signal-safe and touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        })
+    };
+    let run = run_with_timeout(cmd, fx.dir.path(), "signer with umask 077");
+    assert!(run.status.success(), "{}", run.dump());
+    let files = files_in_order(&fx);
+    assert!(
+        files.len() >= 2,
+        "60 signs at a 64 KiB limit rotate: {files:?}"
+    );
+    for f in &files {
+        let mode = fs::metadata(f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640, "{}: mode {mode:o}", f.display());
+    }
+    let state = fs::metadata(fx.state()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(state, 0o600, "state file mode {state:o}");
+}
+
 /// Bytes of disk the file holds (st_blocks are 512-byte units whatever the filesystem).
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
