@@ -390,7 +390,11 @@ impl Ident {
     /// Whether `--key WANT` selects this object: its label is WANT, or its id (or a label that
     /// is not UTF-8) is WANT in hex (either case, an optional `0x`).
     pub fn matches(&self, want: &str) -> bool {
-        let hex_want = want.strip_prefix("0x").unwrap_or(want).to_ascii_lowercase();
+        let hex_want = want
+            .strip_prefix("0x")
+            .or_else(|| want.strip_prefix("0X"))
+            .unwrap_or(want)
+            .to_ascii_lowercase();
         let is_hex = !hex_want.is_empty() && hex_want.bytes().all(|b| b.is_ascii_hexdigit());
         let hit = |b: &Option<ByteStr>| match b {
             Some(ByteStr::Text(t)) => t == want,
@@ -758,7 +762,7 @@ mod tests {
             "\"my\\x1bkey\" id 0aff (CKO_PRIVATE_KEY CKK_EC)"
         );
         assert!(id.matches("my\x1bkey"));
-        assert!(id.matches("0AFF") && id.matches("0x0aff"));
+        assert!(id.matches("0AFF") && id.matches("0x0aff") && id.matches("0X0AFF"));
         assert!(!id.matches("0a") && !id.matches("mykey"));
         let bare: Ident = serde_json::from_str(r#"{"handle":7}"#).unwrap();
         assert_eq!(bare.display(), "handle 7");
