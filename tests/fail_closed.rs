@@ -563,6 +563,22 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
                 .contains(r#""ev":"gap""#),
             "{what}: a gap record before the next process ran"
         );
+        // Meanwhile `verify` says what the state file counts.
+        let out = p11audit_verify(&fx.key, &["--json"], &fx.log);
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", output_text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let unreported = v["unreported_lost"]["lost"].as_u64().unwrap_or(0);
+        assert!(
+            unreported >= lost_at_least,
+            "{what}: verify --json shows {unreported} unreported: {v}"
+        );
+        let out = p11audit_verify(&fx.key, &[], &fx.log);
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("{unreported} record(s) lost and not yet reported")),
+            "{what}: {}",
+            output_text(&out)
+        );
 
         run_child_ok(
             child_command(CHILD_LATER, ROLE_VAR, CHILD_LATER, &fx.env()),
@@ -570,6 +586,12 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
             CHILD_LATER,
         );
         assert_verifies(&fx.key, &fx.log, &what);
+        let out = p11audit_verify(&fx.key, &["--json"], &fx.log);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v.get("unreported_lost").is_none(),
+            "{what}: reported, yet {v}"
+        );
         let records = parse_records(&std::fs::read_to_string(&fx.log).unwrap());
         let gap = &records[lines_before];
         assert_eq!(

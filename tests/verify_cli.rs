@@ -38,6 +38,7 @@ fn chain(bodies: &[String]) -> (Vec<Vec<u8>>, ChainState) {
         log_dev: 0,
         log_ino: 0,
         log_size: 0,
+        lost_reported: 0,
     };
     (lines, state)
 }

@@ -43,14 +43,18 @@ pub mod layout {
     pub const ROTATE_NAME: usize = 256;
     pub const ROTATE_NAME_LEN: usize = 256;
     /// u64: records lost by any writer of the chain (an append that failed, a record p11audit
-    /// could not build) that no `gap` record has reported yet. Here, not in the memory of the
-    /// process that lost them, so that a process that exits (or dies) before the log can be
-    /// written again still has its losses reported, by the next append of any writer. Added to
-    /// without the mutex (the failure may be that it could not be had).
+    /// could not build), counted since the state file was made; it only grows. Here, not in
+    /// the memory of the process that lost them, so that a process that exits (or dies) before
+    /// the log can be written again still has its losses reported, by the next append of any
+    /// writer. Added to without the mutex (the failure may be that it could not be had).
     pub const LOST: usize = 512;
-    /// u64: when the first of those records was lost, in microseconds since the Unix epoch
-    /// (0: not known).
+    /// u64: no record of those not yet reported was lost before this time, in microseconds
+    /// since the Unix epoch (0: nothing pending, or not known).
     pub const LOST_SINCE: usize = 520;
+    /// u64 per slot: the value of LOST that the `gap` records up to that slot's state have
+    /// reported. It changes with the slot, in the same atomic switch of ACTIVE, so a writer
+    /// killed anywhere in an append neither reports the same losses twice nor drops them.
+    pub const REPORTED: [usize; 2] = [528, 536];
     pub const SLOTS: [usize; 2] = [1024, 1536];
     pub const SLOT_LEN: usize = 512;
 }
@@ -74,7 +78,22 @@ pub fn decode_file(bytes: &[u8]) -> Result<ChainState, StateError> {
     }
     let active = u64::from_ne_bytes(bytes[ACTIVE..ACTIVE + 8].try_into().expect("8 bytes"));
     let at = active_slot_offset(active)?;
-    decode_slot(&bytes[at..at + SLOT_LEN])
+    let mut state = decode_slot(&bytes[at..at + SLOT_LEN])?;
+    state.lost_reported = u64_at(bytes, REPORTED[(active as usize).min(1)]);
+    Ok(state)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Records lost and not yet reported in a `gap` record that a whole state file (v2 layout)
+/// counts, and since when (µs since the epoch; 0: not known). None for anything but a state
+/// file of this version with a chain in it.
+pub fn unreported_losses(bytes: &[u8]) -> Option<(u64, u64)> {
+    let state = decode_file(bytes).ok()?;
+    let pending = u64_at(bytes, layout::LOST).wrapping_sub(state.lost_reported);
+    Some((pending, u64_at(bytes, layout::LOST_SINCE)))
 }
 
 /// Where the slot that the header's `active` value names starts.
@@ -189,6 +208,10 @@ pub struct ChainState {
     pub log_ino: u64,
     /// Size in bytes of the log file after the last record.
     pub log_size: u64,
+    /// The count of lost records (`layout::LOST`) that `gap` records up to here have reported.
+    /// Not part of the slot's text: it is kept beside the slot (`layout::REPORTED`), and is 0
+    /// in a state decoded from a slot alone.
+    pub lost_reported: u64,
 }
 
 /// Why a state file could not be read.
@@ -210,6 +233,7 @@ impl ChainState {
             log_dev,
             log_ino,
             log_size,
+            lost_reported: 0,
         }
     }
 
@@ -300,6 +324,7 @@ impl ChainState {
             log_dev,
             log_ino,
             log_size,
+            lost_reported: 0,
         })
     }
 }
@@ -336,6 +361,7 @@ mod tests {
             log_dev: 1,
             log_ino: u64::MAX,
             log_size: 99,
+            lost_reported: 0,
         };
         let mut slot = state.encode();
         assert_eq!(decode_key_line(&slot[KEY_LINE]), Ok(state.key.clone()));

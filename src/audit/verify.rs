@@ -195,6 +195,47 @@ pub struct VerifyReport {
     /// The mac of the last verified record (64 zeros if none): the chain head.
     pub head_mac: String,
     pub summary: Summary,
+    /// Records the state file counts as lost that no `gap` record has reported yet (FORMAT.md
+    /// §7), when a state file was read and counts any. Filled in by whoever read the state
+    /// file (`verify_files` sees only the chain state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreported_lost: Option<UnreportedLost>,
+}
+
+/// Records lost and not yet reported in a `gap` record, as a state file counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreportedLost {
+    pub lost: u64,
+    /// None of them was lost before this time (RFC 3339), if known.
+    pub since: Option<String>,
+}
+
+impl UnreportedLost {
+    /// From a whole state file's bytes: None if it counts nothing (or is no v2 state file).
+    pub fn from_state_file(bytes: &[u8]) -> Option<UnreportedLost> {
+        let (lost, since) = super::state::unreported_losses(bytes)?;
+        (lost > 0).then(|| UnreportedLost {
+            lost,
+            since: (since > 0).then(|| {
+                super::record::rfc3339_micros(since / 1_000_000, (since % 1_000_000) as u32)
+                    .to_string()
+            }),
+        })
+    }
+
+    /// One line for people: "N record(s) lost and not yet reported in a gap record (none
+    /// before T)".
+    pub fn describe(&self) -> String {
+        let since = self
+            .since
+            .as_deref()
+            .map(|s| format!(", none lost before {s}"))
+            .unwrap_or_default();
+        format!(
+            "{} record(s) lost and not yet reported in a gap record{since} (the next process to write the log reports them)",
+            self.lost
+        )
+    }
 }
 
 /// Verifies the chain across `paths` (oldest first). `Err` only for I/O errors; everything
@@ -976,6 +1017,7 @@ impl<'o> Verifier<'o> {
             next_seq: self.expected,
             head_mac: self.last_mac,
             summary,
+            unreported_lost: None,
         }
     }
 }
@@ -1045,6 +1087,7 @@ mod tests {
                 log_dev: 0,
                 log_ino: 0,
                 log_size: 0,
+                lost_reported: 0,
             }
         }
         fn joined(&self, order: &[usize]) -> Vec<u8> {
@@ -1309,6 +1352,7 @@ mod tests {
             log_dev: 0,
             log_ino: 1,
             log_size: 0,
+            lost_reported: 0,
         };
         for (what, key) in [
             ("zeros", ChainKey::from_bytes([0; 32])),

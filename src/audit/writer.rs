@@ -61,11 +61,15 @@ pub struct Appended {
     pub gap: bool,
 }
 
-/// The count of records lost and not yet reported, kept in the state file (`layout::LOST`) so
-/// that it outlives the process that lost them. Shared by the writer (which reports it in a
-/// `gap` record) and whoever notices a loss.
+/// Records lost, counted in the state file (`layout::LOST`) so that the count outlives the
+/// process that lost them. Whoever notices a loss counts it; the writer reports what no `gap`
+/// record has reported yet (`AuditLog::append`).
 #[derive(Clone)]
-pub struct Losses(std::sync::Arc<SharedFileMap>);
+pub struct Losses {
+    map: std::sync::Arc<SharedFileMap>,
+    /// `P11AUDIT_SYNC=always`: a count reaches the disk before the call goes on.
+    durable: bool,
+}
 
 impl Losses {
     /// Counts `n` more records as lost, now.
@@ -73,24 +77,24 @@ impl Losses {
         if n == 0 {
             return;
         }
-        if self.0.fetch_add_u64(layout::LOST, n) == 0 {
-            // The first since the last report: it says since when. (A writer reporting the
-            // count in between clears only the time it read: `reported`.)
-            self.0.store_u64(layout::LOST_SINCE, micros_now());
+        // The time first, so that a writer that sees the new count sees a time too. A time
+        // already there stays: it is older, and nothing pending was lost before it.
+        self.map
+            .compare_exchange_u64(layout::LOST_SINCE, 0, micros_now());
+        self.map.fetch_add_u64(layout::LOST, n);
+        if self.durable {
+            // Best effort: the count is all that is left of these records.
+            let _ = self.map.sync();
         }
     }
 
-    /// How many records are counted and not yet reported.
+    /// How many records are counted and not yet reported (a snapshot: a writer may be
+    /// reporting them right now).
     pub fn pending(&self) -> u64 {
-        self.0.load_u64(layout::LOST)
-    }
-
-    /// A `gap` record reporting `n` losses counted since `since` is in the file.
-    fn reported(&self, n: u64, since: u64) {
-        if self.0.fetch_sub_u64(layout::LOST, n) == n {
-            // None counted meanwhile: the time goes too (unless a new first loss set its own).
-            self.0.compare_exchange_u64(layout::LOST_SINCE, since, 0);
-        }
+        let active = (self.map.load_u64(layout::ACTIVE) as usize).min(1);
+        self.map
+            .load_u64(layout::LOST)
+            .wrapping_sub(self.map.load_u64(layout::REPORTED[active]))
     }
 }
 
@@ -138,6 +142,10 @@ pub struct AuditLog {
     /// Unit tests: the next `fdatasync` fails (after the append's `write`, as with EIO).
     #[cfg(test)]
     fail_sync: bool,
+    /// Unit tests: records another process counts as lost during the next append (after it
+    /// has read the count it reports).
+    #[cfg(test)]
+    lost_during_append: u64,
 }
 
 /// The body of a `gap` record reporting `lost` records, the first lost at `since` (µs since the
@@ -152,6 +160,21 @@ fn gap_body(template: &Record, lost: u64, since: u64) -> String {
         super::record::rfc3339_micros(since / 1_000_000, (since % 1_000_000) as u32).to_string()
     });
     rec.to_body()
+}
+
+/// The `lost` of a gap record's payload (the line up to its mac); 0 for any other record.
+fn gap_lost(payload: &[u8]) -> u64 {
+    const GAP: &[u8] = br#""ev":"gap""#;
+    if !payload.windows(GAP.len()).any(|w| w == GAP) {
+        return 0;
+    }
+    let mut line = payload.to_vec();
+    line.push(b'}');
+    serde_json::from_slice::<serde_json::Value>(&line)
+        .ok()
+        .filter(|v| v["ev"] == "gap")
+        .and_then(|v| v["lost"].as_u64())
+        .unwrap_or(0)
 }
 
 /// `<log>.state`.
@@ -208,10 +231,20 @@ fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
         o.write(true);
     }
     match o.clone().create_new(true).open(path) {
-        Ok(created) => {
-            set_exact_mode(&created, mode)?;
-            Ok(created)
-        }
+        Ok(created) => match set_exact_mode(&created, mode) {
+            Ok(()) => Ok(created),
+            Err(e) => {
+                // Not left behind with the wrong mode for the next process to take as it is
+                // (if it is still the file this call created).
+                let same = |m: std::fs::Metadata| (m.dev(), m.ino());
+                if created.metadata().map(same).ok()
+                    == std::fs::symlink_metadata(path).map(same).ok()
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        },
         // Another process may have created it since: then it is opened as it is.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => o.open(path),
         Err(e) => Err(e),
@@ -223,6 +256,16 @@ fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
 fn set_exact_mode(file: &File, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .or_else(|e| {
+            // A filesystem may refuse `fchmod` and still have given the right mode.
+            match file.metadata() {
+                Ok(m) if m.permissions().mode() & 0o7777 == mode => Ok(()),
+                _ => Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot give it mode {mode:04o}: {e}"),
+                )),
+            }
+        })
 }
 
 /// Opens an existing log for appending (never creating one) with its (st_dev, st_ino).
@@ -411,6 +454,8 @@ impl AuditLog {
             reserved_to: 0,
             #[cfg(test)]
             fail_sync: false,
+            #[cfg(test)]
+            lost_during_append: 0,
         };
         me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
         Ok(me)
@@ -508,7 +553,10 @@ impl AuditLog {
         self.shared.read(at, &mut slot);
         let state = state::decode_slot(&slot);
         slot.zeroize();
-        state
+        let mut state = state?;
+        let active = (self.shared.load_u64(layout::ACTIVE) as usize).min(1);
+        state.lost_reported = self.shared.load_u64(layout::REPORTED[active]);
+        Ok(state)
     }
 
     /// Writes `state` to the inactive slot, makes it the active one, and wipes the old slot (the
@@ -526,6 +574,8 @@ impl AuditLog {
         self.shared.zero(layout::SLOTS[new], layout::SLOT_LEN);
         self.shared.write(layout::SLOTS[new], &text);
         text.zeroize();
+        self.shared
+            .store_u64(layout::REPORTED[new], state.lost_reported);
         self.shared.store_u64(layout::ACTIVE, new as u64);
         self.shared.zero(layout::SLOTS[old], layout::SLOT_LEN);
         let fingerprint = state.key.fingerprint();
@@ -586,7 +636,10 @@ impl AuditLog {
 
     /// The records lost and not yet reported, for whoever notices a loss.
     pub fn losses(&self) -> Losses {
-        Losses(self.shared.clone())
+        Losses {
+            map: self.shared.clone(),
+            durable: self.settings.sync_always,
+        }
     }
 
     /// Appends `bodies` (serialized `Record`s) as consecutive records, with one `write`. If
@@ -619,10 +672,17 @@ impl AuditLog {
                     state = me.rotate(state, template)?;
                 }
             }
-            // Read under the mutex, so that no two appends report the same losses.
+            // What no gap record has reported yet. Under the mutex: no two appends report the
+            // same losses; and the state this append stores says they are reported, in the
+            // same atomic switch that puts its records in the chain (`store_state`).
             let lost = me.shared.load_u64(layout::LOST);
             let since = me.shared.load_u64(layout::LOST_SINCE);
-            let gap = (lost > 0).then(|| gap_body(template, lost, since));
+            let read_at = micros_now();
+            let pending = lost.wrapping_sub(state.lost_reported);
+            let gap = (pending > 0).then(|| gap_body(template, pending, since));
+            #[cfg(test)]
+            me.losses()
+                .count(std::mem::take(&mut me.lost_during_append));
             if gap.is_none() && bodies.is_empty() {
                 return Ok(Appended {
                     first_seq: state.next_seq,
@@ -630,9 +690,14 @@ impl AuditLog {
                     gap: false,
                 });
             }
+            state.lost_reported = lost;
             let done = me.append_locked(state, gap.as_deref(), bodies)?;
             if gap.is_some() {
-                Losses(me.shared.clone()).reported(lost, since);
+                // Anything counted since `lost` was read was lost after `read_at`.
+                let remains = me.shared.load_u64(layout::LOST) != lost;
+                let next_since = if remains { read_at } else { 0 };
+                me.shared
+                    .compare_exchange_u64(layout::LOST_SINCE, since, next_since);
             }
             Ok(done)
         })
@@ -949,6 +1014,9 @@ impl AuditLog {
                     state.log_size, state.next_seq
                 ));
             };
+            // A gap record the dead writer wrote reported its losses; its state, which would
+            // have said so, was never stored.
+            state.lost_reported = state.lost_reported.wrapping_add(gap_lost(split.payload));
             state.prev_mac = split.mac.to_string();
             state.key.evolve();
             state.next_seq += 1;
@@ -1088,24 +1156,82 @@ mod tests {
         assert_intact(&settings, 6);
     }
 
-    /// Losses counted while a gap record is being written stay counted for the next one, and
-    /// keep a time.
+    /// A writer killed after its gap record reached the log, before it stored the state that
+    /// says the losses are reported: the next writer rolls forward over the gap record (its
+    /// `lost` counts as reported) and does not report the same losses again.
+    #[test]
+    fn losses_are_reported_once_even_by_a_writer_killed_after_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let state_path = state_path_for(&settings.log_path);
+        let mut dying = AuditLog::open(&settings, &who()).unwrap();
+        dying.losses().count(4);
+        let before = std::fs::read(&state_path).unwrap();
+        assert!(dying.append(&body(1), &template()).unwrap().gap);
+        // What its death before `store_state` leaves: the log ahead of the state, and
+        // RECOVER set by the next writer's EOWNERDEAD.
+        let mut stale = before.clone();
+        stale[layout::RECOVER..layout::RECOVER + 8].copy_from_slice(&1u64.to_ne_bytes());
+        std::fs::write(&state_path, &stale).unwrap();
+        drop(dying);
+
+        let mut next = AuditLog::open(&settings, &who()).unwrap();
+        assert_eq!(
+            next.losses().pending(),
+            4,
+            "the stale state still counts them"
+        );
+        let done = next.append(&body(2), &template()).unwrap();
+        assert!(
+            !done.gap,
+            "the same losses reported again: {}",
+            std::fs::read_to_string(&settings.log_path).unwrap()
+        );
+        assert_eq!(next.losses().pending(), 0);
+        let text = std::fs::read_to_string(&settings.log_path).unwrap();
+        assert_eq!(text.matches(r#""ev":"gap""#).count(), 1, "{text}");
+        assert_intact(&settings, 6);
+    }
+
+    /// Losses counted while a gap record is being written stay counted for the next one, with
+    /// a time no earlier than that writing began (not the time of the losses just reported).
     #[test]
     fn losses_counted_during_a_gap_append_stay_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(&settings(dir.path()), &who()).unwrap();
-        let losses = log.losses();
-        losses.count(2);
-        let since = log.shared.load_u64(layout::LOST_SINCE);
-        assert_ne!(since, 0);
-        // A writer read 2 and `since`; one more loss comes while it appends.
-        losses.count(1);
-        losses.reported(2, since);
-        assert_eq!(losses.pending(), 1);
-        assert_eq!(log.shared.load_u64(layout::LOST_SINCE), since);
-        losses.reported(1, since);
-        assert_eq!(losses.pending(), 0);
-        assert_eq!(log.shared.load_u64(layout::LOST_SINCE), 0);
+        let settings = settings(dir.path());
+        let mut writer = AuditLog::open(&settings, &who()).unwrap();
+        writer.losses().count(2);
+        let first_since = writer.shared.load_u64(layout::LOST_SINCE);
+        assert_ne!(first_since, 0);
+        std::thread::sleep(Duration::from_millis(2));
+        let started = micros_now();
+        writer.lost_during_append = 1;
+        assert!(writer.append(&body(1), &template()).unwrap().gap);
+        assert_eq!(writer.losses().pending(), 1, "the loss counted meanwhile");
+        let since = writer.shared.load_u64(layout::LOST_SINCE);
+        assert!(
+            since >= started,
+            "since {since}, the append began at {started}"
+        );
+        writer.append(&body(2), &template()).unwrap();
+        let text = std::fs::read_to_string(&settings.log_path).unwrap();
+        let gaps: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["ev"] == "gap")
+            .collect();
+        let total: u64 = gaps.iter().map(|g| g["lost"].as_u64().unwrap()).sum();
+        assert_eq!(total, 3, "every loss reported once: {text}");
+        assert_eq!(gaps.len(), 2, "{text}");
+        let first = super::super::record::rfc3339_micros(
+            first_since / 1_000_000,
+            (first_since % 1_000_000) as u32,
+        );
+        assert_eq!(gaps[0]["since"], first.as_str());
+        assert!(
+            gaps[1]["since"].as_str().unwrap() > first.as_str(),
+            "a later gap dated with the first one's time: {text}"
+        );
     }
 
     /// An append whose records reached the file but which then failed (`fdatasync` failing)

@@ -7,7 +7,7 @@ use p11audit::audit::query::report::{render_human, report, ReportOptions};
 use p11audit::audit::query::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::audit::query::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::audit::state::{self, ChainState, StateError};
-use p11audit::audit::verify::{verify_files, VerifyOptions, VerifyReport};
+use p11audit::audit::verify::{verify_files, UnreportedLost, VerifyOptions, VerifyReport};
 use p11audit::audit::writer::state_path_for;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -341,7 +341,8 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
 enum StateSource {
     Disabled,
     NotFound(PathBuf),
-    Loaded(PathBuf, u64),
+    /// The file, its next seq, and the lost records it counts that no gap record reports.
+    Loaded(PathBuf, u64, Option<UnreportedLost>),
 }
 
 fn read_key(path: &Path) -> Result<ChainKey, Fatal> {
@@ -353,7 +354,7 @@ fn read_key(path: &Path) -> Result<ChainKey, Fatal> {
     ChainKey::from_hex_text(text).map_err(|e| Fatal(format!("key file {}: {e}", path.display())))
 }
 
-fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
+fn read_state(path: &Path, key: &ChainKey) -> Result<(ChainState, Option<UnreportedLost>), Fatal> {
     let read = || {
         state::read_file_bounded(path)
             .map_err(|e| Fatal(format!("state file {}: {e}", path.display())))
@@ -368,11 +369,12 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<ChainState, Fatal> {
         }
         bytes = again;
     }
+    let unreported = UnreportedLost::from_state_file(&bytes);
     match state::decode_any_version(&bytes) {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok((s, unreported)),
         // No chain started yet: the log must hold no records. (Inode 0 marks this as not a
         // state a writer wrote; see `check_state`.)
-        Err(StateError::Empty) => Ok(ChainState::genesis(key.clone(), 0, 0, 0)),
+        Err(StateError::Empty) => Ok((ChainState::genesis(key.clone(), 0, 0, 0), unreported)),
         Err(StateError::Corrupt(why)) => Err(Fatal(format!(
             "state file {}: {why} (use --no-state to verify without it)",
             path.display()
@@ -413,9 +415,9 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
     let (state, source) = if chain.no_state {
         (None, StateSource::Disabled)
     } else if let Some(p) = &chain.state {
-        let s = read_state(p, &key)?;
+        let (s, unreported) = read_state(p, &key)?;
         let n = s.next_seq;
-        (Some(s), StateSource::Loaded(p.clone(), n))
+        (Some(s), StateSource::Loaded(p.clone(), n, unreported))
     } else {
         let p = match &chain.directory_state {
             Some(p) => p.clone(),
@@ -424,9 +426,9 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
         // Anything at that name, a dangling symbolic link too, is read (and refused if it is
         // not a regular file) rather than taken as no state file.
         if p.symlink_metadata().is_ok() {
-            let s = read_state(&p, &key)?;
+            let (s, unreported) = read_state(&p, &key)?;
             let n = s.next_seq;
-            (Some(s), StateSource::Loaded(p, n))
+            (Some(s), StateSource::Loaded(p, n, unreported))
         } else {
             (None, StateSource::NotFound(p))
         }
@@ -450,7 +452,10 @@ fn print(out: &str, what: &str) -> Result<(), Fatal> {
 
 fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
     let (opts, source) = verify_options(chain)?;
-    let report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
+    let mut report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
+    if let StateSource::Loaded(_, _, unreported) = &source {
+        report.unreported_lost = unreported.clone();
+    }
 
     let out = if json {
         let s = serde_json::to_string(&report)
@@ -545,7 +550,13 @@ fn state_text(source: &StateSource) -> String {
             "state: none ({} not found); the end of the log was not checked",
             path_text(p)
         ),
-        StateSource::Loaded(p, n) => format!("state: {} (next seq {n})", path_text(p)),
+        StateSource::Loaded(p, n, unreported) => {
+            let mut s = format!("state: {} (next seq {n})", path_text(p));
+            if let Some(u) = unreported {
+                let _ = write!(s, "; it counts {}", u.describe());
+            }
+            s
+        }
     }
 }
 
@@ -600,8 +611,11 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
                 path_text(p)
             );
         }
-        StateSource::Loaded(p, n) => {
+        StateSource::Loaded(p, n, unreported) => {
             let _ = writeln!(o, "state:     {} (next seq {n})", path_text(p));
+            if let Some(u) = unreported {
+                let _ = writeln!(o, "unreported: {}", u.describe());
+            }
         }
     }
 
