@@ -677,8 +677,8 @@ impl AuditLog {
             // same atomic switch that puts its records in the chain (`store_state`).
             let lost = me.shared.load_u64(layout::LOST);
             let since = me.shared.load_u64(layout::LOST_SINCE);
-            let read_at = micros_now();
             let pending = lost.wrapping_sub(state.lost_reported);
+            let read_at = if pending > 0 { micros_now() } else { 0 };
             let gap = (pending > 0).then(|| gap_body(template, pending, since));
             #[cfg(test)]
             me.losses()
