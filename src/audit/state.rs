@@ -92,7 +92,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// file of this version with a chain in it.
 pub fn unreported_losses(bytes: &[u8]) -> Option<(u64, u64)> {
     let state = decode_file(bytes).ok()?;
-    let pending = u64_at(bytes, layout::LOST).wrapping_sub(state.lost_reported);
+    let pending = u64_at(bytes, layout::LOST).saturating_sub(state.lost_reported);
     Some((pending, u64_at(bytes, layout::LOST_SINCE)))
 }
 

@@ -28,8 +28,9 @@ pub struct LogSettings {
     pub key_file: Option<PathBuf>,
     /// Mode for a new log file: 0o600 (default) or 0o640.
     pub log_mode: u32,
-    /// `fdatasync` the log before an append returns. (The state file is never synced: after a
-    /// crash the next writer rolls forward over records the state on disk is missing.)
+    /// `fdatasync` the log before an append returns. (The state file is synced only around a
+    /// rotation and after counting lost records: after a crash the next writer rolls forward
+    /// over records the state on disk is missing.)
     pub sync_always: bool,
     /// Rotate to a new file when an append would take the log past this size.
     pub rotate_bytes: Option<u64>,
@@ -78,10 +79,12 @@ impl Losses {
             return;
         }
         // The time first, so that a writer that sees the new count sees a time too. A time
-        // already there stays: it is older, and nothing pending was lost before it.
-        self.map
-            .compare_exchange_u64(layout::LOST_SINCE, 0, micros_now());
+        // already there stays: it is older, and nothing pending was lost before it. Again
+        // after the count: a writer that found nothing pending in between cleared it.
+        let now = micros_now();
+        self.map.compare_exchange_u64(layout::LOST_SINCE, 0, now);
         self.map.fetch_add_u64(layout::LOST, n);
+        self.map.compare_exchange_u64(layout::LOST_SINCE, 0, now);
         if self.durable {
             // Best effort: the count is all that is left of these records.
             let _ = self.map.sync();
@@ -94,8 +97,69 @@ impl Losses {
         let active = (self.map.load_u64(layout::ACTIVE) as usize).min(1);
         self.map
             .load_u64(layout::LOST)
-            .wrapping_sub(self.map.load_u64(layout::REPORTED[active]))
+            .saturating_sub(self.map.load_u64(layout::REPORTED[active]))
     }
+
+    /// What no gap record up to a state whose REPORTED is `reported` has reported. Caller
+    /// holds the mutex.
+    fn unreported(&self, reported: u64) -> Unreported {
+        let mut lost = self.map.load_u64(layout::LOST);
+        if lost <= reported {
+            // LOST below REPORTED: an OS crash lost the page with LOST after a gap record that
+            // reported it reached the log. LOST is raised: it never counts less than was
+            // reported.
+            while lost < reported && !self.map.compare_exchange_u64(layout::LOST, lost, reported) {
+                lost = self.map.load_u64(layout::LOST);
+            }
+            if lost <= reported {
+                // Nothing pending: a time left by a writer killed before it cleared it is stale.
+                let since = self.map.load_u64(layout::LOST_SINCE);
+                if since != 0 {
+                    self.map.compare_exchange_u64(layout::LOST_SINCE, since, 0);
+                }
+                return Unreported::NONE;
+            }
+        }
+        // The clock, then the count to report: whatever is counted after that was lost after
+        // `read_at`.
+        let read_at = micros_now();
+        let lost = self.map.load_u64(layout::LOST);
+        Unreported {
+            lost,
+            pending: lost - reported,
+            since: self.map.load_u64(layout::LOST_SINCE),
+            read_at,
+        }
+    }
+
+    /// The gap record reporting `u` is in the chain: the time goes, or moves to `read_at` if
+    /// more was counted meanwhile.
+    fn reported(&self, u: &Unreported) {
+        let remains = self.map.load_u64(layout::LOST) != u.lost;
+        let next_since = if remains { u.read_at } else { 0 };
+        self.map
+            .compare_exchange_u64(layout::LOST_SINCE, u.since, next_since);
+    }
+}
+
+/// What an append reports in its gap record (`Losses::unreported`).
+struct Unreported {
+    /// LOST as read: the new state's REPORTED.
+    lost: u64,
+    pending: u64,
+    /// LOST_SINCE as read (µs; 0: not known).
+    since: u64,
+    /// When `lost` was read (µs).
+    read_at: u64,
+}
+
+impl Unreported {
+    const NONE: Unreported = Unreported {
+        lost: 0,
+        pending: 0,
+        since: 0,
+        read_at: 0,
+    };
 }
 
 fn micros_now() -> u64 {
@@ -675,14 +739,12 @@ impl AuditLog {
             // What no gap record has reported yet. Under the mutex: no two appends report the
             // same losses; and the state this append stores says they are reported, in the
             // same atomic switch that puts its records in the chain (`store_state`).
-            let lost = me.shared.load_u64(layout::LOST);
-            let since = me.shared.load_u64(layout::LOST_SINCE);
-            let pending = lost.wrapping_sub(state.lost_reported);
-            let read_at = if pending > 0 { micros_now() } else { 0 };
-            let gap = (pending > 0).then(|| gap_body(template, pending, since));
+            let losses = me.losses();
+            let unreported = losses.unreported(state.lost_reported);
+            let gap = (unreported.pending > 0)
+                .then(|| gap_body(template, unreported.pending, unreported.since));
             #[cfg(test)]
-            me.losses()
-                .count(std::mem::take(&mut me.lost_during_append));
+            losses.count(std::mem::take(&mut me.lost_during_append));
             if gap.is_none() && bodies.is_empty() {
                 return Ok(Appended {
                     first_seq: state.next_seq,
@@ -690,14 +752,12 @@ impl AuditLog {
                     gap: false,
                 });
             }
-            state.lost_reported = lost;
+            if gap.is_some() {
+                state.lost_reported = unreported.lost;
+            }
             let done = me.append_locked(state, gap.as_deref(), bodies)?;
             if gap.is_some() {
-                // Anything counted since `lost` was read was lost after `read_at`.
-                let remains = me.shared.load_u64(layout::LOST) != lost;
-                let next_since = if remains { read_at } else { 0 };
-                me.shared
-                    .compare_exchange_u64(layout::LOST_SINCE, since, next_since);
+                losses.reported(&unreported);
             }
             Ok(done)
         })
@@ -845,8 +905,18 @@ impl AuditLog {
             self.store_state(state.clone());
         }
         let at_path = where_found == 0;
-        if state.next_seq < self.shared.load_u64(layout::ROTATE_SEQ) && at_path {
+        let rotate_seq = self.shared.load_u64(layout::ROTATE_SEQ);
+        if state.next_seq < rotate_seq && at_path {
             self.shared.store_u64(layout::ROTATE_SEQ, 0);
+            return Ok(state);
+        }
+        if at_path && state.log_size == 0 {
+            // The state names a new, empty file at the log's path, past the rotate record (the
+            // old file holds at least that record): the writer that rotated died after storing
+            // the state that finished the rotation, before it cleared ROTATE_SEQ. That is all
+            // that is left to do (linking "the old file" again would find its new name taken).
+            self.shared.store_u64(layout::ROTATE_SEQ, 0);
+            self.sync_state("after a rotation")?;
             return Ok(state);
         }
         // The rotate record is there; or it is not (lost with the page cache in a power loss)
@@ -1182,15 +1252,115 @@ mod tests {
             "the stale state still counts them"
         );
         let done = next.append(&body(2), &template()).unwrap();
-        assert!(
-            !done.gap,
-            "the same losses reported again: {}",
-            std::fs::read_to_string(&settings.log_path).unwrap()
-        );
+        assert!(!done.gap, "the same losses reported again");
         assert_eq!(next.losses().pending(), 0);
+        assert_eq!(
+            next.shared.load_u64(layout::LOST_SINCE),
+            0,
+            "nothing pending, yet a time is kept for the next loss"
+        );
+        // A later loss is dated by itself, not by the losses reported before.
+        std::thread::sleep(Duration::from_millis(2));
+        let later = micros_now();
+        next.losses().count(1);
+        assert!(next.append(&body(3), &template()).unwrap().gap);
         let text = std::fs::read_to_string(&settings.log_path).unwrap();
-        assert_eq!(text.matches(r#""ev":"gap""#).count(), 1, "{text}");
-        assert_intact(&settings, 6);
+        let gaps = gaps_in(&text);
+        assert_eq!(gaps.len(), 2, "{text}");
+        assert_eq!(
+            (gaps[0]["lost"].as_u64(), gaps[1]["lost"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert!(
+            gaps[1]["since"].as_str().unwrap() >= micros_text(later).as_str(),
+            "{text}"
+        );
+        assert_intact(&settings, 9);
+    }
+
+    /// An OS crash can lose the state page with LOST after the log page with the gap record
+    /// that reported it reached the disk: rolling forward then makes REPORTED exceed LOST.
+    /// Nothing is reported again, no count wraps around, and LOST is raised to REPORTED.
+    #[test]
+    fn a_lost_count_below_what_was_reported_is_raised_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let state_path = state_path_for(&settings.log_path);
+        let mut crashed = AuditLog::open(&settings, &who()).unwrap();
+        let before_any_loss = std::fs::read(&state_path).unwrap();
+        crashed.losses().count(4);
+        assert!(crashed.append(&body(1), &template()).unwrap().gap);
+        let mut stale = before_any_loss;
+        stale[layout::RECOVER..layout::RECOVER + 8].copy_from_slice(&1u64.to_ne_bytes());
+        std::fs::write(&state_path, &stale).unwrap();
+        drop(crashed);
+
+        let mut next = AuditLog::open(&settings, &who()).unwrap();
+        assert!(!next.append(&body(2), &template()).unwrap().gap);
+        assert_eq!(next.shared.load_u64(layout::LOST), 4);
+        assert_eq!(next.losses().pending(), 0);
+        next.losses().count(1);
+        assert!(next.append(&body(3), &template()).unwrap().gap);
+        let gaps = gaps_in(&std::fs::read_to_string(&settings.log_path).unwrap());
+        assert_eq!(gaps.len(), 2);
+        assert_eq!(gaps[1]["lost"], 1);
+        assert_intact(&settings, 9);
+    }
+
+    /// A writer killed at the very end of a rotation (the state names the new file, ROTATE_SEQ
+    /// not yet cleared) leaves nothing for the next writer but to clear it: it must not try the
+    /// file steps again (the old file's new name is taken by the old file) and refuse to log.
+    #[test]
+    fn a_rotation_killed_after_its_last_state_store_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut writer = AuditLog::open(&settings, &who()).unwrap();
+        writer.append(&body(1), &template()).unwrap();
+        let next_seq = writer
+            .with_lock(|me| {
+                let state = me.current_state()?;
+                me.rotate(state, &template())
+            })
+            .unwrap()
+            .next_seq;
+        // The log has just been rotated: the new file holds nothing yet.
+        assert_eq!(std::fs::metadata(&settings.log_path).unwrap().len(), 0);
+        writer.shared.store_u64(layout::ROTATE_SEQ, next_seq);
+        writer.shared.store_u64(layout::RECOVER, 1);
+        drop(writer);
+
+        let mut next = AuditLog::open(&settings, &who()).unwrap();
+        next.append(&body(2), &template()).unwrap();
+        assert_eq!(next.shared.load_u64(layout::ROTATE_SEQ), 0);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.starts_with(&settings.log_path) || {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    name.starts_with("log.") && !name.ends_with(".state")
+                }
+            })
+            .collect();
+        files.sort();
+        // Rotated names sort by time, before the log's own name.
+        files.rotate_left(1);
+        let state = state::decode_file(&std::fs::read(state_path_for(&settings.log_path)).unwrap())
+            .unwrap();
+        let opts = VerifyOptions::new(ChainKey::from_bytes(KEY), Some(state));
+        let report = verify_files(&files, &opts).unwrap();
+        assert!(report.intact, "{files:?}: {:?}", report.problem);
+    }
+
+    fn gaps_in(text: &str) -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["ev"] == "gap")
+            .collect()
+    }
+
+    fn micros_text(us: u64) -> String {
+        super::super::record::rfc3339_micros(us / 1_000_000, (us % 1_000_000) as u32).to_string()
     }
 
     /// Losses counted while a gap record is being written stay counted for the next one, with
