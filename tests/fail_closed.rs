@@ -579,6 +579,21 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
             "{what}: {}",
             output_text(&out)
         );
+        // And `report` does not say that nothing was lost.
+        let out = std::process::Command::new(p11audit_bin())
+            .args(["report", "--key-file"])
+            .arg(&fx.key)
+            .arg(&fx.log)
+            .output()
+            .expect("run p11audit report");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "the state file counts {unreported} record(s) lost and not yet reported"
+            )) && !text.contains("no record was lost"),
+            "{what}: {}",
+            output_text(&out)
+        );
 
         run_child_ok(
             child_command(CHILD_LATER, ROLE_VAR, CHILD_LATER, &fx.env()),

@@ -523,7 +523,11 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
 fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<ExitCode, Fatal> {
     let (vopts, source) = verify_options(chain)?;
     let mut progress = Progress::for_terminal(&chain.files);
-    let r = report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
+    let mut r =
+        report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
+    if let StateSource::Loaded(_, _, unreported) = &source {
+        r.verification.unreported_lost = unreported.clone();
+    }
     let out = if json {
         let s = serde_json::to_string(&r)
             .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;

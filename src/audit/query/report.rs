@@ -92,6 +92,10 @@ pub struct Verification {
     pub last_seq: Option<u64>,
     pub first_ts: Option<String>,
     pub last_ts: Option<String>,
+    /// Lost records the state file counts and no gap record reports yet (FORMAT.md §9), when
+    /// the caller read a state file that counts any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreported_lost: Option<crate::audit::verify::UnreportedLost>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1002,6 +1006,7 @@ pub fn report(
         last_seq: s.last_seq,
         first_ts: s.first_ts.clone(),
         last_ts: s.last_ts.clone(),
+        unreported_lost: None,
     };
     Ok(agg.finish(verification))
 }
@@ -1297,10 +1302,13 @@ pub fn render_human(r: &Report) -> String {
     }
 
     o.push_str("\nGAPS AND REFUSALS\n");
-    if r.gaps.count == 0 {
+    let unreported = r.verification.unreported_lost.as_ref();
+    if r.gaps.count == 0 && unreported.is_none() {
         o.push_str(
             "  no gap records: no record was lost and no call was refused for want of a log\n",
         );
+    } else if r.gaps.count == 0 {
+        o.push_str("  no gap records\n");
     } else {
         let _ = writeln!(
             o,
@@ -1325,6 +1333,9 @@ pub fn render_human(r: &Report) -> String {
         }
     }
 
+    if let Some(u) = unreported {
+        let _ = writeln!(o, "  and the state file counts {}", escape(&u.describe()));
+    }
     o.push_str("\nUNCLEAN CLOSES (attach without close)\n");
     if r.unclean_closes.count == 0 {
         o.push_str("  none\n");
