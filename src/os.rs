@@ -8,9 +8,11 @@
 //! makes `kill -9` safe: the kernel marks the mutex of a thread that dies holding it, and the
 //! next locker gets `EOWNERDEAD` and recovers (see `audit::writer`).
 //!
-//! The safe methods below copy bytes in and out of the mapping. They are only sound to use
-//! while holding the mutex (or, before anyone can use the mutex, an exclusive `flock`), which
-//! is how `audit::writer` uses them; every writer in every process follows the same rule.
+//! The byte copies below (`read`, `write`, `zero`) are only sound to use while holding the
+//! mutex (or, before anyone can use the mutex, an exclusive `flock`), which is how
+//! `audit::writer` uses them; every writer in every process follows the same rule. The `*_u64`
+//! methods are atomic and need no lock: the writer uses them for the header's counters, some
+//! of which (the lost-record count) are updated without the mutex.
 
 use std::fs::File;
 use std::io;
@@ -24,8 +26,9 @@ pub struct SharedFileMap {
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory; access is serialized by the robust mutex inside
-// it (see the module comment), and the pointer stays valid until `Drop` unmaps it.
+// SAFETY: the mapping is plain shared memory; byte copies are serialized by the robust mutex
+// inside it and the u64 fields are only accessed atomically (see the module comment), and the
+// pointer stays valid until `Drop` unmaps it.
 unsafe impl Send for SharedFileMap {}
 unsafe impl Sync for SharedFileMap {}
 
@@ -110,11 +113,6 @@ impl SharedFileMap {
     /// An atomic wrapping add; the value before.
     pub fn fetch_add_u64(&self, off: usize, n: u64) -> u64 {
         self.atomic_u64(off).fetch_add(n, Ordering::AcqRel)
-    }
-
-    /// An atomic wrapping subtraction; the value before.
-    pub fn fetch_sub_u64(&self, off: usize, n: u64) -> u64 {
-        self.atomic_u64(off).fetch_sub(n, Ordering::AcqRel)
     }
 
     /// Stores `new` if the value is `current`; whether it did.

@@ -556,6 +556,17 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
             run.dump()
         );
         let lost_at_least: u64 = run.value_after("LOST_AT_LEAST").unwrap().parse().unwrap();
+        // The one stderr line says which policy applies.
+        let policy_line = if open {
+            "calls go ahead unrecorded (P11AUDIT_ON_FAILURE=open)"
+        } else {
+            "calls that need a record fail (P11AUDIT_ON_FAILURE=closed)"
+        };
+        assert!(
+            run.p11audit_lines().iter().any(|l| l.contains(policy_line)),
+            "{what}: no line saying {policy_line:?}\n{}",
+            run.dump()
+        );
         let lines_before = line_count(&fx.log);
         assert!(
             !std::fs::read_to_string(&fx.log)
@@ -579,7 +590,20 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
             "{what}: {}",
             output_text(&out)
         );
-        // And `report` does not say that nothing was lost.
+        // `show` names them on its state line (stderr), and `report` does not say that nothing
+        // was lost.
+        let out = std::process::Command::new(p11audit_bin())
+            .args(["show", "--key-file"])
+            .arg(&fx.key)
+            .arg(&fx.log)
+            .output()
+            .expect("run p11audit show");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains(&format!("{unreported} record(s) lost and not yet reported")),
+            "{what}: {}",
+            output_text(&out)
+        );
         let out = std::process::Command::new(p11audit_bin())
             .args(["report", "--key-file"])
             .arg(&fx.key)
@@ -617,6 +641,10 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
         assert!(
             lost >= lost_at_least,
             "{what}: the gap says {lost} lost; the process that exited lost at least {lost_at_least}"
+        );
+        assert_eq!(
+            lost, unreported,
+            "{what}: the gap reports what verify said was unreported"
         );
         assert!(gap["since"].is_string(), "{what}: {gap}");
         assert_eq!(

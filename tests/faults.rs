@@ -35,6 +35,7 @@ use common::raw::{attr, attr_bytes, ok, os_locking_args, rv_name, Module, FALSE,
 use common::*;
 use cryptoki_sys as ck;
 use p11audit::audit::state;
+use p11audit::audit::state::layout;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -727,10 +728,10 @@ fn check_chain_ignoring_unfinished(fx: &Fixture) -> Vec<Value> {
 
 // ---- the log deleted, renamed or replaced ---------------------------------------------------
 
-/// Where the state file counts records lost and not yet reported (FORMAT.md §8.1: LOST and
-/// LOST_SINCE, two u64s at 512): a refused process adds its refused records there, and nothing
-/// else of the state changes.
-const LOST_FIELDS: std::ops::Range<usize> = 512..528;
+/// Where the state file counts lost records (FORMAT.md §8.1: LOST, the running total, and
+/// LOST_SINCE): a refused process adds its refused records there, and nothing else of the
+/// state changes.
+const LOST_FIELDS: std::ops::Range<usize> = layout::LOST..layout::LOST_SINCE + 8;
 
 /// The state file's bytes without the count of lost records.
 fn without_lost_count(state: &[u8]) -> Vec<u8> {
@@ -741,7 +742,7 @@ fn without_lost_count(state: &[u8]) -> Vec<u8> {
     b
 }
 
-/// The state file's count of records lost and not yet reported.
+/// The state file's running total of lost records (LOST).
 fn lost_count(state: &[u8]) -> u64 {
     u64::from_ne_bytes(
         state[LOST_FIELDS.start..LOST_FIELDS.start + 8]

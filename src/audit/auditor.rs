@@ -1,5 +1,6 @@
-//! The in-process side of the audit trail: records that may wait, records that must be in the
-//! file before a call goes on, failure accounting and gap records.
+//! The in-process side of the audit trail: records that may wait, and records that must be in
+//! the file before a call goes on. Records that could not be written are counted in the state
+//! file (`writer::Losses`), and the writer reports them in gap records.
 //!
 //! Records are serialized by the calling thread before it takes the lock; the lock covers only
 //! the queue, never a write to the file (see `Auditor`), and is never held across a call into

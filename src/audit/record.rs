@@ -251,7 +251,7 @@ pub struct Detail {
     /// C_GetInterface: the interface handed out, e.g. "PKCS 11 3.0".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// Gap records: records lost, and when the first was lost.
+    /// Gap records: records lost, and a time before which none of them was lost (FORMAT.md §3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +313,11 @@ pub fn rfc3339_micros_now() -> Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     rfc3339_micros(d.as_secs(), d.subsec_micros())
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC (`rfc3339_micros`).
+pub fn rfc3339_from_micros(us: u64) -> Timestamp {
+    rfc3339_micros(us / 1_000_000, (us % 1_000_000) as u32)
 }
 
 /// Formats seconds since the epoch plus microseconds as RFC 3339 UTC (years past 9999 wrap:

@@ -196,10 +196,22 @@ pub struct VerifyReport {
     pub head_mac: String,
     pub summary: Summary,
     /// Records the state file counts as lost that no `gap` record has reported yet (FORMAT.md
-    /// §7), when a state file was read and counts any. Filled in by whoever read the state
-    /// file (`verify_files` sees only the chain state).
+    /// §9), when a state file was read and counts any: `with_unreported_lost`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
+    /// The `lost` of gap records at or past the state's seq (a state behind the log): they
+    /// are reported, though the state does not say so yet (FORMAT.md §8.3, roll-forward).
+    #[serde(skip)]
+    pub lost_reported_past_state: u64,
+}
+
+impl VerifyReport {
+    /// Adds what the state file counts as lost and not yet reported (`UnreportedLost::
+    /// from_state_file`), less what gap records past the state's seq report.
+    pub fn with_unreported_lost(mut self, from_state: Option<&UnreportedLost>) -> Self {
+        self.unreported_lost = from_state.and_then(|u| u.less(self.lost_reported_past_state));
+        self
+    }
 }
 
 /// Records lost and not yet reported in a `gap` record, as a state file counts them.
@@ -216,15 +228,22 @@ impl UnreportedLost {
         let (lost, since) = super::state::unreported_losses(bytes)?;
         (lost > 0).then(|| UnreportedLost {
             lost,
-            since: (since > 0).then(|| {
-                super::record::rfc3339_micros(since / 1_000_000, (since % 1_000_000) as u32)
-                    .to_string()
-            }),
+            since: (since > 0).then(|| super::record::rfc3339_from_micros(since).to_string()),
         })
     }
 
-    /// One line for people: "N record(s) lost and not yet reported in a gap record (none
-    /// before T)".
+    /// These less `reported` records that gap records past the state report; None if none is
+    /// left.
+    pub fn less(&self, reported: u64) -> Option<UnreportedLost> {
+        let lost = self.lost.saturating_sub(reported);
+        (lost > 0).then(|| UnreportedLost {
+            lost,
+            since: self.since.clone(),
+        })
+    }
+
+    /// One line for people: "N record(s) lost and not yet reported in a gap record, none lost
+    /// before T (...)".
     pub fn describe(&self) -> String {
         let since = self
             .since
@@ -232,7 +251,7 @@ impl UnreportedLost {
             .map(|s| format!(", none lost before {s}"))
             .unwrap_or_default();
         format!(
-            "{} record(s) lost and not yet reported in a gap record{since} (the next process to write the log reports them)",
+            "{} record(s) lost and not yet reported in a gap record{since} (the next append to this chain reports them)",
             self.lost
         )
     }
@@ -573,6 +592,7 @@ struct Verifier<'o> {
     per_ev: BTreeMap<String, u64>,
     gaps: u64,
     lost: u64,
+    lost_past_state: u64,
     open_pids: BTreeSet<u32>,
     last_ev_close: bool,
 }
@@ -599,6 +619,7 @@ impl<'o> Verifier<'o> {
             per_ev: BTreeMap::new(),
             gaps: 0,
             lost: 0,
+            lost_past_state: 0,
             open_pids: BTreeSet::new(),
             last_ev_close: false,
         }
@@ -897,7 +918,11 @@ impl<'o> Verifier<'o> {
             }
             "gap" => {
                 self.gaps += 1;
-                self.lost = self.lost.saturating_add(rec.lost.unwrap_or(0));
+                let lost = rec.lost.unwrap_or(0);
+                self.lost = self.lost.saturating_add(lost);
+                if self.opts.state.as_ref().is_some_and(|st| s >= st.next_seq) {
+                    self.lost_past_state = self.lost_past_state.saturating_add(lost);
+                }
             }
             _ => {}
         }
@@ -1018,6 +1043,7 @@ impl<'o> Verifier<'o> {
             head_mac: self.last_mac,
             summary,
             unreported_lost: None,
+            lost_reported_past_state: self.lost_past_state,
         }
     }
 }
@@ -1296,6 +1322,36 @@ mod tests {
         assert_eq!(r.summary.records, 4);
         let r = run(&[&log], None);
         assert!(r.intact && !r.state_checked);
+    }
+
+    /// Gap records past a state that is behind the log (a writer killed between its write and
+    /// its state store) reported losses the state still counts as unreported: they are taken
+    /// off what verify says is unreported, and gap records the state already covers are not.
+    #[test]
+    fn gap_records_past_a_state_behind_the_log_count_as_reported() {
+        let gap = |lost: u64| body(9, "gap", None, &format!(r#","lost":{lost}"#));
+        let mut bodies = signs(2);
+        bodies.push(gap(3));
+        bodies.extend(signs(2));
+        bodies.push(gap(5));
+        let c = chain(&bodies);
+        let state_after_first_gap = chain(&bodies[..4]).state();
+        let r = run(&[&c.all()], Some(state_after_first_gap));
+        assert!(r.intact, "{:?}", r.problem);
+        assert_eq!(r.lost_reported_past_state, 5);
+        let from_state = UnreportedLost {
+            lost: 7,
+            since: None,
+        };
+        let r = r.with_unreported_lost(Some(&from_state));
+        assert_eq!(r.unreported_lost.map(|u| u.lost), Some(2));
+        let all_reported = UnreportedLost {
+            lost: 5,
+            since: None,
+        };
+        let r = run(&[&c.all()], Some(chain(&bodies[..4]).state()))
+            .with_unreported_lost(Some(&all_reported));
+        assert_eq!(r.unreported_lost, None);
     }
 
     #[test]

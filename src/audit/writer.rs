@@ -65,7 +65,6 @@ pub struct Appended {
 /// Records lost, counted in the state file (`layout::LOST`) so that the count outlives the
 /// process that lost them. Whoever notices a loss counts it; the writer reports what no `gap`
 /// record has reported yet (`AuditLog::append`).
-#[derive(Clone)]
 pub struct Losses {
     map: std::sync::Arc<SharedFileMap>,
     /// `P11AUDIT_SYNC=always`: a count reaches the disk before the call goes on.
@@ -125,17 +124,17 @@ impl Losses {
         let read_at = micros_now();
         let lost = self.map.load_u64(layout::LOST);
         Unreported {
-            lost,
-            pending: lost - reported,
+            lost_total: lost,
+            pending: lost.saturating_sub(reported),
             since: self.map.load_u64(layout::LOST_SINCE),
             read_at,
         }
     }
 
-    /// The gap record reporting `u` is in the chain: the time goes, or moves to `read_at` if
-    /// more was counted meanwhile.
-    fn reported(&self, u: &Unreported) {
-        let remains = self.map.load_u64(layout::LOST) != u.lost;
+    /// The gap record reporting `u` is in the chain: LOST_SINCE goes, or moves to `read_at`
+    /// if more was counted meanwhile.
+    fn settle_since(&self, u: &Unreported) {
+        let remains = self.map.load_u64(layout::LOST) != u.lost_total;
         let next_since = if remains { u.read_at } else { 0 };
         self.map
             .compare_exchange_u64(layout::LOST_SINCE, u.since, next_since);
@@ -145,7 +144,7 @@ impl Losses {
 /// What an append reports in its gap record (`Losses::unreported`).
 struct Unreported {
     /// LOST as read: the new state's REPORTED.
-    lost: u64,
+    lost_total: u64,
     pending: u64,
     /// LOST_SINCE as read (µs; 0: not known).
     since: u64,
@@ -155,7 +154,7 @@ struct Unreported {
 
 impl Unreported {
     const NONE: Unreported = Unreported {
-        lost: 0,
+        lost_total: 0,
         pending: 0,
         since: 0,
         read_at: 0,
@@ -220,9 +219,7 @@ fn gap_body(template: &Record, lost: u64, since: u64) -> String {
     // after the template was made, and `since` must not come after `ts`.
     rec.ts = super::record::rfc3339_micros_now();
     rec.detail.lost = Some(lost);
-    rec.detail.since = (since > 0).then(|| {
-        super::record::rfc3339_micros(since / 1_000_000, (since % 1_000_000) as u32).to_string()
-    });
+    rec.detail.since = (since > 0).then(|| super::record::rfc3339_from_micros(since).to_string());
     rec.to_body()
 }
 
@@ -596,7 +593,8 @@ impl AuditLog {
     /// since, else the active slot decoded.
     fn read_state(&mut self) -> Result<ChainState, StateError> {
         let generation = self.shared.load_u64(layout::GENERATION);
-        let at = state::active_slot_offset(self.shared.load_u64(layout::ACTIVE))?;
+        let active = self.shared.load_u64(layout::ACTIVE);
+        let at = state::active_slot_offset(active)?;
         if let Some((g, mut state, fingerprint)) = self.cached.take() {
             if g == generation {
                 let mut line = [0u8; state::KEY_LINE.end - state::KEY_LINE.start];
@@ -618,8 +616,8 @@ impl AuditLog {
         let state = state::decode_slot(&slot);
         slot.zeroize();
         let mut state = state?;
-        let active = (self.shared.load_u64(layout::ACTIVE) as usize).min(1);
-        state.lost_reported = self.shared.load_u64(layout::REPORTED[active]);
+        // `active` is 0 or 1: `active_slot_offset` accepted it.
+        state.lost_reported = self.shared.load_u64(layout::REPORTED[active as usize]);
         Ok(state)
     }
 
@@ -729,13 +727,6 @@ impl AuditLog {
             if recover || check_due {
                 state = me.check_log(state)?;
             }
-            if let Some(limit) = me.settings.rotate_bytes {
-                // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
-                let incoming: u64 = bodies.iter().map(|b| b.len() as u64 + 160).sum();
-                if state.log_size > 0 && state.log_size + incoming > limit {
-                    state = me.rotate(state, template)?;
-                }
-            }
             // What no gap record has reported yet. Under the mutex: no two appends report the
             // same losses; and the state this append stores says they are reported, in the
             // same atomic switch that puts its records in the chain (`store_state`).
@@ -752,12 +743,19 @@ impl AuditLog {
                     gap: false,
                 });
             }
+            if let Some(limit) = me.settings.rotate_bytes {
+                // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
+                let incoming: u64 = gap.iter().chain(bodies).map(|b| b.len() as u64 + 160).sum();
+                if state.log_size > 0 && state.log_size + incoming > limit {
+                    state = me.rotate(state, template)?;
+                }
+            }
             if gap.is_some() {
-                state.lost_reported = unreported.lost;
+                state.lost_reported = unreported.lost_total;
             }
             let done = me.append_locked(state, gap.as_deref(), bodies)?;
             if gap.is_some() {
-                losses.reported(&unreported);
+                losses.settle_since(&unreported);
             }
             Ok(done)
         })
@@ -874,11 +872,12 @@ impl AuditLog {
         String::from_utf8_lossy(&name[..end]).into_owned()
     }
 
-    /// A rotation was left half-done by a writer that died holding the lock. Its old file is
-    /// at the log's path (not renamed yet) or at its new name; roll forward over what the dead
-    /// writer left in it, then finish the rotation if its rotate record is there, or call it
-    /// off if not (the file steps all come after that record, so the old file is then still at
-    /// the log's path, and the next append rotates again).
+    /// A rotation was left half-done by a writer that died holding the lock. The file the state
+    /// names is at the log's path or at its new name; roll forward over what the dead writer
+    /// left in it, then finish the rotation if its rotate record is there, or call it off if
+    /// not (the file steps all come after that record, so the old file is then still at the
+    /// log's path, and the next append rotates again). If the state already names the new,
+    /// empty file, the writer died after its last state store: only ROTATE_SEQ is left to clear.
     fn resume_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         let old_id = (state.log_dev, state.log_ino);
         let rotated = self.dir().join(self.rotation_name());
@@ -1086,7 +1085,7 @@ impl AuditLog {
             };
             // A gap record the dead writer wrote reported its losses; its state, which would
             // have said so, was never stored.
-            state.lost_reported = state.lost_reported.wrapping_add(gap_lost(split.payload));
+            state.lost_reported = state.lost_reported.saturating_add(gap_lost(split.payload));
             state.prev_mac = split.mac.to_string();
             state.key.evolve();
             state.next_seq += 1;
@@ -1214,12 +1213,10 @@ mod tests {
         assert_eq!(gap["ev"], "gap", "{text}");
         assert_eq!(gap["lost"], 5, "{text}");
         let since = gap["since"].as_str().expect("since");
-        let before =
-            super::super::record::rfc3339_micros(before / 1_000_000, (before % 1_000_000) as u32);
+        let before = micros_text(before);
         assert!(
             before.as_str() <= since && since <= gap["ts"].as_str().unwrap(),
-            "since {since} not between {} and the gap's ts: {text}",
-            before.as_str()
+            "since {since} not between {before} and the gap's ts: {text}"
         );
         // Reported once: the next append has no gap record.
         assert!(!later.append(&body(2), &template()).unwrap().gap);
@@ -1360,7 +1357,7 @@ mod tests {
     }
 
     fn micros_text(us: u64) -> String {
-        super::super::record::rfc3339_micros(us / 1_000_000, (us % 1_000_000) as u32).to_string()
+        super::super::record::rfc3339_from_micros(us).to_string()
     }
 
     /// Losses counted while a gap record is being written stay counted for the next one, with
@@ -1385,18 +1382,11 @@ mod tests {
         );
         writer.append(&body(2), &template()).unwrap();
         let text = std::fs::read_to_string(&settings.log_path).unwrap();
-        let gaps: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["ev"] == "gap")
-            .collect();
+        let gaps = gaps_in(&text);
         let total: u64 = gaps.iter().map(|g| g["lost"].as_u64().unwrap()).sum();
         assert_eq!(total, 3, "every loss reported once: {text}");
         assert_eq!(gaps.len(), 2, "{text}");
-        let first = super::super::record::rfc3339_micros(
-            first_since / 1_000_000,
-            (first_since % 1_000_000) as u32,
-        );
+        let first = micros_text(first_since);
         assert_eq!(gaps[0]["since"], first.as_str());
         assert!(
             gaps[1]["since"].as_str().unwrap() > first.as_str(),

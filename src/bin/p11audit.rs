@@ -453,9 +453,7 @@ fn print(out: &str, what: &str) -> Result<(), Fatal> {
 fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
     let (opts, source) = verify_options(chain)?;
     let mut report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
-    if let StateSource::Loaded(_, _, unreported) = &source {
-        report.unreported_lost = unreported.clone();
-    }
+    report = report.with_unreported_lost(unreported_of(&source));
 
     let out = if json {
         let s = serde_json::to_string(&report)
@@ -491,7 +489,12 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
         None => format!(
             "p11audit: verified: chain intact, {} records; {}",
             report.summary.records,
-            state_text(&source)
+            state_text(
+                &source,
+                unreported_of(&source)
+                    .and_then(|u| u.less(report.lost_reported_past_state))
+                    .as_ref()
+            )
         ),
         Some(p) => {
             let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
@@ -525,9 +528,8 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
     let mut progress = Progress::for_terminal(&chain.files);
     let mut r =
         report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
-    if let StateSource::Loaded(_, _, unreported) = &source {
-        r.verification.unreported_lost = unreported.clone();
-    }
+    r.verification.unreported_lost =
+        unreported_of(&source).and_then(|u| u.less(r.verification.lost_reported_past_state));
     let out = if json {
         let s = serde_json::to_string(&r)
             .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
@@ -536,7 +538,11 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
         s
     } else {
         let mut s = render_human(&r);
-        let _ = writeln!(s, "\n{}", state_text(&source));
+        let _ = writeln!(
+            s,
+            "\n{}",
+            state_text(&source, r.verification.unreported_lost.as_ref())
+        );
         s
     };
     print(&out, "report")?;
@@ -547,14 +553,25 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
     })
 }
 
-fn state_text(source: &StateSource) -> String {
+/// What the state file counts as lost and not yet reported, as read (before subtracting gap
+/// records past the state: `UnreportedLost::less`).
+fn unreported_of(source: &StateSource) -> Option<&UnreportedLost> {
+    match source {
+        StateSource::Loaded(_, _, u) => u.as_ref(),
+        _ => None,
+    }
+}
+
+/// The state line of `show` and `report`; `unreported`: what the state counts as lost and no
+/// gap record in the log reports.
+fn state_text(source: &StateSource, unreported: Option<&UnreportedLost>) -> String {
     match source {
         StateSource::Disabled => "state: not checked (--no-state)".to_string(),
         StateSource::NotFound(p) => format!(
             "state: none ({} not found); the end of the log was not checked",
             path_text(p)
         ),
-        StateSource::Loaded(p, n, unreported) => {
+        StateSource::Loaded(p, n, _) => {
             let mut s = format!("state: {} (next seq {n})", path_text(p));
             if let Some(u) = unreported {
                 let _ = write!(s, "; it counts {}", u.describe());
@@ -615,10 +632,10 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
                 path_text(p)
             );
         }
-        StateSource::Loaded(p, n, unreported) => {
+        StateSource::Loaded(p, n, _) => {
             let _ = writeln!(o, "state:     {} (next seq {n})", path_text(p));
-            if let Some(u) = unreported {
-                let _ = writeln!(o, "unreported: {}", u.describe());
+            if let Some(u) = &r.unreported_lost {
+                let _ = writeln!(o, "           it counts {}", u.describe());
             }
         }
     }

@@ -96,6 +96,9 @@ pub struct Verification {
     /// the caller read a state file that counts any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<crate::audit::verify::UnreportedLost>,
+    /// As `VerifyReport::lost_reported_past_state`.
+    #[serde(skip)]
+    pub lost_reported_past_state: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1007,6 +1010,7 @@ pub fn report(
         first_ts: s.first_ts.clone(),
         last_ts: s.last_ts.clone(),
         unreported_lost: None,
+        lost_reported_past_state: v.lost_reported_past_state,
     };
     Ok(agg.finish(verification))
 }
