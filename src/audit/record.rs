@@ -309,10 +309,15 @@ impl Record {
 
 /// Now as RFC 3339 UTC with microseconds, e.g. `2026-11-26T03:12:45.123456Z`.
 pub fn rfc3339_micros_now() -> Timestamp {
-    let d = std::time::SystemTime::now()
+    rfc3339_from_micros(micros_now())
+}
+
+/// Now in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn micros_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339_micros(d.as_secs(), d.subsec_micros())
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Formats microseconds since the epoch as RFC 3339 UTC (`rfc3339_micros`).

@@ -76,7 +76,7 @@ pub fn decode_file(bytes: &[u8]) -> Result<ChainState, StateError> {
     if !bytes.starts_with(MAGIC) {
         return Err(StateError::Corrupt("unknown state file version"));
     }
-    let active = u64::from_ne_bytes(bytes[ACTIVE..ACTIVE + 8].try_into().expect("8 bytes"));
+    let active = u64_at(bytes, ACTIVE);
     let at = active_slot_offset(active)?;
     let mut state = decode_slot(&bytes[at..at + SLOT_LEN])?;
     state.lost_reported = u64_at(bytes, REPORTED[(active as usize).min(1)]);

@@ -10,7 +10,7 @@
 
 use super::chain::ChainKey;
 use super::line::{seal_and_evolve_into, split_line};
-use super::record::{Event, ProcessIdentity, Record};
+use super::record::{micros_now, Event, ProcessIdentity, Record};
 use super::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
 use std::fs::{File, OpenOptions};
@@ -98,50 +98,49 @@ impl Losses {
             .load_u64(layout::LOST)
             .saturating_sub(self.map.load_u64(layout::REPORTED[active]))
     }
+}
 
-    /// What no gap record up to a state whose REPORTED is `reported` has reported. Caller
-    /// holds the mutex.
-    fn unreported(&self, reported: u64) -> Unreported {
-        let mut lost = self.map.load_u64(layout::LOST);
-        if lost <= reported {
-            // LOST below REPORTED: an OS crash lost the page with LOST after a gap record that
-            // reported it reached the log. LOST is raised: it never counts less than was
-            // reported.
-            while lost < reported && !self.map.compare_exchange_u64(layout::LOST, lost, reported) {
-                lost = self.map.load_u64(layout::LOST);
-            }
-            if lost <= reported {
-                // Nothing pending: a time left by a writer killed before it cleared it is stale.
-                let since = self.map.load_u64(layout::LOST_SINCE);
-                if since != 0 {
-                    self.map.compare_exchange_u64(layout::LOST_SINCE, since, 0);
-                }
-                return Unreported::NONE;
-            }
+/// What no gap record up to a state whose REPORTED is `reported` has reported, from the state
+/// file's counters in `map`. Caller holds the mutex. (A function of the mapping, not of
+/// `Losses`: an append takes no `Arc` of its own.)
+fn unreported_losses(map: &SharedFileMap, reported: u64) -> Unreported {
+    let mut lost = map.load_u64(layout::LOST);
+    if lost <= reported {
+        // LOST below REPORTED: an OS crash lost the page with LOST after a gap record that
+        // reported it reached the log. LOST is raised: it never counts less than was reported.
+        while lost < reported && !map.compare_exchange_u64(layout::LOST, lost, reported) {
+            lost = map.load_u64(layout::LOST);
         }
-        // The clock, then the count to report: whatever is counted after that was lost after
-        // `read_at`.
-        let read_at = micros_now();
-        let lost = self.map.load_u64(layout::LOST);
-        Unreported {
-            lost_total: lost,
-            pending: lost.saturating_sub(reported),
-            since: self.map.load_u64(layout::LOST_SINCE),
-            read_at,
+        if lost <= reported {
+            // Nothing pending: a time left by a writer killed before it cleared it is stale.
+            let since = map.load_u64(layout::LOST_SINCE);
+            if since != 0 {
+                map.compare_exchange_u64(layout::LOST_SINCE, since, 0);
+            }
+            return Unreported::NONE;
         }
     }
-
-    /// The gap record reporting `u` is in the chain: LOST_SINCE goes, or moves to `read_at`
-    /// if more was counted meanwhile.
-    fn settle_since(&self, u: &Unreported) {
-        let remains = self.map.load_u64(layout::LOST) != u.lost_total;
-        let next_since = if remains { u.read_at } else { 0 };
-        self.map
-            .compare_exchange_u64(layout::LOST_SINCE, u.since, next_since);
+    // The clock, then the count to report: whatever is counted after that was lost after
+    // `read_at`.
+    let read_at = micros_now();
+    let lost = map.load_u64(layout::LOST);
+    Unreported {
+        lost_total: lost,
+        pending: lost.saturating_sub(reported),
+        since: map.load_u64(layout::LOST_SINCE),
+        read_at,
     }
 }
 
-/// What an append reports in its gap record (`Losses::unreported`).
+/// The gap record reporting `u` is in the chain: LOST_SINCE goes, or moves to `read_at` if
+/// more was counted meanwhile. Caller holds the mutex.
+fn settle_lost_since(map: &SharedFileMap, u: &Unreported) {
+    let remains = map.load_u64(layout::LOST) != u.lost_total;
+    let next_since = if remains { u.read_at } else { 0 };
+    map.compare_exchange_u64(layout::LOST_SINCE, u.since, next_since);
+}
+
+/// What an append reports in its gap record (`unreported_losses`).
 struct Unreported {
     /// LOST as read: the new state's REPORTED.
     lost_total: u64,
@@ -159,13 +158,6 @@ impl Unreported {
         since: 0,
         read_at: 0,
     };
-}
-
-fn micros_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// How long a writer waits for the state file's mutex before it gives up (and fails closed):
@@ -730,12 +722,12 @@ impl AuditLog {
             // What no gap record has reported yet. Under the mutex: no two appends report the
             // same losses; and the state this append stores says they are reported, in the
             // same atomic switch that puts its records in the chain (`store_state`).
-            let losses = me.losses();
-            let unreported = losses.unreported(state.lost_reported);
+            let unreported = unreported_losses(&me.shared, state.lost_reported);
             let gap = (unreported.pending > 0)
                 .then(|| gap_body(template, unreported.pending, unreported.since));
             #[cfg(test)]
-            losses.count(std::mem::take(&mut me.lost_during_append));
+            me.losses()
+                .count(std::mem::take(&mut me.lost_during_append));
             if gap.is_none() && bodies.is_empty() {
                 return Ok(Appended {
                     first_seq: state.next_seq,
@@ -755,7 +747,7 @@ impl AuditLog {
             }
             let done = me.append_locked(state, gap.as_deref(), bodies)?;
             if gap.is_some() {
-                losses.settle_since(&unreported);
+                settle_lost_since(&me.shared, &unreported);
             }
             Ok(done)
         })

@@ -12,7 +12,7 @@
 pub mod report;
 pub mod show;
 
-use super::record::rfc3339_micros;
+use super::record::rfc3339_from_micros;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -233,7 +233,7 @@ pub fn format_micros(us: i64) -> String {
     if us < 0 {
         return format!("{us} us before 1970");
     }
-    rfc3339_micros((us / 1_000_000) as u64, (us % 1_000_000) as u32).to_string()
+    rfc3339_from_micros(us as u64).to_string()
 }
 
 /// A duration in microseconds for people: `84us`, `5.63ms`, `1.24s`.
