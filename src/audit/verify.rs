@@ -196,22 +196,14 @@ pub struct VerifyReport {
     pub head_mac: String,
     pub summary: Summary,
     /// Records the state file counts as lost that no `gap` record has reported yet (FORMAT.md
-    /// §9), when a state file was read and counts any: `with_unreported_lost`.
+    /// §9), when a state file was read and counts any: `UnreportedLost::less`, filled in by
+    /// whoever read the state file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
     /// The `lost` of gap records at or past the state's seq (a state behind the log): they
     /// are reported, though the state does not say so yet (FORMAT.md §8.3, roll-forward).
     #[serde(skip)]
     pub lost_reported_past_state: u64,
-}
-
-impl VerifyReport {
-    /// Adds what the state file counts as lost and not yet reported (`UnreportedLost::
-    /// from_state_file`), less what gap records past the state's seq report.
-    pub fn with_unreported_lost(mut self, from_state: Option<&UnreportedLost>) -> Self {
-        self.unreported_lost = from_state.and_then(|u| u.less(self.lost_reported_past_state));
-        self
-    }
 }
 
 /// Records lost and not yet reported in a `gap` record, as a state file counts them.
@@ -1343,15 +1335,14 @@ mod tests {
             lost: 7,
             since: None,
         };
-        let r = r.with_unreported_lost(Some(&from_state));
-        assert_eq!(r.unreported_lost.map(|u| u.lost), Some(2));
+        let left = from_state.less(r.lost_reported_past_state);
+        assert_eq!(left.map(|u| u.lost), Some(2));
         let all_reported = UnreportedLost {
             lost: 5,
             since: None,
         };
-        let r = run(&[&c.all()], Some(chain(&bodies[..4]).state()))
-            .with_unreported_lost(Some(&all_reported));
-        assert_eq!(r.unreported_lost, None);
+        let r = run(&[&c.all()], Some(chain(&bodies[..4]).state()));
+        assert_eq!(all_reported.less(r.lost_reported_past_state), None);
     }
 
     #[test]

@@ -453,7 +453,7 @@ fn print(out: &str, what: &str) -> Result<(), Fatal> {
 fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
     let (opts, source) = verify_options(chain)?;
     let mut report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
-    report = report.with_unreported_lost(unreported_of(&source));
+    report.unreported_lost = unreported_after(&source, report.lost_reported_past_state);
 
     let out = if json {
         let s = serde_json::to_string(&report)
@@ -491,9 +491,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
             report.summary.records,
             state_text(
                 &source,
-                unreported_of(&source)
-                    .and_then(|u| u.less(report.lost_reported_past_state))
-                    .as_ref()
+                unreported_after(&source, report.lost_reported_past_state).as_ref()
             )
         ),
         Some(p) => {
@@ -529,7 +527,7 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
     let mut r =
         report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
     r.verification.unreported_lost =
-        unreported_of(&source).and_then(|u| u.less(r.verification.lost_reported_past_state));
+        unreported_after(&source, r.verification.lost_reported_past_state);
     let out = if json {
         let s = serde_json::to_string(&r)
             .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
@@ -553,11 +551,11 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
     })
 }
 
-/// What the state file counts as lost and not yet reported, as read (before subtracting gap
-/// records past the state: `UnreportedLost::less`).
-fn unreported_of(source: &StateSource) -> Option<&UnreportedLost> {
+/// What the state file counts as lost and no gap record in the log reports: its count less
+/// the `lost` of gap records past the state (`lost_reported_past_state` of the verification).
+fn unreported_after(source: &StateSource, lost_reported_past_state: u64) -> Option<UnreportedLost> {
     match source {
-        StateSource::Loaded(_, _, u) => u.as_ref(),
+        StateSource::Loaded(_, _, Some(u)) => u.less(lost_reported_past_state),
         _ => None,
     }
 }
