@@ -592,24 +592,14 @@ fn losses_of_a_process_that_exits_are_reported_by_the_next() {
         );
         // `show` names them on its state line (stderr), and `report` does not say that nothing
         // was lost.
-        let out = std::process::Command::new(p11audit_bin())
-            .args(["show", "--key-file"])
-            .arg(&fx.key)
-            .arg(&fx.log)
-            .output()
-            .expect("run p11audit show");
+        let out = p11audit_on_log("show", &fx.key, &[], &fx.log);
         assert!(
             String::from_utf8_lossy(&out.stderr)
                 .contains(&format!("{unreported} record(s) lost and not yet reported")),
             "{what}: {}",
             output_text(&out)
         );
-        let out = std::process::Command::new(p11audit_bin())
-            .args(["report", "--key-file"])
-            .arg(&fx.key)
-            .arg(&fx.log)
-            .output()
-            .expect("run p11audit report");
+        let out = p11audit_on_log("report", &fx.key, &[], &fx.log);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains(&format!(

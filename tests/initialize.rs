@@ -241,12 +241,7 @@ fn a_c_initialize_that_did_not_attach_leaves_the_attach_to_the_next() {
         ["attach", "attach", "close", "gap", "attach", "close"],
         "{records:?}"
     );
-    let report = std::process::Command::new(p11audit_bin())
-        .args(["report", "--json", "--key-file"])
-        .arg(&fx.key)
-        .arg(&fx.log)
-        .output()
-        .unwrap();
+    let report = p11audit_on_log("report", &fx.key, &["--json"], &fx.log);
     assert!(report.status.success(), "{}", output_text(&report));
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(

@@ -16,7 +16,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Mutex, OnceLock};
 
 const MARK: &str = "P11AUDIT-SHOW-REPORT-RESULT ";
@@ -160,14 +160,7 @@ fn records() -> Vec<Value> {
 
 /// `p11audit CMD --key-file KEY ARGS... LOG`.
 fn p11audit(cmd: &str, args: &[&str], log: &Path) -> Output {
-    Command::new(p11audit_bin())
-        .arg(cmd)
-        .arg("--key-file")
-        .arg(&run().fx.key)
-        .args(args)
-        .arg(log)
-        .output()
-        .expect("run p11audit")
+    p11audit_on_log(cmd, &run().fx.key, args, log)
 }
 
 /// Runs p11audit on the shared log; it must exit with `status`. Returns stdout.

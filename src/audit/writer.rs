@@ -1227,11 +1227,8 @@ mod tests {
         dying.losses().count(4);
         let before = std::fs::read(&state_path).unwrap();
         assert!(dying.append(&body(1), &template()).unwrap().gap);
-        // What its death before `store_state` leaves: the log ahead of the state, and
-        // RECOVER set by the next writer's EOWNERDEAD.
-        let mut stale = before.clone();
-        stale[layout::RECOVER..layout::RECOVER + 8].copy_from_slice(&1u64.to_ne_bytes());
-        std::fs::write(&state_path, &stale).unwrap();
+        // What its death before `store_state` leaves: the log ahead of the state.
+        put_back_stale_state(&state_path, before);
         drop(dying);
 
         let mut next = AuditLog::open(&settings, &who()).unwrap();
@@ -1279,9 +1276,7 @@ mod tests {
         let before_any_loss = std::fs::read(&state_path).unwrap();
         crashed.losses().count(4);
         assert!(crashed.append(&body(1), &template()).unwrap().gap);
-        let mut stale = before_any_loss;
-        stale[layout::RECOVER..layout::RECOVER + 8].copy_from_slice(&1u64.to_ne_bytes());
-        std::fs::write(&state_path, &stale).unwrap();
+        put_back_stale_state(&state_path, before_any_loss);
         drop(crashed);
 
         let mut next = AuditLog::open(&settings, &who()).unwrap();
@@ -1339,6 +1334,14 @@ mod tests {
         let opts = VerifyOptions::new(ChainKey::from_bytes(KEY), Some(state));
         let report = verify_files(&files, &opts).unwrap();
         assert!(report.intact, "{files:?}: {:?}", report.problem);
+    }
+
+    /// Puts `stale` (an earlier copy of the state file) back, with RECOVER set as the next
+    /// writer's EOWNERDEAD would set it: what a writer that died between its log write and its
+    /// state store, or an OS crash that lost the state page, leaves behind.
+    fn put_back_stale_state(state_path: &Path, mut stale: Vec<u8>) {
+        stale[layout::RECOVER..layout::RECOVER + 8].copy_from_slice(&1u64.to_ne_bytes());
+        std::fs::write(state_path, &stale).unwrap();
     }
 
     fn gaps_in(text: &str) -> Vec<serde_json::Value> {

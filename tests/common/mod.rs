@@ -287,14 +287,19 @@ pub fn hex(b: &[u8]) -> String {
 
 /// `p11audit verify --key-file KEY EXTRA... LOG`.
 pub fn p11audit_verify(key: &Path, extra: &[&str], log: &Path) -> Output {
+    p11audit_on_log("verify", key, extra, log)
+}
+
+/// `p11audit COMMAND --key-file KEY EXTRA... LOG` (verify, show, report).
+pub fn p11audit_on_log(command: &str, key: &Path, extra: &[&str], log: &Path) -> Output {
     Command::new(p11audit_bin())
-        .arg("verify")
+        .arg(command)
         .arg("--key-file")
         .arg(key)
         .args(extra)
         .arg(log)
         .output()
-        .expect("run p11audit verify")
+        .unwrap_or_else(|e| panic!("run p11audit {command}: {e}"))
 }
 
 /// Fails the test unless `p11audit verify` finds `log` intact.
