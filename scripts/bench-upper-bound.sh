@@ -59,7 +59,7 @@ if [[ $bound == records || $bound == both ]]; then
     patch src/audit/encode.rs '    m.num("pid", u64::from(r.pid));' '    let _ = r.pid;'
     patch src/audit/encode.rs '    m.num("tid", r.tid);' '    let _ = r.tid;'
     patch src/audit/encode.rs '    m.num("uid", u64::from(r.uid));' '    let _ = r.uid;'
-    patch src/audit/encode.rs '    m.str("exe", &r.exe);' '    let _ = &r.exe;'
+    patch src/audit/encode.rs '    push_bytes(m.key("exe"), r.exe.bytes());' '    let _ = &r.exe;'
     patch src/audit/encode.rs '    push_detail(&mut m, &r.detail);' '    std::hint::black_box(&r.detail);'
 fi
 if [[ ${1:-} == --check ]]; then

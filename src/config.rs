@@ -266,68 +266,12 @@ impl Settings {
     }
 }
 
-/// A warning if others (not only the owner and group) may write to the directory of the log.
-///
-/// Such a directory lets any local user create, replace or remove the log and its state file
-/// between runs, or create them before the first run; with the sticky bit (as on /tmp) existing
-/// files can no longer be removed or renamed by others, but the names can still be taken
-/// first, so both cases are warned about. Group write is not: a dedicated log group with a
-/// mode 2770 directory is the recommended deployment (docs/SECURITY.md). Nothing is refused;
-/// a directory that cannot be read is left for the writer to report.
-pub fn log_dir_warning(log_path: &std::path::Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    // `Path::parent` ignores a trailing "/" or "/.": "/var/log/p11audit/" would be judged by
-    // /var/log. Such a path names a directory, which the writer refuses with its own error.
-    let bytes = log_path.as_os_str().as_bytes();
-    if [&b"/"[..], b"/.", b"/.."]
-        .iter()
-        .any(|end| bytes.ends_with(end))
-        || bytes == b"."
-    {
-        return None;
-    }
-    let dir = match log_path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let meta = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
-    let mode = meta.mode();
-    if mode & libc::S_IWOTH == 0 {
-        return None;
-    }
-    let risk = if mode & libc::S_ISVTX != 0 {
-        "any local user can create the log or its state file there before p11audit does (the sticky bit protects only files that exist)"
-    } else {
-        "any local user can create, replace or remove the log and its state file there"
-    };
-    Some(format!(
-        "the directory {} of the audit log (P11AUDIT_LOG) is writable by others (mode {:04o}): {risk}; make it writable only by its owner and group (`chmod o-w {}`) or move the log",
-        dir.display(),
-        mode & 0o7777,
-        dir.display()
-    ))
-}
-
 impl Config {
     /// Reads the configuration: in a setuid/setgid process only `/etc/p11audit.conf`; else
     /// the environment, on top of the file named by `P11AUDIT_CONFIG` if that is set.
-    /// Warnings about a valid configuration (see `warnings`) go to stderr, one
-    /// `p11audit: warning:` line each.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let settings = Config::settings(sources)?;
-        let config =
-            Config::from_lookup(&|name| settings.get(name)).map_err(|e| settings.locate(e))?;
-        for w in config.warnings() {
-            crate::stderr_line(&format!("p11audit: warning: {w}"));
-        }
-        Ok(config)
-    }
-
-    /// What is allowed but unsafe in this configuration: today, a log directory others can
-    /// write to.
-    pub fn warnings(&self) -> Vec<String> {
-        log_dir_warning(&self.log.log_path).into_iter().collect()
+        Config::from_lookup(&|name| settings.get(name)).map_err(|e| settings.locate(e))
     }
 
     /// Just `P11AUDIT_MODULE`, for interface negotiation before `C_Initialize`.
@@ -576,45 +520,6 @@ mod tests {
             .unwrap();
         let e = Config::load(&sources).unwrap_err();
         assert!(e.0.contains("not writable by group or others"), "{e}");
-    }
-
-    #[test]
-    fn log_dir_writable_by_others_is_warned_about() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("audit.jsonl");
-        let chmod = |mode| {
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
-        };
-        for mode in [0o700, 0o750, 0o770, 0o2770, 0o755] {
-            chmod(mode);
-            assert_eq!(log_dir_warning(&log), None, "mode {mode:o}");
-        }
-        chmod(0o777);
-        let w = log_dir_warning(&log).expect("0777 is warned about");
-        assert!(
-            w.contains("writable by others (mode 0777)")
-                && w.contains(&dir.path().display().to_string())
-                && w.contains("replace or remove"),
-            "{w}"
-        );
-        chmod(0o1777);
-        let w = log_dir_warning(&log).expect("1777 is warned about");
-        assert!(w.contains("(mode 1777)") && w.contains("sticky bit"), "{w}");
-        // A path ending in "/" names a directory (the writer's error), not a file in the
-        // directory above: with a closed log directory inside a world-writable one, no warning
-        // about the one above.
-        let inner = dir.path().join("logs");
-        std::fs::create_dir(&inner).unwrap();
-        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let mut with_slash = inner.into_os_string();
-        with_slash.push("/");
-        assert_eq!(log_dir_warning(std::path::Path::new(&with_slash)), None);
-        with_slash.push(".");
-        assert_eq!(log_dir_warning(std::path::Path::new(&with_slash)), None);
-        chmod(0o700);
-        // A missing directory is the writer's error, not a warning.
-        assert_eq!(log_dir_warning(&dir.path().join("no/audit.jsonl")), None);
     }
 
     fn owned_by_root(file: &std::path::Path) -> bool {

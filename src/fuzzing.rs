@@ -222,7 +222,7 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         host: String::from_utf8_lossy(next()).into(),
         pid: 1,
         uid: 0,
-        exe: String::from_utf8_lossy(next()).into(),
+        exe: crate::audit::record::ExePath::from_bytes(next()),
     };
     let mut r = Record::new(&who, 2, Event::Intent, Some("C_CreateObject"));
     r.detail.template = Some(template);

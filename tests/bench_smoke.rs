@@ -216,7 +216,7 @@ fn the_upper_bound_edits_still_apply() {
         ("writes", &[write_call], &[detail_call]),
         (
             "records",
-            &[detail_call, "m.str(\"exe\", &r.exe);"],
+            &[detail_call, "push_bytes(m.key(\"exe\"), r.exe.bytes());"],
             &[write_call],
         ),
         ("both", &[write_call, detail_call], &[]),

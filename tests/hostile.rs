@@ -477,12 +477,16 @@ fn hostile_bytes_round_trip_and_every_line_stays_json() {
     }
     let records = check_chain(&fx);
 
-    // The executable path: not UTF-8, so written lossily (U+FFFD), but whole and on one line.
-    let exe_text = exe_path.to_string_lossy().into_owned();
+    // The executable path: not UTF-8, so written as hex of its exact bytes (issue 15 §5: it
+    // was written lossily, U+FFFD for the byte 0xff, so that another program whose path has
+    // 0xfe there looked the same), whole and on one line.
+    let exe_bytes = exe_path.as_os_str().as_bytes();
+    assert!(std::str::from_utf8(exe_bytes).is_err());
     assert!(
-        records.iter().all(|r| r["exe"] == exe_text.as_str()),
-        "exe is {}, expected {exe_text:?}",
-        records[0]["exe"]
+        records.iter().all(|r| r["exe"] == logged(exe_bytes)),
+        "exe is {}, expected {}",
+        records[0]["exe"],
+        logged(exe_bytes)
     );
 
     // Token labels: in C_InitToken's intent (from the argument) and in later records of that
@@ -679,15 +683,15 @@ fn hostile_bytes_round_trip_and_every_line_stays_json() {
         "the relabelled object's identity was refreshed: {r}"
     );
 
-    // The human report prints the hostile exe, escaped.
+    // The human report prints the hostile exe, escaped, its byte that is not UTF-8 as \xff.
     let out = p11audit_verify(&fx.key, &[], &fx.log);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_no_terminal_controls(&out.stdout, "verify (human) of the hostile log");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(r"\x1b[31m"),
-        "{}",
-        output_text(&out)
-    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for want in [r"exe-\x1b[31m", r"\u{9b}2J\xff"] {
+        assert!(shown.contains(want), "{want} not in\n{}", output_text(&out));
+    }
+    assert!(!shown.contains('\u{fffd}'), "{}", output_text(&out));
 }
 
 /// How the `len` of an attribute whose value is `v` reads: the byte length.
@@ -972,8 +976,8 @@ fn verify_prints_no_terminal_escapes_from_the_log() {
     assert_no_panic(&human, "human");
     assert_eq!(
         human.code,
-        Some(0),
-        "the forged chain is valid\n{}",
+        Some(3),
+        "the forged chain is valid (its end not checked: --no-state)\n{}",
         human.dump()
     );
     assert_no_terminal_controls(&human.stdout, "verify (human)");
@@ -1031,7 +1035,7 @@ fn verify_prints_no_terminal_escapes_from_the_log() {
         Duration::from_secs(30),
     )
     .unwrap();
-    assert_eq!(json_out.code, Some(0), "{}", json_out.dump());
+    assert_eq!(json_out.code, Some(3), "{}", json_out.dump());
     assert!(
         !json_out.stdout.contains(&0x1b),
         "raw ESC in --json output\n{}",
@@ -1067,15 +1071,15 @@ fn verify_json_escapes_c1_controls() {
         Duration::from_secs(30),
     )
     .unwrap();
-    assert_eq!(m.code, Some(0), "{}", m.dump());
+    assert_eq!(m.code, Some(3), "{}", m.dump());
     assert_no_terminal_controls(&m.stdout, "verify --json");
 }
 
 /// Binary garbage, an empty file, a file of newlines, a line of NULs, a directory and a missing
 /// file: exit 1 for content verify can read but not accept, 2 for what it cannot read, and for
-/// an empty log exactly what FORMAT.md §9 and the README's Limits say: intact with no state (no
-/// records; a cut-off tail is only detectable with the state), `truncated` with a state that
-/// names records. Never a panic.
+/// an empty log exactly what FORMAT.md §9 and the README's Limits say: intact with no state,
+/// its end not checked (exit 3: no records; a cut-off tail is only detectable with the state),
+/// `truncated` with a state that names records. Never a panic.
 #[test]
 fn verify_reports_garbage_files_without_panicking() {
     let f = Forge::new();
@@ -1111,7 +1115,7 @@ fn verify_reports_garbage_files_without_panicking() {
             2,
         ),
         ("a missing file", f.dir.path().join("nope.log"), 2),
-        ("empty, no state", f.file("empty.log", b""), 0),
+        ("empty, no state", f.file("empty.log", b""), 3),
     ];
     for (what, path, want) in cases {
         for json_mode in [false, true] {
@@ -1135,7 +1139,8 @@ fn verify_reports_garbage_files_without_panicking() {
             } else if json_mode {
                 let v: Value = serde_json::from_slice(&m.stdout)
                     .unwrap_or_else(|e| panic!("{what}: --json output is not JSON ({e})"));
-                assert_eq!(v["intact"], want == 0, "{what}");
+                assert_eq!(v["intact"], want == 3, "{what}");
+                assert_eq!(v["exit_status"], want, "{what}");
             }
         }
     }

@@ -22,25 +22,8 @@ fn body(pid: u32, ev: &str, func: &str, exe: &str) -> String {
 
 /// Sealed lines (each with its newline) and the state after the last one.
 fn chain(bodies: &[String]) -> (Vec<Vec<u8>>, ChainState) {
-    let mut k = key();
-    let mut prev = ZERO_MAC_HEX.to_string();
-    let mut lines = Vec::new();
-    for (i, b) in bodies.iter().enumerate() {
-        let mut out = Vec::new();
-        prev = seal_into(&mut out, &k, i as u64, &prev, b);
-        k.evolve();
-        lines.push(out);
-    }
-    let state = ChainState {
-        next_seq: bodies.len() as u64,
-        prev_mac: prev,
-        key: k,
-        log_dev: 0,
-        log_ino: 0,
-        log_size: 0,
-        lost_reported: 0,
-    };
-    (lines, state)
+    let bytes: Vec<Vec<u8>> = bodies.iter().map(|b| b.clone().into_bytes()).collect();
+    chain_of_bytes(&bytes)
 }
 
 fn standard() -> Vec<String> {
@@ -203,7 +186,7 @@ fn truncation_uses_the_default_state_unless_told_otherwise() {
     assert!(out.starts_with("FAIL: truncated at "), "{out}");
     assert_contains_all(&out, &[":5 (seq 4): ", "2 more record(s)"]);
 
-    let out = f.verify(&["--no-state"], 0).out;
+    let out = f.verify(&["--no-state"], 3).out;
     assert_contains_all(&out, &["not checked (--no-state)"]);
 
     // An explicit state for exactly these five records.
@@ -214,7 +197,7 @@ fn truncation_uses_the_default_state_unless_told_otherwise() {
 
     // Without a state file beside the log, the end is not checked.
     std::fs::remove_file(f.dir.path().join("log.state")).unwrap();
-    assert_contains_all(&f.verify(&[], 0).out, &["not found"]);
+    assert_contains_all(&f.verify(&[], 3).out, &["not found"]);
 }
 
 #[test]
@@ -360,7 +343,7 @@ fn usage_and_io_errors_exit_2() {
     // Corrupt state.
     std::fs::write(f.dir.path().join("log.state"), b"garbage").unwrap();
     assert_contains_all(&f.verify(&[], 2).err, &["--no-state"]);
-    f.verify(&["--no-state"], 0);
+    f.verify(&["--no-state"], 3);
     // Unknown subcommand.
     p11audit(&["frobnicate"], 2);
 }
@@ -369,6 +352,17 @@ fn usage_and_io_errors_exit_2() {
 fn help_mentions_subcommands_and_exit_status() {
     let out = p11audit(&["--help"], 0).out;
     assert_contains_all(&out, &["keygen", "verify", "Exit status"]);
+    for cmd in ["verify", "show", "report"] {
+        let out = p11audit(&[cmd, "--help"], 0).out;
+        assert_contains_all(
+            &out,
+            &["\n  3  every record verified, but the end of the chain was not checked"],
+        );
+    }
+    assert_contains_all(
+        &p11audit(&["verify", "--help"], 0).out,
+        &["no_state_file", "no_state_option", "state_behind_log"],
+    );
 }
 
 fn keygen(path: &Path, status: i32) -> Ran {
@@ -411,6 +405,7 @@ fn keygen_writes_a_0400_key_and_never_overwrites() {
     );
     let log = dir.path().join("log");
     std::fs::write(&log, line).unwrap();
+    // Intact; no state file beside it, so its end is not checked: 3.
     p11audit(
         &[
             "verify".as_ref(),
@@ -418,9 +413,328 @@ fn keygen_writes_a_0400_key_and_never_overwrites() {
             p.as_os_str(),
             log.as_os_str(),
         ],
-        0,
+        3,
     );
 
     // A directory that does not exist is an I/O error.
     keygen(&dir.path().join("no/such/dir/k"), 2);
+}
+
+// ---- issue 15 ---------------------------------------------------------------------------------
+
+/// `p11audit verify|show|report --key-file KEY EXTRA... LOG`, which must exit with `status`.
+#[track_caller]
+fn on_log(cmd: &str, f: &Fixture, extra: &[&str], status: i32) -> Ran {
+    let mut args: Vec<&OsStr> = vec![cmd.as_ref(), "--key-file".as_ref(), f.key.as_ref()];
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(f.log.as_ref());
+    p11audit(&args, status)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// 62 records: `standard()` (a `close` at seq 6), then 55 signatures by another process.
+fn sixty_two() -> Vec<String> {
+    let mut bodies = standard();
+    bodies.extend((0..55).map(|_| body(12, "outcome", "C_Sign", "/usr/bin/third")));
+    bodies
+}
+
+/// Issue 15 §2: every record verified but the end of the chain not checked is exit status 3,
+/// and the output says which case it is: the tail cut at a `close` and the state file deleted,
+/// `--no-state`, an older state (next seq 25) beside a log of 62 records. `show` and `report`
+/// say the same and exit the same. A problem found comes first (exit 1).
+#[test]
+fn an_end_that_was_not_checked_exits_3_and_says_why() {
+    let bodies = sixty_two();
+    let (lines, st) = chain(&bodies);
+    const AS_FAR: &str = "INTACT AS FAR AS IT GOES: every record verified, but the end of the chain was not checked: ";
+
+    // Cut after the close at seq 6, the state deleted.
+    let f = Fixture::new(&lines, &all(7), &st);
+    std::fs::remove_file(f.dir.path().join("log.state")).unwrap();
+    let out = f.verify(&[], 3).out;
+    assert!(
+        out.starts_with(&format!("{AS_FAR}there is no state file")),
+        "{out}"
+    );
+    assert_contains_all(&out, &["log.state not found", "closed cleanly: not known"]);
+    assert!(!out.contains("closed cleanly: yes"), "{out}");
+    assert!(!out.contains("OK: chain intact"), "{out}");
+    let v = json(&f.verify(&["--json"], 3).out);
+    assert_eq!(
+        (&v["intact"], &v["exit_status"], &v["end_unchecked"]),
+        (&true.into(), &3.into(), &"no_state_file".into()),
+        "{v}"
+    );
+    let err = on_log("show", &f, &[], 3).err;
+    assert_contains_all(
+        &err,
+        &[
+            "verified as far as it goes",
+            "there is no state file",
+            "state: none (",
+        ],
+    );
+    let out = on_log("report", &f, &[], 3).out;
+    assert!(
+        out.starts_with("VERIFIED AS FAR AS IT GOES: chain intact, 7 records (seq 0..6), but its end was not checked: there is no state file"),
+        "{out}"
+    );
+    assert_contains_all(&out, &["state: none ("]);
+
+    // The whole log beside its state: checked (0); with --no-state: 3, named.
+    let f = Fixture::new(&lines, &all(62), &st);
+    assert!(f.verify(&[], 0).out.starts_with("OK: chain intact\n"));
+    let out = f.verify(&["--no-state"], 3).out;
+    assert!(
+        out.starts_with(&format!("{AS_FAR}--no-state was given")),
+        "{out}"
+    );
+    assert_eq!(
+        json(&f.verify(&["--no-state", "--json"], 3).out)["end_unchecked"],
+        "no_state_option"
+    );
+    assert_contains_all(
+        &on_log("show", &f, &["--no-state"], 3).err,
+        &["--no-state was given", "state: not checked (--no-state)"],
+    );
+    on_log("report", &f, &["--no-state"], 3);
+    on_log("show", &f, &[], 0);
+    on_log("report", &f, &[], 0);
+
+    // An older state: next seq 25, beside the 62 records.
+    let (_, st25) = chain(&bodies[..25]);
+    let f = Fixture::new(&lines, &all(62), &st25);
+    let out = f.verify(&[], 3).out;
+    assert!(
+        out.starts_with(&format!(
+            "{AS_FAR}the state file is behind the log: it vouches for the log up to seq 24 (its next seq is 25), the log goes on to seq 61, 37 record(s) later"
+        )),
+        "{out}"
+    );
+    assert_contains_all(
+        &out,
+        &["(next seq 25), behind the log, which goes on to seq 61"],
+    );
+    let v = json(&f.verify(&["--json"], 3).out);
+    assert_eq!(v["end_unchecked"], "state_behind_log", "{v}");
+    assert_eq!(
+        (&v["state_next_seq"], &v["next_seq"]),
+        (&25.into(), &62.into())
+    );
+    assert_contains_all(
+        &on_log("show", &f, &[], 3).err,
+        &[
+            "the state file is behind the log",
+            "behind the log, which goes on to seq 61",
+        ],
+    );
+    let out = on_log("report", &f, &[], 3).out;
+    assert_contains_all(
+        &out,
+        &[
+            "VERIFIED AS FAR AS IT GOES",
+            "the state file is behind the log",
+            "behind the log, which goes on to seq 61",
+        ],
+    );
+    let v = json(&on_log("report", &f, &["--json"], 3).out);
+    assert_eq!(v["verification"]["exit_status"], 3, "{v}");
+    assert_eq!(
+        v["verification"]["end_unchecked"], "state_behind_log",
+        "{v}"
+    );
+
+    // A problem comes first: an altered record with the state behind, or with none.
+    let mut altered = lines.clone();
+    let at = altered[40].len() - 80;
+    altered[40][at] ^= 1;
+    let f = Fixture::new(&altered, &all(62), &st25);
+    assert!(f.verify(&[], 1).out.starts_with("FAIL: altered at "));
+    assert_eq!(json(&f.verify(&["--json"], 1).out)["exit_status"], 1);
+    on_log("show", &f, &[], 1);
+    on_log("report", &f, &[], 1);
+    f.verify(&["--no-state"], 1);
+}
+
+/// Sealed lines for bodies of any bytes (each `{...}`), as whoever holds K_0 can make them,
+/// and the state after the last one.
+fn chain_of_bytes(bodies: &[Vec<u8>]) -> (Vec<Vec<u8>>, ChainState) {
+    let mut k = key();
+    let mut prev = ZERO_MAC_HEX.to_string();
+    let mut lines = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let mut line = format!(r#"{{"v":1,"seq":{i},"prev":"{prev}","#).into_bytes();
+        line.extend_from_slice(&b[1..b.len() - 1]);
+        prev = p11audit::audit::chain::hex_lower(&k.mac(&line));
+        line.extend_from_slice(format!(r#","mac":"{prev}"}}"#).as_bytes());
+        line.push(b'\n');
+        k.evolve();
+        lines.push(line);
+    }
+    let state = ChainState {
+        next_seq: bodies.len() as u64,
+        prev_mac: prev,
+        key: k,
+        log_dev: 0,
+        log_ino: 0,
+        log_size: 0,
+        lost_reported: 0,
+    };
+    (lines, state)
+}
+
+/// Issue 15 §3: lines crafted with K_0 and sealed, which JSON readers read in two ways (a
+/// member twice, a lone surrogate, bytes that are not UTF-8 in a member verify does not use),
+/// are malformed: verify names the line (exit 1), and show and report stop before it.
+#[test]
+fn lines_read_two_ways_are_malformed_for_verify_show_and_report() {
+    let sign = body(10, "outcome", "C_Sign", "/usr/bin/tool");
+    let with = |extra: &[u8]| {
+        let mut b = sign.as_bytes()[..sign.len() - 1].to_vec();
+        b.extend_from_slice(extra);
+        b.push(b'}');
+        b
+    };
+    for (extra, why) in [
+        (
+            &br#","slot":1,"slot":2"#[..],
+            r#"the member name "slot" appears twice"#,
+        ),
+        (
+            br#","key":{"handle":1,"label":"a"},"key":{"handle":2,"label":"b"}"#,
+            r#""key" appears twice"#,
+        ),
+        (
+            br#","out":"returned","out":"withheld""#,
+            r#""out" appears twice"#,
+        ),
+        (br#","note":"a","note":"b""#, r#""note" appears twice"#),
+        (
+            br#","created":[{"handle":1}],"created":[]"#,
+            r#""created" appears twice"#,
+        ),
+        (
+            br#","created":[{"handle":1,"label":"a","label":"b"}]"#,
+            r#""label" appears twice"#,
+        ),
+        (br#","note":"\ud800""#, "lone surrogate"),
+        (
+            br#","key":{"handle":1,"label":"x\udc00"}"#,
+            "lone surrogate",
+        ),
+        (b",\"note\":\"caf\xe9\"", "not UTF-8"),
+        (b",\"vendor\":{\"x\":\"\xff\xfe\"}", "not UTF-8"),
+    ] {
+        let mut bodies: Vec<Vec<u8>> = standard().into_iter().map(String::into_bytes).collect();
+        bodies[3] = with(extra);
+        let (lines, st) = chain_of_bytes(&bodies);
+        let what = String::from_utf8_lossy(extra);
+        // What another reader makes of the line: serde_json takes the last of two members,
+        // and refuses the rest (as jq does); the line verified before this change.
+        let as_value = serde_json::from_slice::<serde_json::Value>(&lines[3]);
+        if extra.starts_with(br#","slot""#) {
+            assert_eq!(as_value.unwrap()["slot"], 2, "{what}");
+        }
+        let f = Fixture::new(&lines, &all(7), &st);
+        let out = f.verify(&[], 1).out;
+        let first = out.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!(
+                "FAIL: malformed at {}:4 (seq 3): ",
+                f.log.display()
+            )),
+            "{what}: {out}"
+        );
+        assert!(first.contains(why), "{what}: {why} not in {first}");
+        assert_contains_all(&out, &["records:   3 (seq 0..2) (before the problem)"]);
+        let v = json(&f.verify(&["--json"], 1).out);
+        assert_eq!(
+            (&v["problem"]["kind"], &v["problem"]["line"]),
+            (&"malformed".into(), &4.into()),
+            "{what}"
+        );
+        // show prints only the verified lines before it, byte for byte, and says why it stopped.
+        let shown = on_log("show", &f, &["--json"], 1);
+        assert_eq!(shown.out.as_bytes(), lines[..3].concat(), "{what}");
+        assert_contains_all(&shown.err, &["did NOT verify: malformed at ", ":4 (seq 3)"]);
+        let report = on_log("report", &f, &[], 1).out;
+        assert!(
+            report.starts_with("NOT VERIFIED: the log did not verify: malformed at "),
+            "{what}: {report}"
+        );
+    }
+}
+
+/// Issue 15 §5: two programs whose paths differ only in a byte that is not UTF-8 (`display()`
+/// made both `/opt/a\u{fffd}`) are recorded as `{"hex": …}` and read apart by verify, show and
+/// report, which print the byte as `\xNN`; the JSON keeps the hex.
+#[test]
+fn exe_paths_that_are_not_utf8_are_read_apart() {
+    let hexed = |pid: u32, ev: &str, func: &str, hex: &str| {
+        body(pid, ev, func, "/placeholder").replace(
+            r#""exe":"/placeholder""#,
+            &format!(r#""exe":{{"hex":"{hex}"}}"#),
+        )
+    };
+    let bodies = vec![
+        hexed(20, "attach", "C_Initialize", "2f6f70742f61ff"),
+        hexed(21, "attach", "C_Initialize", "2f6f70742f61fe"),
+        hexed(20, "outcome", "C_Sign", "2f6f70742f61ff"),
+        body(22, "attach", "C_Initialize", r"/opt/a\\xff"),
+    ];
+    let (lines, st) = chain(&bodies);
+    let f = Fixture::new(&lines, &all(4), &st);
+    let out = f.verify(&[], 0).out;
+    assert_contains_all(
+        &out,
+        &[
+            "processes: 3",
+            "pid 20              2 record(s)  /opt/a\\xff\n",
+            "pid 21              1 record(s)  /opt/a\\xfe\n",
+            "pid 22              1 record(s)  /opt/a\\\\xff\n",
+        ],
+    );
+    assert!(!out.contains('\u{fffd}'), "{out}");
+    let v = json(&f.verify(&["--json"], 0).out);
+    assert_eq!(
+        v["summary"]["processes"][0]["exe"]["hex"], "2f6f70742f61ff",
+        "{v}"
+    );
+    assert_eq!(v["summary"]["processes"][2]["exe"], r"/opt/a\xff", "{v}");
+
+    let shown = on_log("show", &f, &[], 0).out;
+    for (pid, exe) in [
+        (20, r"/opt/a\xff "),
+        (21, r"/opt/a\xfe "),
+        (22, r"/opt/a\\xff "),
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(&format!(" {pid} ")) && l.contains(exe)),
+            "pid {pid} with {exe} not in\n{shown}"
+        );
+    }
+    let report = on_log("report", &f, &[], 0).out;
+    assert_contains_all(&report, &[r"/opt/a\xff", r"/opt/a\xfe", r"/opt/a\\xff"]);
+    let v = json(&on_log("report", &f, &["--json"], 0).out);
+    let exes: Vec<&serde_json::Value> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["exe"])
+        .collect();
+    assert_eq!(
+        exes,
+        [
+            &serde_json::json!({"hex": "2f6f70742f61ff"}),
+            &serde_json::json!({"hex": "2f6f70742f61fe"}),
+            &serde_json::json!(r"/opt/a\xff"),
+        ],
+        "{v}"
+    );
 }

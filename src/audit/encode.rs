@@ -237,7 +237,7 @@ pub fn push_record(out: &mut String, r: &Record) {
     m.num("pid", u64::from(r.pid));
     m.num("tid", r.tid);
     m.num("uid", u64::from(r.uid));
-    m.str("exe", &r.exe);
+    push_bytes(m.key("exe"), r.exe.bytes());
     m.str("ev", event_name(r.ev));
     if let Some(f) = r.function {
         m.str("fn", f);
@@ -470,6 +470,18 @@ mod tests {
         ] {
             same_as_serde(&Record::new(&who, 3, ev, None));
         }
+        // An executable path that is not UTF-8: hex, never U+FFFD (issue 15 §5).
+        let who = ProcessIdentity {
+            exe: crate::audit::record::ExePath::from_bytes(b"/tmp/a\xff"),
+            ..who
+        };
+        let r = Record::new(&who, 3, Event::Attach, Some("C_Initialize"));
+        same_as_serde(&r);
+        assert!(
+            r.to_body().contains(r#""exe":{"hex":"2f746d702f61ff"},"#),
+            "{}",
+            r.to_body()
+        );
         for out in [
             OutputDisposition::LengthQuery,
             OutputDisposition::BufferTooSmall,

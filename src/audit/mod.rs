@@ -9,6 +9,7 @@ pub mod fileset;
 pub mod line;
 pub mod lock;
 pub mod names;
+pub mod own_files;
 pub mod process;
 pub mod query;
 pub mod record;

@@ -37,7 +37,48 @@ pub struct ProcessIdentity {
     pub host: Arc<str>,
     pub pid: u32,
     pub uid: u32,
-    pub exe: Arc<str>,
+    pub exe: ExePath,
+}
+
+/// The path of the executable (`exe`), losslessly: written like BYTES, as a JSON string when
+/// it is UTF-8 and as `{"hex":"..."}` otherwise, so that two paths that differ in their bytes
+/// never read the same (a lossy conversion would turn every byte that is not UTF-8 into U+FFFD).
+/// Cheap to clone: every record holds one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExePath(Arc<Bytes>);
+
+impl ExePath {
+    /// A path's bytes, as the kernel gave them.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        Self::from_bytes(path.as_os_str().as_bytes())
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Self {
+        ExePath(Arc::new(Bytes::from_slice(b)))
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<&str> for ExePath {
+    fn from(s: &str) -> Self {
+        ExePath(Arc::new(Bytes::Text(s.to_string())))
+    }
+}
+
+impl From<String> for ExePath {
+    fn from(s: String) -> Self {
+        ExePath(Arc::new(Bytes::Text(s)))
+    }
+}
+
+impl Serialize for ExePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// A byte string from the application or provider (labels, ids). Written as a JSON string when
@@ -180,7 +221,7 @@ pub struct Record {
     pub pid: u32,
     pub tid: u64,
     pub uid: u32,
-    pub exe: Arc<str>,
+    pub exe: ExePath,
     pub ev: Event,
     #[serde(rename = "fn", skip_serializing_if = "Option::is_none")]
     pub function: Option<&'static str>,
@@ -428,6 +469,40 @@ mod tests {
         assert_eq!(
             rfc3339_micros(1_709_251_199, 1),
             "2024-02-29T23:59:59.000001Z"
+        );
+    }
+
+    /// Issue 15 §5: two programs whose paths differ only in bytes that are not UTF-8 are
+    /// recorded differently (`display()` made both `/tmp/a\u{fffd}`), and a UTF-8 path stays
+    /// text.
+    #[test]
+    fn exe_paths_that_are_not_utf8_stay_apart() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = |b: &[u8]| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let body = |exe: ExePath| {
+            let who = ProcessIdentity {
+                host: "h".into(),
+                pid: 1,
+                uid: 2,
+                exe,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&Record::new(&who, 3, Event::Attach, None).to_body()).unwrap();
+            v["exe"].clone()
+        };
+        let (a, b) = (path(b"/tmp/a\xff"), path(b"/tmp/a\xfe"));
+        assert_eq!(a.display().to_string(), b.display().to_string());
+        assert_eq!(
+            body(ExePath::from_path(&a)),
+            serde_json::json!({"hex": "2f746d702f61ff"})
+        );
+        assert_eq!(
+            body(ExePath::from_path(&b)),
+            serde_json::json!({"hex": "2f746d702f61fe"})
+        );
+        assert_eq!(
+            body(ExePath::from_path(&path("/usr/bin/é".as_bytes()))),
+            "/usr/bin/é"
         );
     }
 

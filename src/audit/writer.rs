@@ -10,10 +10,11 @@
 
 use super::chain::ChainKey;
 use super::line::{seal_and_evolve_into, split_line};
+use super::own_files::{self, FileRole, UntrustedFile};
 use super::record::{micros_now, Event, ProcessIdentity, Record};
 use super::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -238,97 +239,56 @@ pub fn state_path_for(log_path: &Path) -> PathBuf {
 }
 
 fn refuse_symlink_or_special(path: &Path, what: &str, var: &str) -> Result<(), WriterError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => err(format!(
-            "{what} {} is a symbolic link; refusing it ({var}): point {var} at a regular file",
-            path.display()
-        )),
-        Ok(m) if !m.file_type().is_file() => err(format!(
-            "{what} {} is not a regular file ({var}): point {var} at a regular file",
-            path.display()
-        )),
-        _ => Ok(()),
-    }
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => ("a symbolic link", m),
+        Ok(m) if !m.file_type().is_file() => ("not a regular file", m),
+        _ => return Ok(()),
+    };
+    err(format!(
+        "{what} {} is {} (owner {}, mode {:o}); refusing it ({var}): point {var} at a regular file",
+        path.display(),
+        kind.0,
+        own_files::owner_text(kind.1.uid()),
+        kind.1.mode()
+    ))
 }
 
-/// Opens (creating if needed) the log for appending and the state file for positioned writes.
+/// Opens (creating if needed) the log for appending and the state file for positioned writes,
+/// after checking their directory (`own_files`).
 fn open_log_and_state(
     settings: &LogSettings,
     state_path: &Path,
 ) -> Result<(File, File), WriterError> {
-    let var = "P11AUDIT_LOG";
-    let log = open_private(&settings.log_path, settings.log_mode, true).or_else(|e| {
-        err(format!(
-            "cannot open audit log {} ({var}): {e}",
-            settings.log_path.display()
-        ))
-    })?;
-    let state = open_private(state_path, 0o600, false).or_else(|e| {
-        err(format!(
-            "cannot open audit state file {} ({var}): {e}",
-            state_path.display()
-        ))
-    })?;
+    own_files::check_directory(&own_files::directory_of(&settings.log_path))?;
+    let log = own_files::create_or_adopt(&settings.log_path, FileRole::Log, settings.log_mode)?;
+    let log_has_content = log.metadata().map(|m| m.len() > 0).unwrap_or(false);
+    if log_has_content && std::fs::symlink_metadata(state_path).is_err() {
+        // Nothing is created beside a log whose state is gone.
+        return Err(log_without_state(&settings.log_path, state_path));
+    }
+    // A new state file appears whole, with its header: an empty one is never p11audit's.
+    let mut header = layout::MAGIC.to_vec();
+    header.resize(layout::FILE_LEN, 0);
+    let state = own_files::create_whole_or_adopt(state_path, FileRole::State, 0o600, &header)?;
     Ok((log, state))
 }
 
-/// Opens `path`, creating it with exactly `mode` if it does not exist.
-fn open_private(path: &Path, mode: u32, append: bool) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    if append {
-        o.append(true);
-    } else {
-        o.write(true);
-    }
-    match o.clone().create_new(true).open(path) {
-        Ok(created) => match set_exact_mode(&created, mode) {
-            Ok(()) => Ok(created),
-            Err(e) => {
-                // Not left behind with the wrong mode for the next process to take as it is
-                // (if it is still the file this call created).
-                let same = |m: std::fs::Metadata| (m.dev(), m.ino());
-                if created.metadata().map(same).ok()
-                    == std::fs::symlink_metadata(path).map(same).ok()
-                {
-                    let _ = std::fs::remove_file(path);
-                }
-                Err(e)
-            }
-        },
-        // Another process may have created it since: then it is opened as it is.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => o.open(path),
-        Err(e) => Err(e),
+impl From<UntrustedFile> for WriterError {
+    fn from(e: UntrustedFile) -> WriterError {
+        WriterError(format!("{e} (P11AUDIT_LOG)"))
     }
 }
 
-/// The mode a file was created with, whatever the umask took away from it: a service run with
-/// `UMask=0077` must still get the `0640` that `P11AUDIT_LOG_MODE` asks for.
-fn set_exact_mode(file: &File, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .or_else(|e| {
-            // A filesystem may refuse `fchmod` and still have given the right mode.
-            match file.metadata() {
-                Ok(m) if m.permissions().mode() & 0o7777 == mode => Ok(()),
-                _ => Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot give it mode {mode:04o}: {e}"),
-                )),
-            }
-        })
-}
-
-/// Opens an existing log for appending (never creating one) with its (st_dev, st_ino).
-fn open_existing_log(path: &Path) -> io::Result<(File, (u64, u64))> {
-    let f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let m = f.metadata()?;
+/// Opens an existing log for appending (never creating one) with its (st_dev, st_ino), if it
+/// passes `own_files::check_adopted`.
+fn open_existing_log(path: &Path) -> Result<(File, (u64, u64)), UntrustedFile> {
+    let f = own_files::adopt(path, FileRole::Log)?;
+    let m = f.metadata().map_err(|source| UntrustedFile::Io {
+        action: "stat",
+        role: FileRole::Log,
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok((f, (m.dev(), m.ino())))
 }
 
@@ -338,19 +298,39 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Reads and checks the key file: it must not be readable, writable or executable by group
-/// or others, and must hold 64 hex characters.
+/// Reads and checks the key file: it must be owned by this uid or root (whoever owns it knows
+/// the key), must not be readable, writable or executable by group or others, and must hold 64
+/// hex characters.
 pub fn read_key_file(path: &Path) -> Result<ChainKey, WriterError> {
     let var = "P11AUDIT_KEY_FILE";
-    let mut f = File::open(path).or_else(|e| {
-        err(format!(
-            "cannot read key file {} ({var}): {e}",
-            path.display()
-        ))
-    })?;
+    // O_NONBLOCK: a FIFO put at the path must not hang C_Initialize (it is refused below).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .or_else(|e| {
+            err(format!(
+                "cannot read key file {} ({var}): {e}",
+                path.display()
+            ))
+        })?;
     let meta = f
         .metadata()
         .or_else(|e| err(format!("cannot stat key file {}: {e}", path.display())))?;
+    if !meta.file_type().is_file() {
+        return err(format!(
+            "key file {} is not a regular file ({var}): point {var} at a file made by `p11audit keygen`",
+            path.display()
+        ));
+    }
+    let euid = crate::os::effective_uid();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return err(format!(
+            "key file {} is owned by {}, not by this process's uid {euid} or root: its owner knows the chain key and could forge the log; make a new key as uid {euid} with `p11audit keygen` ({var})",
+            path.display(),
+            own_files::owner_text(meta.uid())
+        ));
+    }
     if meta.mode() & 0o077 != 0 {
         return err(format!(
             "key file {} is accessible by group or others (mode {:04o}); run `chmod 0400 {}` ({var})",
@@ -425,12 +405,13 @@ fn map_state_file(
             return Err(log_without_state(log_path, state_path));
         }
         if len == 0 {
-            let mut header = layout::MAGIC.to_vec();
-            header.resize(layout::FILE_LEN, 0);
-            state
-                .write_all_at(&header, 0)
-                .map_err(|e| io_err("write", e))?;
-        } else if len != layout::FILE_LEN as u64 {
+            // p11audit creates its state file whole (`own_files::create_whole_or_adopt`).
+            return Err(WriterError(format!(
+                "audit state file {} is empty, so p11audit did not make it; move it away (and find out who made it) so that p11audit creates it (P11AUDIT_LOG)",
+                state_path.display()
+            )));
+        }
+        if len != layout::FILE_LEN as u64 {
             let mut bytes = Vec::new();
             let _ = Read::by_ref(&mut &*state)
                 .take(8192)
@@ -766,11 +747,13 @@ impl AuditLog {
     /// log, the state names the new file at the log's path.
     fn follow(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         if (state.log_dev, state.log_ino) != self.log_id {
-            let follow = open_existing_log(&self.settings.log_path)
-                .ok()
-                .filter(|(_, id)| *id == (state.log_dev, state.log_ino));
-            let Some((log, id)) = follow else {
-                return Err(not_its_log(&self.settings.log_path, &self.state_path));
+            let (log, id) = match open_existing_log(&self.settings.log_path) {
+                Ok((log, id)) if id == (state.log_dev, state.log_ino) => (log, id),
+                // There, but not a file this writer may append to.
+                Err(e @ UntrustedFile::NotRegular { .. })
+                | Err(e @ UntrustedFile::OwnedByAnother { .. })
+                | Err(e @ UntrustedFile::OpenToOthers { .. }) => return Err(e.into()),
+                _ => return Err(not_its_log(&self.settings.log_path, &self.state_path)),
             };
             self.log = log;
             self.log_id = id;
@@ -964,16 +947,8 @@ impl AuditLog {
         next_tmp.push(".next");
         let next_tmp = PathBuf::from(next_tmp);
         let _ = std::fs::remove_file(&next_tmp);
-        let new_log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .mode(self.settings.log_mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&next_tmp)
+        let new_log = own_files::create_new(&next_tmp, FileRole::Log, self.settings.log_mode)
             .map_err(|e| failed("create the next file", e))?;
-        set_exact_mode(&new_log, self.settings.log_mode)
-            .map_err(|e| failed("set the mode of the next file", e))?;
         std::fs::rename(&next_tmp, &log_path).map_err(|e| failed("rename", e))?;
         let meta = new_log.metadata().map_err(|e| failed("stat", e))?;
         let mut state = state;
@@ -1152,6 +1127,7 @@ mod tests {
     use super::*;
     use crate::audit::testing::{log_settings, who};
     use crate::audit::verify::{verify_files, VerifyOptions};
+    use std::fs::OpenOptions;
 
     const KEY: [u8; 32] = [0x42; 32];
 
@@ -1334,6 +1310,36 @@ mod tests {
         let opts = VerifyOptions::new(ChainKey::from_bytes(KEY), Some(state));
         let report = verify_files(&files, &opts).unwrap();
         assert!(report.intact, "{files:?}: {:?}", report.problem);
+    }
+
+    /// A writer that follows another's rotation adopts the new file at the log's path only if
+    /// it passes the same checks as at open: here the new file was opened to others after the
+    /// rotation, and the follower refuses, naming it, instead of appending to it.
+    #[test]
+    fn a_writer_following_a_rotation_refuses_a_new_file_open_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut follower = AuditLog::open(&settings, &who()).unwrap();
+        follower.append(&body(1), &template()).unwrap();
+        let mut rotator = AuditLog::open(&settings, &who()).unwrap();
+        rotator
+            .with_lock(|me| {
+                let state = me.current_state()?;
+                me.rotate(state, &template())
+            })
+            .unwrap();
+        std::fs::set_permissions(&settings.log_path, std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        let e = follower.append(&body(2), &template()).unwrap_err();
+        assert!(
+            e.0.contains(&format!(
+                "audit log {} has mode 0666",
+                settings.log_path.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(std::fs::metadata(&settings.log_path).unwrap().len(), 0);
     }
 
     /// Puts `stale` (an earlier copy of the state file) back, with RECOVER set as the next

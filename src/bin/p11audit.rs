@@ -7,7 +7,9 @@ use p11audit::audit::query::report::{render_human, report, ReportOptions};
 use p11audit::audit::query::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::audit::query::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::audit::state::{self, ChainState, StateError};
-use p11audit::audit::verify::{verify_files, UnreportedLost, VerifyOptions, VerifyReport};
+use p11audit::audit::verify::{
+    verify_files, EndUnchecked, UnreportedLost, VerifyOptions, VerifyReport,
+};
 use p11audit::audit::writer::state_path_for;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -17,9 +19,12 @@ use zeroize::Zeroizing;
 
 const EXIT_HELP: &str = "\
 Exit status:
-  0  the chain is intact (verify, show, report), or the key was written (keygen)
+  0  the chain is intact and its end was checked against the state file (verify, show,
+     report), or the key was written (keygen)
   1  the chain did not verify: the first problem is reported with its file, line and seq
   2  usage error, unreadable file, bad key or state file; nothing was verified
+  3  every record verified, but the end of the chain was not checked: there is no state
+     file, --no-state was given, or the state file is behind the log (verify, show, report)
 
 A key file holds K_0 as 64 hexadecimal characters. Keep a copy away from the audited host:
 whoever holds it can verify (and forge) the whole chain. The state file beside a log
@@ -32,9 +37,14 @@ prev links to the record before, and, with a state file, that nothing was cut of
 Stops at the first problem; the summary covers the records before it.
 
 Exit status:
-  0  the chain is intact
-  1  a problem was found: the first one is reported with its file, line and seq
-  2  usage error, unreadable file, bad key or state file; nothing was verified";
+  0  the chain is intact and its end was checked against the state file
+  1  a problem was found: the first one is reported with its file, line and seq (this comes
+     before 3)
+  2  usage error, unreadable file, bad key or state file; nothing was verified
+  3  every record verified, but the end of the chain was not checked, so records cut off the
+     end would go unnoticed: there is no state file, --no-state was given, or the state file
+     is behind the log. The first line says which; with --json, `end_unchecked` is
+     \"no_state_file\", \"no_state_option\" or \"state_behind_log\", and `exit_status` is 3";
 
 #[derive(Parser)]
 #[command(
@@ -209,10 +219,12 @@ The chain is verified in the same pass. Only records that verified are printed; 
 verdict goes to stderr.
 
 Exit status:
-  0  the chain is intact
+  0  the chain is intact and its end was checked against the state file
   1  the chain did not verify: the output stops at the first problem, named on stderr
   2  usage error, unreadable file, bad key or state file, or the output was closed early
-     (e.g. `| head`) so the rest of the log was not checked";
+     (e.g. `| head`) so the rest of the log was not checked
+  3  every record verified, but the end of the chain was not checked (no state file,
+     --no-state, or a state file behind the log): the verdict on stderr says which";
 
 const REPORT_HELP: &str = "\
 Answers, for the period: which keys were used, what for (function, mechanism) and by whom (uid,
@@ -224,9 +236,11 @@ closed; intents without outcome. The first line says whether the log verified; i
 the report covers only the records before the problem.
 
 Exit status:
-  0  the chain is intact
+  0  the chain is intact and its end was checked against the state file
   1  the chain did not verify (the report says so at the top)
-  2  usage error, unreadable file, bad key or state file; nothing was verified";
+  2  usage error, unreadable file, bad key or state file; nothing was verified
+  3  every record verified, but the end of the chain was not checked (no state file,
+     --no-state, or a state file behind the log): the first line says which";
 
 /// A failure that ends the command with exit status 2.
 struct Fatal(String);
@@ -433,7 +447,9 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
             (None, StateSource::NotFound(p))
         }
     };
-    Ok((VerifyOptions::new(key, state), source))
+    let mut opts = VerifyOptions::new(key, state);
+    opts.state_not_wanted = chain.no_state;
+    Ok((opts, source))
 }
 
 /// Writes `out` to stdout; a reader that went away is not an error.
@@ -465,11 +481,7 @@ fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
         human(&report, &source)
     };
     print(&out, "report")?;
-    Ok(if report.intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(report.exit_status))
 }
 
 fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
@@ -485,16 +497,23 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
     let Some(report) = summary.verify else {
         return Ok(ExitCode::from(2));
     };
-    let mut msg = match &report.problem {
-        None => format!(
-            "p11audit: verified: chain intact, {} records; {}",
+    let state = state_text(
+        &source,
+        unreported_after(&source, report.lost_reported_past_state).as_ref(),
+        report.end_unchecked,
+        report.next_seq,
+    );
+    let mut msg = match (&report.problem, report.end_unchecked) {
+        (None, None) => format!(
+            "p11audit: verified: chain intact, {} records; {state}",
             report.summary.records,
-            state_text(
-                &source,
-                unreported_after(&source, report.lost_reported_past_state).as_ref()
-            )
         ),
-        Some(p) => {
+        (None, Some(why)) => format!(
+            "p11audit: verified as far as it goes: chain intact, {} records, but its end was not checked: {}; {state}",
+            report.summary.records,
+            why.describe(report.state_next_seq, report.next_seq)
+        ),
+        (Some(p), _) => {
             let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
             format!(
                 "p11audit: the log did NOT verify: {} at {}:{}{seq}: {}; the output covers only the {} record(s) before the problem",
@@ -514,11 +533,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
         );
     }
     eprintln!("{msg}");
-    Ok(if report.intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(report.exit_status))
 }
 
 fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<ExitCode, Fatal> {
@@ -535,20 +550,22 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
         s.push('\n');
         s
     } else {
+        let v = &r.verification;
         let mut s = render_human(&r);
         let _ = writeln!(
             s,
             "\n{}",
-            state_text(&source, r.verification.unreported_lost.as_ref())
+            state_text(
+                &source,
+                v.unreported_lost.as_ref(),
+                v.end_unchecked,
+                v.last_seq.map_or(0, |l| l + 1)
+            )
         );
         s
     };
     print(&out, "report")?;
-    Ok(if r.verification.intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(r.verification.exit_status))
 }
 
 /// What the state file counts as lost and no gap record in the log reports: its count less
@@ -561,16 +578,41 @@ fn unreported_after(source: &StateSource, lost_reported_past_state: u64) -> Opti
 }
 
 /// The state line of `show` and `report`; `unreported`: what the state counts as lost and no
-/// gap record in the log reports.
-fn state_text(source: &StateSource, unreported: Option<&UnreportedLost>) -> String {
+/// gap record in the log reports; `end`: why the end was not checked, if it was not;
+/// `next_seq`: the seq after the last verified record.
+fn state_text(
+    source: &StateSource,
+    unreported: Option<&UnreportedLost>,
+    end: Option<EndUnchecked>,
+    next_seq: u64,
+) -> String {
+    format!("state: {}", state_words(source, unreported, end, next_seq))
+}
+
+/// What the state line says after `state:`, for verify, show and report alike.
+fn state_words(
+    source: &StateSource,
+    unreported: Option<&UnreportedLost>,
+    end: Option<EndUnchecked>,
+    next_seq: u64,
+) -> String {
     match source {
-        StateSource::Disabled => "state: not checked (--no-state)".to_string(),
+        StateSource::Disabled => {
+            "not checked (--no-state); the end of the log was not checked".to_string()
+        }
         StateSource::NotFound(p) => format!(
-            "state: none ({} not found); the end of the log was not checked",
+            "none ({} not found); the end of the log was not checked",
             path_text(p)
         ),
         StateSource::Loaded(p, n, _) => {
-            let mut s = format!("state: {} (next seq {n})", path_text(p));
+            let mut s = format!("{} (next seq {n})", path_text(p));
+            if end == Some(EndUnchecked::StateBehindLog) {
+                let _ = write!(
+                    s,
+                    ", behind the log, which goes on to seq {}; the end of the log was not checked",
+                    next_seq.saturating_sub(1)
+                );
+            }
             if let Some(u) = unreported {
                 let _ = write!(s, "; it counts {}", u.describe());
             }
@@ -586,9 +628,16 @@ fn path_text(p: &Path) -> String {
 /// The human report: verdict, close status, state, then the summary.
 fn human(r: &VerifyReport, source: &StateSource) -> String {
     let mut o = String::new();
-    match &r.problem {
-        None => o.push_str("OK: chain intact\n"),
-        Some(p) => {
+    match (&r.problem, r.end_unchecked) {
+        (None, None) => o.push_str("OK: chain intact\n"),
+        (None, Some(why)) => {
+            let _ = writeln!(
+                o,
+                "INTACT AS FAR AS IT GOES: every record verified, but the end of the chain was not checked: {}",
+                why.describe(r.state_next_seq, r.next_seq)
+            );
+        }
+        (Some(p), _) => {
             let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
             let _ = writeln!(
                 o,
@@ -613,6 +662,10 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
         " (before the problem)"
     };
     let closed = match (r.closed_cleanly, r.intact) {
+        // Records after the close may have been cut off.
+        (true, true) if r.end_unchecked.is_some() => {
+            "not known: the last record present is \"close\", but the end of the log was not checked"
+        }
         (true, true) => "yes",
         (true, false) => "yes (the last record before the problem is \"close\")",
         (false, _) if r.summary.records == 0 => "no (no records)",
@@ -621,21 +674,13 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
     };
     let _ = writeln!(o, "closed cleanly: {closed}{unclosed}");
 
-    match source {
-        StateSource::Disabled => o.push_str("state:     not checked (--no-state)\n"),
-        StateSource::NotFound(p) => {
-            let _ = writeln!(
-                o,
-                "state:     none ({} not found); the end of the log was not checked",
-                path_text(p)
-            );
-        }
-        StateSource::Loaded(p, n, _) => {
-            let _ = writeln!(o, "state:     {} (next seq {n})", path_text(p));
-            if let Some(u) = &r.unreported_lost {
-                let _ = writeln!(o, "           it counts {}", u.describe());
-            }
-        }
+    let _ = writeln!(
+        o,
+        "state:     {}",
+        state_words(source, None, r.end_unchecked, r.next_seq)
+    );
+    if let (StateSource::Loaded(..), Some(u)) = (source, &r.unreported_lost) {
+        let _ = writeln!(o, "           it counts {}", u.describe());
     }
 
     let s = &r.summary;
@@ -662,7 +707,7 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
             "  pid {:<8} {:>8} record(s)  {}",
             p.pid,
             p.records,
-            escape(&p.exe)
+            p.exe.path_text()
         );
     }
     table(&mut o, "events:", &s.per_ev);

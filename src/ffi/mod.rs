@@ -25,7 +25,7 @@ pub(crate) struct Runtime {
     pub provider: &'static Provider,
     pub auditor: Auditor,
     host: std::sync::Arc<str>,
-    exe: std::sync::Arc<str>,
+    exe: crate::audit::record::ExePath,
     uid: u32,
     pub context: Mutex<CallContext>,
     /// The pid whose `attach` is the last one in the log without a `close` after it (0: none).
@@ -106,14 +106,15 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
     let provider = provider_or_load(&config.module)?;
     // SAFETY: getuid cannot fail and has no preconditions.
     let uid = unsafe { libc::getuid() };
+    // Its bytes, not `display()`: a path that is not UTF-8 is recorded as hex (FORMAT.md §3).
     let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
+        .map(|p| crate::audit::record::ExePath::from_path(&p))
         .unwrap_or_else(|_| "unknown".into());
     let who = ProcessIdentity {
         host: hostname().into(),
         pid: crate::audit::process::current_pid(),
         uid,
-        exe: exe.into(),
+        exe,
     };
     let auditor = Auditor::open(&config.log, &who, config.on_failure).map_err(|e| e.to_string())?;
     let rt = Runtime {

@@ -456,3 +456,17 @@ pub fn check_chain(fx: &Fixture) -> Vec<Value> {
     }
     records
 }
+
+/// Writes `bytes` to a new file at `path` with mode 0600, as a file of p11audit's own would be
+/// (the writer adopts no log or state file others can write to).
+pub fn write_owner_only(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(bytes).expect("write");
+}

@@ -17,7 +17,9 @@
 //! for their outcome, is bounded the same way as show's.
 
 use super::{escape, format_micros, parse_ts, ByteStr, Ident, Period, Progress, RecView};
-use crate::audit::verify::{verify_files_with, Problem, VerifyIoError, VerifyOptions};
+use crate::audit::verify::{
+    verify_files_with, EndUnchecked, Problem, VerifyIoError, VerifyOptions,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -84,8 +86,16 @@ pub struct Verification {
     pub intact: bool,
     /// The first problem found; the report covers only the records before it.
     pub problem: Option<Problem>,
-    /// Whether the end of the log was checked against a state file.
+    /// Whether a state file was compared with the log (it may be behind the log: see
+    /// `end_unchecked`).
     pub state_checked: bool,
+    /// As in `VerifyReport`: None when the end of the chain was checked (or a problem was
+    /// found), else why it was not.
+    pub end_unchecked: Option<EndUnchecked>,
+    /// 0 intact, 1 problem found, 3 intact as far as it goes (its end not checked).
+    pub exit_status: u8,
+    /// The state's next seq, when a state file was read.
+    pub state_next_seq: Option<u64>,
     /// Records verified (in the whole log, not only the period).
     pub records: u64,
     pub first_seq: Option<u64>,
@@ -158,7 +168,7 @@ pub struct Who {
     pub ts: String,
     pub pid: u32,
     pub uid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     pub function: Option<String>,
     pub mechanism: Option<String>,
 }
@@ -170,7 +180,7 @@ impl Who {
             ts: r.ts.to_string(),
             pid: r.pid,
             uid: r.uid,
-            exe: r.exe.to_string(),
+            exe: r.exe.clone(),
             function: r.function.as_deref().map(str::to_string),
             mechanism: r.mechanism.as_ref().map(|m| m.mechanism.clone()),
         }
@@ -206,7 +216,7 @@ pub struct UseReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct UserReport {
     pub uid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     pub calls: u64,
 }
 
@@ -246,7 +256,7 @@ pub struct UserTypeLogins {
 pub struct FailedLogins {
     pub uid: u32,
     pub pid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     pub user_type: String,
     pub rv: String,
     pub count: u64,
@@ -260,7 +270,7 @@ pub struct Burst {
     pub by: &'static str,
     pub id: u32,
     /// The exe, for a burst from one pid.
-    pub exe: Option<String>,
+    pub exe: Option<ByteStr>,
     pub failures: u64,
     pub start: String,
     pub end: String,
@@ -269,7 +279,7 @@ pub struct Burst {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     pub uid: u32,
     pub records: u64,
     pub first_ts: String,
@@ -301,7 +311,7 @@ pub struct GapReport {
     pub seq: u64,
     pub ts: String,
     pub pid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     pub lost: u64,
     pub since: Option<String>,
 }
@@ -317,7 +327,7 @@ pub struct Unclean {
 pub struct UncleanProcess {
     pub pid: u32,
     pub uid: u32,
-    pub exe: String,
+    pub exe: ByteStr,
     /// The `ts` of its `attach`.
     pub attached: String,
     pub attach_seq: u64,
@@ -358,7 +368,7 @@ struct KeyAgg {
     first_use: Option<String>,
     last_use: Option<String>,
     uses: BTreeMap<(String, Option<String>), UseCount>,
-    users: BTreeMap<(u32, String), u64>,
+    users: BTreeMap<(u32, ByteStr), u64>,
     life: BTreeMap<&'static str, LifeAgg>,
 }
 
@@ -379,7 +389,7 @@ struct ProcAgg {
 
 struct OpenProc {
     uid: u32,
-    exe: String,
+    exe: ByteStr,
     ts: String,
     seq: u64,
     in_period: bool,
@@ -408,13 +418,13 @@ struct Aggregator<'o> {
     user_types: BTreeMap<String, (u64, u64, u64)>,
     failed_total: u64,
     pin_locked: u64,
-    failed: HashMap<(u32, u32, String, String, String), FailAgg>,
+    failed: HashMap<(u32, u32, ByteStr, String, String), FailAgg>,
     windows: HashMap<(&'static str, u32), Window>,
     bursts: Vec<Burst>,
     burst_ends: Vec<i64>,
     bursts_total: u64,
     /// Per pid, per exe (looked up without building a key for every record).
-    procs: HashMap<u32, Vec<(String, ProcAgg)>>,
+    procs: HashMap<u32, Vec<(ByteStr, ProcAgg)>>,
     proc_count: usize,
     open: HashMap<u32, OpenProc>,
     unclean: Unclean,
@@ -530,7 +540,7 @@ impl<'o> Aggregator<'o> {
                         r.pid,
                         OpenProc {
                             uid: r.uid,
-                            exe: r.exe.to_string(),
+                            exe: r.exe.clone(),
                             ts: r.ts.to_string(),
                             seq: r.seq,
                             in_period,
@@ -557,7 +567,7 @@ impl<'o> Aggregator<'o> {
                         seq: r.seq,
                         ts: r.ts.to_string(),
                         pid: r.pid,
-                        exe: r.exe.to_string(),
+                        exe: r.exe.clone(),
                         lost: r.lost.unwrap_or(0),
                         since: r.since.as_deref().map(str::to_string),
                     });
@@ -589,7 +599,7 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    fn proc_mut(&mut self, pid: u32, exe: &str) -> Option<&mut ProcAgg> {
+    fn proc_mut(&mut self, pid: u32, exe: &ByteStr) -> Option<&mut ProcAgg> {
         self.procs
             .get_mut(&pid)?
             .iter_mut()
@@ -605,7 +615,7 @@ impl<'o> Aggregator<'o> {
             }
             self.proc_count += 1;
             self.procs.entry(r.pid).or_default().push((
-                r.exe.to_string(),
+                r.exe.clone(),
                 ProcAgg {
                     first_seq: r.seq,
                     uid: r.uid,
@@ -679,7 +689,7 @@ impl<'o> Aggregator<'o> {
                     u.failed += 1;
                 }
             }
-            let user_key = (r.uid, r.exe.to_string());
+            let user_key = (r.uid, r.exe.clone());
             let full_users = agg.users.len() >= MAX_ROWS && !agg.users.contains_key(&user_key);
             if !full_users {
                 *agg.users.entry(user_key).or_default() += 1;
@@ -759,7 +769,7 @@ impl<'o> Aggregator<'o> {
         if rv == "CKR_PIN_LOCKED" {
             self.pin_locked += 1;
         }
-        let k = (r.uid, r.pid, r.exe.to_string(), user_type, rv.to_string());
+        let k = (r.uid, r.pid, r.exe.clone(), user_type, rv.to_string());
         let room = self.failed.len() < MAX_AGGREGATES;
         match self.failed.get_mut(&k) {
             Some(f) => {
@@ -785,7 +795,7 @@ impl<'o> Aggregator<'o> {
     }
 
     /// Counts a failed login at `t` towards bursts of `who`.
-    fn burst(&mut self, who: (&'static str, u32), exe: Option<&str>, t: i64) {
+    fn burst(&mut self, who: (&'static str, u32), exe: Option<&ByteStr>, t: i64) {
         let (n, window) = (self.opts.burst_failures.max(1), self.opts.burst_window_us);
         if !self.windows.contains_key(&who) && self.windows.len() >= MAX_AGGREGATES {
             self.limit("burst windows");
@@ -823,7 +833,7 @@ impl<'o> Aggregator<'o> {
             self.bursts.push(Burst {
                 by: who.0,
                 id: who.1,
-                exe: exe.map(str::to_string),
+                exe: exe.cloned(),
                 failures: n as u64,
                 start: format_micros(lo),
                 end: format_micros(hi),
@@ -916,7 +926,7 @@ impl<'o> Aggregator<'o> {
             failed.truncate(MAX_ROWS);
         }
 
-        let mut procs: Vec<((u32, String), ProcAgg)> = self
+        let mut procs: Vec<((u32, ByteStr), ProcAgg)> = self
             .procs
             .into_iter()
             .flat_map(|(pid, v)| v.into_iter().map(move |(exe, p)| ((pid, exe), p)))
@@ -1004,6 +1014,9 @@ pub fn report(
         intact: v.intact,
         problem: v.problem.clone(),
         state_checked: v.state_checked,
+        end_unchecked: v.end_unchecked,
+        exit_status: v.exit_status,
+        state_next_seq: v.state_next_seq,
         records: s.records,
         first_seq: s.first_seq,
         last_seq: s.last_seq,
@@ -1050,7 +1063,7 @@ fn who_text(w: &Who) -> String {
         escape(&w.ts),
         w.uid,
         w.pid,
-        escape(&w.exe)
+        w.exe.path_text()
     );
     let what: Vec<String> = [&w.function, &w.mechanism]
         .into_iter()
@@ -1072,18 +1085,24 @@ pub fn render_human(r: &Report) -> String {
         _ => String::new(),
     };
     match &v.problem {
-        None => {
-            let state = if v.state_checked {
-                "its end checked against the state file"
-            } else {
-                "its end not checked against a state file"
-            };
-            let _ = writeln!(
-                o,
-                "VERIFIED: chain intact, {} records{seqs}, {state}",
-                v.records
-            );
-        }
+        None => match v.end_unchecked {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "VERIFIED: chain intact, {} records{seqs}, its end checked against the state file",
+                    v.records
+                );
+            }
+            Some(why) => {
+                let next_seq = v.last_seq.map_or(0, |l| l + 1);
+                let _ = writeln!(
+                    o,
+                    "VERIFIED AS FAR AS IT GOES: chain intact, {} records{seqs}, but its end was not checked: {}",
+                    v.records,
+                    why.describe(v.state_next_seq, next_seq)
+                );
+            }
+        },
         Some(p) => {
             let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
             let _ = writeln!(
@@ -1159,7 +1178,7 @@ pub fn render_human(r: &Report) -> String {
                 .map(|u| {
                     vec![
                         format!("uid {}", u.uid),
-                        escape(&u.exe),
+                        u.exe.path_text(),
                         format!("{} call(s)", u.calls),
                     ]
                 })
@@ -1234,7 +1253,7 @@ pub fn render_human(r: &Report) -> String {
                 vec![
                     format!("uid {}", f.uid),
                     format!("pid {}", f.pid),
-                    escape(&f.exe),
+                    f.exe.path_text(),
                     escape(&f.user_type),
                     escape(&f.rv),
                     format!("{}x", f.count),
@@ -1255,8 +1274,8 @@ pub fn render_human(r: &Report) -> String {
         for b in &l.bursts {
             let exe = b
                 .exe
-                .as_deref()
-                .map(|e| format!(" ({})", escape(e)))
+                .as_ref()
+                .map(|e| format!(" ({})", e.path_text()))
                 .unwrap_or_default();
             let _ = writeln!(
                 o,
@@ -1289,7 +1308,7 @@ pub fn render_human(r: &Report) -> String {
             rows.push(vec![
                 p.pid.to_string(),
                 p.uid.to_string(),
-                escape(&p.exe),
+                p.exe.path_text(),
                 p.records.to_string(),
                 p.attached.to_string(),
                 p.closed.to_string(),
@@ -1331,7 +1350,7 @@ pub fn render_human(r: &Report) -> String {
                 g.seq,
                 escape(&g.ts),
                 g.pid,
-                escape(&g.exe),
+                g.exe.path_text(),
                 g.lost
             );
         }
@@ -1353,7 +1372,7 @@ pub fn render_human(r: &Report) -> String {
                 vec![
                     format!("pid {}", u.pid),
                     format!("uid {}", u.uid),
-                    escape(&u.exe),
+                    u.exe.path_text(),
                     format!("attached {}", escape(&u.attached)),
                     u.why.to_string(),
                 ]
@@ -1421,6 +1440,45 @@ mod tests {
         )
     }
 
+    /// Issue 15 §5: an exe recorded as hex is a process of its own, printed so that it cannot
+    /// pass for another path (its bytes that are not UTF-8 as `\xNN`, a backslash from a text
+    /// path doubled), and kept as `{"hex": …}` in the JSON.
+    #[test]
+    fn exe_paths_in_hex_stay_apart_and_print_unambiguously() {
+        let attach = |exe: &str| {
+            body(1, 1, 0, "attach", Some("C_Initialize"), r#","rv":"CKR_OK""#)
+                .replace(r#""exe":"/bin/p1""#, &format!(r#""exe":{exe}"#))
+        };
+        let bodies = [
+            attach(r#"{"hex":"2f746d702f61ff"}"#),
+            attach(r#"{"hex":"2f746d702f61fe"}"#),
+            attach(r#""/tmp/a\\xff""#),
+            attach(r#"{"hex":"2f746d702f61ff"}"#),
+        ];
+        let r = run(&bodies, Period::default());
+        let rows: Vec<(String, u64)> = r
+            .processes
+            .iter()
+            .map(|p| (p.exe.path_text(), p.records))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (r"/tmp/a\xff".to_string(), 2),
+                (r"/tmp/a\xfe".to_string(), 1),
+                (r"/tmp/a\\xff".to_string(), 1)
+            ]
+        );
+        let human = render_human(&r);
+        for want in [r"/tmp/a\xff", r"/tmp/a\xfe", r"/tmp/a\\xff"] {
+            assert!(human.contains(want), "{want} not in\n{human}");
+        }
+        assert!(!human.contains('\u{fffd}'), "{human}");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["processes"][0]["exe"]["hex"], "2f746d702f61ff");
+        assert_eq!(j["processes"][2]["exe"], r"/tmp/a\xff");
+    }
+
     #[test]
     fn pin_locked_and_bursts_within_the_window_only() {
         let mut bodies = Vec::new();
@@ -1461,7 +1519,7 @@ mod tests {
             ]
         );
         assert_eq!(l.bursts[0].end, "2026-11-26T03:00:50.000000Z");
-        assert_eq!(l.bursts[0].exe.as_deref(), Some("/bin/p1"));
+        assert_eq!(l.bursts[0].exe, Some(ByteStr::Text("/bin/p1".into())));
         let locked = l.failed.iter().find(|f| f.rv == "CKR_PIN_LOCKED").unwrap();
         assert_eq!((locked.pid, locked.count), (1, 1));
         let text = render_human(&r);

@@ -302,7 +302,7 @@ fn human_line(
         &escape(&first.ts),
         &first.pid.to_string(),
         &first.uid.to_string(),
-        &escape(&first.exe),
+        &first.exe.path_text(),
         &opt(main.session),
         &main
             .login
