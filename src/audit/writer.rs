@@ -899,10 +899,7 @@ impl AuditLog {
     }
 
     fn dir(&self) -> PathBuf {
-        match self.settings.log_path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        own_files::directory_of(&self.settings.log_path)
     }
 
     /// The file steps of a rotation, each safe to repeat, so that a writer that finds a
