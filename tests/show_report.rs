@@ -36,18 +36,12 @@ fn show_report_child() {
     let Ok(role) = std::env::var(ROLE_VAR) else {
         return; // Only a re-executed child does anything.
     };
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::Attribute;
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
 
-    let module = std::env::var("P11AUDIT_TEST_MODULE").expect("module path");
-    let p11 = Pkcs11::new(module).expect("load module");
-    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("C_Initialize");
-    let slot = p11.get_slots_with_initialized_token().expect("slots")[0];
-    let s = p11.open_rw_session(slot).expect("session");
+    let (p11, s) = cryptoki_rw_session();
     let pin = |p: &str| AuthPin::new(p.into());
     print_marked(MARK, &serde_json::json!({ "pid": std::process::id() }));
 

@@ -470,3 +470,16 @@ pub fn write_owner_only(path: &Path, bytes: &[u8]) {
         .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     f.write_all(bytes).expect("write");
 }
+
+/// A child's start through the cryptoki client: the module named by P11AUDIT_TEST_MODULE,
+/// initialized with OS locking, and a read-write session on the first slot with a token.
+pub fn cryptoki_rw_session() -> (cryptoki::context::Pkcs11, cryptoki::session::Session) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let module = std::env::var("P11AUDIT_TEST_MODULE").expect("module path");
+    let p11 = Pkcs11::new(module).expect("load module");
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    let slot = p11.get_slots_with_initialized_token().expect("slots")[0];
+    let s = p11.open_rw_session(slot).expect("session");
+    (p11, s)
+}
