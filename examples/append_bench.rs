@@ -8,11 +8,11 @@
 //! appends of several sizes to a growing file with and without space reserved ahead, and, for
 //! comparison, stores through a shared mapping of the file (which p11audit does not use).
 
-use p11audit::audit::chain::ChainKey;
-use p11audit::audit::record::{
+use p11audit::format::chain::ChainKey;
+use p11audit::format::record::{
     Bytes, Event, MechanismSummary, Named, ObjectIdentity, ProcessIdentity, Record, TokenRef,
 };
-use p11audit::audit::writer::{AuditLog, LogSettings};
+use p11audit::writer::audit_log::{AuditLog, LogSettings};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -105,11 +105,11 @@ fn main() {
     let seal = median_ns(
         || {
             out.clear();
-            p11audit::audit::line::seal_into(
+            p11audit::format::line::seal_into(
                 &mut out,
                 &key,
                 12345,
-                p11audit::audit::chain::ZERO_MAC_HEX,
+                p11audit::format::chain::ZERO_MAC_HEX,
                 &body,
             );
             key.evolve();
@@ -120,7 +120,8 @@ fn main() {
     // What every append adds besides its records: the state slot (with its SHA-256 check
     // line) and the key's fingerprint, computed when the state is stored and again when the
     // key is read back at the next append.
-    let state = p11audit::audit::state::ChainState::genesis(ChainKey::from_bytes([9; 32]), 1, 2, 3);
+    let state =
+        p11audit::format::state::ChainState::genesis(ChainKey::from_bytes([9; 32]), 1, 2, 3);
     let encode = median_ns(|| state.encode(), 20_000);
     println!("encode the state slot (check line included): {encode:.0} ns");
     let fingerprint = median_ns(|| key.fingerprint(), 20_000);

@@ -10,17 +10,17 @@
 //! times, three times each, `verify_files`, `report` and `show` (both verify in the same pass)
 //! and prints the median, in seconds and records per second.
 
-use p11audit::audit::chain::{ChainKey, ZERO_MAC_HEX};
-use p11audit::audit::line::seal_into;
-use p11audit::audit::query::report::{report, ReportOptions};
-use p11audit::audit::query::show::{show, Filter, ShowOptions};
-use p11audit::audit::query::{Period, Progress};
-use p11audit::audit::record::{
+use p11audit::format::chain::{ChainKey, ZERO_MAC_HEX};
+use p11audit::format::line::seal_into;
+use p11audit::format::record::{
     rfc3339_micros, Bytes, Event, MechanismSummary, Named, ObjectIdentity, OutputDisposition,
     ProcessIdentity, Record, TokenRef,
 };
-use p11audit::audit::state::ChainState;
-use p11audit::audit::verify::{verify_files, VerifyOptions};
+use p11audit::format::state::ChainState;
+use p11audit::reader::report::{report, ReportOptions};
+use p11audit::reader::show::{show, Filter, ShowOptions};
+use p11audit::reader::verify::{verify_files, VerifyOptions};
+use p11audit::reader::{Period, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -49,18 +49,18 @@ writes | records | both) ;;
     ;;
 esac
 if [[ $bound == writes || $bound == both ]]; then
-    patch src/audit/writer.rs 'if let Err(e) = self.log.write_all(&self.buf) {' \
+    patch src/writer/audit_log.rs 'if let Err(e) = self.log.write_all(&self.buf) {' \
         'if let Err(e) = std::hint::black_box(Ok::<(), io::Error>(())) {'
-    patch src/audit/writer.rs 'if recover || check_due {' 'if recover || (check_due && false) {'
+    patch src/writer/audit_log.rs 'if recover || check_due {' 'if recover || (check_due && false) {'
 fi
 if [[ $bound == records || $bound == both ]]; then
     # The body keeps ts, ev and fn; host, pid, tid, uid, exe and the whole detail go.
-    patch src/audit/encode.rs '    m.str("host", &r.host);' '    let _ = &r.host;'
-    patch src/audit/encode.rs '    m.num("pid", u64::from(r.pid));' '    let _ = r.pid;'
-    patch src/audit/encode.rs '    m.num("tid", r.tid);' '    let _ = r.tid;'
-    patch src/audit/encode.rs '    m.num("uid", u64::from(r.uid));' '    let _ = r.uid;'
-    patch src/audit/encode.rs '    push_bytes(m.key("exe"), r.exe.bytes());' '    let _ = &r.exe;'
-    patch src/audit/encode.rs '    push_detail(&mut m, &r.detail);' '    std::hint::black_box(&r.detail);'
+    patch src/format/encode.rs '    m.str("host", &r.host);' '    let _ = &r.host;'
+    patch src/format/encode.rs '    m.num("pid", u64::from(r.pid));' '    let _ = r.pid;'
+    patch src/format/encode.rs '    m.num("tid", r.tid);' '    let _ = r.tid;'
+    patch src/format/encode.rs '    m.num("uid", u64::from(r.uid));' '    let _ = r.uid;'
+    patch src/format/encode.rs '    push_bytes(m.key("exe"), r.exe.bytes());' '    let _ = &r.exe;'
+    patch src/format/encode.rs '    push_detail(&mut m, &r.detail);' '    std::hint::black_box(&r.detail);'
 fi
 if [[ ${1:-} == --check ]]; then
     echo "bench-upper-bound: the $bound edits apply in $copy"

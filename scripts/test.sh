@@ -19,7 +19,7 @@ scripts/install-deps.sh
 P11AUDIT_TEST_KRYOPTIC=$(scripts/build-kryoptic.sh)
 export P11AUDIT_TEST_KRYOPTIC
 
-cargo build --all-targets
+cargo build --all-targets --features fuzzing
 
 # Run every test target, keep the output, and close with one total line over all of them
 # (cargo prints one "test result" line per target).
@@ -27,7 +27,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e
 # --no-fail-fast: every test target runs even when an earlier one fails.
-cargo test --no-fail-fast "$@" 2>&1 | tee "$out"
+cargo test --no-fail-fast --features fuzzing "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 

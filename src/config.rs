@@ -1,8 +1,8 @@
 //! The environment, turned into a validated `Config` with errors that name the variable and the
 //! fix. Read at `C_Initialize`.
 
-use crate::audit::auditor::FailurePolicy;
-use crate::audit::writer::LogSettings;
+use crate::writer::audit_log::LogSettings;
+use crate::writer::auditor::FailurePolicy;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;

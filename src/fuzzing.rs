@@ -2,10 +2,10 @@
 //! (tests/fuzz_regression.rs). Each takes arbitrary bytes and panics if a property fails.
 #![doc(hidden)]
 
-use crate::audit::chain::ChainKey;
-use crate::audit::line::{seal_into, split_line};
-use crate::audit::record::{Bytes, Event, ObjectIdentity, ProcessIdentity, Record, TokenRef};
-use crate::audit::verify::{verify_files, VerifyOptions};
+use crate::format::chain::ChainKey;
+use crate::format::line::{seal_into, split_line};
+use crate::format::record::{Bytes, Event, ObjectIdentity, ProcessIdentity, Record, TokenRef};
+use crate::reader::verify::{verify_files, VerifyOptions};
 use cryptoki_sys as ck;
 
 /// The verifier, fed an arbitrary audit file: it must not panic and must always report
@@ -54,8 +54,8 @@ pub fn check_verifier(data: &[u8]) {
 /// exactly the sealed lines (no duplicate or unsealed line, no skip before a later line, and
 /// with the state no skip at all) and all of them were counted. Returns whether it was intact.
 pub fn check_verifier_sealed(data: &[u8]) -> bool {
-    use crate::audit::chain::ZERO_MAC_HEX;
-    use crate::audit::state::ChainState;
+    use crate::format::chain::ZERO_MAC_HEX;
+    use crate::format::state::ChainState;
     use std::os::unix::fs::FileExt;
     thread_local! {
         static INPUT: (std::fs::File, std::path::PathBuf) = memfd_input();
@@ -191,7 +191,7 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         .collect();
     // SAFETY: every pValue points to ulValueLen bytes owned by `values`.
     let template = unsafe {
-        crate::ffi::args::template(
+        crate::shim::args::template(
             attrs.as_mut_ptr(),
             attrs.len() as ck::CK_ULONG,
             true,
@@ -216,13 +216,13 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         ulParameterLen: param.len() as ck::CK_ULONG,
     };
     // SAFETY: pParameter points to ulParameterLen bytes owned by `param`.
-    let mechanism = unsafe { crate::ffi::args::mechanism(&mech) };
+    let mechanism = unsafe { crate::shim::args::mechanism(&mech) };
 
     let who = ProcessIdentity {
         host: String::from_utf8_lossy(next()).into(),
         pid: 1,
         uid: 0,
-        exe: crate::audit::record::ExePath::from_bytes(next()),
+        exe: crate::format::record::ExePath::from_bytes(next()),
     };
     let mut r = Record::new(&who, 2, Event::Intent, Some("C_CreateObject"));
     r.detail.template = Some(template);
@@ -244,7 +244,7 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
 
     let key = ChainKey::from_bytes([9; 32]);
     let mut out = Vec::new();
-    let mac = seal_into(&mut out, &key, 5, crate::audit::chain::ZERO_MAC_HEX, &body);
+    let mac = seal_into(&mut out, &key, 5, crate::format::chain::ZERO_MAC_HEX, &body);
     assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
     let line = &out[..out.len() - 1];
     let split = split_line(line).expect("a sealed line splits");

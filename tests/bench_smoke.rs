@@ -231,9 +231,10 @@ fn the_upper_bound_edits_still_apply() {
             .current_dir(&root);
         let run = run_with_timeout(cmd, tmp.path(), &format!("bench-upper-bound {bound}"));
         assert_eq!(run.status.code(), Some(0), "{}", run.dump());
-        let copy = tmp.path().join("p11audit-upper-bound/src/audit");
-        let source = std::fs::read_to_string(copy.join("writer.rs")).expect("writer.rs")
-            + &std::fs::read_to_string(copy.join("encode.rs")).expect("encode.rs");
+        let copy = tmp.path().join("p11audit-upper-bound/src");
+        let source = std::fs::read_to_string(copy.join("writer/audit_log.rs"))
+            .expect("audit_log.rs")
+            + &std::fs::read_to_string(copy.join("format/encode.rs")).expect("encode.rs");
         for text in gone {
             assert!(!source.contains(text), "{bound}: {text} still in the copy");
         }

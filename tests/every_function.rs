@@ -203,10 +203,10 @@ fn support_table(calls: &[Recorded]) -> String {
 #[test]
 fn every_function_matches_softhsm_and_is_logged() {
     // The shim's own list starts with the 2.40 table, in order.
-    let shim_names: Vec<&str> = p11audit::ffi::FUNCTIONS.iter().map(|(n, _)| *n).collect();
+    let shim_names: Vec<&str> = p11audit::shim::FUNCTIONS.iter().map(|(n, _)| *n).collect();
     assert!(
         shim_names.len() >= 68 && shim_names[..68] == PKCS11_240[..],
-        "p11audit::ffi::FUNCTIONS does not start with the 68 CK_FUNCTION_LIST members in order:\n{:?}",
+        "p11audit::shim::FUNCTIONS does not start with the 68 CK_FUNCTION_LIST members in order:\n{:?}",
         &shim_names[..shim_names.len().min(68)]
     );
 
@@ -286,7 +286,7 @@ fn every_function_matches_softhsm_and_is_logged() {
     if !missing.is_empty() {
         problems.push(format!("no record at all for {missing:?}"));
     }
-    for (name, kind) in &p11audit::ffi::FUNCTIONS[..68] {
+    for (name, kind) in &p11audit::shim::FUNCTIONS[..68] {
         let calls: Vec<&Recorded> = shim
             .iter()
             .filter(|c| c.function == *name && c.logged)
@@ -330,7 +330,7 @@ fn every_function_matches_softhsm_and_is_logged() {
         }
         let acting = matches!(
             kind,
-            p11audit::ffi::Kind::Acting | p11audit::ffi::Kind::ActingResult
+            p11audit::shim::Kind::Acting | p11audit::shim::Kind::ActingResult
         );
         let want_intents = if acting { outcomes } else { 0 };
         if intents != want_intents {
@@ -375,7 +375,7 @@ fn rv_text(rv: CK_RV) -> String {
     if rv == ABSENT {
         return "<NULL table entry>".into();
     }
-    match p11audit::audit::names::rv_name(rv as u64) {
+    match p11audit::format::names::rv_name(rv as u64) {
         Some(n) => n.to_string(),
         None => format!("{rv:#x}"),
     }

@@ -16,7 +16,7 @@
 //! the mapped state file not updated), or halfway through it (a torn line). Each dies holding
 //! the state file's mutex, so the next writer also sees EOWNERDEAD.
 //!
-//! What the writer does when the log goes away under it (src/audit/writer.rs):
+//! What the writer does when the log goes away under it (src/writer/audit_log.rs):
 //! - A process opens the log and maps the state file once, at its first C_Initialize, and keeps
 //!   both. Each append compares the log's dev/ino in the state with its own descriptor's, and
 //!   `fstat`s the log on its first append and then at most every LOG_CHECK_INTERVAL.
@@ -34,8 +34,8 @@ mod common;
 use common::raw::{attr, attr_bytes, ok, os_locking_args, rv_name, Module, FALSE, TRUE};
 use common::*;
 use cryptoki_sys as ck;
-use p11audit::audit::state;
-use p11audit::audit::state::layout;
+use p11audit::format::state;
+use p11audit::format::state::layout;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -282,7 +282,7 @@ fn role_hold() {
     }
     // A writer checks its log with `fstat` at most every LOG_CHECK_INTERVAL (FORMAT.md §8):
     // the change must be noticed by the first call made after that.
-    std::thread::sleep(p11audit::audit::writer::LOG_CHECK_INTERVAL + Duration::from_millis(20));
+    std::thread::sleep(p11audit::writer::audit_log::LOG_CHECK_INTERVAL + Duration::from_millis(20));
     let (after_rv, _) = m.generate_aes(s, AFTER_LABEL);
     let info_rv = get_info(&m);
     // SAFETY: a session handle (valid or not, the call only reads it).

@@ -21,8 +21,8 @@ mod common;
 use common::raw::{attr, attr_bytes, mech, ok, Module, FALSE, TRUE};
 use common::*;
 use cryptoki_sys as ck;
-use p11audit::audit::chain::{ChainKey, ZERO_MAC_HEX};
-use p11audit::audit::line::seal_into;
+use p11audit::format::chain::{ChainKey, ZERO_MAC_HEX};
+use p11audit::format::line::seal_into;
 use serde_json::{json, Value};
 use std::ffi::OsStr;
 use std::fs;
@@ -1146,7 +1146,7 @@ fn verify_reports_garbage_files_without_panicking() {
     }
     // An empty log next to a state that names a record: the tail was cut off. (A state built by
     // the library for the chain, with its key K_1, is one a writer would have written.)
-    let mut st = p11audit::audit::state::ChainState::genesis(f.key.clone(), 0, 0, 0);
+    let mut st = p11audit::format::state::ChainState::genesis(f.key.clone(), 0, 0, 0);
     let mut sealed = Vec::new();
     st.prev_mac = seal_into(
         &mut sealed,
@@ -1160,7 +1160,7 @@ fn verify_reports_garbage_files_without_panicking() {
     let empty = f.file("emptied.log", b"");
     f.file(
         "emptied.log.state",
-        &p11audit::audit::state::encode_file(Some(&st)),
+        &p11audit::format::state::encode_file(Some(&st)),
     );
     let m = verify_measured(
         &f.key_file,
@@ -1229,7 +1229,7 @@ fn verify_refuses_a_fifo_instead_of_blocking() {
 fn verify_refuses_a_state_file_that_is_not_a_bounded_regular_file() {
     let f = Forge::new();
     let (sealed, _) = f.seal(&[body(1, "attach", "C_Initialize", "/bin/x")]);
-    let valid_state = f.file("valid.state", &p11audit::audit::state::encode_file(None));
+    let valid_state = f.file("valid.state", &p11audit::format::state::encode_file(None));
 
     let fifo_log = f.file("fifo.log", &sealed);
     let fifo = f.dir.path().join("fifo.log.state");
@@ -1247,7 +1247,7 @@ fn verify_refuses_a_state_file_that_is_not_a_bounded_regular_file() {
     std::os::unix::fs::symlink("/nonexistent", f.dir.path().join("dangling.log.state")).unwrap();
 
     let long_log = f.file("long.log", &sealed);
-    let mut long = p11audit::audit::state::encode_file(None);
+    let mut long = p11audit::format::state::encode_file(None);
     long.resize(64 << 20, 0);
     f.file("long.log.state", &long);
     drop(long);

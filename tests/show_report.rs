@@ -260,10 +260,7 @@ fn sign_calls_show_mechanism_key_lengths_rv_and_duration() {
         }
         // The duration is the outcome's.
         let dur = recs[o]["dur_us"].as_u64().unwrap();
-        assert!(
-            l.contains(&p11audit::audit::query::format_duration(dur)),
-            "{l}"
-        );
+        assert!(l.contains(&p11audit::reader::format_duration(dur)), "{l}");
     }
     // C_Sign: a length query and the signature, each with its lengths.
     assert_eq!(sign.len(), 2 * SIGNATURES, "{lines:#?}");

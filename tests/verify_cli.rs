@@ -1,8 +1,8 @@
 //! `p11audit verify` and `p11audit keygen`, run as a program.
 
-use p11audit::audit::chain::{ChainKey, ZERO_MAC_HEX};
-use p11audit::audit::line::seal_into;
-use p11audit::audit::state::ChainState;
+use p11audit::format::chain::{ChainKey, ZERO_MAC_HEX};
+use p11audit::format::line::seal_into;
+use p11audit::format::state::ChainState;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ impl Fixture {
         std::fs::write(&log, bytes).unwrap();
         std::fs::write(
             dir.path().join("log.state"),
-            p11audit::audit::state::encode_file(Some(state)),
+            p11audit::format::state::encode_file(Some(state)),
         )
         .unwrap();
         Fixture { dir, key, log }
@@ -192,7 +192,7 @@ fn truncation_uses_the_default_state_unless_told_otherwise() {
     // An explicit state for exactly these five records.
     let (_, st5) = chain(&standard()[..5]);
     let p = f.dir.path().join("other.state");
-    std::fs::write(&p, p11audit::audit::state::encode_file(Some(&st5))).unwrap();
+    std::fs::write(&p, p11audit::format::state::encode_file(Some(&st5))).unwrap();
     f.verify(&["--state", p.to_str().unwrap()], 0);
 
     // Without a state file beside the log, the end is not checked.
@@ -569,7 +569,7 @@ fn chain_of_bytes(bodies: &[Vec<u8>]) -> (Vec<Vec<u8>>, ChainState) {
     for (i, b) in bodies.iter().enumerate() {
         let mut line = format!(r#"{{"v":1,"seq":{i},"prev":"{prev}","#).into_bytes();
         line.extend_from_slice(&b[1..b.len() - 1]);
-        prev = p11audit::audit::chain::hex_lower(&k.mac(&line));
+        prev = p11audit::format::chain::hex_lower(&k.mac(&line));
         line.extend_from_slice(format!(r#","mac":"{prev}"}}"#).as_bytes());
         line.push(b'\n');
         k.evolve();

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Generate src/audit/names.rs from the cryptoki-sys 0.5.0 bindings.
+"""Generate src/format/names.rs from the cryptoki-sys 0.5.0 bindings.
 
 Usage:
     tools/gen_names.py PATH/TO/cryptoki-sys-0.5.0/src/bindings/x86_64-unknown-linux-gnu.rs \
-        > src/audit/names.rs
-    rustfmt --edition 2021 src/audit/names.rs
+        > src/format/names.rs
+    rustfmt --edition 2021 src/format/names.rs
 
 The bindings are bindgen output of the PKCS#11 3.2 header vendored in cryptoki-sys
 (vendor/pkcs11.h, latchset/pkcs11-headers). Every constant we want looks like
@@ -290,7 +290,7 @@ mod tests {
 
 def main():
     if len(sys.argv) != 2:
-        die("usage: gen_names.py BINDINGS.rs > src/audit/names.rs")
+        die("usage: gen_names.py BINDINGS.rs > src/format/names.rs")
     sys.stdout.write(generate(parse(sys.argv[1])))
 
 

@@ -1,16 +1,16 @@
 //! `p11audit`: create chain keys, verify p11audit audit logs, and read them (show, report).
-//! The reading itself is in `p11audit::audit::query`; this file parses arguments and prints.
+//! The reading itself is in `p11audit::reader`; this file parses arguments and prints.
 
 use clap::{Args, Parser, Subcommand};
-use p11audit::audit::chain::{hex_lower, ChainKey};
-use p11audit::audit::query::report::{render_human, report, ReportOptions};
-use p11audit::audit::query::show::{show, Filter, ShowError, ShowOptions};
-use p11audit::audit::query::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
-use p11audit::audit::state::{self, ChainState, StateError};
-use p11audit::audit::verify::{
+use p11audit::format::chain::{hex_lower, ChainKey};
+use p11audit::format::state::{self, ChainState, StateError};
+use p11audit::reader::report::{render_human, report, ReportOptions};
+use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
+use p11audit::reader::verify::{
     verify_files, EndUnchecked, UnreportedLost, VerifyOptions, VerifyReport,
 };
-use p11audit::audit::writer::state_path_for;
+use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
+use p11audit::writer::audit_log::state_path_for;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -401,7 +401,7 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let found = p11audit::audit::fileset::chain_order(arg)
+            let found = p11audit::reader::fileset::chain_order(arg)
                 .map_err(|e| Fatal(format!("{}: {e}", arg.display())))?;
             for s in &found.skipped {
                 eprintln!(

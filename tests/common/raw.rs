@@ -48,7 +48,7 @@ pub fn load_function_list(module: &Path) -> &'static ck::CK_FUNCTION_LIST {
 /// `CKR_OK` for 0, the hexadecimal value for codes p11audit has no name for.
 #[allow(clippy::unnecessary_cast)] // CK_RV is u64 here and u32 elsewhere.
 pub fn rv_name(rv: ck::CK_RV) -> String {
-    match p11audit::audit::names::rv_name(rv as u64) {
+    match p11audit::format::names::rv_name(rv as u64) {
         Some(n) => n.to_string(),
         None => format!("{rv:#x}"),
     }

@@ -5,7 +5,7 @@
 //! block so that every update is one positioned write of the same length, with a SHA-256 check
 //! line that detects a torn or corrupted state. See docs/FORMAT.md.
 
-use super::chain::{
+use crate::format::chain::{
     decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
 };
 use sha2::{Digest, Sha256};

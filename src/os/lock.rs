@@ -1,7 +1,7 @@
 //! The mutex p11audit uses: `std::sync::Mutex` without poisoning.
 //!
 //! std's futex mutex rather than parking_lot: after `fork` the child may have to release a lock
-//! it inherited (see `ffi::fork`), and std's unlock is an atomic store plus at most a
+//! it inherited (see `shim::fork`), and std's unlock is an atomic store plus at most a
 //! `futex(WAKE)` syscall, with no user-space structure that another (vanished) thread could have
 //! been holding. A panic is caught at the C boundary, so a poisoned lock only means a call failed
 //! midway, and every operation on the protected data leaves it consistent: poisoning is ignored.

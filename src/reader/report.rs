@@ -17,7 +17,7 @@
 //! for their outcome, is bounded the same way as show's.
 
 use super::{escape, format_micros, parse_ts, ByteStr, Ident, Period, Progress, RecView};
-use crate::audit::verify::{
+use crate::reader::verify::{
     verify_files_with, EndUnchecked, Problem, VerifyIoError, VerifyOptions,
 };
 use serde::Serialize;
@@ -105,7 +105,7 @@ pub struct Verification {
     /// Lost records the state file counts and no gap record reports yet (FORMAT.md §9), when
     /// the caller read a state file that counts any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub unreported_lost: Option<crate::audit::verify::UnreportedLost>,
+    pub unreported_lost: Option<crate::reader::verify::UnreportedLost>,
     /// As `VerifyReport::lost_reported_past_state`.
     #[serde(skip)]
     pub lost_reported_past_state: u64,
@@ -1415,8 +1415,8 @@ pub fn render_human(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testlog::{body, log};
     use super::*;
+    use crate::reader::testlog::{body, log};
 
     fn run(bodies: &[String], period: Period) -> Report {
         let (_dir, path, vopts) = log(bodies);
@@ -1609,7 +1609,7 @@ mod tests {
         let r = run(
             &bodies,
             Period {
-                since: super::super::parse_ts("2026-11-26T03:00:35Z"),
+                since: crate::reader::parse_ts("2026-11-26T03:00:35Z"),
                 until: None,
             },
         );

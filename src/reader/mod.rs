@@ -1,18 +1,24 @@
-//! Reading verified logs for people: `p11audit show` (one line per call) and `p11audit report`
-//! (what happened over a period). Both read the files once, verifying the chain as they go
-//! ([`crate::audit::verify::verify_files_with`]), and only ever see records that verified.
+//! Reading logs: the files of a chain in order ([`fileset`]), the verifier behind
+//! `p11audit verify` ([`verify`]), and for people `p11audit show` (one line per call) and
+//! `p11audit report` (what happened over a period). show and report read the files once,
+//! verifying the chain as they go ([`verify::verify_files_with`]), and only ever see records
+//! that verified.
 //!
-//! What is shared: the view of a record both read ([`RecView`]), time parsing, escaping text
+//! What show and report share: the view of a record both read ([`RecView`]), time parsing, escaping text
 //! that came from the log before it reaches a terminal, and a progress line.
 //!
 //! Logs are attacker-controlled input (whoever can append can write any label, exe path or
 //! note), so everything taken from a record is escaped before it is printed, and memory is
 //! bounded whatever the log holds.
 
+#![forbid(unsafe_code)]
+
+pub mod fileset;
 pub mod report;
 pub mod show;
+pub mod verify;
 
-use super::record::rfc3339_from_micros;
+use crate::format::record::rfc3339_from_micros;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -715,16 +721,16 @@ impl Drop for Progress {
 /// Sealed test chains for the unit tests of show and report.
 #[cfg(test)]
 pub(crate) mod testlog {
-    use crate::audit::chain::{ChainKey, ZERO_MAC_HEX};
-    use crate::audit::line::seal_into;
-    use crate::audit::verify::VerifyOptions;
+    use crate::format::chain::{ChainKey, ZERO_MAC_HEX};
+    use crate::format::line::seal_into;
+    use crate::reader::verify::VerifyOptions;
     use std::path::PathBuf;
 
     /// A record body: `ts` is 2026-11-26T03:00:00Z plus `secs`; `extra` is more members,
     /// starting with a comma.
     pub fn body(secs: u64, pid: u32, uid: u32, ev: &str, f: Option<&str>, extra: &str) -> String {
         let f = f.map(|f| format!(r#","fn":"{f}""#)).unwrap_or_default();
-        let ts = crate::audit::record::rfc3339_micros(1_795_662_000 + secs, 0);
+        let ts = crate::format::record::rfc3339_micros(1_795_662_000 + secs, 0);
         format!(
             r#"{{"ts":"{ts}","host":"h","pid":{pid},"tid":{pid},"uid":{uid},"exe":"/bin/p{pid}","ev":"{ev}"{f}{extra}}}"#
         )

@@ -6,8 +6,8 @@
 //! check it byte for byte against `serde_json::to_string` of the same record (the derive stays
 //! as that oracle), including hostile strings.
 
-use super::chain::hex_digits;
-use super::record::{
+use crate::format::chain::hex_digits;
+use crate::format::record::{
     AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
     ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
 };
@@ -332,7 +332,7 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::ProcessIdentity;
+    use crate::format::record::ProcessIdentity;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -472,7 +472,7 @@ mod tests {
         }
         // An executable path that is not UTF-8: hex, never U+FFFD (issue 15 §5).
         let who = ProcessIdentity {
-            exe: crate::audit::record::ExePath::from_bytes(b"/tmp/a\xff"),
+            exe: crate::format::record::ExePath::from_bytes(b"/tmp/a\xff"),
             ..who
         };
         let r = Record::new(&who, 3, Event::Attach, Some("C_Initialize"));

@@ -8,12 +8,12 @@
 //! is the forward security. A writer that dies holding the mutex leaves it marked; the next one
 //! checks the log against the state and rolls forward over, or cuts off, what it left.
 
-use super::chain::ChainKey;
-use super::line::{seal_and_evolve_into, split_line};
-use super::own_files::{self, FileRole, UntrustedFile};
-use super::record::{micros_now, Event, ProcessIdentity, Record};
-use super::state::{self, layout, ChainState, StateError};
+use crate::format::chain::ChainKey;
+use crate::format::line::{seal_and_evolve_into, split_line};
+use crate::format::record::{micros_now, Event, ProcessIdentity, Record};
+use crate::format::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
+use crate::writer::own_files::{self, FileRole, UntrustedFile};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -210,9 +210,10 @@ fn gap_body(template: &Record, lost: u64, since: u64) -> String {
     let mut rec = template.bookkeeping(Event::Gap);
     // Now, not the template's time: the losses may have been counted (by another process)
     // after the template was made, and `since` must not come after `ts`.
-    rec.ts = super::record::rfc3339_micros_now();
+    rec.ts = crate::format::record::rfc3339_micros_now();
     rec.detail.lost = Some(lost);
-    rec.detail.since = (since > 0).then(|| super::record::rfc3339_from_micros(since).to_string());
+    rec.detail.since =
+        (since > 0).then(|| crate::format::record::rfc3339_from_micros(since).to_string());
     rec.to_body()
 }
 
@@ -778,7 +779,7 @@ impl AuditLog {
         // rotation was under way and finishes it (`resume_rotation`).
         self.sync_state("before a rotation")?;
         let mut rec = template.bookkeeping(Event::Rotate);
-        rec.ts = super::record::rfc3339_micros_now();
+        rec.ts = crate::format::record::rfc3339_micros_now();
         rec.detail.renamed_to = Some(renamed_to);
         rec.detail.next = Some(base);
         self.append_locked(state, None, &[rec.to_body()])?;
@@ -811,7 +812,7 @@ impl AuditLog {
     /// `<log>.<UTC time to the microsecond>`, a name no file has yet (file name only).
     fn rotated_name(&self) -> String {
         let base = file_name(&self.settings.log_path);
-        let ts: String = super::record::rfc3339_micros_now()
+        let ts: String = crate::format::record::rfc3339_micros_now()
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
             .collect();
@@ -1039,7 +1040,7 @@ impl AuditLog {
             );
             let ok = split_line(line).filter(|s| {
                 s.payload.starts_with(expect_prefix.as_bytes())
-                    && super::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
+                    && crate::format::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
             });
             let Some(split) = ok else {
                 return err(format!(
@@ -1122,8 +1123,8 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::testing::{log_settings, who};
-    use crate::audit::verify::{verify_files, VerifyOptions};
+    use crate::reader::verify::{verify_files, VerifyOptions};
+    use crate::writer::testing::{log_settings, who};
     use std::fs::OpenOptions;
 
     const KEY: [u8; 32] = [0x42; 32];
@@ -1355,7 +1356,7 @@ mod tests {
     }
 
     fn micros_text(us: u64) -> String {
-        super::super::record::rfc3339_from_micros(us).to_string()
+        crate::format::record::rfc3339_from_micros(us).to_string()
     }
 
     /// Losses counted while a gap record is being written stay counted for the next one, with

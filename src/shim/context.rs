@@ -5,7 +5,7 @@
 //! Login state is per token for the whole application (PKCS#11 2.40 §5.6: logging in on one
 //! session logs in all sessions of that token), so it is tracked per slot.
 
-use super::record::{MechanismSummary, ObjectIdentity, TokenRef};
+use crate::format::record::{MechanismSummary, ObjectIdentity, TokenRef};
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! A line is `{"v":1,"seq":N,"prev":"<64 hex>",` + the body's members + `,"mac":"<64 hex>"}` + `\n`.
 //! P_i is everything before the final `,"mac":"`.
 
-use super::chain::{hex_digits, is_mac_hex, ChainKey};
+use crate::format::chain::{hex_digits, is_mac_hex, ChainKey};
 
 /// The separator that starts the last member of every line.
 pub const MAC_MARKER: &[u8] = b",\"mac\":\"";
@@ -83,8 +83,8 @@ pub fn split_line(line: &[u8]) -> Option<SplitLine<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::hex_lower;
-    use crate::audit::chain::ZERO_MAC_HEX;
+    use crate::format::chain::hex_lower;
+    use crate::format::chain::ZERO_MAC_HEX;
 
     #[test]
     fn seal_then_split_round_trips_and_mac_covers_payload() {

@@ -9,8 +9,8 @@
 //! records the parent had queued (the parent writes those).
 
 use super::{runtime, Runtime};
-use crate::audit::auditor::AuditorHold;
-use crate::audit::context::CallContext;
+use crate::shim::context::CallContext;
+use crate::writer::auditor::AuditorHold;
 use std::cell::RefCell;
 use std::sync::{MutexGuard, Once};
 
@@ -38,7 +38,7 @@ extern "C" fn after_fork_in_parent() {
 }
 
 extern "C" fn after_fork_in_child() {
-    crate::audit::process::refresh_after_fork();
+    crate::os::process::refresh_after_fork();
     after_fork_in_parent();
 }
 

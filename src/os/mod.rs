@@ -6,13 +6,16 @@
 //! in every writer and a `PTHREAD_PROCESS_SHARED | PTHREAD_MUTEX_ROBUST` mutex in it, an
 //! uncontended append costs no syscall besides its one `write` to the log. Robustness is what
 //! makes `kill -9` safe: the kernel marks the mutex of a thread that dies holding it, and the
-//! next locker gets `EOWNERDEAD` and recovers (see `audit::writer`).
+//! next locker gets `EOWNERDEAD` and recovers (see `writer::audit_log`).
 //!
 //! The byte copies below (`read`, `write`, `zero`) are only sound to use while holding the
 //! mutex (or, before anyone can use the mutex, an exclusive `flock`), which is how
-//! `audit::writer` uses them; every writer in every process follows the same rule. The `*_u64`
+//! `writer::audit_log` uses them; every writer in every process follows the same rule. The `*_u64`
 //! methods are atomic and need no lock: the writer uses them for the header's counters, some
 //! of which (the lost-record count) are updated without the mutex.
+
+pub mod lock;
+pub mod process;
 
 use std::fs::File;
 use std::io;

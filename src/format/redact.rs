@@ -4,10 +4,10 @@
 //! private key components, PINs and data buffers are never listed. Byte-valued entries are
 //! capped so a hostile template cannot make records huge.
 
-use super::names::{
+use crate::format::names::{
     attribute_name, certificate_type_name, key_type_name, mechanism_name, object_class_name,
 };
-use super::record::{AttributeSummary, AttributeValue, Bytes, Named};
+use crate::format::record::{AttributeSummary, AttributeValue, Bytes, Named};
 use cryptoki_sys as ck;
 
 /// Longest byte-valued attribute value written; longer values are written as length only.

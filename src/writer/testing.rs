@@ -1,7 +1,7 @@
 //! What the unit tests of the audit trail share: a writer's identity and a fresh log.
 
-use super::record::ProcessIdentity;
-use super::writer::LogSettings;
+use crate::format::record::ProcessIdentity;
+use crate::writer::audit_log::LogSettings;
 use std::path::Path;
 
 pub fn who() -> ProcessIdentity {
@@ -18,7 +18,7 @@ pub fn who() -> ProcessIdentity {
 pub fn log_settings(dir: &Path, key: [u8; 32]) -> LogSettings {
     use std::os::unix::fs::PermissionsExt;
     let key_file = dir.join("key");
-    std::fs::write(&key_file, super::chain::hex_lower(&key)).unwrap();
+    std::fs::write(&key_file, crate::format::chain::hex_lower(&key)).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o400)).unwrap();
     LogSettings {
         log_path: dir.join("log"),

@@ -2,7 +2,7 @@
 
 use super::call::{bare_record, timed_outcome, write_intent_or_refuse};
 use super::{args, guard, runtime, runtime_or_init};
-use crate::audit::record::Event;
+use crate::format::record::Event;
 use cryptoki_sys as ck;
 use std::os::raw::c_void;
 use std::sync::atomic::Ordering;
@@ -36,7 +36,7 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
                 return ck::CKR_GENERAL_ERROR;
             }
         };
-        let pid = crate::audit::process::current_pid();
+        let pid = crate::os::process::current_pid();
         // One `attach` per attachment of a process: a second C_Initialize (which the provider
         // refuses) is not a new one, and `report` would count it as one that never closed.
         let before = rt.attached_pid.swap(pid, Ordering::Relaxed);

@@ -12,10 +12,10 @@
 //! look-ahead when a record appears early), and a line longer than
 //! [`VerifyOptions::max_line_bytes`] is reported rather than buffered.
 
-use super::chain::{hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HEX};
-use super::line::split_line;
-use super::query::ByteStr;
-use super::state::ChainState;
+use crate::format::chain::{hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HEX};
+use crate::format::line::split_line;
+use crate::format::state::ChainState;
+use crate::reader::ByteStr;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
@@ -290,10 +290,11 @@ pub struct UnreportedLost {
 impl UnreportedLost {
     /// From a whole state file's bytes: None if it counts nothing (or is no v2 state file).
     pub fn from_state_file(bytes: &[u8]) -> Option<UnreportedLost> {
-        let (lost, since) = super::state::unreported_losses(bytes)?;
+        let (lost, since) = crate::format::state::unreported_losses(bytes)?;
         (lost > 0).then(|| UnreportedLost {
             lost,
-            since: (since > 0).then(|| super::record::rfc3339_from_micros(since).to_string()),
+            since: (since > 0)
+                .then(|| crate::format::record::rfc3339_from_micros(since).to_string()),
         })
     }
 
@@ -1388,7 +1389,7 @@ impl<'o> Verifier<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::line::seal_into;
+    use crate::format::line::seal_into;
     use std::io::Write;
 
     fn k0() -> ChainKey {

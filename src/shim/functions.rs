@@ -14,8 +14,8 @@
 
 use super::call::{run_call, Call, Kind};
 use super::{args, lifecycle};
-use crate::audit::context::{LoginState, Op};
-use crate::audit::record::{Bytes, MechanismSummary, Named, ObjectIdentity};
+use crate::format::record::{Bytes, MechanismSummary, Named, ObjectIdentity};
+use crate::shim::context::{LoginState, Op};
 use cryptoki_sys as ck;
 use std::os::raw::c_void;
 use std::sync::Arc;
@@ -93,7 +93,7 @@ type Buf = *mut ck::CK_BYTE;
 type UlOut = *mut ck::CK_ULONG;
 
 fn mechanism_type(c: &mut Call, t: ck::CK_MECHANISM_TYPE) {
-    let name = crate::audit::names::mechanism_name(t as u64);
+    let name = crate::format::names::mechanism_name(t as u64);
     c.detail.mechanism = Some(Arc::new(MechanismSummary {
         mechanism: Named::new(name, t as u64),
         param_len: None,
@@ -186,7 +186,7 @@ pkcs11_functions! {
             c.slot(slot);
             // The new label: 32 blank-padded bytes (PKCS#11 2.40 §5.6 C_InitToken).
             if let Some(l) = args::byte_slice(label, 32) {
-                c.detail.token = Some(Arc::new(crate::audit::record::TokenRef {
+                c.detail.token = Some(Arc::new(crate::format::record::TokenRef {
                     label: Bytes::from_slice(args::trim_padded(l)),
                     serial: c.detail.token.as_ref().map(|t| t.serial.clone()).unwrap_or(Bytes::Text(String::new())),
                 }));
@@ -398,7 +398,7 @@ pkcs11_functions! {
             c.session(session);
             c.user_type(user);
             // The user name is identity and is recorded; the PIN is not.
-            if (username_len as usize) <= crate::audit::redact::MAX_LOGGED_VALUE_BYTES {
+            if (username_len as usize) <= crate::format::redact::MAX_LOGGED_VALUE_BYTES {
                 c.detail.username = args::byte_slice(username, username_len as u64).map(Bytes::from_slice);
             }
         }

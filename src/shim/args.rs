@@ -5,9 +5,9 @@
 //! are going to be logged (allowlisted attribute values, fixed-size mechanism parameters) are
 //! read at all.
 
-use crate::audit::names::{mechanism_name, mgf_name};
-use crate::audit::record::{AttributeSummary, MechanismSummary, Named, ParamValue};
-use crate::audit::redact::{summarize_attribute, value_is_loggable, UNAVAILABLE};
+use crate::format::names::{mechanism_name, mgf_name};
+use crate::format::record::{AttributeSummary, MechanismSummary, Named, ParamValue};
+use crate::format::redact::{summarize_attribute, value_is_loggable, UNAVAILABLE};
 use cryptoki_sys as ck;
 use std::collections::BTreeMap;
 

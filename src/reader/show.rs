@@ -15,7 +15,7 @@
 //! is shown on its own line).
 
 use super::{escape, format_duration, quote, Period, Progress, RecView};
-use crate::audit::verify::{verify_files_with, VerifyIoError, VerifyOptions, VerifyReport};
+use crate::reader::verify::{verify_files_with, VerifyIoError, VerifyOptions, VerifyReport};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -603,8 +603,8 @@ pub fn show<W: Write>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testlog::{body, log};
     use super::*;
+    use crate::reader::testlog::{body, log};
 
     fn run(bodies: &[String], opts: &ShowOptions) -> (String, ShowSummary) {
         let (_dir, path, vopts) = log(bodies);
@@ -727,7 +727,7 @@ mod tests {
         // The period applies to when the call started (its intent).
         let from_2s = Filter {
             period: Period {
-                since: super::super::parse_ts("2026-11-26T03:00:02Z"),
+                since: crate::reader::parse_ts("2026-11-26T03:00:02Z"),
                 until: None,
             },
             ..Default::default()

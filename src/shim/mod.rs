@@ -3,19 +3,21 @@
 
 pub mod args;
 mod call;
+pub mod context;
 mod fork;
 mod functions;
 mod lifecycle;
+pub mod provider;
 
 pub use call::Kind;
 pub use functions::FUNCTIONS;
 
-use crate::audit::auditor::Auditor;
-use crate::audit::context::CallContext;
-use crate::audit::lock::Mutex;
-use crate::audit::record::ProcessIdentity;
 use crate::config::Config;
-use crate::provider::Provider;
+use crate::format::record::ProcessIdentity;
+use crate::os::lock::Mutex;
+use crate::shim::context::CallContext;
+use crate::shim::provider::Provider;
+use crate::writer::auditor::Auditor;
 use cryptoki_sys as ck;
 use std::sync::OnceLock;
 
@@ -25,7 +27,7 @@ pub(crate) struct Runtime {
     pub provider: &'static Provider,
     pub auditor: Auditor,
     host: std::sync::Arc<str>,
-    exe: crate::audit::record::ExePath,
+    exe: crate::format::record::ExePath,
     uid: u32,
     pub context: Mutex<CallContext>,
     /// The pid whose `attach` is the last one in the log without a `close` after it (0: none).
@@ -38,7 +40,7 @@ impl Runtime {
     pub fn who(&self) -> ProcessIdentity {
         ProcessIdentity {
             host: self.host.clone(),
-            pid: crate::audit::process::current_pid(),
+            pid: crate::os::process::current_pid(),
             uid: self.uid,
             exe: self.exe.clone(),
         }
@@ -108,11 +110,11 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
     let uid = unsafe { libc::getuid() };
     // Its bytes, not `display()`: a path that is not UTF-8 is recorded as hex (FORMAT.md §3).
     let exe = std::env::current_exe()
-        .map(|p| crate::audit::record::ExePath::from_path(&p))
+        .map(|p| crate::format::record::ExePath::from_path(&p))
         .unwrap_or_else(|_| "unknown".into());
     let who = ProcessIdentity {
         host: hostname().into(),
-        pid: crate::audit::process::current_pid(),
+        pid: crate::os::process::current_pid(),
         uid,
         exe,
     };
@@ -138,7 +140,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(rt) = RUNTIME.get() {
-            let rec = call::bare_record(rt, crate::audit::record::Event::Outcome, None);
+            let rec = call::bare_record(rt, crate::format::record::Event::Outcome, None);
             let _ = rt.auditor.flush(&rec);
         }
     });
@@ -153,7 +155,7 @@ pub(crate) fn thread_id() -> u64 {
     thread_local! {
         static TID: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
     }
-    let pid = crate::audit::process::current_pid();
+    let pid = crate::os::process::current_pid();
     TID.with(|c| match c.get() {
         (p, tid) if p == pid && tid != 0 => tid,
         _ => {
@@ -228,7 +230,7 @@ fn table_for(major: u8, minor: u8) -> &'static ck::CK_FUNCTION_LIST_3_2 {
 fn interfaces() -> &'static [StaticInterface] {
     static FROM_PROVIDER: OnceLock<Vec<StaticInterface>> = OnceLock::new();
     static FALLBACK: OnceLock<Vec<StaticInterface>> = OnceLock::new();
-    let make = |offered: &[crate::provider::OfferedInterface]| -> Vec<StaticInterface> {
+    let make = |offered: &[crate::shim::provider::OfferedInterface]| -> Vec<StaticInterface> {
         offered
             .iter()
             .map(|i| {
@@ -258,7 +260,7 @@ fn interfaces() -> &'static [StaticInterface] {
     match provider_for_interfaces() {
         Some(p) => FROM_PROVIDER.get_or_init(|| make(&p.interfaces)),
         None => FALLBACK.get_or_init(|| {
-            make(&[crate::provider::OfferedInterface {
+            make(&[crate::shim::provider::OfferedInterface {
                 major: 2,
                 minor: 40,
                 flags: 0,
@@ -270,7 +272,7 @@ fn interfaces() -> &'static [StaticInterface] {
 /// A call the shim answered itself before it was configured (interface negotiation comes
 /// before C_Initialize): kept until the auditor exists, then written.
 struct EarlyCall {
-    ts: crate::audit::record::Timestamp,
+    ts: crate::format::record::Timestamp,
     tid: u64,
     function: &'static str,
     rv: ck::CK_RV,
@@ -288,7 +290,7 @@ pub(crate) fn log_informational_with(
     interface: Option<String>,
 ) {
     if let Some(rt) = runtime() {
-        let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(function));
+        let mut rec = call::bare_record(rt, crate::format::record::Event::Outcome, Some(function));
         rec.detail.rv = Some(call::rv_named(rv));
         rec.detail.interface = interface;
         rt.auditor.wait(&rec);
@@ -296,7 +298,7 @@ pub(crate) fn log_informational_with(
     }
     let mut early = EARLY_CALLS.lock();
     if early.0.len() < MAX_EARLY_CALLS {
-        let ts = crate::audit::record::rfc3339_micros_now();
+        let ts = crate::format::record::rfc3339_micros_now();
         early.0.push(EarlyCall {
             ts,
             tid: thread_id(),
@@ -317,7 +319,8 @@ pub(crate) fn log_informational(function: &'static str, rv: ck::CK_RV) {
 fn flush_early_calls(rt: &Runtime) {
     let (calls, dropped) = std::mem::take(&mut *EARLY_CALLS.lock());
     for c in calls {
-        let mut rec = call::bare_record(rt, crate::audit::record::Event::Outcome, Some(c.function));
+        let mut rec =
+            call::bare_record(rt, crate::format::record::Event::Outcome, Some(c.function));
         rec.ts = c.ts;
         rec.tid = c.tid;
         rec.detail.rv = Some(call::rv_named(c.rv));
@@ -328,7 +331,7 @@ fn flush_early_calls(rt: &Runtime) {
     if dropped > 0 {
         let mut rec = call::bare_record(
             rt,
-            crate::audit::record::Event::Outcome,
+            crate::format::record::Event::Outcome,
             Some("C_GetInterface"),
         );
         rec.detail.note = Some(format!(

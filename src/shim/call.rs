@@ -1,12 +1,12 @@
 //! One audited call: what it records before and after, and the write-ahead / fail-closed flow.
 
 use super::{args, thread_id, Runtime};
-use crate::audit::auditor::FailurePolicy;
-use crate::audit::context::{LoginState, Op, OpContext};
-use crate::audit::names::{rv_name, user_type_name};
-use crate::audit::record::{
+use crate::format::names::{rv_name, user_type_name};
+use crate::format::record::{
     Bytes, Detail, Event, Named, ObjectIdentity, OutputDisposition, Record, TokenRef,
 };
+use crate::shim::context::{LoginState, Op, OpContext};
+use crate::writer::auditor::FailurePolicy;
 use cryptoki_sys as ck;
 use std::sync::Arc;
 use std::time::Instant;
@@ -780,7 +780,7 @@ unsafe fn fetch_identity(
     let got = |a: &ck::CK_ATTRIBUTE, cap: usize| {
         a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION && (a.ulValueLen as usize) <= cap
     };
-    use crate::audit::names::{key_type_name, object_class_name};
+    use crate::format::names::{key_type_name, object_class_name};
     if got(&tmpl[0], 8) {
         id.class = Some(Named::new(object_class_name(class as u64), class as u64));
     }
@@ -802,12 +802,12 @@ unsafe fn fetch_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::auditor::Auditor;
-    use crate::audit::context::CallContext;
-    use crate::audit::lock::Mutex;
-    use crate::audit::record::AttributeValue;
-    use crate::audit::testing::{log_settings, who};
-    use crate::provider::Provider;
+    use crate::format::record::AttributeValue;
+    use crate::os::lock::Mutex;
+    use crate::shim::context::CallContext;
+    use crate::shim::provider::Provider;
+    use crate::writer::auditor::Auditor;
+    use crate::writer::testing::{log_settings, who};
 
     fn runtime(dir: &std::path::Path) -> Runtime {
         let settings = log_settings(dir, [0x44; 32]);
@@ -906,7 +906,7 @@ mod tests {
     fn output_is_wiped_when_p11audit_fails_after_the_provider_answered() {
         let dir = tempfile::tempdir().unwrap();
         // run_call looks the runtime up; this is the only unit test that sets it.
-        assert!(crate::ffi::RUNTIME.set(runtime(dir.path())).is_ok());
+        assert!(crate::shim::RUNTIME.set(runtime(dir.path())).is_ok());
         let mut out = [0u8; 16];
         let mut len = out.len() as ck::CK_ULONG;
         let (out_ptr, len_ptr) = (out.as_mut_ptr(), &mut len as *mut ck::CK_ULONG);
@@ -931,7 +931,7 @@ mod tests {
         assert_eq!(out, [0u8; 16]);
         // The call took effect in the provider: its outcome is in the log, saying what the
         // provider answered and that the output was withheld.
-        let rt = crate::ffi::runtime().unwrap();
+        let rt = crate::shim::runtime().unwrap();
         rt.auditor
             .flush(&bare_record(rt, Event::Outcome, None))
             .unwrap();

@@ -42,7 +42,7 @@ pub fn chain_order(dir: &Path) -> io::Result<ChainFiles> {
             FirstLine::Seq(s) => (0, s),
             // An empty file belongs to the chain only as the current log (just rotated),
             // which has its state file beside it.
-            FirstLine::Empty if super::writer::state_path_for(&path).is_file() => (1, 0),
+            FirstLine::Empty if crate::writer::audit_log::state_path_for(&path).is_file() => (1, 0),
             FirstLine::Empty | FirstLine::NoSeq => {
                 skipped.push(path);
                 continue;
@@ -52,7 +52,7 @@ pub fn chain_order(dir: &Path) -> io::Result<ChainFiles> {
         let meta = entry.metadata()?;
         // The log's own name (the one with the state file beside it) sorts first among the
         // names of one file (see below).
-        let not_the_log = !super::writer::state_path_for(&path).is_file();
+        let not_the_log = !crate::writer::audit_log::state_path_for(&path).is_file();
         files.push((rank, (meta.dev(), meta.ino()), not_the_log, path));
     }
     files.sort();

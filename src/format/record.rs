@@ -94,12 +94,12 @@ impl Bytes {
     pub fn from_slice(b: &[u8]) -> Self {
         match std::str::from_utf8(b) {
             Ok(s) => Bytes::Text(s.to_string()),
-            Err(_) => Bytes::Hex(super::chain::hex_lower(b)),
+            Err(_) => Bytes::Hex(crate::format::chain::hex_lower(b)),
         }
     }
     /// Always hex (CKA_ID and other binary identifiers).
     pub fn hex(b: &[u8]) -> Self {
-        Bytes::Hex(super::chain::hex_lower(b))
+        Bytes::Hex(crate::format::chain::hex_lower(b))
     }
 }
 
@@ -343,7 +343,7 @@ impl Record {
     /// written by `encode::push_record`.
     pub fn to_body(&self) -> String {
         let mut body = String::with_capacity(640);
-        super::encode::push_record(&mut body, self);
+        crate::format::encode::push_record(&mut body, self);
         body
     }
 }

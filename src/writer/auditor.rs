@@ -6,9 +6,9 @@
 //! the queue, never a write to the file (see `Auditor`), and is never held across a call into
 //! the provider.
 
-use super::lock::Mutex;
-use super::record::{ProcessIdentity, Record};
-use super::writer::{AuditLog, LogSettings, Losses, WriterError};
+use crate::format::record::{ProcessIdentity, Record};
+use crate::os::lock::Mutex;
+use crate::writer::audit_log::{AuditLog, LogSettings, Losses, WriterError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, MutexGuard};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ impl Auditor {
                 waiting_for: Vec::new(),
                 waiters: 0,
                 fork_pending: 0,
-                queue_pid: crate::audit::process::current_pid(),
+                queue_pid: crate::os::process::current_pid(),
                 warned: false,
             }),
             appended: Condvar::new(),
@@ -373,7 +373,7 @@ impl Inner {
     }
 
     fn forget_parent_queue(&mut self) {
-        let pid = crate::audit::process::current_pid();
+        let pid = crate::os::process::current_pid();
         if self.queue_pid != pid {
             // These records were queued by the parent before fork; the parent writes them.
             // (No thread of the child waits for them: only the forking thread exists here.)
@@ -394,8 +394,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::Event;
-    use crate::audit::testing::{log_settings, who};
+    use crate::format::record::Event;
+    use crate::writer::testing::{log_settings, who};
     use std::sync::Arc;
 
     /// A fail-closed auditor of a new log in `dir`.
@@ -480,7 +480,7 @@ mod tests {
             // What the child sees: the parent's queue (another pid), and a second thread of
             // the parent's still counted as about to fork.
             let mut inner = auditor.inner.lock();
-            inner.queue_pid = crate::audit::process::current_pid().wrapping_add(1);
+            inner.queue_pid = crate::os::process::current_pid().wrapping_add(1);
             inner.fork_pending = 1;
         }
         let (done, result) = std::sync::mpsc::channel();
