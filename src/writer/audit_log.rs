@@ -9,15 +9,23 @@
 //! checks the log against the state and rolls forward over, or cuts off, what it left.
 
 use crate::format::chain::ChainKey;
-use crate::format::line::{seal_and_evolve_into, split_line};
-use crate::format::record::{micros_now, Event, ProcessIdentity, Record};
+use crate::format::line::seal_and_evolve_into;
+use crate::format::record::{Event, ProcessIdentity, Record};
 use crate::format::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
-use crate::writer::own_files::{self, FileRole, UntrustedFile};
+pub use crate::writer::error::WriterError;
+use crate::writer::error::{err, log_without_state, not_its_log, state_unusable};
+pub use crate::writer::losses::Losses;
+use crate::writer::losses::{gap_body, settle_lost_since, unreported_losses};
+use crate::writer::open::{
+    map_state_file, open_existing_log, open_log_and_state, refuse_symlink_or_special,
+};
+pub use crate::writer::open::{read_key_file, state_path_for};
+use crate::writer::own_files::UntrustedFile;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use zeroize::Zeroize;
 
@@ -37,22 +45,8 @@ pub struct LogSettings {
     pub rotate_bytes: Option<u64>,
 }
 
-/// A writer error, worded for the `p11audit:` stderr line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriterError(pub String);
-
-impl std::fmt::Display for WriterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn err<T>(msg: impl Into<String>) -> Result<T, WriterError> {
-    Err(WriterError(msg.into()))
-}
-
 /// Largest tail (bytes past what the state knows) that recovery will read.
-const MAX_RECOVERY_BYTES: u64 = 64 << 20;
+pub(super) const MAX_RECOVERY_BYTES: u64 = 64 << 20;
 
 /// The seqs an append wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,107 +57,9 @@ pub struct Appended {
     pub gap: bool,
 }
 
-/// Records lost, counted in the state file (`layout::LOST`) so that the count outlives the
-/// process that lost them. Whoever notices a loss counts it; the writer reports what no `gap`
-/// record has reported yet (`AuditLog::append`).
-pub struct Losses {
-    map: std::sync::Arc<SharedFileMap>,
-    /// `P11AUDIT_SYNC=always`: a count reaches the disk before the call goes on.
-    durable: bool,
-}
-
-impl Losses {
-    /// Counts `n` more records as lost, now.
-    pub fn count(&self, n: u64) {
-        if n == 0 {
-            return;
-        }
-        // The time first, so that a writer that sees the new count sees a time too. A time
-        // already there stays: it is older, and nothing pending was lost before it. Again
-        // after the count: a writer that found nothing pending in between cleared it.
-        let now = micros_now();
-        self.map.compare_exchange_u64(layout::LOST_SINCE, 0, now);
-        self.map.fetch_add_u64(layout::LOST, n);
-        self.map.compare_exchange_u64(layout::LOST_SINCE, 0, now);
-        if self.durable {
-            // Best effort: the count is all that is left of these records.
-            let _ = self.map.sync();
-        }
-    }
-
-    /// How many records are counted and not yet reported (a snapshot: a writer may be
-    /// reporting them right now).
-    pub fn pending(&self) -> u64 {
-        let active = (self.map.load_u64(layout::ACTIVE) as usize).min(1);
-        self.map
-            .load_u64(layout::LOST)
-            .saturating_sub(self.map.load_u64(layout::REPORTED[active]))
-    }
-}
-
-/// What no gap record up to a state whose REPORTED is `reported` has reported, from the state
-/// file's counters in `map`. Caller holds the mutex. (A function of the mapping, not of
-/// `Losses`: an append takes no `Arc` of its own.)
-fn unreported_losses(map: &SharedFileMap, reported: u64) -> Unreported {
-    let mut lost = map.load_u64(layout::LOST);
-    if lost <= reported {
-        // LOST below REPORTED: an OS crash lost the page with LOST after a gap record that
-        // reported it reached the log. LOST is raised: it never counts less than was reported.
-        while lost < reported && !map.compare_exchange_u64(layout::LOST, lost, reported) {
-            lost = map.load_u64(layout::LOST);
-        }
-        if lost <= reported {
-            // Nothing pending: a time left by a writer killed before it cleared it is stale.
-            let since = map.load_u64(layout::LOST_SINCE);
-            if since != 0 {
-                map.compare_exchange_u64(layout::LOST_SINCE, since, 0);
-            }
-            return Unreported::NONE;
-        }
-    }
-    // The clock, then the count to report: whatever is counted after that was lost after
-    // `read_at`.
-    let read_at = micros_now();
-    let lost = map.load_u64(layout::LOST);
-    Unreported {
-        lost_total: lost,
-        pending: lost.saturating_sub(reported),
-        since: map.load_u64(layout::LOST_SINCE),
-        read_at,
-    }
-}
-
-/// The gap record reporting `u` is in the chain: LOST_SINCE goes, or moves to `read_at` if
-/// more was counted meanwhile. Caller holds the mutex.
-fn settle_lost_since(map: &SharedFileMap, u: &Unreported) {
-    let remains = map.load_u64(layout::LOST) != u.lost_total;
-    let next_since = if remains { u.read_at } else { 0 };
-    map.compare_exchange_u64(layout::LOST_SINCE, u.since, next_since);
-}
-
-/// What an append reports in its gap record (`unreported_losses`).
-struct Unreported {
-    /// LOST as read: the new state's REPORTED.
-    lost_total: u64,
-    pending: u64,
-    /// LOST_SINCE as read (µs; 0: not known).
-    since: u64,
-    /// When `lost` was read (µs).
-    read_at: u64,
-}
-
-impl Unreported {
-    const NONE: Unreported = Unreported {
-        lost_total: 0,
-        pending: 0,
-        since: 0,
-        read_at: 0,
-    };
-}
-
 /// How long a writer waits for the state file's mutex before it gives up (and fails closed):
 /// a writer stopped while holding it must not hang every other process forever.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a writer `fstat`s its log on the fast path, to notice that the log was deleted,
 /// replaced or truncated behind its back. Every append did that once; it costs a syscall, and the
@@ -172,286 +68,36 @@ pub const LOG_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Disk space is reserved past the log's end in steps of this many bytes (or up to the rotation
 /// size, if smaller), so that appends do not each allocate blocks.
-const RESERVE_STEP: u64 = 1 << 20;
+pub(super) const RESERVE_STEP: u64 = 1 << 20;
 
 /// The open log and state files of one process.
 pub struct AuditLog {
-    settings: LogSettings,
-    state_path: PathBuf,
-    log: File,
+    pub(super) settings: LogSettings,
+    pub(super) state_path: PathBuf,
+    pub(super) log: File,
     /// (st_dev, st_ino) of `log`.
-    log_id: (u64, u64),
+    pub(super) log_id: (u64, u64),
     /// The state file, mapped: its mutex serializes writers in all processes (`os`). Shared
     /// with `Losses`.
-    shared: std::sync::Arc<SharedFileMap>,
+    pub(super) shared: std::sync::Arc<SharedFileMap>,
     /// Reused buffer for the sealed lines of one append.
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// The state this process last stored, the state file's generation then, and the stored
     /// key's fingerprint: if the generation has not moved, nobody else wrote, and only the key
     /// is read back from the slot (and checked against the fingerprint). The cached state's own
     /// key is zeros: no key stays in memory between appends.
-    cached: Option<(u64, ChainState, [u8; 16])>,
+    pub(super) cached: Option<(u64, ChainState, [u8; 16])>,
     /// When the log was last checked with `fstat` (None: not yet; the first append checks it).
-    log_checked: Option<Instant>,
+    pub(super) log_checked: Option<Instant>,
     /// Offset of `log` up to which this process has reserved disk space (`preallocate`).
-    reserved_to: u64,
+    pub(super) reserved_to: u64,
     /// Unit tests: the next `fdatasync` fails (after the append's `write`, as with EIO).
     #[cfg(test)]
-    fail_sync: bool,
+    pub(super) fail_sync: bool,
     /// Unit tests: records another process counts as lost during the next append (after it
     /// has read the count it reports).
     #[cfg(test)]
-    lost_during_append: u64,
-}
-
-/// The body of a `gap` record reporting `lost` records, the first lost at `since` (µs since the
-/// epoch; 0: not known), in the name of `template`'s process and thread, now.
-fn gap_body(template: &Record, lost: u64, since: u64) -> String {
-    let mut rec = template.bookkeeping(Event::Gap);
-    // Now, not the template's time: the losses may have been counted (by another process)
-    // after the template was made, and `since` must not come after `ts`.
-    rec.ts = crate::format::record::rfc3339_micros_now();
-    rec.detail.lost = Some(lost);
-    rec.detail.since =
-        (since > 0).then(|| crate::format::record::rfc3339_from_micros(since).to_string());
-    rec.to_body()
-}
-
-/// The `lost` of a gap record's payload (the line up to its mac); 0 for any other record.
-fn gap_lost(payload: &[u8]) -> u64 {
-    const GAP: &[u8] = br#""ev":"gap""#;
-    if !payload.windows(GAP.len()).any(|w| w == GAP) {
-        return 0;
-    }
-    let mut line = payload.to_vec();
-    line.push(b'}');
-    serde_json::from_slice::<serde_json::Value>(&line)
-        .ok()
-        .filter(|v| v["ev"] == "gap")
-        .and_then(|v| v["lost"].as_u64())
-        .unwrap_or(0)
-}
-
-/// `<log>.state`.
-pub fn state_path_for(log_path: &Path) -> PathBuf {
-    let mut s = log_path.as_os_str().to_owned();
-    s.push(".state");
-    PathBuf::from(s)
-}
-
-fn refuse_symlink_or_special(path: &Path, what: &str, var: &str) -> Result<(), WriterError> {
-    let kind = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => ("a symbolic link", m),
-        Ok(m) if !m.file_type().is_file() => ("not a regular file", m),
-        _ => return Ok(()),
-    };
-    err(format!(
-        "{what} {} is {} (owner {}, mode {:o}); refusing it ({var}): point {var} at a regular file",
-        path.display(),
-        kind.0,
-        own_files::owner_text(kind.1.uid()),
-        kind.1.mode()
-    ))
-}
-
-/// Opens (creating if needed) the log for appending and the state file for positioned writes,
-/// after checking their directory (`own_files`).
-fn open_log_and_state(
-    settings: &LogSettings,
-    state_path: &Path,
-) -> Result<(File, File), WriterError> {
-    own_files::check_directory(&own_files::directory_of(&settings.log_path))?;
-    let log = own_files::create_or_adopt(&settings.log_path, FileRole::Log, settings.log_mode)?;
-    let log_has_content = log.metadata().map(|m| m.len() > 0).unwrap_or(false);
-    if log_has_content && std::fs::symlink_metadata(state_path).is_err() {
-        // Nothing is created beside a log whose state is gone.
-        return Err(log_without_state(&settings.log_path, state_path));
-    }
-    // A new state file appears whole, with its header: an empty one is never p11audit's.
-    let mut header = layout::MAGIC.to_vec();
-    header.resize(layout::FILE_LEN, 0);
-    let state = own_files::create_whole_or_adopt(state_path, FileRole::State, 0o600, &header)?;
-    Ok((log, state))
-}
-
-impl From<UntrustedFile> for WriterError {
-    fn from(e: UntrustedFile) -> WriterError {
-        WriterError(format!("{e} (P11AUDIT_LOG)"))
-    }
-}
-
-/// Opens an existing log for appending (never creating one) with its (st_dev, st_ino), if it
-/// passes `own_files::check_adopted`.
-fn open_existing_log(path: &Path) -> Result<(File, (u64, u64)), UntrustedFile> {
-    let f = own_files::adopt(path, FileRole::Log)?;
-    let m = f.metadata().map_err(|source| UntrustedFile::Io {
-        action: "stat",
-        role: FileRole::Log,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok((f, (m.dev(), m.ino())))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Reads and checks the key file: it must be owned by this uid or root (whoever owns it knows
-/// the key), must not be readable, writable or executable by group or others, and must hold 64
-/// hex characters.
-pub fn read_key_file(path: &Path) -> Result<ChainKey, WriterError> {
-    let var = "P11AUDIT_KEY_FILE";
-    // O_NONBLOCK: a FIFO put at the path must not hang C_Initialize (it is refused below).
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .or_else(|e| {
-            err(format!(
-                "cannot read key file {} ({var}): {e}",
-                path.display()
-            ))
-        })?;
-    let meta = f
-        .metadata()
-        .or_else(|e| err(format!("cannot stat key file {}: {e}", path.display())))?;
-    if !meta.file_type().is_file() {
-        return err(format!(
-            "key file {} is not a regular file ({var}): point {var} at a file made by `p11audit keygen`",
-            path.display()
-        ));
-    }
-    let euid = crate::os::effective_uid();
-    if meta.uid() != euid && meta.uid() != 0 {
-        return err(format!(
-            "key file {} is owned by {}, not by this process's uid {euid} or root: its owner knows the chain key and could forge the log; make a new key as uid {euid} with `p11audit keygen` ({var})",
-            path.display(),
-            own_files::owner_text(meta.uid())
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return err(format!(
-            "key file {} is accessible by group or others (mode {:04o}); run `chmod 0400 {}` ({var})",
-            path.display(),
-            meta.mode() & 0o7777,
-            path.display()
-        ));
-    }
-    let mut text = String::new();
-    let read = Read::by_ref(&mut f).take(4096).read_to_string(&mut text);
-    let parsed = read.ok().and_then(|_| ChainKey::from_hex_text(&text).ok());
-    text.zeroize();
-    parsed.ok_or_else(|| {
-        WriterError(format!(
-            "key file {} does not hold 64 hex characters ({var}): make one with `p11audit keygen`",
-            path.display()
-        ))
-    })
-}
-
-fn state_unusable(state_path: &Path, why: &str) -> WriterError {
-    WriterError(format!(
-        "audit state file {} is unusable ({why}); refusing to log so that no history is overwritten: restore it, or start a new chain deliberately (see README)",
-        state_path.display()
-    ))
-}
-
-fn not_its_log(log_path: &Path, state_path: &Path) -> WriterError {
-    WriterError(format!(
-        "audit log {} is not the file the state file {} belongs to (it was replaced or the state points at another log); refusing to log",
-        log_path.display(),
-        state_path.display()
-    ))
-}
-
-fn log_without_state(log_path: &Path, state_path: &Path) -> WriterError {
-    WriterError(format!(
-        "audit log {} has content but its state file {} is empty or missing; refusing to start a new chain over it: restore the state file, or move the log away to start a new chain deliberately",
-        log_path.display(),
-        state_path.display()
-    ))
-}
-
-/// Sets up the mapping of the state file, under an exclusive `flock` so that only one process
-/// ever initializes it: a new (empty) file gets its header and mutex; a file from an earlier
-/// boot gets a fresh mutex (the old one may have been saved locked by a thread that no longer
-/// exists) and is marked for a log check.
-fn map_state_file(
-    state: &File,
-    state_path: &Path,
-    log_path: &Path,
-    log_len: u64,
-) -> Result<SharedFileMap, WriterError> {
-    let io_err = |what: &str, e: io::Error| {
-        WriterError(format!(
-            "cannot {what} audit state file {}: {e}",
-            state_path.display()
-        ))
-    };
-    // std's `File::lock` does not retry `flock` when a signal (installed without SA_RESTART)
-    // interrupts the wait.
-    loop {
-        match state.lock() {
-            Ok(()) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("lock", e)),
-        }
-    }
-    let result = (|| {
-        let len = state.metadata().map_err(|e| io_err("stat", e))?.len();
-        if len == 0 && log_len > 0 {
-            return Err(log_without_state(log_path, state_path));
-        }
-        if len == 0 {
-            // p11audit creates its state file whole (`own_files::create_whole_or_adopt`).
-            return Err(WriterError(format!(
-                "audit state file {} is empty, so p11audit did not make it; move it away (and find out who made it) so that p11audit creates it (P11AUDIT_LOG)",
-                state_path.display()
-            )));
-        }
-        if len != layout::FILE_LEN as u64 {
-            let mut bytes = Vec::new();
-            let _ = Read::by_ref(&mut &*state)
-                .take(8192)
-                .read_to_end(&mut bytes);
-            let why = match state::decode_file(&bytes) {
-                Err(StateError::Corrupt(why)) => why,
-                _ => "wrong size for a state file",
-            };
-            return Err(state_unusable(state_path, why));
-        }
-        let shared = SharedFileMap::new(state, layout::FILE_LEN).map_err(|e| io_err("map", e))?;
-        let mut magic = vec![0u8; layout::MAGIC.len()];
-        shared.read(0, &mut magic);
-        if magic != layout::MAGIC {
-            return Err(state_unusable(state_path, "unknown state file version"));
-        }
-        let mut saved = [0u8; layout::BOOT_ID_LEN];
-        shared.read(layout::BOOT_ID, &mut saved);
-        let new_file = saved == [0u8; layout::BOOT_ID_LEN];
-        // Without a readable boot id, a mutex is set up only in a new file: re-initializing one
-        // that other processes may hold would break mutual exclusion. (A mutex saved locked
-        // before a power loss then makes writers time out and fail closed, never hang.)
-        let this_boot = crate::os::boot_id();
-        let reinit = match this_boot {
-            Some(boot) => saved != boot,
-            None => new_file,
-        };
-        let boot = this_boot.unwrap_or(*b"unknown boot id.....................");
-        if reinit {
-            shared
-                .init_robust_mutex(layout::MUTEX)
-                .map_err(|e| io_err("set up the lock in", e))?;
-            shared.store_u64(layout::RECOVER, 1);
-            shared.write(layout::BOOT_ID, &boot);
-        }
-        Ok(shared)
-    })();
-    let _ = state.unlock();
-    result
+    pub(super) lost_during_append: u64,
 }
 
 impl AuditLog {
@@ -498,7 +144,7 @@ impl AuditLog {
 
     /// Runs `f` holding the state file's mutex. If its last owner died holding it, the state
     /// is marked for a log check (`RECOVER`), which the next append does before anything else.
-    fn with_lock<T>(
+    pub(super) fn with_lock<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, WriterError>,
     ) -> Result<T, WriterError> {
@@ -529,7 +175,7 @@ impl AuditLog {
         out.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
-    fn start_chain_if_new(
+    pub(super) fn start_chain_if_new(
         &mut self,
         who: &ProcessIdentity,
         log_meta: &std::fs::Metadata,
@@ -565,7 +211,7 @@ impl AuditLog {
 
     /// The current state: the cached one (with the key read from the slot) if nobody wrote
     /// since, else the active slot decoded.
-    fn read_state(&mut self) -> Result<ChainState, StateError> {
+    pub(super) fn read_state(&mut self) -> Result<ChainState, StateError> {
         let generation = self.shared.load_u64(layout::GENERATION);
         let active = self.shared.load_u64(layout::ACTIVE);
         let at = state::active_slot_offset(active)?;
@@ -602,7 +248,7 @@ impl AuditLog {
     /// other writer not to trust its cached state. This process caches the state without its
     /// key (it reads the key from the slot when it next appends): a process that stays idle
     /// while others append must not keep an old key in its memory (forward security).
-    fn store_state(&mut self, mut state: ChainState) {
+    pub(super) fn store_state(&mut self, mut state: ChainState) {
         let generation = self.bump_generation();
         let old = (self.shared.load_u64(layout::ACTIVE) as usize).min(1);
         let new = 1 - old;
@@ -620,12 +266,12 @@ impl AuditLog {
         self.cached = Some((generation, state, fingerprint));
     }
 
-    fn log_path_shown(&self) -> std::path::Display<'_> {
+    pub(super) fn log_path_shown(&self) -> std::path::Display<'_> {
         self.settings.log_path.display()
     }
 
     /// `fdatasync` of the log in durable mode.
-    fn sync_if_durable(&mut self) -> io::Result<()> {
+    pub(super) fn sync_if_durable(&mut self) -> io::Result<()> {
         #[cfg(test)]
         if std::mem::take(&mut self.fail_sync) {
             return Err(io::Error::other("injected fdatasync failure"));
@@ -637,36 +283,15 @@ impl AuditLog {
         }
     }
 
-    /// An append failed after its `write` began: its bytes were never acknowledged to anyone,
-    /// so they are cut off the log (from `log_size`, where the stored state ends). If even that
-    /// fails, the next append must deal with them (`log_may_be_ahead`).
-    fn cut_back(&mut self, log_size: u64) {
-        // The cut also frees the space reserved past it.
-        self.reserved_to = 0;
-        if self.log.set_len(log_size).is_err() {
-            self.log_may_be_ahead();
-        }
-    }
-
-    /// The log may hold bytes the state does not count: a failed append's records or torn line
-    /// that could not be cut off, or records written before a panic. Whoever appends next (this
-    /// process or another) checks the log first and rolls forward over them or cuts them, as
-    /// after a writer that died (§8), instead of sealing the same seqs again after them.
-    fn log_may_be_ahead(&mut self) {
-        self.shared.store_u64(layout::RECOVER, 1);
-        self.log_checked = None;
-        self.cached = None;
-    }
-
     /// Moves the state file's generation on (every writer's cached state becomes stale) and
     /// returns the new value.
-    fn bump_generation(&self) -> u64 {
+    pub(super) fn bump_generation(&self) -> u64 {
         let generation = self.shared.load_u64(layout::GENERATION).wrapping_add(1);
         self.shared.store_u64(layout::GENERATION, generation);
         generation
     }
 
-    fn corrupt_state(&self, why: &str) -> WriterError {
+    pub(super) fn corrupt_state(&self, why: &str) -> WriterError {
         state_unusable(&self.state_path, why)
     }
 
@@ -736,7 +361,7 @@ impl AuditLog {
     }
 
     /// The state, or why it cannot be used.
-    fn current_state(&mut self) -> Result<ChainState, WriterError> {
+    pub(super) fn current_state(&mut self) -> Result<ChainState, WriterError> {
         match self.read_state() {
             Ok(s) => Ok(s),
             Err(StateError::Empty) => Err(self.corrupt_state("empty: the chain state was removed")),
@@ -746,7 +371,7 @@ impl AuditLog {
 
     /// This process's log follows the file `state` names: after another process rotated the
     /// log, the state names the new file at the log's path.
-    fn follow(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
+    pub(super) fn follow(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         if (state.log_dev, state.log_ino) != self.log_id {
             let (log, id) = match open_existing_log(&self.settings.log_path) {
                 Ok((log, id)) if id == (state.log_dev, state.log_ino) => (log, id),
@@ -764,35 +389,12 @@ impl AuditLog {
         Ok(state)
     }
 
-    /// Ends the current file with a rotate record and goes on in a new file at the log's path;
-    /// the old file is renamed `<log>.<UTC time>`. Under the lock, so other writers see the
-    /// rotation whole, and follow it on their next append (`follow`).
-    fn rotate(&mut self, state: ChainState, template: &Record) -> Result<ChainState, WriterError> {
-        let renamed_to = self.rotated_name();
-        let base = file_name(&self.settings.log_path);
-        let mut name = [0u8; layout::ROTATE_NAME_LEN];
-        name[..renamed_to.len()].copy_from_slice(renamed_to.as_bytes());
-        self.shared.write(layout::ROTATE_NAME, &name);
-        self.shared
-            .store_u64(layout::ROTATE_SEQ, state.next_seq + 1);
-        // On disk before any file step, so that after a power loss the next writer knows a
-        // rotation was under way and finishes it (`resume_rotation`).
-        self.sync_state("before a rotation")?;
-        let mut rec = template.bookkeeping(Event::Rotate);
-        rec.ts = crate::format::record::rfc3339_micros_now();
-        rec.detail.renamed_to = Some(renamed_to);
-        rec.detail.next = Some(base);
-        self.append_locked(state, None, &[rec.to_body()])?;
-        let state = self.current_state()?;
-        self.finish_rotation(state)
-    }
-
     /// Makes sure disk space is reserved for `incoming` bytes at `log_size`. With rotation the
     /// reservation stops at the rotation size, so a rotated file keeps no reserved space worth
     /// mentioning past its end; without it, up to `RESERVE_STEP` past the end. Only an
     /// optimization: if the filesystem cannot reserve (no `fallocate`, or full), the write
     /// allocates as it always did, and fails by itself if it must.
-    fn reserve(&mut self, log_size: u64, incoming: u64) {
+    pub(super) fn reserve(&mut self, log_size: u64, incoming: u64) {
         let end = log_size + incoming;
         if end <= self.reserved_to {
             return;
@@ -809,29 +411,8 @@ impl AuditLog {
         let _ = crate::os::preallocate(&self.log, from, to - from);
     }
 
-    /// `<log>.<UTC time to the microsecond>`, a name no file has yet (file name only).
-    fn rotated_name(&self) -> String {
-        let base = file_name(&self.settings.log_path);
-        let ts: String = crate::format::record::rfc3339_micros_now()
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-            .collect();
-        let dir = self.dir();
-        let mut n = 0u32;
-        loop {
-            let name = match n {
-                0 => format!("{base}.{ts}"),
-                _ => format!("{base}.{ts}-{n}"),
-            };
-            if name.len() > 250 || std::fs::symlink_metadata(dir.join(&name)).is_err() {
-                return name;
-            }
-            n += 1;
-        }
-    }
-
     /// `msync` of the state file's page; a failure fails the append (fail-closed).
-    fn sync_state(&self, when: &str) -> Result<(), WriterError> {
+    pub(super) fn sync_state(&self, when: &str) -> Result<(), WriterError> {
         self.shared.sync().or_else(|e| {
             err(format!(
                 "cannot sync audit state file {} {when}: {e}",
@@ -840,237 +421,9 @@ impl AuditLog {
         })
     }
 
-    /// The new name of the file being rotated, from the state file's header.
-    fn rotation_name(&self) -> String {
-        let mut name = [0u8; layout::ROTATE_NAME_LEN];
-        self.shared.read(layout::ROTATE_NAME, &mut name);
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        String::from_utf8_lossy(&name[..end]).into_owned()
-    }
-
-    /// A rotation was left half-done by a writer that died holding the lock. The file the state
-    /// names is at the log's path or at its new name; roll forward over what the dead writer
-    /// left in it, then finish the rotation if its rotate record is there, or call it off if
-    /// not (the file steps all come after that record, so the old file is then still at the
-    /// log's path, and the next append rotates again). If the state already names the new,
-    /// empty file, the writer died after its last state store: only ROTATE_SEQ is left to clear.
-    fn resume_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
-        let old_id = (state.log_dev, state.log_ino);
-        let rotated = self.dir().join(self.rotation_name());
-        // Which of the two names has it: index 0 is the log's path.
-        let old = [self.settings.log_path.clone(), rotated]
-            .iter()
-            .enumerate()
-            .find_map(|(i, p)| {
-                let (f, id) = open_existing_log(p).ok()?;
-                (id == old_id).then_some((i, f))
-            });
-        let Some((where_found, old_file)) = old else {
-            return err(format!(
-                "a rotation of audit log {} was interrupted and its old file is gone; refusing to log",
-                self.settings.log_path.display()
-            ));
-        };
-        let meta = old_file
-            .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
-        let before = state.log_size;
-        let state = self.recover(&old_file, state, &meta)?;
-        if state.log_size != before {
-            self.store_state(state.clone());
-        }
-        let at_path = where_found == 0;
-        let rotate_seq = self.shared.load_u64(layout::ROTATE_SEQ);
-        if state.next_seq < rotate_seq && at_path {
-            self.shared.store_u64(layout::ROTATE_SEQ, 0);
-            return Ok(state);
-        }
-        if at_path && state.log_size == 0 {
-            // The state names a new, empty file at the log's path, past the rotate record (the
-            // old file holds at least that record): the writer that rotated died after storing
-            // the state that finished the rotation, before it cleared ROTATE_SEQ. That is all
-            // that is left to do (linking "the old file" again would find its new name taken).
-            self.shared.store_u64(layout::ROTATE_SEQ, 0);
-            self.sync_state("after a rotation")?;
-            return Ok(state);
-        }
-        // The rotate record is there; or it is not (lost with the page cache in a power loss)
-        // but the old file already left the log's path: finish the file steps either way.
-        self.finish_rotation(state)
-    }
-
-    fn dir(&self) -> PathBuf {
-        own_files::directory_of(&self.settings.log_path)
-    }
-
-    /// The file steps of a rotation, each safe to repeat, so that a writer that finds a
-    /// rotation left half-done by a dead one can finish it:
-    /// 1. the old file gets its new name as a second link (never replacing a file);
-    /// 2. a new empty file is renamed over the log's path;
-    /// 3. the state moves to the new file (same seq, prev and key: one chain).
-    ///
-    /// The caller has checked that the rotate record is the old file's last record.
-    fn finish_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
-        let rotated = self.dir().join(self.rotation_name());
-        let log_path = self.settings.log_path.clone();
-        let failed = |what: &str, e: io::Error| {
-            WriterError(format!(
-                "cannot rotate audit log {} ({what}): {e}; refusing to log until it can",
-                log_path.display()
-            ))
-        };
-        let old_id = (state.log_dev, state.log_ino);
-        let at_path = open_existing_log(&log_path).ok().map(|(_, id)| id);
-        let at_new_name = open_existing_log(&rotated).ok().map(|(_, id)| id);
-        if at_path != Some(old_id) && at_new_name != Some(old_id) {
-            return err(format!(
-                "cannot finish rotating audit log {}: the old file is neither there nor at {}; refusing to log",
-                log_path.display(),
-                rotated.display()
-            ));
-        }
-        if at_path == Some(old_id) {
-            match std::fs::hard_link(&log_path, &rotated) {
-                Ok(()) => {}
-                // The old file under its new name already (a repeated step) is fine.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if at_new_name != Some(old_id) {
-                        return Err(failed("its new name is taken", e));
-                    }
-                }
-                Err(e) => return Err(failed("link", e)),
-            }
-        }
-        let mut next_tmp = log_path.as_os_str().to_owned();
-        next_tmp.push(".next");
-        let next_tmp = PathBuf::from(next_tmp);
-        let _ = std::fs::remove_file(&next_tmp);
-        let new_log = own_files::create_new(&next_tmp, FileRole::Log, self.settings.log_mode)
-            .map_err(|e| failed("create the next file", e))?;
-        std::fs::rename(&next_tmp, &log_path).map_err(|e| failed("rename", e))?;
-        let meta = new_log.metadata().map_err(|e| failed("stat", e))?;
-        let mut state = state;
-        state.log_dev = meta.dev();
-        state.log_ino = meta.ino();
-        state.log_size = 0;
-        self.store_state(state.clone());
-        self.shared.store_u64(layout::ROTATE_SEQ, 0);
-        // The state naming the new file on disk, with the rename: after a power loss the next
-        // writer must not find a state that names a file no longer at the log's path.
-        if let Ok(d) = File::open(self.dir()) {
-            let _ = d.sync_all();
-        }
-        self.sync_state("after a rotation")?;
-        self.log = new_log;
-        self.log_id = (meta.dev(), meta.ino());
-        self.reserved_to = 0;
-        self.log_checked = Some(Instant::now());
-        Ok(state)
-    }
-
-    /// The slow path: `fstat` the log, refuse one that lost its name, and roll forward over (or
-    /// cut) whatever a writer that died holding the lock left past the state.
-    fn check_log(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
-        let meta = self
-            .log
-            .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
-        if meta.nlink() == 0 {
-            // Deleted, or another file renamed over it: records written now would go to a
-            // file nobody can find, and vanish with this process.
-            return err(format!(
-                "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
-                self.settings.log_path.display()
-            ));
-        }
-        let before = state.log_size;
-        let state = self.recover(&self.log, state, &meta)?;
-        if state.log_size != before {
-            self.store_state(state.clone());
-        }
-        self.shared.store_u64(layout::RECOVER, 0);
-        self.log_checked = Some(Instant::now());
-        Ok(state)
-    }
-
-    /// Checks the log against the state and rolls forward over records a crashed writer wrote
-    /// but did not record in the state. A torn last line (an incomplete write) is cut off: it
-    /// was never acknowledged to anyone, and appending after it would bury it mid-file.
-    fn recover(
-        &self,
-        log: &File,
-        mut state: ChainState,
-        meta: &std::fs::Metadata,
-    ) -> Result<ChainState, WriterError> {
-        let path = self.settings.log_path.display();
-        if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
-            return Err(not_its_log(&self.settings.log_path, &self.state_path));
-        }
-        if meta.len() == 0 && state.log_size > 0 {
-            // Deleted and created again is as likely as truncated: a new file may get the old
-            // one's inode number (ext4 reuses freed ones at once), so it passes for the same.
-            return err(format!(
-                "audit log {path} is empty, but the state file records {} bytes: it was truncated, or deleted and created again; refusing to log",
-                state.log_size
-            ));
-        }
-        if meta.len() < state.log_size {
-            return err(format!(
-                "audit log {path} is shorter ({} bytes) than the state file records ({} bytes): it was truncated; refusing to log",
-                meta.len(),
-                state.log_size
-            ));
-        }
-        if meta.len() == state.log_size {
-            return Ok(state);
-        }
-        let extra = meta.len() - state.log_size;
-        if extra > MAX_RECOVERY_BYTES {
-            return err(format!("audit log {path} has {extra} bytes past the last record the state knows; refusing to log"));
-        }
-        let mut tail = vec![0u8; extra as usize];
-        log.read_exact_at(&mut tail, state.log_size)
-            .or_else(|e| err(format!("cannot read audit log {path} for recovery: {e}")))?;
-        let mut good = 0usize;
-        while let Some(nl) = tail[good..].iter().position(|&b| b == b'\n') {
-            let line = &tail[good..good + nl];
-            let expect_prefix = format!(
-                "{{\"v\":1,\"seq\":{},\"prev\":\"{}\",",
-                state.next_seq, state.prev_mac
-            );
-            let ok = split_line(line).filter(|s| {
-                s.payload.starts_with(expect_prefix.as_bytes())
-                    && crate::format::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
-            });
-            let Some(split) = ok else {
-                return err(format!(
-                    "audit log {path} has a line after byte {} that is not the next record of the chain (seq {}); refusing to log",
-                    state.log_size, state.next_seq
-                ));
-            };
-            // A gap record the dead writer wrote reported its losses; its state, which would
-            // have said so, was never stored.
-            state.lost_reported = state.lost_reported.saturating_add(gap_lost(split.payload));
-            state.prev_mac = split.mac.to_string();
-            state.key.evolve();
-            state.next_seq += 1;
-            state.log_size += nl as u64 + 1;
-            good += nl + 1;
-        }
-        if good < tail.len() {
-            // An incomplete last line: remove exactly those bytes.
-            log.set_len(state.log_size).or_else(|e| {
-                err(format!(
-                    "cannot remove a torn last line from audit log {path}: {e}"
-                ))
-            })?;
-        }
-        Ok(state)
-    }
-
     /// Seals and writes `gap` (if any) and `bodies` after `state`, then stores the new state.
     /// Caller holds the lock.
-    fn append_locked(
+    pub(super) fn append_locked(
         &mut self,
         mut state: ChainState,
         gap: Option<&str>,
@@ -1123,9 +476,11 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::record::micros_now;
     use crate::reader::verify::{verify_files, VerifyOptions};
     use crate::writer::testing::{log_settings, who};
     use std::fs::OpenOptions;
+    use std::path::Path;
 
     const KEY: [u8; 32] = [0x42; 32];
 

@@ -5,6 +5,11 @@
 
 pub mod audit_log;
 pub mod auditor;
+pub mod error;
+mod losses;
+mod open;
 pub mod own_files;
+mod recovery;
+mod rotation;
 #[cfg(test)]
 pub(crate) mod testing;

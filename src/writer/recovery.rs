@@ -1,0 +1,134 @@
+//! Recovery: the log checked against the state after a writer died holding the mutex (or on
+//! the slow path), rolling forward over whole sealed records it left and cutting off the rest.
+
+use crate::format::line::split_line;
+use crate::format::state::{layout, ChainState};
+use crate::writer::audit_log::{AuditLog, MAX_RECOVERY_BYTES};
+use crate::writer::error::{err, not_its_log, WriterError};
+use crate::writer::losses::gap_lost;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::Instant;
+
+impl AuditLog {
+    /// The slow path: `fstat` the log, refuse one that lost its name, and roll forward over (or
+    /// cut) whatever a writer that died holding the lock left past the state.
+    pub(super) fn check_log(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
+        let meta = self
+            .log
+            .metadata()
+            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+        if meta.nlink() == 0 {
+            // Deleted, or another file renamed over it: records written now would go to a
+            // file nobody can find, and vanish with this process.
+            return err(format!(
+                "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
+                self.settings.log_path.display()
+            ));
+        }
+        let before = state.log_size;
+        let state = self.recover(&self.log, state, &meta)?;
+        if state.log_size != before {
+            self.store_state(state.clone());
+        }
+        self.shared.store_u64(layout::RECOVER, 0);
+        self.log_checked = Some(Instant::now());
+        Ok(state)
+    }
+
+    /// Checks the log against the state and rolls forward over records a crashed writer wrote
+    /// but did not record in the state. A torn last line (an incomplete write) is cut off: it
+    /// was never acknowledged to anyone, and appending after it would bury it mid-file.
+    pub(super) fn recover(
+        &self,
+        log: &File,
+        mut state: ChainState,
+        meta: &std::fs::Metadata,
+    ) -> Result<ChainState, WriterError> {
+        let path = self.settings.log_path.display();
+        if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
+            return Err(not_its_log(&self.settings.log_path, &self.state_path));
+        }
+        if meta.len() == 0 && state.log_size > 0 {
+            // Deleted and created again is as likely as truncated: a new file may get the old
+            // one's inode number (ext4 reuses freed ones at once), so it passes for the same.
+            return err(format!(
+                "audit log {path} is empty, but the state file records {} bytes: it was truncated, or deleted and created again; refusing to log",
+                state.log_size
+            ));
+        }
+        if meta.len() < state.log_size {
+            return err(format!(
+                "audit log {path} is shorter ({} bytes) than the state file records ({} bytes): it was truncated; refusing to log",
+                meta.len(),
+                state.log_size
+            ));
+        }
+        if meta.len() == state.log_size {
+            return Ok(state);
+        }
+        let extra = meta.len() - state.log_size;
+        if extra > MAX_RECOVERY_BYTES {
+            return err(format!("audit log {path} has {extra} bytes past the last record the state knows; refusing to log"));
+        }
+        let mut tail = vec![0u8; extra as usize];
+        log.read_exact_at(&mut tail, state.log_size)
+            .or_else(|e| err(format!("cannot read audit log {path} for recovery: {e}")))?;
+        let mut good = 0usize;
+        while let Some(nl) = tail[good..].iter().position(|&b| b == b'\n') {
+            let line = &tail[good..good + nl];
+            let expect_prefix = format!(
+                "{{\"v\":1,\"seq\":{},\"prev\":\"{}\",",
+                state.next_seq, state.prev_mac
+            );
+            let ok = split_line(line).filter(|s| {
+                s.payload.starts_with(expect_prefix.as_bytes())
+                    && crate::format::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
+            });
+            let Some(split) = ok else {
+                return err(format!(
+                    "audit log {path} has a line after byte {} that is not the next record of the chain (seq {}); refusing to log",
+                    state.log_size, state.next_seq
+                ));
+            };
+            // A gap record the dead writer wrote reported its losses; its state, which would
+            // have said so, was never stored.
+            state.lost_reported = state.lost_reported.saturating_add(gap_lost(split.payload));
+            state.prev_mac = split.mac.to_string();
+            state.key.evolve();
+            state.next_seq += 1;
+            state.log_size += nl as u64 + 1;
+            good += nl + 1;
+        }
+        if good < tail.len() {
+            // An incomplete last line: remove exactly those bytes.
+            log.set_len(state.log_size).or_else(|e| {
+                err(format!(
+                    "cannot remove a torn last line from audit log {path}: {e}"
+                ))
+            })?;
+        }
+        Ok(state)
+    }
+
+    /// An append failed after its `write` began: its bytes were never acknowledged to anyone,
+    /// so they are cut off the log (from `log_size`, where the stored state ends). If even that
+    /// fails, the next append must deal with them (`log_may_be_ahead`).
+    pub(super) fn cut_back(&mut self, log_size: u64) {
+        // The cut also frees the space reserved past it.
+        self.reserved_to = 0;
+        if self.log.set_len(log_size).is_err() {
+            self.log_may_be_ahead();
+        }
+    }
+
+    /// The log may hold bytes the state does not count: a failed append's records or torn line
+    /// that could not be cut off, or records written before a panic. Whoever appends next (this
+    /// process or another) checks the log first and rolls forward over them or cuts them, as
+    /// after a writer that died (§8), instead of sealing the same seqs again after them.
+    pub(super) fn log_may_be_ahead(&mut self) {
+        self.shared.store_u64(layout::RECOVER, 1);
+        self.log_checked = None;
+        self.cached = None;
+    }
+}
