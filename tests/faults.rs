@@ -280,7 +280,7 @@ fn role_hold() {
         assert!(Instant::now() < deadline, "no go file");
         std::thread::sleep(Duration::from_millis(1));
     }
-    // A writer checks its log with `fstat` at most every LOG_CHECK_INTERVAL (FORMAT.md §8):
+    // A writer checks its log with `fstat` at most every LOG_CHECK_INTERVAL (INTERNALS.md §1.3):
     // the change must be noticed by the first call made after that.
     std::thread::sleep(p11audit::writer::audit_log::LOG_CHECK_INTERVAL + Duration::from_millis(20));
     let (after_rv, _) = m.generate_aes(s, AFTER_LABEL);
@@ -645,7 +645,7 @@ fn killed_between_log_write_and_state_write_rolls_forward() {
 
 /// The issue: "The log always verifies, apart from an explicitly reported torn last line." A
 /// writer killed between its log write and its state write leaves complete, valid records past
-/// the state's end, which the next writer accepts (FORMAT.md §8); `verify` should accept them too
+/// the state's end, which the next writer accepts (INTERNALS.md §1.3); `verify` should accept them too
 /// (their macs chain on from the state's prev), not report the log as `truncated`. Issue 15 §2:
 /// but it cannot vouch for the end of the log past the state, and says so (exit 3); once the
 /// next writer has rolled forward, the end is checked again (exit 0).
@@ -739,7 +739,7 @@ fn check_chain_ignoring_unfinished(fx: &Fixture) -> Vec<Value> {
 
 // ---- the log deleted, renamed or replaced ---------------------------------------------------
 
-/// Where the state file counts lost records (FORMAT.md §8.1: LOST, the running total, and
+/// Where the state file counts lost records (INTERNALS.md §1.1: LOST, the running total, and
 /// LOST_SINCE): a refused process adds its refused records there, and nothing else of the
 /// state changes.
 const LOST_FIELDS: std::ops::Range<usize> = layout::LOST..layout::LOST_SINCE + 8;

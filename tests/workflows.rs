@@ -1801,7 +1801,7 @@ fn chain_recomputes_independently() {
         k = hmac_raw(&k, b"p11audit/v1 evolve").to_vec();
     }
 
-    // The state file (FORMAT.md §8): a 4096-byte page; the u64 at byte 32 says which slot
+    // The state file (INTERNALS.md §1.1): a 4096-byte page; the u64 at byte 32 says which slot
     // (512 bytes at 1024 or 1536) holds the current state as text.
     let file = std::fs::read(f.state()).expect("state file");
     assert_eq!(file.len(), 4096, "state file size");

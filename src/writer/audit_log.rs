@@ -1,6 +1,6 @@
 //! The audit file writer: one chain per file, shared by threads and processes.
 //!
-//! Every writer maps the state file (`<log>.state`, FORMAT.md §8) and appends holding the
+//! Every writer maps the state file (`<log>.state`, INTERNALS.md §1) and appends holding the
 //! robust process-shared mutex in it: it reads the state (from its cache if no other writer
 //! wrote since), seals the records with the current key, writes them with one `write` to the
 //! `O_APPEND` log, and stores the evolved key in the other slot of the state, wiping the old
@@ -13,8 +13,7 @@ use crate::format::line::seal_and_evolve_into;
 use crate::format::record::{Event, ProcessIdentity, Record};
 use crate::format::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
-pub use crate::writer::error::WriterError;
-use crate::writer::error::{err, log_without_state, not_its_log, state_unusable};
+pub use crate::writer::error::{KeyFileError, WriterError};
 pub use crate::writer::losses::Losses;
 use crate::writer::losses::{gap_body, settle_lost_since, unreported_losses};
 use crate::writer::open::{
@@ -106,22 +105,20 @@ impl AuditLog {
     pub fn open(settings: &LogSettings, who: &ProcessIdentity) -> Result<AuditLog, WriterError> {
         let log_path = &settings.log_path;
         let state_path = state_path_for(log_path);
-        let var = "P11AUDIT_LOG";
         match log_path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
-                return err(format!(
-                    "the directory of the audit log {} does not exist ({var}): create it or point {var} elsewhere",
-                    log_path.display()
-                ))
+                return Err(WriterError::NoDirectory {
+                    log: log_path.clone(),
+                })
             }
             _ => {}
         }
-        refuse_symlink_or_special(log_path, "audit log", var)?;
-        refuse_symlink_or_special(&state_path, "audit state file", var)?;
+        refuse_symlink_or_special(log_path, "audit log")?;
+        refuse_symlink_or_special(&state_path, "audit state file")?;
         let (log, state) = open_log_and_state(settings, &state_path)?;
         let log_meta = log
             .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+            .map_err(|e| WriterError::io("stat audit log", log_path, e))?;
         let shared = map_state_file(&state, &state_path, log_path, log_meta.len())?;
         let mut me = AuditLog {
             settings: settings.clone(),
@@ -151,12 +148,7 @@ impl AuditLog {
         let how = self
             .shared
             .lock_robust_mutex(layout::MUTEX, LOCK_TIMEOUT)
-            .or_else(|e| {
-                err(format!(
-                    "cannot lock audit state file {}: {e}",
-                    self.state_path.display()
-                ))
-            })?;
+            .map_err(|e| WriterError::io("lock audit state file", &self.state_path, e))?;
         if how == Locked::OwnerDied {
             self.shared.store_u64(layout::RECOVER, 1);
             // The dead writer may have switched slots without counting it: no writer may trust
@@ -186,13 +178,15 @@ impl AuditLog {
             Err(StateError::Corrupt(why)) => return Err(self.corrupt_state(why)),
         }
         if log_meta.len() > 0 {
-            return Err(log_without_state(&self.settings.log_path, &self.state_path));
+            return Err(WriterError::LogWithoutState {
+                log: self.settings.log_path.clone(),
+                state: self.state_path.clone(),
+            });
         }
         let Some(key_file) = self.settings.key_file.clone() else {
-            return err(format!(
-                "P11AUDIT_KEY_FILE is not set and no chain exists yet at {}: set P11AUDIT_KEY_FILE to a key made by `p11audit keygen` to start one",
-                self.settings.log_path.display()
-            ));
+            return Err(WriterError::NoKeyFile {
+                log: self.settings.log_path.clone(),
+            });
         };
         let key = read_key_file(&key_file)?;
         // The state goes first: if this process dies right after writing the start record,
@@ -266,10 +260,6 @@ impl AuditLog {
         self.cached = Some((generation, state, fingerprint));
     }
 
-    pub(super) fn log_path_shown(&self) -> std::path::Display<'_> {
-        self.settings.log_path.display()
-    }
-
     /// `fdatasync` of the log in durable mode.
     pub(super) fn sync_if_durable(&mut self) -> io::Result<()> {
         #[cfg(test)]
@@ -291,8 +281,18 @@ impl AuditLog {
         generation
     }
 
-    pub(super) fn corrupt_state(&self, why: &str) -> WriterError {
-        state_unusable(&self.state_path, why)
+    pub(super) fn not_its_log(&self) -> WriterError {
+        WriterError::NotItsLog {
+            log: self.settings.log_path.clone(),
+            state: self.state_path.clone(),
+        }
+    }
+
+    pub(super) fn corrupt_state(&self, why: &'static str) -> WriterError {
+        WriterError::StateUnusable {
+            state: self.state_path.clone(),
+            why,
+        }
     }
 
     /// The records lost and not yet reported, for whoever notices a loss.
@@ -379,7 +379,7 @@ impl AuditLog {
                 Err(e @ UntrustedFile::NotRegular { .. })
                 | Err(e @ UntrustedFile::OwnedByAnother { .. })
                 | Err(e @ UntrustedFile::OpenToOthers { .. }) => return Err(e.into()),
-                _ => return Err(not_its_log(&self.settings.log_path, &self.state_path)),
+                _ => return Err(self.not_its_log()),
             };
             self.log = log;
             self.log_id = id;
@@ -412,12 +412,12 @@ impl AuditLog {
     }
 
     /// `msync` of the state file's page; a failure fails the append (fail-closed).
-    pub(super) fn sync_state(&self, when: &str) -> Result<(), WriterError> {
-        self.shared.sync().or_else(|e| {
-            err(format!(
-                "cannot sync audit state file {} {when}: {e}",
-                self.state_path.display()
-            ))
+    pub(super) fn sync_state(&self, when: &'static str) -> Result<(), WriterError> {
+        self.shared.sync().map_err(|source| WriterError::Io {
+            action: "sync audit state file",
+            path: self.state_path.clone(),
+            context: when,
+            source,
         })
     }
 
@@ -448,17 +448,23 @@ impl AuditLog {
         // write_all retries EINTR and completes short writes. If it fails partway (ENOSPC after
         // a short write), cut the partial bytes off so no torn line stays in the middle.
         if let Err(e) = self.log.write_all(&self.buf) {
-            let message = format!("cannot write audit log {}: {e}", self.log_path_shown());
             self.cut_back(state.log_size);
-            return err(message);
+            return Err(WriterError::io(
+                "write audit log",
+                &self.settings.log_path,
+                e,
+            ));
         }
         if let Err(e) = self.sync_if_durable() {
             // After a failed fdatasync the kernel may have dropped the pages' error and marked
             // them clean: the records may never reach the disk. They are reported as not
             // written (their calls refused, their output wiped), so they go.
-            let message = format!("cannot fdatasync audit log {}: {e}", self.log_path_shown());
             self.cut_back(state.log_size);
-            return err(message);
+            return Err(WriterError::io(
+                "fdatasync audit log",
+                &self.settings.log_path,
+                e,
+            ));
         }
         state.log_size += self.buf.len() as u64;
         let last_seq = state.next_seq - 1;
@@ -686,10 +692,11 @@ mod tests {
             .unwrap();
         let e = follower.append(&body(2), &template()).unwrap_err();
         assert!(
-            e.0.contains(&format!(
-                "audit log {} has mode 0666",
-                settings.log_path.display()
-            )),
+            matches!(
+                &e,
+                WriterError::Untrusted(UntrustedFile::OpenToOthers { path, mode, .. })
+                    if *path == settings.log_path && mode & 0o7777 == 0o666
+            ),
             "{e}"
         );
         assert_eq!(std::fs::metadata(&settings.log_path).unwrap().len(), 0);
@@ -819,6 +826,9 @@ mod tests {
         digit[0] = if digit[0] == b'0' { b'1' } else { b'0' };
         state_file.write_all_at(&digit, digit_at).unwrap();
         let refused = log.append(&body(2), &template).unwrap_err();
-        assert!(refused.0.contains("key changed"), "{refused}");
+        assert!(
+            matches!(refused, WriterError::StateUnusable { why, .. } if why.contains("key changed")),
+            "{refused}"
+        );
     }
 }

@@ -5,7 +5,7 @@ use crate::format::chain::ChainKey;
 use crate::format::state::{self, layout, StateError};
 use crate::os::SharedFileMap;
 use crate::writer::audit_log::LogSettings;
-use crate::writer::error::{err, log_without_state, state_unusable, WriterError};
+use crate::writer::error::{KeyFileError, WriterError};
 use crate::writer::own_files::{self, FileRole, UntrustedFile};
 use std::fs::File;
 use std::io::{self, Read};
@@ -22,21 +22,20 @@ pub fn state_path_for(log_path: &Path) -> PathBuf {
 
 pub(super) fn refuse_symlink_or_special(
     path: &Path,
-    what: &str,
-    var: &str,
+    what: &'static str,
 ) -> Result<(), WriterError> {
-    let kind = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => ("a symbolic link", m),
-        Ok(m) if !m.file_type().is_file() => ("not a regular file", m),
-        _ => return Ok(()),
-    };
-    err(format!(
-        "{what} {} is {} (owner {}, mode {:o}); refusing it ({var}): point {var} at a regular file",
-        path.display(),
-        kind.0,
-        own_files::owner_text(kind.1.uid()),
-        kind.1.mode()
-    ))
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() || !m.file_type().is_file() => {
+            Err(WriterError::NotAFile {
+                what,
+                path: path.to_path_buf(),
+                symlink: m.file_type().is_symlink(),
+                owner: m.uid(),
+                mode: m.mode(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Opens (creating if needed) the log for appending and the state file for positioned writes,
@@ -50,7 +49,10 @@ pub(super) fn open_log_and_state(
     let log_has_content = log.metadata().map(|m| m.len() > 0).unwrap_or(false);
     if log_has_content && std::fs::symlink_metadata(state_path).is_err() {
         // Nothing is created beside a log whose state is gone.
-        return Err(log_without_state(&settings.log_path, state_path));
+        return Err(WriterError::LogWithoutState {
+            log: settings.log_path.clone(),
+            state: state_path.to_path_buf(),
+        });
     }
     // A new state file appears whole, with its header: an empty one is never p11audit's.
     let mut header = layout::MAGIC.to_vec();
@@ -81,54 +83,41 @@ pub(super) fn file_name(path: &Path) -> String {
 /// Reads and checks the key file: it must be owned by this uid or root (whoever owns it knows
 /// the key), must not be readable, writable or executable by group or others, and must hold 64
 /// hex characters.
-pub fn read_key_file(path: &Path) -> Result<ChainKey, WriterError> {
-    let var = "P11AUDIT_KEY_FILE";
+pub fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
+    let path_buf = || path.to_path_buf();
+    let unreadable = |source| KeyFileError::Unreadable {
+        path: path_buf(),
+        source,
+    };
     // O_NONBLOCK: a FIFO put at the path must not hang C_Initialize (it is refused below).
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
-        .or_else(|e| {
-            err(format!(
-                "cannot read key file {} ({var}): {e}",
-                path.display()
-            ))
-        })?;
-    let meta = f
-        .metadata()
-        .or_else(|e| err(format!("cannot stat key file {}: {e}", path.display())))?;
+        .map_err(unreadable)?;
+    let meta = f.metadata().map_err(unreadable)?;
     if !meta.file_type().is_file() {
-        return err(format!(
-            "key file {} is not a regular file ({var}): point {var} at a file made by `p11audit keygen`",
-            path.display()
-        ));
+        return Err(KeyFileError::NotRegular { path: path_buf() });
     }
     let euid = crate::os::effective_uid();
     if meta.uid() != euid && meta.uid() != 0 {
-        return err(format!(
-            "key file {} is owned by {}, not by this process's uid {euid} or root: its owner knows the chain key and could forge the log; make a new key as uid {euid} with `p11audit keygen` ({var})",
-            path.display(),
-            own_files::owner_text(meta.uid())
-        ));
+        return Err(KeyFileError::OwnedByAnother {
+            path: path_buf(),
+            owner: meta.uid(),
+            euid,
+        });
     }
     if meta.mode() & 0o077 != 0 {
-        return err(format!(
-            "key file {} is accessible by group or others (mode {:04o}); run `chmod 0400 {}` ({var})",
-            path.display(),
-            meta.mode() & 0o7777,
-            path.display()
-        ));
+        return Err(KeyFileError::OpenToOthers {
+            path: path_buf(),
+            mode: meta.mode() & 0o7777,
+        });
     }
     let mut text = String::new();
     let read = Read::by_ref(&mut f).take(4096).read_to_string(&mut text);
     let parsed = read.ok().and_then(|_| ChainKey::from_hex_text(&text).ok());
     text.zeroize();
-    parsed.ok_or_else(|| {
-        WriterError(format!(
-            "key file {} does not hold 64 hex characters ({var}): make one with `p11audit keygen`",
-            path.display()
-        ))
-    })
+    parsed.ok_or_else(|| KeyFileError::NotAKey { path: path_buf() })
 }
 
 /// Sets up the mapping of the state file, under an exclusive `flock` so that only one process
@@ -141,32 +130,32 @@ pub(super) fn map_state_file(
     log_path: &Path,
     log_len: u64,
 ) -> Result<SharedFileMap, WriterError> {
-    let io_err = |what: &str, e: io::Error| {
-        WriterError(format!(
-            "cannot {what} audit state file {}: {e}",
-            state_path.display()
-        ))
-    };
+    let io_err = |action: &'static str, e: io::Error| WriterError::io(action, state_path, e);
     // std's `File::lock` does not retry `flock` when a signal (installed without SA_RESTART)
     // interrupts the wait.
     loop {
         match state.lock() {
             Ok(()) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("lock", e)),
+            Err(e) => return Err(io_err("lock audit state file", e)),
         }
     }
     let result = (|| {
-        let len = state.metadata().map_err(|e| io_err("stat", e))?.len();
+        let len = state
+            .metadata()
+            .map_err(|e| io_err("stat audit state file", e))?
+            .len();
         if len == 0 && log_len > 0 {
-            return Err(log_without_state(log_path, state_path));
+            return Err(WriterError::LogWithoutState {
+                log: log_path.to_path_buf(),
+                state: state_path.to_path_buf(),
+            });
         }
         if len == 0 {
             // p11audit creates its state file whole (`own_files::create_whole_or_adopt`).
-            return Err(WriterError(format!(
-                "audit state file {} is empty, so p11audit did not make it; move it away (and find out who made it) so that p11audit creates it (P11AUDIT_LOG)",
-                state_path.display()
-            )));
+            return Err(WriterError::StateEmpty {
+                state: state_path.to_path_buf(),
+            });
         }
         if len != layout::FILE_LEN as u64 {
             let mut bytes = Vec::new();
@@ -177,13 +166,20 @@ pub(super) fn map_state_file(
                 Err(StateError::Corrupt(why)) => why,
                 _ => "wrong size for a state file",
             };
-            return Err(state_unusable(state_path, why));
+            return Err(WriterError::StateUnusable {
+                state: state_path.to_path_buf(),
+                why,
+            });
         }
-        let shared = SharedFileMap::new(state, layout::FILE_LEN).map_err(|e| io_err("map", e))?;
+        let shared = SharedFileMap::new(state, layout::FILE_LEN)
+            .map_err(|e| io_err("map audit state file", e))?;
         let mut magic = vec![0u8; layout::MAGIC.len()];
         shared.read(0, &mut magic);
         if magic != layout::MAGIC {
-            return Err(state_unusable(state_path, "unknown state file version"));
+            return Err(WriterError::StateUnusable {
+                state: state_path.to_path_buf(),
+                why: "unknown state file version",
+            });
         }
         let mut saved = [0u8; layout::BOOT_ID_LEN];
         shared.read(layout::BOOT_ID, &mut saved);
@@ -200,7 +196,7 @@ pub(super) fn map_state_file(
         if reinit {
             shared
                 .init_robust_mutex(layout::MUTEX)
-                .map_err(|e| io_err("set up the lock in", e))?;
+                .map_err(|e| io_err("set up the lock in audit state file", e))?;
             shared.store_u64(layout::RECOVER, 1);
             shared.write(layout::BOOT_ID, &boot);
         }

@@ -4,7 +4,7 @@
 use crate::format::line::split_line;
 use crate::format::state::{layout, ChainState};
 use crate::writer::audit_log::{AuditLog, MAX_RECOVERY_BYTES};
-use crate::writer::error::{err, not_its_log, WriterError};
+use crate::writer::error::WriterError;
 use crate::writer::losses::gap_lost;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -17,14 +17,13 @@ impl AuditLog {
         let meta = self
             .log
             .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+            .map_err(|e| WriterError::io("stat audit log", &self.settings.log_path, e))?;
         if meta.nlink() == 0 {
             // Deleted, or another file renamed over it: records written now would go to a
             // file nobody can find, and vanish with this process.
-            return err(format!(
-                "audit log {} was deleted or replaced while in use; refusing to log to a file that no longer has a name",
-                self.settings.log_path.display()
-            ));
+            return Err(WriterError::LogUnlinked {
+                log: self.settings.log_path.clone(),
+            });
         }
         let before = state.log_size;
         let state = self.recover(&self.log, state, &meta)?;
@@ -45,35 +44,43 @@ impl AuditLog {
         mut state: ChainState,
         meta: &std::fs::Metadata,
     ) -> Result<ChainState, WriterError> {
-        let path = self.settings.log_path.display();
+        let log_path = || self.settings.log_path.clone();
         if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
-            return Err(not_its_log(&self.settings.log_path, &self.state_path));
+            return Err(self.not_its_log());
         }
         if meta.len() == 0 && state.log_size > 0 {
             // Deleted and created again is as likely as truncated: a new file may get the old
             // one's inode number (ext4 reuses freed ones at once), so it passes for the same.
-            return err(format!(
-                "audit log {path} is empty, but the state file records {} bytes: it was truncated, or deleted and created again; refusing to log",
-                state.log_size
-            ));
+            return Err(WriterError::LogEmptied {
+                log: log_path(),
+                state_size: state.log_size,
+            });
         }
         if meta.len() < state.log_size {
-            return err(format!(
-                "audit log {path} is shorter ({} bytes) than the state file records ({} bytes): it was truncated; refusing to log",
-                meta.len(),
-                state.log_size
-            ));
+            return Err(WriterError::LogTruncated {
+                log: log_path(),
+                size: meta.len(),
+                state_size: state.log_size,
+            });
         }
         if meta.len() == state.log_size {
             return Ok(state);
         }
         let extra = meta.len() - state.log_size;
         if extra > MAX_RECOVERY_BYTES {
-            return err(format!("audit log {path} has {extra} bytes past the last record the state knows; refusing to log"));
+            return Err(WriterError::LogTooFarAhead {
+                log: log_path(),
+                extra,
+            });
         }
         let mut tail = vec![0u8; extra as usize];
         log.read_exact_at(&mut tail, state.log_size)
-            .or_else(|e| err(format!("cannot read audit log {path} for recovery: {e}")))?;
+            .map_err(|source| WriterError::Io {
+                action: "read audit log",
+                path: log_path(),
+                context: " for recovery",
+                source,
+            })?;
         let mut good = 0usize;
         while let Some(nl) = tail[good..].iter().position(|&b| b == b'\n') {
             let line = &tail[good..good + nl];
@@ -86,10 +93,11 @@ impl AuditLog {
                     && crate::format::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
             });
             let Some(split) = ok else {
-                return err(format!(
-                    "audit log {path} has a line after byte {} that is not the next record of the chain (seq {}); refusing to log",
-                    state.log_size, state.next_seq
-                ));
+                return Err(WriterError::LogNotTheChain {
+                    log: log_path(),
+                    offset: state.log_size,
+                    seq: state.next_seq,
+                });
             };
             // A gap record the dead writer wrote reported its losses; its state, which would
             // have said so, was never stored.
@@ -102,10 +110,8 @@ impl AuditLog {
         }
         if good < tail.len() {
             // An incomplete last line: remove exactly those bytes.
-            log.set_len(state.log_size).or_else(|e| {
-                err(format!(
-                    "cannot remove a torn last line from audit log {path}: {e}"
-                ))
+            log.set_len(state.log_size).map_err(|e| {
+                WriterError::io("remove a torn last line from audit log", log_path(), e)
             })?;
         }
         Ok(state)
@@ -125,7 +131,7 @@ impl AuditLog {
     /// The log may hold bytes the state does not count: a failed append's records or torn line
     /// that could not be cut off, or records written before a panic. Whoever appends next (this
     /// process or another) checks the log first and rolls forward over them or cuts them, as
-    /// after a writer that died (§8), instead of sealing the same seqs again after them.
+    /// after a writer that died (INTERNALS.md §1.3), instead of sealing the same seqs again after them.
     pub(super) fn log_may_be_ahead(&mut self) {
         self.shared.store_u64(layout::RECOVER, 1);
         self.log_checked = None;

@@ -5,7 +5,7 @@
 use crate::format::record::{Event, Record};
 use crate::format::state::{layout, ChainState};
 use crate::writer::audit_log::AuditLog;
-use crate::writer::error::{err, WriterError};
+use crate::writer::error::WriterError;
 use crate::writer::open::{file_name, open_existing_log};
 use crate::writer::own_files::{self, FileRole};
 use std::fs::File;
@@ -32,7 +32,7 @@ impl AuditLog {
             .store_u64(layout::ROTATE_SEQ, state.next_seq + 1);
         // On disk before any file step, so that after a power loss the next writer knows a
         // rotation was under way and finishes it (`resume_rotation`).
-        self.sync_state("before a rotation")?;
+        self.sync_state(" before a rotation")?;
         let mut rec = template.bookkeeping(Event::Rotate);
         rec.ts = crate::format::record::rfc3339_micros_now();
         rec.detail.renamed_to = Some(renamed_to);
@@ -89,14 +89,13 @@ impl AuditLog {
                 (id == old_id).then_some((i, f))
             });
         let Some((where_found, old_file)) = old else {
-            return err(format!(
-                "a rotation of audit log {} was interrupted and its old file is gone; refusing to log",
-                self.settings.log_path.display()
-            ));
+            return Err(WriterError::RotationOldFileGone {
+                log: self.settings.log_path.clone(),
+            });
         };
         let meta = old_file
             .metadata()
-            .or_else(|e| err(format!("cannot stat audit log: {e}")))?;
+            .map_err(|e| WriterError::io("stat audit log", &self.settings.log_path, e))?;
         let before = state.log_size;
         let state = self.recover(&old_file, state, &meta)?;
         if state.log_size != before {
@@ -114,7 +113,7 @@ impl AuditLog {
             // the state that finished the rotation, before it cleared ROTATE_SEQ. That is all
             // that is left to do (linking "the old file" again would find its new name taken).
             self.shared.store_u64(layout::ROTATE_SEQ, 0);
-            self.sync_state("after a rotation")?;
+            self.sync_state(" after a rotation")?;
             return Ok(state);
         }
         // The rotate record is there; or it is not (lost with the page cache in a power loss)
@@ -136,21 +135,19 @@ impl AuditLog {
     pub(super) fn finish_rotation(&mut self, state: ChainState) -> Result<ChainState, WriterError> {
         let rotated = self.dir().join(self.rotation_name());
         let log_path = self.settings.log_path.clone();
-        let failed = |what: &str, e: io::Error| {
-            WriterError(format!(
-                "cannot rotate audit log {} ({what}): {e}; refusing to log until it can",
-                log_path.display()
-            ))
+        let failed = |step: &'static str, source: io::Error| WriterError::Rotation {
+            log: log_path.clone(),
+            step,
+            source,
         };
         let old_id = (state.log_dev, state.log_ino);
         let at_path = open_existing_log(&log_path).ok().map(|(_, id)| id);
         let at_new_name = open_existing_log(&rotated).ok().map(|(_, id)| id);
         if at_path != Some(old_id) && at_new_name != Some(old_id) {
-            return err(format!(
-                "cannot finish rotating audit log {}: the old file is neither there nor at {}; refusing to log",
-                log_path.display(),
-                rotated.display()
-            ));
+            return Err(WriterError::RotationLost {
+                log: log_path.clone(),
+                rotated,
+            });
         }
         if at_path == Some(old_id) {
             match std::fs::hard_link(&log_path, &rotated) {
@@ -183,7 +180,7 @@ impl AuditLog {
         if let Ok(d) = File::open(self.dir()) {
             let _ = d.sync_all();
         }
-        self.sync_state("after a rotation")?;
+        self.sync_state(" after a rotation")?;
         self.log = new_log;
         self.log_id = (meta.dev(), meta.ino());
         self.reserved_to = 0;

@@ -8,7 +8,7 @@
  *                      that append is in the log; a new chain's first state is)
  *   CRASH_AT=after:N   SIGKILL right after the Nth write to the log returns (the
  *                      records of that append are in the log, the state update in
- *                      the mapped state file is not: the window of FORMAT.md §8's
+ *                      the mapped state file is not: the window of INTERNALS.md §1.3's
  *                      roll-forward). Both die holding the state file's mutex.
  *   CRASH_AT=link:N    SIGKILL on entry to the Nth link()/linkat() (a rotation:
  *                      the rotate record is in the old file, which has not been
