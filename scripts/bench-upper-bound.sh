@@ -14,8 +14,8 @@
 #            change of the format that writes less per record.
 #   both     the two cuts together.
 #
-# docs/PERFORMANCE.md uses the "baseline/direct" ratios to show which targets of issue 5 no
-# change to the write path or the format can reach. NEVER use the copy for anything else: it
+# Its "baseline/direct" ratios show which performance targets no change to the write path or
+# the format can reach. NEVER use the copy for anything else: it
 # logs nothing, or nothing useful.
 #
 #   scripts/bench-upper-bound.sh [ROUNDS] [SECONDS_PER_OP]

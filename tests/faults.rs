@@ -1,4 +1,4 @@
-//! Faults (issue 6): writers killed at random and at exact points of an append, the log or its
+//! Faults: writers killed at random and at exact points of an append, the log or its
 //! state file deleted, renamed, replaced or damaged, the shim unloaded and reloaded with threads
 //! still running, C_Finalize racing calls on other threads, and memory over a long run.
 //!
@@ -643,12 +643,12 @@ fn killed_between_log_write_and_state_write_rolls_forward() {
         .any(|r| r["pid"] == killed_pid && r["ev"] == "intent"));
 }
 
-/// The issue: "The log always verifies, apart from an explicitly reported torn last line." A
-/// writer killed between its log write and its state write leaves complete, valid records past
-/// the state's end, which the next writer accepts (INTERNALS.md §1.3); `verify` should accept them too
-/// (their macs chain on from the state's prev), not report the log as `truncated`. Issue 15 §2:
-/// but it cannot vouch for the end of the log past the state, and says so (exit 3); once the
-/// next writer has rolled forward, the end is checked again (exit 0).
+/// The log always verifies, apart from an explicitly reported torn last line. A writer killed
+/// between its log write and its state write leaves complete, valid records past the state's
+/// end, which the next writer accepts (INTERNALS.md §1.3); `verify` should accept them too
+/// (their macs chain on from the state's prev), not report the log as `truncated`; but it
+/// cannot vouch for the end of the log past the state, and says so (exit 3); once the next
+/// writer has rolled forward, the end is checked again (exit 0).
 #[test]
 fn verify_accepts_a_state_one_append_behind() {
     let fx = Fixture::new();

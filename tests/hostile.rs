@@ -1,4 +1,4 @@
-//! Hostile input (issue 6): bytes from the application and the token that end up in records,
+//! Hostile input: bytes from the application and the token that end up in records,
 //! and `p11audit verify` run on a log an attacker controls.
 //!
 //! 1. Labels, ids, application names, token labels and the executable's own path with invalid
@@ -477,9 +477,9 @@ fn hostile_bytes_round_trip_and_every_line_stays_json() {
     }
     let records = check_chain(&fx);
 
-    // The executable path: not UTF-8, so written as hex of its exact bytes (issue 15 §5: it
-    // was written lossily, U+FFFD for the byte 0xff, so that another program whose path has
-    // 0xfe there looked the same), whole and on one line.
+    // The executable path: not UTF-8, so written as hex of its exact bytes (written lossily,
+    // U+FFFD for the byte 0xff, another program whose path has 0xfe there would look the same),
+    // whole and on one line.
     let exe_bytes = exe_path.as_os_str().as_bytes();
     assert!(std::str::from_utf8(exe_bytes).is_err());
     assert!(

@@ -1,5 +1,5 @@
 //! PKCS#11 3.x interface negotiation (`C_GetInterfaceList`, `C_GetInterface`) through the shim,
-//! with real providers (issue 3):
+//! with real providers:
 //!
 //! - SoftHSM 2.6.1, a 2.40 module without `C_GetInterfaceList`: the shim offers exactly one
 //!   interface, "PKCS 11" 2.40, and gets every argument edge case of both functions right; the

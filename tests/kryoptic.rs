@@ -1,5 +1,5 @@
 //! PKCS#11 3.0 workflows against a full 3.x soft token, kryoptic 1.1.0, directly and through
-//! the shim, compared (issue 3): interface negotiation, token and PIN set-up, key generation,
+//! the shim, compared: interface negotiation, token and PIN set-up, key generation,
 //! message-based AES-GCM encryption and decryption, `C_SessionCancel`, and sign/verify. Then
 //! the shim's log: it verifies, it has a record of every call, the message-based records carry
 //! the operation's mechanism and key and each message's lengths, and no secret is in it.

@@ -1,4 +1,4 @@
-//! Look-alike labels (issue 15 §4): keys whose labels print as copies of `eck` (a Cyrillic `е`,
+//! Look-alike labels: keys whose labels print as copies of `eck` (a Cyrillic `е`,
 //! a combining stroke, a braille blank, an ideographic or a no-break space, a Greek omicron in
 //! `root`, an all-Cyrillic `сек`) are made through the built shim on real SoftHSM, next to a
 //! key really named `eck`, and one of them is used. `p11audit show` and `p11audit report` must

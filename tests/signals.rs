@@ -1,4 +1,4 @@
-//! Signals (issue 6): "Writes interrupted by signals (EINTR) are retried. Short writes are
+//! Signals: "Writes interrupted by signals (EINTR) are retried. Short writes are
 //! completed or reported, never left half-done."
 //!
 //! A child process installs handlers for SIGUSR1 and SIGALRM *without* SA_RESTART, so a signal

@@ -1,5 +1,4 @@
-//! The shim under valgrind (issue 6: "The test workflow is clean under valgrind or
-//! AddressSanitizer for the shim's own code").
+//! The shim under valgrind: the test workflow is clean for the shim's own code.
 //!
 //! Programs load libp11audit.so in front of SoftHSM and run under memcheck (`--leak-check=no`:
 //! the shim deliberately never unloads the provider and keeps its runtime for the life of the

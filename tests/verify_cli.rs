@@ -420,7 +420,7 @@ fn keygen_writes_a_0400_key_and_never_overwrites() {
     keygen(&dir.path().join("no/such/dir/k"), 2);
 }
 
-// ---- issue 15 ---------------------------------------------------------------------------------
+// ---- verdicts a reader can trust ----------------------------------------------------------------------------------
 
 /// `p11audit verify|show|report --key-file KEY EXTRA... LOG`, which must exit with `status`.
 #[track_caller]
@@ -442,7 +442,7 @@ fn sixty_two() -> Vec<String> {
     bodies
 }
 
-/// Issue 15 §2: every record verified but the end of the chain not checked is exit status 3,
+/// Every record verified but the end of the chain not checked is exit status 3,
 /// and the output says which case it is: the tail cut at a `close` and the state file deleted,
 /// `--no-state`, an older state (next seq 25) beside a log of 62 records. `show` and `report`
 /// say the same and exit the same. A problem found comes first (exit 1).
@@ -587,7 +587,7 @@ fn chain_of_bytes(bodies: &[Vec<u8>]) -> (Vec<Vec<u8>>, ChainState) {
     (lines, state)
 }
 
-/// Issue 15 §3: lines crafted with K_0 and sealed, which JSON readers read in two ways (a
+/// Lines crafted with K_0 and sealed, which JSON readers read in two ways (a
 /// member twice, a lone surrogate, bytes that are not UTF-8 in a member verify does not use),
 /// are malformed: verify names the line (exit 1), and show and report stop before it.
 #[test]
@@ -633,8 +633,8 @@ fn lines_read_two_ways_are_malformed_for_verify_show_and_report() {
         bodies[3] = with(extra);
         let (lines, st) = chain_of_bytes(&bodies);
         let what = String::from_utf8_lossy(extra);
-        // What another reader makes of the line: serde_json takes the last of two members,
-        // and refuses the rest (as jq does); the line verified before this change.
+        // What another reader makes of the line, were it accepted: serde_json takes the last
+        // of two members, and refuses the rest (as jq does).
         let as_value = serde_json::from_slice::<serde_json::Value>(&lines[3]);
         if extra.starts_with(br#","slot""#) {
             assert_eq!(as_value.unwrap()["slot"], 2, "{what}");
@@ -669,7 +669,7 @@ fn lines_read_two_ways_are_malformed_for_verify_show_and_report() {
     }
 }
 
-/// Issue 15 §5: two programs whose paths differ only in a byte that is not UTF-8 (`display()`
+/// Two programs whose paths differ only in a byte that is not UTF-8 (`display()`
 /// made both `/opt/a\u{fffd}`) are recorded as `{"hex": …}` and read apart by verify, show and
 /// report, which print the byte as `\xNN`; the JSON keeps the hex.
 #[test]
