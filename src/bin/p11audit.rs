@@ -7,7 +7,7 @@ use p11audit::format::state::{self, ChainState, StateError};
 use p11audit::reader::report::{render_human, report, ReportOptions};
 use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::reader::verify::{
-    verify_files, EndUnchecked, UnreportedLost, VerifyOptions, VerifyReport,
+    verify_files, EndUnchecked, UnreportedLost, VerifyIoError, VerifyOptions, VerifyReport,
 };
 use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::writer::audit_log::state_path_for;
@@ -189,7 +189,7 @@ impl PeriodArgs {
     fn period(&self) -> Result<Period, Fatal> {
         let p = |t: &Option<String>, b| {
             t.as_deref()
-                .map(|t| parse_time_arg(t, b).map_err(Fatal))
+                .map(|t| parse_time_arg(t, b).map_err(|why| Fatal::Time { why }))
                 .transpose()
         };
         let period = Period {
@@ -198,7 +198,7 @@ impl PeriodArgs {
         };
         if let (Some(a), Some(b)) = (period.since, period.until) {
             if a > b {
-                return Err(Fatal("--since is after --until".into()));
+                return Err(Fatal::SinceAfterUntil);
             }
         }
         Ok(period)
@@ -242,8 +242,68 @@ Exit status:
   3  every record verified, but the end of the chain was not checked (no state file,
      --no-state, or a state file behind the log): the first line says which";
 
-/// A failure that ends the command with exit status 2.
-struct Fatal(String);
+/// A failure that ends the command with exit status 2, worded for one `p11audit:` line on
+/// stderr.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    /// `--since` or `--until` is not a time; `why` says what is wrong with it.
+    #[error("{why}")]
+    Time { why: String },
+    #[error("--since is after --until")]
+    SinceAfterUntil,
+    #[error("cannot get random bytes: {0}")]
+    Random(getrandom::Error),
+    /// keygen never overwrites: the file may be the only copy of a chain's key.
+    #[error("{}: already exists; refusing to overwrite a key file", .path.display())]
+    KeyFileExists { path: PathBuf },
+    #[error("{}: cannot create: {source}", .path.display())]
+    KeyFileCreate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot write: {source}", .path.display())]
+    KeyFileWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {}: {source}", .path.display())]
+    KeyFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {}: not text", .path.display())]
+    KeyFileNotText { path: PathBuf },
+    /// The file is text but not a key; `why` says what a key file must hold.
+    #[error("key file {}: {why}", .path.display())]
+    KeyFileNotAKey { path: PathBuf, why: String },
+    #[error("state file {}: {source}", .path.display())]
+    StateFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {}: {why} (use --no-state to verify without it)", .path.display())]
+    StateFileCorrupt { path: PathBuf, why: String },
+    #[error("{}: {source}", .path.display())]
+    DirectoryUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no log files in this directory", .path.display())]
+    NoLogFiles { path: PathBuf },
+    /// A log file could not be read.
+    #[error(transparent)]
+    Log(#[from] VerifyIoError),
+    #[error("{0}")]
+    Show(ShowError),
+    #[error("cannot serialize the report: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The output could not be written (other than by a reader that went away).
+    #[error("cannot write the {what}: {source}")]
+    Output {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -286,8 +346,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(Fatal(msg)) => {
-            eprintln!("p11audit: {}", escape(&msg));
+        Err(e) => {
+            eprintln!("p11audit: {}", escape(&e.to_string()));
             ExitCode::from(2)
         }
     }
@@ -300,8 +360,7 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     let mut bytes = Zeroizing::new([0u8; 32]);
-    getrandom::getrandom(&mut bytes[..])
-        .map_err(|e| Fatal(format!("cannot get random bytes: {e}")))?;
+    getrandom::getrandom(&mut bytes[..]).map_err(Fatal::Random)?;
     let mut text = Zeroizing::new(hex_lower(&bytes[..]));
     text.push('\n');
 
@@ -310,14 +369,12 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
         .create_new(true)
         .mode(0o400)
         .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Fatal(format!(
-                    "{}: already exists; refusing to overwrite a key file",
-                    path.display()
-                ))
+        .map_err(|source| {
+            let path = path.to_path_buf();
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                Fatal::KeyFileExists { path }
             } else {
-                Fatal(format!("{}: cannot create: {e}", path.display()))
+                Fatal::KeyFileCreate { path, source }
             }
         })?;
     let written = (|| {
@@ -326,10 +383,13 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
         file.write_all(text.as_bytes())?;
         file.sync_all()
     })();
-    if let Err(e) = written {
+    if let Err(source) = written {
         drop(file);
         let _ = std::fs::remove_file(path);
-        return Err(Fatal(format!("{}: cannot write: {e}", path.display())));
+        return Err(Fatal::KeyFileWrite {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
@@ -361,17 +421,26 @@ enum StateSource {
 
 fn read_key(path: &Path) -> Result<ChainKey, Fatal> {
     let bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|e| Fatal(format!("key file {}: {e}", path.display())))?,
+        std::fs::read(path).map_err(|source| Fatal::KeyFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?,
     );
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| Fatal(format!("key file {}: not text", path.display())))?;
-    ChainKey::from_hex_text(text).map_err(|e| Fatal(format!("key file {}: {e}", path.display())))
+    let text = std::str::from_utf8(&bytes).map_err(|_| Fatal::KeyFileNotText {
+        path: path.to_path_buf(),
+    })?;
+    ChainKey::from_hex_text(text).map_err(|why| Fatal::KeyFileNotAKey {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    })
 }
 
 fn read_state(path: &Path, key: &ChainKey) -> Result<(ChainState, Option<UnreportedLost>), Fatal> {
     let read = || {
-        state::read_file_bounded(path)
-            .map_err(|e| Fatal(format!("state file {}: {e}", path.display())))
+        state::read_file_bounded(path).map_err(|source| Fatal::StateFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     // Writers update the file in place through a shared mapping (FORMAT.md §8); a read that
     // races an update can see a slot half-switched. Two equal reads in a row are a snapshot.
@@ -389,10 +458,10 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<(ChainState, Option<Unrepor
         // No chain started yet: the log must hold no records. (Inode 0 marks this as not a
         // state a writer wrote; see `check_state`.)
         Err(StateError::Empty) => Ok((ChainState::genesis(key.clone(), 0, 0, 0), unreported)),
-        Err(StateError::Corrupt(why)) => Err(Fatal(format!(
-            "state file {}: {why} (use --no-state to verify without it)",
-            path.display()
-        ))),
+        Err(StateError::Corrupt(why)) => Err(Fatal::StateFileCorrupt {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        }),
     }
 }
 
@@ -401,8 +470,12 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
     let mut files = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let found = p11audit::reader::fileset::chain_order(arg)
-                .map_err(|e| Fatal(format!("{}: {e}", arg.display())))?;
+            let found = p11audit::reader::fileset::chain_order(arg).map_err(|source| {
+                Fatal::DirectoryUnreadable {
+                    path: arg.clone(),
+                    source,
+                }
+            })?;
             for s in &found.skipped {
                 eprintln!(
                     "p11audit: skipped {}: it does not start with a record",
@@ -410,10 +483,7 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
                 );
             }
             if found.files.is_empty() {
-                return Err(Fatal(format!(
-                    "{}: no log files in this directory",
-                    arg.display()
-                )));
+                return Err(Fatal::NoLogFiles { path: arg.clone() });
             }
             files.extend(found.files);
         } else {
@@ -453,14 +523,14 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
 }
 
 /// Writes `out` to stdout; a reader that went away is not an error.
-fn print(out: &str, what: &str) -> Result<(), Fatal> {
+fn print(out: &str, what: &'static str) -> Result<(), Fatal> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Fatal(format!("cannot write the {what}: {e}")))
+        Err(source) if source.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Fatal::Output { what, source })
         }
         _ => Ok(()),
     }
@@ -468,12 +538,11 @@ fn print(out: &str, what: &str) -> Result<(), Fatal> {
 
 fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
     let (opts, source) = verify_options(chain)?;
-    let mut report = verify_files(&chain.files, &opts).map_err(|e| Fatal(e.to_string()))?;
+    let mut report = verify_files(&chain.files, &opts)?;
     report.unreported_lost = unreported_after(&source, report.lost_reported_past_state);
 
     let out = if json {
-        let s = serde_json::to_string(&report)
-            .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
+        let s = serde_json::to_string(&report).map_err(Fatal::Serialize)?;
         let mut s = escape_c1_and_del(&s);
         s.push('\n');
         s
@@ -488,11 +557,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
     let (vopts, source) = verify_options(chain)?;
     let mut progress = Progress::for_terminal(&chain.files);
     let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    let summary = match show(&chain.files, &vopts, &opts, stdout, &mut progress) {
-        Ok(s) => s,
-        Err(ShowError::Log(e)) => return Err(Fatal(e.to_string())),
-        Err(e @ ShowError::Output(_)) => return Err(Fatal(e.to_string())),
-    };
+    let summary = show(&chain.files, &vopts, &opts, stdout, &mut progress).map_err(Fatal::Show)?;
     // The reader closed the output (`| head`): the rest of the log was not checked.
     let Some(report) = summary.verify else {
         return Ok(ExitCode::from(2));
@@ -539,13 +604,11 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
 fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<ExitCode, Fatal> {
     let (vopts, source) = verify_options(chain)?;
     let mut progress = Progress::for_terminal(&chain.files);
-    let mut r =
-        report(&chain.files, &vopts, opts, &mut progress).map_err(|e| Fatal(e.to_string()))?;
+    let mut r = report(&chain.files, &vopts, opts, &mut progress)?;
     r.verification.unreported_lost =
         unreported_after(&source, r.verification.lost_reported_past_state);
     let out = if json {
-        let s = serde_json::to_string(&r)
-            .map_err(|e| Fatal(format!("cannot serialize the report: {e}")))?;
+        let s = serde_json::to_string(&r).map_err(Fatal::Serialize)?;
         let mut s = escape_c1_and_del(&s);
         s.push('\n');
         s

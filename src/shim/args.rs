@@ -12,13 +12,13 @@ use cryptoki_sys as ck;
 use std::collections::BTreeMap;
 
 /// Templates longer than this are summarized by their first entries only.
-pub const MAX_LOGGED_TEMPLATE: usize = 128;
+pub(crate) const MAX_LOGGED_TEMPLATE: usize = 128;
 
 /// Reads a `T` from `p`, or None if `p` is NULL.
 ///
 /// # Safety
 /// `p` must be NULL or point to a readable `T` (alignment not required).
-pub unsafe fn read<T: Copy>(p: *const T) -> Option<T> {
+pub(crate) unsafe fn read<T: Copy>(p: *const T) -> Option<T> {
     if p.is_null() {
         None
     } else {
@@ -31,7 +31,7 @@ pub unsafe fn read<T: Copy>(p: *const T) -> Option<T> {
 ///
 /// # Safety
 /// If `p` is non-NULL it must point to `len` readable bytes that outlive `'a`.
-pub unsafe fn byte_slice<'a>(p: *const u8, len: u64) -> Option<&'a [u8]> {
+pub(crate) unsafe fn byte_slice<'a>(p: *const u8, len: u64) -> Option<&'a [u8]> {
     if len == 0 {
         return Some(&[]);
     }
@@ -49,7 +49,7 @@ pub unsafe fn byte_slice<'a>(p: *const u8, len: u64) -> Option<&'a [u8]> {
 /// # Safety
 /// `p` must be NULL or point to a CK_MECHANISM whose `pParameter` (if non-NULL) points to
 /// `ulParameterLen` readable bytes.
-pub unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Option<MechanismSummary> {
+pub(crate) unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Option<MechanismSummary> {
     // SAFETY: per the caller.
     let m = unsafe { read(p) }?;
     let mech = m.mechanism as u64;
@@ -147,7 +147,7 @@ unsafe fn param<T: Copy>(m: &ck::CK_MECHANISM) -> Option<T> {
 /// # Safety
 /// `p` must be NULL or point to `count` CK_ATTRIBUTEs whose `pValue` (if non-NULL) point to
 /// `ulValueLen` readable bytes, or to as many as `capacity` says.
-pub unsafe fn template(
+pub(crate) unsafe fn template(
     p: *const ck::CK_ATTRIBUTE,
     count: ck::CK_ULONG,
     values_valid: bool,
@@ -179,7 +179,7 @@ pub unsafe fn template(
 }
 
 /// Trims PKCS#11's blank padding from a fixed-width text field.
-pub fn trim_padded(field: &[u8]) -> &[u8] {
+pub(crate) fn trim_padded(field: &[u8]) -> &[u8] {
     let end = field
         .iter()
         .rposition(|&b| b != b' ' && b != 0)

@@ -1,5 +1,6 @@
 //! One audited call: what it records before and after, and the write-ahead / fail-closed flow.
 
+use super::error::ShimError;
 use super::{args, thread_id, Runtime};
 use crate::format::names::{rv_name, user_type_name};
 use crate::format::record::{
@@ -14,7 +15,7 @@ use std::time::Instant;
 /// At most this many handles of one C_FindObjects are written.
 const MAX_LOGGED_HANDLES: usize = 64;
 
-/// How a function is audited (see docs/FORMAT.md and ../shared/CALL-KINDS.md).
+/// How a function is audited (docs/FORMAT.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Reads module, slot, token, mechanism or session information: one outcome that may wait.
@@ -58,16 +59,16 @@ pub(crate) fn timed_outcome(
 }
 
 /// Writes an intent that must be in the file before its call is forwarded: its seq, None when
-/// it could not be written but fail-open lets the call go ahead, Err(rv) when the call must
-/// be refused with `rv` (fail-closed).
+/// it could not be written but fail-open lets the call go ahead, Err when the call must be
+/// refused (fail-closed).
 pub(crate) fn write_intent_or_refuse(
     rt: &Runtime,
     intent: &Record,
-) -> Result<Option<u64>, ck::CK_RV> {
+) -> Result<Option<u64>, ShimError> {
     match rt.auditor.write(intent) {
         Ok(seq) => Ok(Some(seq)),
         Err(_) if rt.auditor.policy() == FailurePolicy::Open => Ok(None),
-        Err(_) => Err(ck::CKR_GENERAL_ERROR),
+        Err(_) => Err(ShimError::NotRecorded),
     }
 }
 
@@ -81,13 +82,13 @@ fn token_ref(info: &ck::CK_TOKEN_INFO) -> TokenRef {
 
 /// The call being audited.
 pub(crate) struct Call<'rt> {
-    pub rt: &'rt Runtime,
+    pub(crate) rt: &'rt Runtime,
     /// The provider's table this call goes through (`Provider::table`): the one of the same
     /// kind as the table the application called through.
     provider_table: &'rt ck::CK_FUNCTION_LIST_3_2,
-    pub function: &'static str,
-    pub kind: Kind,
-    pub detail: Detail,
+    pub(crate) function: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) detail: Detail,
     session: Option<u64>,
     /// Operation started by this call (an *Init), remembered if it succeeds.
     starts: Option<Op>,
@@ -106,7 +107,7 @@ pub(crate) struct Call<'rt> {
 }
 
 impl<'rt> Call<'rt> {
-    pub fn new(rt: &'rt Runtime, function: &'static str, kind: Kind, for_2x: bool) -> Self {
+    pub(crate) fn new(rt: &'rt Runtime, function: &'static str, kind: Kind, for_2x: bool) -> Self {
         Call {
             rt,
             provider_table: rt.provider.table(for_2x),
@@ -133,7 +134,7 @@ impl<'rt> Call<'rt> {
     // ---- context -------------------------------------------------------------------------
 
     /// The call acts on `session`: records the session, its slot, token and login state.
-    pub fn session(&mut self, session: ck::CK_SESSION_HANDLE) {
+    pub(crate) fn session(&mut self, session: ck::CK_SESSION_HANDLE) {
         let session = session as u64;
         self.session = Some(session);
         self.detail.session = Some(session);
@@ -157,7 +158,7 @@ impl<'rt> Call<'rt> {
     }
 
     /// The call concerns `slot` (fetches the token's label and serial once per slot).
-    pub fn slot(&mut self, slot: ck::CK_SLOT_ID) {
+    pub(crate) fn slot(&mut self, slot: ck::CK_SLOT_ID) {
         self.detail.slot = Some(slot as u64);
         self.ensure_token(slot);
         let view = self.rt.context.lock().slot_view(slot as u64);
@@ -188,7 +189,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `info` must be NULL or a CK_TOKEN_INFO the provider just filled.
-    pub unsafe fn token_info_returned(
+    pub(crate) unsafe fn token_info_returned(
         &mut self,
         slot: ck::CK_SLOT_ID,
         info: *const ck::CK_TOKEN_INFO,
@@ -205,13 +206,13 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    pub fn user_type(&mut self, user: ck::CK_USER_TYPE) {
+    pub(crate) fn user_type(&mut self, user: ck::CK_USER_TYPE) {
         self.detail.user_type = Some(Named::new(user_type_name(user as u64), user as u64));
     }
 
     /// # Safety
     /// See `args::mechanism`.
-    pub unsafe fn mechanism(&mut self, p: *const ck::CK_MECHANISM) {
+    pub(crate) unsafe fn mechanism(&mut self, p: *const ck::CK_MECHANISM) {
         // SAFETY: per the caller.
         self.detail.mechanism = unsafe { args::mechanism(p) }.map(Arc::new);
     }
@@ -242,46 +243,46 @@ impl<'rt> Call<'rt> {
         id
     }
 
-    pub fn key(&mut self, handle: ck::CK_OBJECT_HANDLE) {
+    pub(crate) fn key(&mut self, handle: ck::CK_OBJECT_HANDLE) {
         self.detail.key = Some(self.identity(handle));
     }
 
-    pub fn key2(&mut self, handle: ck::CK_OBJECT_HANDLE) {
+    pub(crate) fn key2(&mut self, handle: ck::CK_OBJECT_HANDLE) {
         self.detail.key2 = Some(self.identity(handle));
     }
 
     /// The object changes or goes away: its cached identity is no longer valid.
-    pub fn forget_key(&self, handle: ck::CK_OBJECT_HANDLE) {
+    pub(crate) fn forget_key(&self, handle: ck::CK_OBJECT_HANDLE) {
         self.rt.context.lock().forget_key(handle as u64);
     }
 
     /// # Safety
     /// See `args::template`.
-    pub unsafe fn template(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
+    pub(crate) unsafe fn template(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
         self.detail.template = Some(unsafe { args::template(p, count, true, |_| None) });
     }
 
     /// # Safety
     /// See `args::template`.
-    pub unsafe fn template2(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
+    pub(crate) unsafe fn template2(&mut self, p: *const ck::CK_ATTRIBUTE, count: ck::CK_ULONG) {
         // SAFETY: per the caller.
         self.detail.template2 = Some(unsafe { args::template(p, count, true, |_| None) });
     }
 
-    pub fn in_len(&mut self, len: ck::CK_ULONG) {
+    pub(crate) fn in_len(&mut self, len: ck::CK_ULONG) {
         self.detail.in_len = Some(len as u64);
     }
 
     // ---- operations ----------------------------------------------------------------------
 
     /// This *Init starts `op` with the mechanism and key recorded so far, if it succeeds.
-    pub fn starts(&mut self, op: Op) {
+    pub(crate) fn starts(&mut self, op: Op) {
         self.starts = Some(op);
     }
 
     /// This call belongs to `op`: its record carries the operation's mechanism and key.
-    pub fn within(&mut self, op: Op) {
+    pub(crate) fn within(&mut self, op: Op) {
         let Some(session) = self.session else { return };
         if let Some(ctx) = self.rt.context.lock().op(session, op) {
             self.detail.mechanism = ctx.mechanism.clone();
@@ -290,7 +291,7 @@ impl<'rt> Call<'rt> {
     }
 
     /// The operation is over (C_Verify and the message finals end it whatever they return).
-    pub fn end_op(&self, op: Op) {
+    pub(crate) fn end_op(&self, op: Op) {
         if let Some(session) = self.session {
             self.rt.context.lock().end_op(session, op);
         }
@@ -298,7 +299,7 @@ impl<'rt> Call<'rt> {
 
     /// After a multi-part Update: an error ends the operation, except CKR_BUFFER_TOO_SMALL
     /// for updates with output, after which it stays active (PKCS#11 2.40 §5.2).
-    pub fn update_done(&mut self, op: Op, rv: ck::CK_RV) {
+    pub(crate) fn update_done(&mut self, op: Op, rv: ck::CK_RV) {
         if !matches!(rv, ck::CKR_OK | ck::CKR_BUFFER_TOO_SMALL) {
             self.end_op(op);
         }
@@ -311,7 +312,7 @@ impl<'rt> Call<'rt> {
     /// # Safety
     /// `len` must be NULL or readable; if the provider returned output, `buf` holds `*len`
     /// writable bytes.
-    pub unsafe fn output_final(
+    pub(crate) unsafe fn output_final(
         &mut self,
         op: Option<Op>,
         buf: *mut u8,
@@ -332,7 +333,12 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// As `output_final`.
-    pub unsafe fn output(&mut self, buf: *mut u8, len: *const ck::CK_ULONG, rv: ck::CK_RV) -> bool {
+    pub(crate) unsafe fn output(
+        &mut self,
+        buf: *mut u8,
+        len: *const ck::CK_ULONG,
+        rv: ck::CK_RV,
+    ) -> bool {
         // SAFETY: per the caller.
         let out_len = unsafe { args::read(len) }.map(|l| l as u64);
         // On other errors *len is whatever the caller passed in: not an output length.
@@ -365,7 +371,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `len` must be NULL or readable.
-    pub unsafe fn output_buffer(&mut self, buf: *mut u8, len: *const ck::CK_ULONG) {
+    pub(crate) unsafe fn output_buffer(&mut self, buf: *mut u8, len: *const ck::CK_ULONG) {
         // SAFETY: per the caller.
         if let (false, Some(cap)) = (buf.is_null(), unsafe { args::read(len) }) {
             self.output_capacity = Some((buf, cap as usize));
@@ -374,7 +380,7 @@ impl<'rt> Call<'rt> {
 
     /// Before the call: the application's output buffer `buf` of `bytes` (C_FindObjects'
     /// handle array, C_GenerateRandom's buffer).
-    pub fn given_buffer(&mut self, buf: *mut u8, bytes: usize) {
+    pub(crate) fn given_buffer(&mut self, buf: *mut u8, bytes: usize) {
         if !buf.is_null() {
             self.output_capacity = Some((buf, bytes));
         }
@@ -414,7 +420,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `template` must be NULL or point to `count` readable attributes.
-    pub unsafe fn attribute_buffers(
+    pub(crate) unsafe fn attribute_buffers(
         &mut self,
         template: *const ck::CK_ATTRIBUTE,
         count: ck::CK_ULONG,
@@ -432,12 +438,12 @@ impl<'rt> Call<'rt> {
     }
 
     /// The result is the return value itself (C_Verify's verdict): its record comes first.
-    pub fn verdict(&mut self) {
+    pub(crate) fn verdict(&mut self) {
         self.hands_out = true;
     }
 
     /// Output the caller must not see if the record cannot be written.
-    pub fn output_region(&mut self, buf: *mut u8, len: usize) {
+    pub(crate) fn output_region(&mut self, buf: *mut u8, len: usize) {
         self.hands_out = true;
         self.detail.out = Some(OutputDisposition::Returned);
         if !buf.is_null() && len > 0 {
@@ -450,7 +456,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `p` must be NULL or readable.
-    pub unsafe fn created(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
+    pub(crate) unsafe fn created(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
         if rv == ck::CKR_OK {
             // SAFETY: per the caller.
             if let Some(h) = unsafe { args::read(p) } {
@@ -464,7 +470,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `session` must be NULL or readable.
-    pub unsafe fn session_opened(
+    pub(crate) unsafe fn session_opened(
         &mut self,
         slot: ck::CK_SLOT_ID,
         session: *const ck::CK_SESSION_HANDLE,
@@ -481,16 +487,16 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    pub fn session_closed(&mut self, session: ck::CK_SESSION_HANDLE) {
+    pub(crate) fn session_closed(&mut self, session: ck::CK_SESSION_HANDLE) {
         self.rt.context.lock().session_closed(session as u64);
     }
 
-    pub fn all_sessions_closed(&mut self, slot: ck::CK_SLOT_ID) {
+    pub(crate) fn all_sessions_closed(&mut self, slot: ck::CK_SLOT_ID) {
         self.rt.context.lock().all_sessions_closed(slot as u64);
     }
 
     /// C_InitToken succeeded: the token's label, objects and logins are new.
-    pub fn token_reinitialized(&mut self, slot: ck::CK_SLOT_ID) {
+    pub(crate) fn token_reinitialized(&mut self, slot: ck::CK_SLOT_ID) {
         let mut ctx = self.rt.context.lock();
         ctx.set_token(slot as u64, None);
         ctx.set_login(slot as u64, LoginState::Public);
@@ -502,7 +508,7 @@ impl<'rt> Call<'rt> {
     /// # Safety
     /// `template` must be NULL or point to `count` attributes whose non-NULL `pValue` hold as
     /// many bytes as their `ulValueLen` said before the call (`attribute_buffers`).
-    pub unsafe fn attributes_read(
+    pub(crate) unsafe fn attributes_read(
         &mut self,
         template: *const ck::CK_ATTRIBUTE,
         count: ck::CK_ULONG,
@@ -542,7 +548,7 @@ impl<'rt> Call<'rt> {
     ///
     /// # Safety
     /// `found` must be NULL or readable; `objects` holds `max` handles.
-    pub unsafe fn objects_found(
+    pub(crate) unsafe fn objects_found(
         &mut self,
         objects: *mut ck::CK_OBJECT_HANDLE,
         max: ck::CK_ULONG,
@@ -572,7 +578,7 @@ impl<'rt> Call<'rt> {
         );
     }
 
-    pub fn set_login(&mut self, state: LoginState) {
+    pub(crate) fn set_login(&mut self, state: LoginState) {
         let Some(session) = self.session else { return };
         let mut ctx = self.rt.context.lock();
         if let Some(slot) = ctx.slot_of(session) {
@@ -582,8 +588,8 @@ impl<'rt> Call<'rt> {
 
     // ---- the flow ------------------------------------------------------------------------
 
-    /// Writes the intent of an acting call. Err(rv) means: do not forward, return rv.
-    fn write_intent(&mut self) -> Result<Option<u64>, ck::CK_RV> {
+    /// Writes the intent of an acting call. Err: do not forward.
+    fn write_intent(&mut self) -> Result<Option<u64>, ShimError> {
         if !self.kind.writes_intent() {
             return Ok(None);
         }
@@ -635,7 +641,7 @@ impl<'rt> Call<'rt> {
                     // `max` caps), and at most what the provider reports having written.
                     unsafe { std::ptr::write_bytes(buf, 0, len) };
                 }
-                ck::CKR_GENERAL_ERROR
+                ShimError::NotRecorded.rv()
             }
         }
     }
@@ -653,15 +659,14 @@ pub(crate) fn run_call(
 ) -> ck::CK_RV {
     super::guard(|| {
         let Some(rt) = super::runtime() else {
-            // Not configured: nothing can be forwarded. This is what a provider answers
-            // before C_Initialize.
-            return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
+            // Not configured: nothing can be forwarded.
+            return ShimError::NotInitialized.rv();
         };
         let mut call = Call::new(rt, function, kind, for_2x);
         before(&mut call);
         let intent = match call.write_intent() {
             Ok(seq) => seq,
-            Err(rv) => return rv,
+            Err(e) => return e.rv(),
         };
         let started = Instant::now();
         let rv = forward(call.provider_table);
@@ -675,7 +680,7 @@ pub(crate) fn run_call(
         finished.unwrap_or_else(|_| {
             call.wipe_given_buffers();
             record_internal_failure(rt, function, rv, started, intent, call.session);
-            ck::CKR_GENERAL_ERROR
+            ShimError::Panicked.rv()
         })
     })
 }

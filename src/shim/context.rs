@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// The kinds of operation a session can have active at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
+pub(crate) enum Op {
     Encrypt,
     Decrypt,
     Digest,
@@ -37,21 +37,21 @@ impl Op {
 
 /// The mechanism and key an operation was started with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpContext {
-    pub mechanism: Option<Arc<MechanismSummary>>,
-    pub key: Option<Arc<ObjectIdentity>>,
+pub(crate) struct OpContext {
+    pub(crate) mechanism: Option<Arc<MechanismSummary>>,
+    pub(crate) key: Option<Arc<ObjectIdentity>>,
 }
 
 /// Login state of a token as this application sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LoginState {
+pub(crate) enum LoginState {
     Public,
     User,
     So,
 }
 
 impl LoginState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LoginState::Public => "public",
             LoginState::User => "user",
@@ -77,7 +77,7 @@ const MAX_CACHED_KEYS: usize = 4096;
 
 /// Session, token and key context of one process.
 #[derive(Default)]
-pub struct CallContext {
+pub(crate) struct CallContext {
     sessions: HashMap<u64, SessionEntry>,
     slots: HashMap<u64, SlotEntry>,
     keys: HashMap<u64, Arc<ObjectIdentity>>,
@@ -85,18 +85,18 @@ pub struct CallContext {
 
 /// Where a session stands, for a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SessionView {
-    pub slot: Option<u64>,
-    pub token: Option<Arc<TokenRef>>,
-    pub login: Option<LoginState>,
+pub(crate) struct SessionView {
+    pub(crate) slot: Option<u64>,
+    pub(crate) token: Option<Arc<TokenRef>>,
+    pub(crate) login: Option<LoginState>,
 }
 
 impl CallContext {
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         *self = CallContext::default();
     }
 
-    pub fn session_opened(&mut self, session: u64, slot: u64) {
+    pub(crate) fn session_opened(&mut self, session: u64, slot: u64) {
         self.sessions.insert(
             session,
             SessionEntry {
@@ -113,7 +113,7 @@ impl CallContext {
     /// A session closed. When it was the token's last session the token is logged out
     /// (PKCS#11 2.40 §5.6, C_CloseSession). Session objects die with it, so cached identities
     /// are dropped: their handles may be reused.
-    pub fn session_closed(&mut self, session: u64) {
+    pub(crate) fn session_closed(&mut self, session: u64) {
         if let Some(entry) = self.sessions.remove(&session) {
             if !self.sessions.values().any(|s| s.slot == entry.slot) {
                 self.set_login(entry.slot, LoginState::Public);
@@ -122,21 +122,21 @@ impl CallContext {
         self.keys.clear();
     }
 
-    pub fn all_sessions_closed(&mut self, slot: u64) {
+    pub(crate) fn all_sessions_closed(&mut self, slot: u64) {
         self.sessions.retain(|_, s| s.slot != slot);
         self.set_login(slot, LoginState::Public);
         self.keys.clear();
     }
 
-    pub fn slot_of(&self, session: u64) -> Option<u64> {
+    pub(crate) fn slot_of(&self, session: u64) -> Option<u64> {
         self.sessions.get(&session).map(|s| s.slot)
     }
 
-    pub fn has_token(&self, slot: u64) -> bool {
+    pub(crate) fn has_token(&self, slot: u64) -> bool {
         self.slots.get(&slot).is_some_and(|s| s.token.is_some())
     }
 
-    pub fn set_token(&mut self, slot: u64, token: Option<Arc<TokenRef>>) {
+    pub(crate) fn set_token(&mut self, slot: u64, token: Option<Arc<TokenRef>>) {
         self.slots
             .entry(slot)
             .or_insert(SlotEntry {
@@ -146,7 +146,7 @@ impl CallContext {
             .token = token;
     }
 
-    pub fn set_login(&mut self, slot: u64, login: LoginState) {
+    pub(crate) fn set_login(&mut self, slot: u64, login: LoginState) {
         self.slots
             .entry(slot)
             .or_insert(SlotEntry {
@@ -160,14 +160,14 @@ impl CallContext {
         }
     }
 
-    pub fn session_view(&self, session: u64) -> SessionView {
+    pub(crate) fn session_view(&self, session: u64) -> SessionView {
         let Some(slot) = self.slot_of(session) else {
             return SessionView::default();
         };
         self.slot_view(slot)
     }
 
-    pub fn slot_view(&self, slot: u64) -> SessionView {
+    pub(crate) fn slot_view(&self, slot: u64) -> SessionView {
         let entry = self.slots.get(&slot);
         SessionView {
             slot: Some(slot),
@@ -176,29 +176,29 @@ impl CallContext {
         }
     }
 
-    pub fn start_op(&mut self, session: u64, op: Op, ctx: OpContext) {
+    pub(crate) fn start_op(&mut self, session: u64, op: Op, ctx: OpContext) {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.ops[op.index()] = Some(ctx);
         }
     }
 
-    pub fn op(&self, session: u64, op: Op) -> Option<&OpContext> {
+    pub(crate) fn op(&self, session: u64, op: Op) -> Option<&OpContext> {
         self.sessions
             .get(&session)
             .and_then(|s| s.ops[op.index()].as_ref())
     }
 
-    pub fn end_op(&mut self, session: u64, op: Op) {
+    pub(crate) fn end_op(&mut self, session: u64, op: Op) {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.ops[op.index()] = None;
         }
     }
 
-    pub fn cached_key(&self, handle: u64) -> Option<&Arc<ObjectIdentity>> {
+    pub(crate) fn cached_key(&self, handle: u64) -> Option<&Arc<ObjectIdentity>> {
         self.keys.get(&handle)
     }
 
-    pub fn cache_key(&mut self, identity: Arc<ObjectIdentity>) {
+    pub(crate) fn cache_key(&mut self, identity: Arc<ObjectIdentity>) {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
@@ -206,7 +206,7 @@ impl CallContext {
     }
 
     /// The object was destroyed or its attributes changed.
-    pub fn forget_key(&mut self, handle: u64) {
+    pub(crate) fn forget_key(&mut self, handle: u64) {
         self.keys.remove(&handle);
     }
 }

@@ -13,6 +13,7 @@
 //! and one process may hold both (two libraries, each taking its own).
 
 use super::call::{run_call, Call, Kind};
+use super::error::ShimError;
 use super::{args, lifecycle};
 use crate::format::record::{Bytes, MechanismSummary, Named, ObjectIdentity};
 use crate::shim::context::{LoginState, Op};
@@ -58,7 +59,10 @@ macro_rules! define_wrapper {
                     // them.
                     |f: &ck::CK_FUNCTION_LIST_3_2| match f.$name {
                         Some(func) => unsafe { func($($arg),*) },
-                        None => ck::CKR_FUNCTION_NOT_SUPPORTED,
+                        None => ShimError::NotSupported {
+                            function: stringify!($name),
+                        }
+                        .rv(),
                     },
                     #[allow(unused_unsafe)]
                     |$c2: &mut Call, $rv: ck::CK_RV| unsafe { $after },

@@ -1,6 +1,7 @@
 //! C_Initialize and C_Finalize: configuration, attach and clean close.
 
 use super::call::{bare_record, timed_outcome, write_intent_or_refuse};
+use super::error::ShimError;
 use super::{args, guard, runtime, runtime_or_init};
 use crate::format::record::Event;
 use cryptoki_sys as ck;
@@ -31,9 +32,9 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
         let flags = unsafe { init_flags(init_args) };
         let rt = match runtime_or_init() {
             Ok(rt) => rt,
-            Err(msg) => {
-                crate::stderr_line(&format!("p11audit: {msg}"));
-                return ck::CKR_GENERAL_ERROR;
+            Err(e) => {
+                crate::stderr_line(&format!("p11audit: {e}"));
+                return e.rv();
             }
         };
         let pid = crate::os::process::current_pid();
@@ -57,9 +58,9 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
         intent.detail.flags = flags.map(|f| f as u64);
         let intent_seq = match write_intent_or_refuse(rt, &intent) {
             Ok(seq) => seq,
-            Err(rv) => {
+            Err(e) => {
                 not_attached();
-                return rv;
+                return e.rv();
             }
         };
         if intent_seq.is_none() {
@@ -68,7 +69,10 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
         }
         let Some(init) = rt.provider.table(FOR_2X).C_Initialize else {
             not_attached();
-            return ck::CKR_GENERAL_ERROR;
+            return ShimError::ProviderLacks {
+                function: "C_Initialize",
+            }
+            .rv();
         };
         let started = Instant::now();
         // SAFETY: forwarded as given. No p11audit lock is held: providers may re-enter.
@@ -94,10 +98,13 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
 pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_void) -> ck::CK_RV {
     guard(|| {
         let Some(rt) = runtime() else {
-            return ck::CKR_CRYPTOKI_NOT_INITIALIZED;
+            return ShimError::NotInitialized.rv();
         };
         let Some(fin) = rt.provider.table(FOR_2X).C_Finalize else {
-            return ck::CKR_GENERAL_ERROR;
+            return ShimError::ProviderLacks {
+                function: "C_Finalize",
+            }
+            .rv();
         };
         let started = Instant::now();
         // Giving up: goes ahead even when the log cannot be written.

@@ -1,13 +1,14 @@
 //! The C side: exported entry points, the per-call audit flow, and the function tables.
 //! This is the only place with raw pointers.
 
-pub mod args;
+pub(crate) mod args;
 mod call;
-pub mod context;
+pub(crate) mod context;
+mod error;
 mod fork;
 mod functions;
 mod lifecycle;
-pub mod provider;
+pub(crate) mod provider;
 
 pub use call::Kind;
 pub use functions::FUNCTIONS;
@@ -16,7 +17,8 @@ use crate::config::Config;
 use crate::format::record::ProcessIdentity;
 use crate::os::lock::Mutex;
 use crate::shim::context::CallContext;
-use crate::shim::provider::Provider;
+use crate::shim::error::ShimError;
+use crate::shim::provider::{Provider, ProviderError};
 use crate::writer::auditor::Auditor;
 use cryptoki_sys as ck;
 use std::sync::OnceLock;
@@ -24,20 +26,20 @@ use std::sync::OnceLock;
 /// Everything a call needs once p11audit is configured. Created by the first successful
 /// `C_Initialize` and kept for the life of the process (the provider is never unloaded).
 pub(crate) struct Runtime {
-    pub provider: &'static Provider,
-    pub auditor: Auditor,
+    pub(crate) provider: &'static Provider,
+    pub(crate) auditor: Auditor,
     host: std::sync::Arc<str>,
     exe: crate::format::record::ExePath,
     uid: u32,
-    pub context: Mutex<CallContext>,
+    pub(crate) context: Mutex<CallContext>,
     /// The pid whose `attach` is the last one in the log without a `close` after it (0: none).
     /// A pid, not a flag: a forked child is a new process and attaches on its own.
-    pub attached_pid: std::sync::atomic::AtomicU32,
+    pub(crate) attached_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Runtime {
     /// Who is calling, with the current pid (which changes in a forked child).
-    pub fn who(&self) -> ProcessIdentity {
+    pub(crate) fn who(&self) -> ProcessIdentity {
         ProcessIdentity {
             host: self.host.clone(),
             pid: crate::os::process::current_pid(),
@@ -55,7 +57,7 @@ static RUNTIME_INIT: Mutex<()> = Mutex::new(());
 /// P11AUDIT_MODULE) and never unloaded.
 static PROVIDER: OnceLock<Provider> = OnceLock::new();
 
-fn provider_or_load(path: &std::path::Path) -> Result<&'static Provider, String> {
+fn provider_or_load(path: &std::path::Path) -> Result<&'static Provider, ProviderError> {
     if let Some(p) = PROVIDER.get() {
         return Ok(p);
     }
@@ -96,7 +98,7 @@ fn hostname() -> String {
 }
 
 /// The runtime, created from the environment on first use. Errors are one line for stderr.
-pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
+pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
@@ -104,7 +106,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let config = Config::load(&config_sources()).map_err(|e| e.to_string())?;
+    let config = Config::load(&config_sources())?;
     let provider = provider_or_load(&config.module)?;
     // SAFETY: getuid cannot fail and has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -118,7 +120,7 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, String> {
         uid,
         exe,
     };
-    let auditor = Auditor::open(&config.log, &who, config.on_failure).map_err(|e| e.to_string())?;
+    let auditor = Auditor::open(&config.log, &who, config.on_failure)?;
     let rt = Runtime {
         provider,
         auditor,
@@ -151,7 +153,7 @@ pub(crate) fn thread_id() -> u64 {
     // gettid is a system call and every record needs it: keep it per thread, with the pid it
     // was read in, so that a forked child (same thread-local values, new tid) reads it again.
     // A const-initialized Cell of plain integers: no lazy initialization and no destructor, so
-    // nothing runs at thread exit or after the host unloads us (STYLE: thread-locals).
+    // nothing of p11audit's runs at thread exit, which may come after the host unloaded it.
     thread_local! {
         static TID: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
     }
@@ -167,9 +169,10 @@ pub(crate) fn thread_id() -> u64 {
     })
 }
 
-/// Runs `f`, turning a panic into CKR_GENERAL_ERROR: no panic may cross the C boundary.
+/// Runs `f`, turning a panic into `ShimError::Panicked`: no panic may cross the C boundary.
 pub(crate) fn guard(f: impl FnOnce() -> ck::CK_RV) -> ck::CK_RV {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(ck::CKR_GENERAL_ERROR)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| ShimError::Panicked.rv())
 }
 
 /// The table handed to PKCS#11 2.40 callers. A 2.40 caller reads only the

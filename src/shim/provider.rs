@@ -9,8 +9,9 @@
 //! audit.
 //!
 //! The module is opened with `RTLD_NOW | RTLD_LOCAL` so that its own references to `C_*`
-//! symbols never bind to ours (OpenSC issue 2875), and it is never `dlclose`d: the host may
-//! still hold pointers into it. Only as much of its table is copied as the version it declares
+//! symbols never bind to ours (a module that calls its own `C_*` functions by name would
+//! otherwise call p11audit's, and audit itself), and it is never `dlclose`d: the host may still
+//! hold pointers into it. Only as much of its table is copied as the version it declares
 //! guarantees: a 2.40 table is `sizeof(CK_FUNCTION_LIST)` bytes, and some modules report a 3.x
 //! version from `C_GetFunctionList` while filling only the 2.40 part.
 
@@ -18,34 +19,55 @@ use cryptoki_sys::{
     CKR_OK, CK_FLAGS, CK_FUNCTION_LIST, CK_FUNCTION_LIST_3_0, CK_FUNCTION_LIST_3_2,
     CK_FUNCTION_LIST_PTR, CK_INTERFACE, CK_RV, CK_ULONG, CK_VERSION,
 };
-use std::ffi::{CStr, CString};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use std::ffi::CStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// The real module: its path and the functions it provides. Entries the module does not
-/// provide are `None`.
+/// Why the module `P11AUDIT_MODULE` names cannot be used. Each is worded for one `p11audit:`
+/// line on stderr, naming the setting and the fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProviderError {
+    #[error("P11AUDIT_MODULE contains a NUL byte: set it to the real module's path")]
+    PathHasNul,
+    /// `dlopen` failed; `source` says why (the file is missing, not a library, lacks a symbol).
+    #[error("cannot load the PKCS#11 module {} (P11AUDIT_MODULE): {source}: point P11AUDIT_MODULE at the real module", .path.display())]
+    CannotLoad {
+        path: PathBuf,
+        source: libloading::Error,
+    },
+    #[error("{} is not a PKCS#11 module: it has no C_GetFunctionList (P11AUDIT_MODULE): point P11AUDIT_MODULE at the real module", .path.display())]
+    NotPkcs11 { path: PathBuf },
+    /// The module is p11audit: every call would be forwarded to p11audit again.
+    #[error("P11AUDIT_MODULE points at p11audit itself ({}): set it to the real module the shim should forward to", .path.display())]
+    IsTheShim { path: PathBuf },
+    /// `C_GetFunctionList` returned `rv`, or CKR_OK and no table.
+    #[error("the PKCS#11 module {} failed C_GetFunctionList (rv {rv:#x}) (P11AUDIT_MODULE)", .path.display())]
+    GetFunctionListFailed { path: PathBuf, rv: CK_RV },
+}
+
 /// One "PKCS 11" interface the provider offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OfferedInterface {
-    pub major: u8,
-    pub minor: u8,
-    pub flags: CK_FLAGS,
+pub(crate) struct OfferedInterface {
+    pub(crate) major: u8,
+    pub(crate) minor: u8,
+    pub(crate) flags: CK_FLAGS,
 }
 
 /// The real module: its path, the functions it provides (entries it does not provide are
 /// `None`) and the standard interfaces it offers.
-pub struct Provider {
-    pub path: PathBuf,
+pub(crate) struct Provider {
+    pub(crate) path: PathBuf,
     /// The richest table: what callers of p11audit's 3.x interfaces are forwarded through.
-    pub functions: CK_FUNCTION_LIST_3_2,
+    pub(crate) functions: CK_FUNCTION_LIST_3_2,
     /// What callers of p11audit's 2.40 table are forwarded through: the 2.x functions of the
     /// table the module's own `C_GetFunctionList` gives, the 3.x ones of `functions`. Modules
     /// may answer differently through their tables: OpenSC's `C_GetInfo` says cryptokiVersion
     /// 2.20 through its 2.x table and 3.0 through its 3.0 one.
-    pub functions_2x: CK_FUNCTION_LIST_3_2,
+    pub(crate) functions_2x: CK_FUNCTION_LIST_3_2,
     /// Its "PKCS 11" interfaces, in its order; just 2.40 for a module without
     /// C_GetInterfaceList.
-    pub interfaces: Vec<OfferedInterface>,
+    pub(crate) interfaces: Vec<OfferedInterface>,
 }
 
 /// Bytes of a table of `version` that a module guarantees to have filled.
@@ -90,22 +112,29 @@ unsafe fn overlay(
     base
 }
 
+/// The function `name` (NUL-terminated) of `library`, None if it has no such symbol or the
+/// symbol is NULL.
+///
+/// # Safety
+/// `F` must be the function's type.
+unsafe fn function<F: Copy>(library: &Library, name: &[u8]) -> Option<F> {
+    // SAFETY: per the caller; `Option<F>` of a function pointer type is a nullable pointer.
+    unsafe { library.get::<Option<F>>(name) }
+        .ok()
+        .and_then(|symbol| *symbol)
+}
+
 /// The provider's "PKCS 11" interfaces with their tables, if it has C_GetInterfaceList.
 ///
 /// # Safety
-/// `handle` is a live dlopen handle of a PKCS#11 module.
-unsafe fn standard_interfaces(
-    handle: *mut libc::c_void,
-) -> Vec<(OfferedInterface, CK_FUNCTION_LIST_3_2)> {
-    // SAFETY: handle is live; the name is a C string.
-    let sym = unsafe { libc::dlsym(handle, c"C_GetInterfaceList".as_ptr()) };
-    if sym.is_null() {
-        return Vec::new();
-    }
+/// `library` is a PKCS#11 module.
+unsafe fn standard_interfaces(library: &Library) -> Vec<(OfferedInterface, CK_FUNCTION_LIST_3_2)> {
     type GetInterfaceList = unsafe extern "C" fn(*mut CK_INTERFACE, *mut CK_ULONG) -> CK_RV;
-    // SAFETY: C_GetInterfaceList has this signature (PKCS#11 3.0 §5.4).
-    let get: GetInterfaceList =
-        unsafe { std::mem::transmute::<*mut libc::c_void, GetInterfaceList>(sym) };
+    // SAFETY: C_GetInterfaceList has this type (PKCS#11 3.0 §5.4).
+    let Some(get) = (unsafe { function::<GetInterfaceList>(library, b"C_GetInterfaceList\0") })
+    else {
+        return Vec::new();
+    };
     let mut count: CK_ULONG = 0;
     // SAFETY: a length query with a valid count pointer.
     if unsafe { get(std::ptr::null_mut(), &mut count) } != CKR_OK || count == 0 || count > 64 {
@@ -144,27 +173,10 @@ unsafe fn standard_interfaces(
     out
 }
 
-// SAFETY: the table holds only function pointers and a version, copied once and never changed.
-unsafe impl Sync for Provider {}
-unsafe impl Send for Provider {}
-
-fn dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl* call
-    // on this thread; we copy it at once.
-    let msg = unsafe { libc::dlerror() };
-    if msg.is_null() {
-        "unknown error".into()
-    } else {
-        unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 impl Provider {
     /// The table to forward through: `functions_2x` for an application that took a 2.x
     /// interface of p11audit's, else `functions`.
-    pub fn table(&self, for_2x_caller: bool) -> &CK_FUNCTION_LIST_3_2 {
+    pub(crate) fn table(&self, for_2x_caller: bool) -> &CK_FUNCTION_LIST_3_2 {
         if for_2x_caller {
             &self.functions_2x
         } else {
@@ -174,45 +186,46 @@ impl Provider {
 
     /// Loads the module at `path`. `own_get_function_list` is this library's entry point,
     /// used to refuse a configuration that points the shim at itself.
-    pub fn load(path: &Path, own_get_function_list: usize) -> Result<Provider, String> {
-        let var = "P11AUDIT_MODULE";
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| format!("{var} contains a NUL byte: set it to the real module's path"))?;
-        // SAFETY: c_path is a valid C string. The handle is deliberately never closed.
-        let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if handle.is_null() {
-            return Err(format!(
-                "cannot load the PKCS#11 module {} ({var}): {}: point {var} at the real module",
-                path.display(),
-                dl_error()
-            ));
+    pub(crate) fn load(
+        path: &Path,
+        own_get_function_list: usize,
+    ) -> Result<Provider, ProviderError> {
+        if path.as_os_str().as_bytes().contains(&0) {
+            return Err(ProviderError::PathHasNul);
         }
-        // SAFETY: handle is a live dlopen handle; the name is a valid C string.
-        let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
-        if sym.is_null() {
-            return Err(format!(
-                "{} is not a PKCS#11 module: it has no C_GetFunctionList ({var}): point {var} at the real module",
-                path.display()
-            ));
-        }
-        if sym as usize == own_get_function_list {
-            return Err(format!(
-                "{var} points at p11audit itself ({}): set it to the real module the shim should forward to",
-                path.display()
-            ));
-        }
+        // SAFETY: loading runs the module's initializers, which any use of a PKCS#11 module
+        // does; it is the module the configuration names.
+        let library =
+            unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|source| {
+                ProviderError::CannotLoad {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        // Never unloaded, whatever happens next: the copied tables point into the module for
+        // the rest of the process, and a module that has run its initializers may have started
+        // threads or registered thread-local destructors that run its code. Those must outlive
+        // a host's dlclose of p11audit, so the module is never dlclosed.
+        let library: &'static Library = Box::leak(Box::new(library));
         type GetFunctionList = unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV;
-        // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
-        let get: GetFunctionList =
-            unsafe { std::mem::transmute::<*mut libc::c_void, GetFunctionList>(sym) };
+        // SAFETY: C_GetFunctionList has this type in every PKCS#11 version.
+        let get = unsafe { function::<GetFunctionList>(library, b"C_GetFunctionList\0") }
+            .ok_or_else(|| ProviderError::NotPkcs11 {
+                path: path.to_path_buf(),
+            })?;
+        if get as *const () as usize == own_get_function_list {
+            return Err(ProviderError::IsTheShim {
+                path: path.to_path_buf(),
+            });
+        }
         let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
         // SAFETY: we pass a valid out-pointer.
         let rv = unsafe { get(&mut list) };
         if rv != CKR_OK || list.is_null() {
-            return Err(format!(
-                "the PKCS#11 module {} failed C_GetFunctionList (rv {rv:#x}) ({var})",
-                path.display()
-            ));
+            return Err(ProviderError::GetFunctionListFailed {
+                path: path.to_path_buf(),
+                rv,
+            });
         }
         let two_x_size = std::mem::size_of::<CK_FUNCTION_LIST>();
         // SAFETY: C_GetFunctionList hands out a 2.40 table: only its CK_FUNCTION_LIST part is
@@ -223,8 +236,8 @@ impl Provider {
             minor: 40,
             flags: 0,
         }];
-        // SAFETY: handle is the live handle of this module.
-        let standard = unsafe { standard_interfaces(handle) };
+        // SAFETY: the library is this PKCS#11 module.
+        let standard = unsafe { standard_interfaces(library) };
         if !standard.is_empty() {
             interfaces = standard.iter().map(|(i, _)| *i).collect();
             // Forward through the richest table the module offers.
@@ -243,5 +256,65 @@ impl Provider {
             functions,
             interfaces,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module the integration tests forward to.
+    const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+    fn softhsm() -> &'static Path {
+        let path = Path::new(SOFTHSM);
+        assert!(path.is_file(), "these tests need SoftHSM at {SOFTHSM}");
+        path
+    }
+
+    #[test]
+    fn loads_a_module_and_copies_its_tables() {
+        let p = Provider::load(softhsm(), 0).unwrap();
+        assert!(p.functions.C_Initialize.is_some() && p.functions_2x.C_Sign.is_some());
+        assert!(!p.interfaces.is_empty());
+        assert!(p.table(true).C_GetFunctionList.is_some());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_usable_module() {
+        let e = Provider::load(Path::new("/m\0.so"), 0).err().unwrap();
+        assert!(matches!(e, ProviderError::PathHasNul), "{e:?}");
+
+        let missing = Path::new("/nonexistent/libnothing.so");
+        let e = Provider::load(missing, 0).err().unwrap();
+        assert!(
+            matches!(&e, ProviderError::CannotLoad { path, .. } if path == missing),
+            "{e:?}"
+        );
+
+        // A library every process has, and no PKCS#11 module.
+        let libc = Path::new("libc.so.6");
+        let e = Provider::load(libc, 0).err().unwrap();
+        assert!(
+            matches!(&e, ProviderError::NotPkcs11 { path } if path == libc),
+            "{e:?}"
+        );
+    }
+
+    /// Told that the module's C_GetFunctionList is its own, `load` takes the module for
+    /// p11audit itself.
+    #[test]
+    fn refuses_the_shim_itself() {
+        // SAFETY: SoftHSM is a PKCS#11 module; the symbol is only compared, never called.
+        let library = unsafe { Library::open(Some(softhsm()), RTLD_NOW | RTLD_LOCAL) }.unwrap();
+        // Never unloaded, like every provider: the address stays the one `load` finds.
+        let library: &'static Library = Box::leak(Box::new(library));
+        // SAFETY: as above.
+        let own = unsafe { *library.get::<*const ()>(b"C_GetFunctionList\0").unwrap() } as usize;
+        let e = Provider::load(softhsm(), own).err().unwrap();
+        assert!(
+            matches!(&e, ProviderError::IsTheShim { path } if path == softhsm()),
+            "{e:?}"
+        );
     }
 }

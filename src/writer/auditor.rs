@@ -283,7 +283,7 @@ impl Auditor {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             log.append(&bodies, template)
         }))
-        .unwrap_or_else(|_| Err(WriterError::Internal));
+        .unwrap_or(Err(WriterError::Internal));
         let mut inner = self.inner.lock();
         inner.log = Some(log);
         // Under the lock, so a thread that saw the old count and then takes the lock sees the
