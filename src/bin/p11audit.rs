@@ -9,7 +9,9 @@ use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::reader::verify::{
     verify_files, EndUnchecked, UnreportedLost, VerifyIoError, VerifyOptions, VerifyReport,
 };
-use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
+use p11audit::reader::{
+    count_table, escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress,
+};
 use p11audit::writer::audit_log::state_path_for;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -773,24 +775,8 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
             p.exe.path_text()
         );
     }
-    table(&mut o, "events:", &s.per_ev);
-    table(&mut o, "functions:", &s.per_fn);
-    table(&mut o, "results:", &s.per_rv);
+    count_table(&mut o, "events:", &s.per_ev);
+    count_table(&mut o, "functions:", &s.per_fn);
+    count_table(&mut o, "results:", &s.per_rv);
     o
-}
-
-fn table(o: &mut String, title: &str, map: &std::collections::BTreeMap<String, u64>) {
-    if map.is_empty() {
-        return;
-    }
-    let _ = writeln!(o, "{title}");
-    let rows: Vec<(String, u64)> = map.iter().map(|(k, v)| (escape(k), *v)).collect();
-    let width = rows
-        .iter()
-        .map(|(k, _)| k.chars().count())
-        .max()
-        .unwrap_or(0);
-    for (k, v) in rows {
-        let _ = writeln!(o, "  {k:<width$} {v:>8}");
-    }
 }

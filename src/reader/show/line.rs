@@ -1,0 +1,221 @@
+//! One call as a line for people: its intent and outcome joined, in fixed columns, with the
+//! details of the call after them. Everything taken from the log is escaped.
+
+use crate::reader::format_duration;
+use crate::reader::text::{escape, quote};
+use crate::reader::view::RecView;
+
+/// The header of the human output.
+pub(super) fn header() -> String {
+    row(
+        "SEQ", "TIME", "PID", "UID", "EXE", "SESSION", "LOGIN", "FUNCTION", "RESULT", "DURATION",
+        "DETAILS",
+    )
+}
+
+/// One line in the columns of [`header`], its details after them.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    seq: &str,
+    ts: &str,
+    pid: &str,
+    uid: &str,
+    exe: &str,
+    session: &str,
+    login: &str,
+    function: &str,
+    result: &str,
+    dur: &str,
+    details: &str,
+) -> String {
+    let mut s = format!(
+        "{seq:<13} {ts:<27} {pid:>7} {uid:>5} {exe:<20} {session:>7} {login:<6} {function:<20} {result:<22} {dur:>9}"
+    );
+    if !details.is_empty() {
+        s.push_str("  ");
+        s.push_str(details);
+    }
+    s.push('\n');
+    s
+}
+
+/// Functions whose lines name the token.
+const NAMES_TOKEN: &[&str] = &[
+    "C_OpenSession",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_Login",
+    "C_LoginUser",
+];
+
+/// Why an intent is shown without its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoOutcome {
+    /// None came before the end of the log.
+    AtEnd,
+    /// Given up on: too many calls were waiting.
+    GivenUp,
+    /// The log stopped verifying before an outcome came: it may be past the problem.
+    Unverified,
+}
+
+/// One call for people. `intent` and `rec` as in [`Filter::matches`]; `missing` when an intent
+/// is shown without its outcome.
+pub(super) fn human_line(
+    intent: Option<&RecView>,
+    rec: Option<&RecView>,
+    missing: Option<NoOutcome>,
+) -> String {
+    let Some(first) = intent.or(rec) else {
+        return String::new();
+    };
+    let main = rec.unwrap_or(first);
+    let seq = match (intent, rec) {
+        (Some(i), Some(o)) => format!("{}>{}", i.seq, o.seq),
+        _ => first.seq.to_string(),
+    };
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let result = match (&*main.ev, missing) {
+        (_, Some(_)) => "NO OUTCOME".to_string(),
+        ("outcome", _) => main.rv().map_or_else(|| "-".to_string(), escape),
+        ("gap", _) => "GAP".to_string(),
+        (ev, _) => escape(ev),
+    };
+    let dur = match (missing, main.dur_us) {
+        (None, Some(d)) => format_duration(d),
+        _ => "-".to_string(),
+    };
+
+    let mut d: Vec<String> = Vec::new();
+    if let Some(m) = &main.mechanism {
+        d.push(format!("mech {}", m.display()));
+    }
+    if let Some(k) = &main.key {
+        d.push(format!("key {}", k.display()));
+    }
+    if let Some(k) = &main.key2 {
+        d.push(format!("key2 {}", k.display()));
+    }
+    if !main.created.is_empty() {
+        let c: Vec<String> = main.created.iter().map(|c| c.display()).collect();
+        d.push(format!("created {}", c.join(", ")));
+    }
+    if let Some(u) = &main.user_type {
+        d.push(format!("user {}", escape(u)));
+    }
+    if let Some(u) = &main.username {
+        d.push(format!("username {}", u.display()));
+    }
+    if let (Some(t), Some(f)) = (&main.token, main.function()) {
+        if NAMES_TOKEN.contains(&f) {
+            d.push(format!("token {}", t.label.display()));
+        }
+    }
+    for (name, v) in [
+        ("in", main.in_len),
+        ("out", main.out_len),
+        ("sig", main.sig_len),
+    ] {
+        if let Some(v) = v {
+            d.push(format!("{name} {v}"));
+        }
+    }
+    match main.out.as_deref() {
+        Some("length_query") => d.push("(length query)".into()),
+        Some("buffer_too_small") => d.push("(buffer too small)".into()),
+        Some("returned") | None => {}
+        Some(other) => d.push(format!("({})", escape(other))),
+    }
+    if let Some(c) = main.count {
+        d.push(format!("count {c}"));
+    }
+    if let Some(i) = &main.interface {
+        d.push(format!("interface {}", quote(i)));
+    }
+    if let Some(l) = main.lost {
+        let since = main
+            .since
+            .as_deref()
+            .map(|s| format!(" since {}", escape(s)))
+            .unwrap_or_default();
+        d.push(format!("lost {l} record(s){since}"));
+    }
+    if let Some(n) = &main.note {
+        d.push(format!("note {}", quote(n)));
+    }
+    match missing {
+        Some(NoOutcome::AtEnd) => {
+            d.push("(no outcome in the log: the process may have died)".into())
+        }
+        Some(NoOutcome::GivenUp) => d.push(
+            "(no outcome while too many other calls were waiting; it may follow on its own line)"
+                .into(),
+        ),
+        Some(NoOutcome::Unverified) => d.push(
+            "(no outcome before the log stopped verifying; it may be past the problem)".into(),
+        ),
+        None => {}
+    }
+    row(
+        &seq,
+        &escape(&first.ts),
+        &first.pid.to_string(),
+        &first.uid.to_string(),
+        &first.exe.path_text(),
+        &opt(main.session),
+        &main
+            .login
+            .as_deref()
+            .map_or_else(|| "-".to_string(), escape),
+        &main.function().map_or_else(|| "-".to_string(), escape),
+        &result,
+        &dur,
+        &d.join("  "),
+    )
+}
+
+/// A record the verifier accepted but show cannot read as a record.
+pub(super) fn unreadable_line(seq: u64, err: &serde_json::Error) -> String {
+    format!(
+        "{seq:<13} (a verified record show cannot read: {})\n",
+        escape(&err.to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::reader::show::testing::run;
+    use crate::reader::show::{Filter, ShowOptions};
+    use crate::reader::testlog::body;
+
+    #[test]
+    fn gap_and_lifecycle_records_have_lines() {
+        let bodies = [
+            body(0, 1, 0, "start", None, r#","note":"new chain""#),
+            body(
+                1,
+                1,
+                0,
+                "gap",
+                None,
+                r#","lost":3,"since":"2026-11-26T03:00:00.5Z""#,
+            ),
+        ];
+        let (out, _) = run(&bodies, &ShowOptions::new(Filter::default(), false));
+        assert!(
+            out.contains("start") && out.contains("note \"new chain\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("GAP") && out.contains("lost 3 record(s) since 2026-11-26T03:00:00.5Z"),
+            "{out}"
+        );
+        let f = Filter {
+            failures: true,
+            ..Default::default()
+        };
+        let (out, _) = run(&bodies, &ShowOptions::new(f, false));
+        assert_eq!(out.lines().count(), 2, "{out}");
+    }
+}

@@ -1,0 +1,356 @@
+//! Show as the records stream past: each call's line written as soon as everything before it is
+//! decided, an intent held until its outcome comes (or is given up on), within bounds.
+
+use super::line::{header, human_line, unreadable_line, NoOutcome};
+use super::{ShowError, ShowOptions, ShowSummary};
+use crate::reader::verify::VerifyReport;
+use crate::reader::view::RecView;
+use std::collections::VecDeque;
+use std::io::{self, Write};
+
+/// One line of output waiting for the calls before it to be decided.
+struct Entry {
+    /// seq of the entry's first record; entries are in seq order.
+    seq: u64,
+    /// An intent waiting for its outcome.
+    pending: bool,
+    /// What to write once decided (empty: nothing).
+    text: Vec<u8>,
+    /// A pending intent's line.
+    intent_line: Vec<u8>,
+}
+
+/// The lines decided and waiting, and what was written.
+pub(super) struct Stream<'o, W: Write> {
+    opts: &'o ShowOptions,
+    out: W,
+    /// Entries not written yet, in seq order: a waiting intent and everything after it.
+    queue: VecDeque<Entry>,
+    /// Intents in the queue waiting for their outcome.
+    pending: usize,
+    /// Bytes held in the queue.
+    held: usize,
+    /// Lines written (with `json`: records), the header apart.
+    written: u64,
+    without_outcome: u64,
+    given_up: u64,
+    unreadable: u64,
+    /// The first error writing `out`: nothing is written after it.
+    error: Option<io::Error>,
+}
+
+impl<'o, W: Write> Stream<'o, W> {
+    /// Output to `out`, starting with the header line unless `opts.json`.
+    pub(super) fn new(opts: &'o ShowOptions, out: W) -> Self {
+        let mut stream = Stream {
+            opts,
+            out,
+            queue: VecDeque::new(),
+            pending: 0,
+            held: 0,
+            written: 0,
+            without_outcome: 0,
+            given_up: 0,
+            unreadable: 0,
+            error: None,
+        };
+        if !opts.json {
+            stream.write(header().as_bytes());
+            stream.written = 0;
+        }
+        stream
+    }
+
+    /// The output could not be written: nothing more will be.
+    pub(super) fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn write(&mut self, text: &[u8]) {
+        if text.is_empty() || self.error.is_some() {
+            return;
+        }
+        match self.out.write_all(text) {
+            Ok(()) => self.written += 1,
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Writes every decided entry at the front.
+    fn flush(&mut self) {
+        while self.queue.front().is_some_and(|e| !e.pending) {
+            let e = self.queue.pop_front().expect("checked");
+            self.held -= e.text.len() + e.intent_line.len();
+            self.write(&e.text);
+        }
+    }
+
+    /// Adds a decided entry (written at once if nothing waits before it).
+    fn decided(&mut self, seq: u64, text: Vec<u8>) {
+        if self.queue.is_empty() {
+            self.write(&text);
+        } else if !text.is_empty() {
+            self.held += text.len();
+            self.queue.push_back(Entry {
+                seq,
+                pending: false,
+                text,
+                intent_line: Vec::new(),
+            });
+        }
+    }
+
+    fn raw(line: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(line.len() + 1);
+        v.extend_from_slice(line);
+        v.push(b'\n');
+        v
+    }
+
+    /// Decides the pending intent at `idx` with `outcome` (None: shown without outcome, for
+    /// the reason `missing`). Returns, in json mode, the text for the outcome's own line; None
+    /// when the intent cannot be read, so the outcome must stand on its own.
+    fn decide(
+        &mut self,
+        idx: usize,
+        outcome: Option<(&RecView, &[u8])>,
+        missing: Option<NoOutcome>,
+    ) -> Option<Vec<u8>> {
+        let entry = &mut self.queue[idx];
+        let intent_line = std::mem::take(&mut entry.intent_line);
+        let seq = entry.seq;
+        entry.pending = false;
+        self.pending -= 1;
+        self.held -= intent_line.len();
+        if missing.is_some() {
+            self.without_outcome += 1;
+        }
+        if missing == Some(NoOutcome::GivenUp) {
+            self.given_up += 1;
+        }
+        let rec = outcome.map(|o| o.0);
+        let (text, outcome_text) = match RecView::parse(&intent_line) {
+            Ok(iv) if !self.opts.filter.matches(Some(&iv), rec) => (Vec::new(), Some(Vec::new())),
+            Ok(_) if self.opts.json => (
+                Self::raw(&intent_line),
+                Some(outcome.map(|o| Self::raw(o.1)).unwrap_or_default()),
+            ),
+            Ok(iv) => (
+                human_line(Some(&iv), rec, missing).into_bytes(),
+                Some(Vec::new()),
+            ),
+            Err(e) => {
+                // Cannot happen for a record that verified; shown rather than hidden.
+                self.unreadable += 1;
+                let t = if !self.opts.json {
+                    unreadable_line(seq, &e).into_bytes()
+                } else if self.opts.filter.is_empty() {
+                    Self::raw(&intent_line)
+                } else {
+                    Vec::new()
+                };
+                (t, None)
+            }
+        };
+        self.held += text.len();
+        self.queue[idx].text = text;
+        outcome_text
+    }
+
+    /// Gives up on the oldest waiting intents while over the bounds.
+    fn bound(&mut self) {
+        while self.pending > self.opts.max_pending || self.held > self.opts.max_held_bytes {
+            let Some(idx) = self.queue.iter().position(|e| e.pending) else {
+                break;
+            };
+            self.decide(idx, None, Some(NoOutcome::GivenUp));
+            self.flush();
+        }
+    }
+
+    /// Takes in record `seq`, which verified, with its `line`.
+    pub(super) fn on_record(&mut self, line: &[u8], seq: u64) {
+        if self.opts.json && self.opts.filter.is_empty() {
+            // Everything is selected: the log passes through as it is.
+            self.decided(seq, Self::raw(line));
+            return;
+        }
+        let view = match RecView::parse(line) {
+            Ok(v) => v,
+            Err(e) => {
+                self.unreadable += 1;
+                let text = if self.opts.json {
+                    if self.opts.filter.is_empty() {
+                        Self::raw(line)
+                    } else {
+                        Vec::new()
+                    }
+                } else {
+                    unreadable_line(seq, &e).into_bytes()
+                };
+                self.decided(seq, text);
+                return;
+            }
+        };
+        if view.ev == "intent" {
+            self.pending += 1;
+            self.held += line.len();
+            self.queue.push_back(Entry {
+                seq,
+                pending: true,
+                text: Vec::new(),
+                intent_line: line.to_vec(),
+            });
+            self.bound();
+            return;
+        }
+        if view.ev == "outcome" {
+            if let Some(i) = view.intent {
+                if let Ok(idx) = self.queue.binary_search_by_key(&i, |e| e.seq) {
+                    if self.queue[idx].pending {
+                        let joined = self.decide(idx, Some((&view, line)), None);
+                        self.flush();
+                        if let Some(outcome_text) = joined {
+                            self.decided(seq, outcome_text);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let text = if !self.opts.filter.matches(None, Some(&view)) {
+            Vec::new()
+        } else if self.opts.json {
+            Self::raw(line)
+        } else {
+            human_line(None, Some(&view), None).into_bytes()
+        };
+        self.decided(seq, text);
+    }
+
+    /// After the last verified record; `intact` says whether the log verified to its end.
+    pub(super) fn finish(&mut self, intact: bool) {
+        let why = if intact {
+            NoOutcome::AtEnd
+        } else {
+            NoOutcome::Unverified
+        };
+        while let Some(idx) = self.queue.iter().position(|e| e.pending) {
+            self.decide(idx, None, Some(why));
+            self.flush();
+        }
+        self.flush();
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// What the run did, given the verifier's `report` (None when the walk was stopped).
+    pub(super) fn summary(
+        mut self,
+        report: Option<VerifyReport>,
+    ) -> Result<ShowSummary, ShowError> {
+        let verify = match self.error.take() {
+            // The reader closed the output (`| head`): the rest was not read.
+            Some(e) if e.kind() == io::ErrorKind::BrokenPipe => None,
+            Some(e) => return Err(ShowError::Output(e)),
+            None => report,
+        };
+        Ok(ShowSummary {
+            verify,
+            written: self.written,
+            without_outcome: self.without_outcome,
+            given_up: self.given_up,
+            unreadable: self.unreadable,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::reader::show::testing::{intent, outcome, run};
+    use crate::reader::show::{show, Filter, ShowOptions};
+    use crate::reader::testlog::log;
+    use crate::reader::Progress;
+
+    #[test]
+    fn waiting_intents_are_bounded_and_given_up_in_order() {
+        let bodies = [
+            intent(0, "C_Login"),                  // 0: given up (too many waiting)
+            intent(1, "C_SignInit"),               // 1
+            intent(2, "C_DestroyObject"),          // 2: never answered
+            outcome(3, "C_Login", "CKR_OK", 0),    // 3: on its own line
+            outcome(4, "C_SignInit", "CKR_OK", 1), // 4: joined with 1
+        ];
+        let mut opts = ShowOptions::new(Filter::default(), false);
+        opts.max_pending = 2;
+        let (out, s) = run(&bodies, &opts);
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[0].starts_with("0 ") && lines[0].contains("NO OUTCOME"));
+        assert!(
+            lines[0].contains("too many other calls were waiting"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].starts_with("1>4 ") && lines[1].contains("C_SignInit"));
+        assert!(lines[2].starts_with("2 ") && lines[2].contains("NO OUTCOME"));
+        assert!(
+            lines[2].contains("the process may have died"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].starts_with("3 ") && lines[3].contains("C_Login"));
+        assert!(lines[3].contains("CKR_OK") && lines[3].contains("7us"));
+        assert_eq!((s.without_outcome, s.given_up), (2, 1));
+        assert!(s.verify.unwrap().intact);
+
+        // Bounding the bytes held has the same effect. (A filter that selects everything:
+        // with no filter at all, json passes lines through without holding any.)
+        let all = Filter {
+            uids: vec![0],
+            ..Default::default()
+        };
+        let mut opts = ShowOptions::new(all, true);
+        opts.max_held_bytes = 10;
+        let (out, s) = run(&bodies, &opts);
+        assert_eq!(s.given_up, 3);
+        // Every record once, in log order.
+        let seqs: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn intents_waiting_when_the_log_stops_verifying_say_so() {
+        let bodies = [intent(0, "C_Login"), outcome(1, "C_Login", "CKR_OK", 0)];
+        let (_dir, path, vopts) = log(&bodies);
+        // Cut the outcome's line short, as a torn write would.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 20);
+        std::fs::write(&path, bytes).unwrap();
+        let mut out = Vec::new();
+        let opts = ShowOptions::new(Filter::default(), false);
+        let s = show(
+            &[path],
+            &vopts,
+            &opts,
+            &mut out,
+            &mut Progress::new(false, &[]),
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!s.verify.unwrap().intact);
+        assert!(out.contains("NO OUTCOME"), "{out}");
+        assert!(out.contains("it may be past the problem"), "{out}");
+        assert!(!out.contains("may have died"), "{out}");
+    }
+}
