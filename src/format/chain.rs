@@ -121,53 +121,35 @@ fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// Lowercase hex of `bytes`.
+/// Lowercase hex of `bytes`: the only hex the format writes.
 pub fn hex_lower(bytes: &[u8]) -> String {
-    hex_digits(bytes).map(char::from).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 /// Appends `bytes` in lowercase hex to `out`.
 pub fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend(hex_digits(bytes));
+    let start = out.len();
+    out.resize(start + 2 * bytes.len(), 0);
+    // Cannot fail: the room for the digits was just made.
+    let _ = base16ct::lower::encode(bytes, &mut out[start..]);
 }
 
-/// The lowercase hex digits of `bytes`, two per byte: the one place every hex writer uses.
-pub fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 15) as usize]])
+/// Appends `bytes` in lowercase hex to the string `out` (mac_i as the writer keeps it, `\u00xx`
+/// escapes).
+pub fn push_hex_lower_str(out: &mut String, bytes: &[u8]) {
+    let mut digits = [0u8; 64];
+    for chunk in bytes.chunks(digits.len() / 2) {
+        // Cannot fail: a chunk's digits fit in `digits`.
+        if let Ok(hex) = base16ct::lower::encode_str(chunk, &mut digits) {
+            out.push_str(hex);
+        }
+    }
 }
 
 /// Decodes hex (either case) into `out`; None unless `hex` is exactly 2*out.len() hex digits.
+/// Constant-time in the digits (the chain key is decoded with it on every append).
 pub fn decode_hex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    // A digit's value, or 0x10 for a byte that is not a hex digit. Branch-free: a writer decodes
-    // its key on every append, with the branch predictors cold from the `write` before it.
-    const NIBBLE: [u8; 256] = {
-        let mut t = [0x10u8; 256];
-        let mut i = 0;
-        while i < 10 {
-            t[b'0' as usize + i] = i as u8;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 6 {
-            t[b'a' as usize + i] = 10 + i as u8;
-            t[b'A' as usize + i] = 10 + i as u8;
-            i += 1;
-        }
-        t
-    };
-    if hex.len() != out.len() * 2 {
-        return None;
-    }
-    let mut invalid = 0u8;
-    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
-        invalid |= hi | lo;
-        *o = (hi << 4) | (lo & 0x0f);
-    }
-    (invalid & 0x10 == 0).then_some(())
+    (hex.len() == 2 * out.len() && base16ct::mixed::decode(hex, out).is_ok()).then_some(())
 }
 
 /// True if `s` is exactly 64 lowercase hex characters (the form of `mac` and `prev`).

@@ -6,7 +6,7 @@
 //! check it byte for byte against `serde_json::to_string` of the same record (the derive stays
 //! as that oracle), including hostile strings.
 
-use crate::format::chain::hex_digits;
+use crate::format::chain::push_hex_lower_str;
 use crate::format::record::{
     AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
     ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
@@ -34,7 +34,7 @@ pub fn push_str(out: &mut String, s: &str) {
             0x0c => out.push_str("\\f"),
             _ => {
                 out.push_str("\\u00");
-                out.extend(hex_digits(&[b]).map(char::from));
+                push_hex_lower_str(out, &[b]);
             }
         }
         start = i + 1;

@@ -3,7 +3,7 @@
 //! A line is `{"v":1,"seq":N,"prev":"<64 hex>",` + the body's members + `,"mac":"<64 hex>"}` + `\n`.
 //! P_i is everything before the final `,"mac":"`.
 
-use crate::format::chain::{hex_digits, is_mac_hex, ChainKey};
+use crate::format::chain::{is_mac_hex, push_hex_lower_str, ChainKey};
 
 /// The separator that starts the last member of every line.
 pub const MAC_MARKER: &[u8] = b",\"mac\":\"";
@@ -43,7 +43,7 @@ pub fn seal_and_evolve_into(
     out.extend_from_slice(&body.as_bytes()[1..body.len() - 1]);
     let mac = key.mac_then_evolve(&out[start..]);
     mac_hex.clear();
-    mac_hex.extend(hex_digits(&mac).map(char::from));
+    push_hex_lower_str(mac_hex, &mac);
     out.extend_from_slice(MAC_MARKER);
     out.extend_from_slice(mac_hex.as_bytes());
     out.extend_from_slice(b"\"}\n");

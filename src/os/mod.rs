@@ -23,17 +23,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A `MAP_SHARED`, read-write mapping of the first `len` bytes of a file.
+/// A `MAP_SHARED`, read-write mapping of the first `len` bytes of a file. `memmap2` makes and
+/// unmaps it; every access goes through a raw pointer into it (`MmapRaw`, which hands out no
+/// references), because other processes change the same bytes: byte copies are serialized by
+/// the robust mutex inside it and the u64 fields are only accessed atomically (see the module
+/// comment).
 pub struct SharedFileMap {
-    base: *mut u8,
-    len: usize,
+    map: memmap2::MmapRaw,
 }
-
-// SAFETY: the mapping is plain shared memory; byte copies are serialized by the robust mutex
-// inside it and the u64 fields are only accessed atomically (see the module comment), and the
-// pointer stays valid until `Drop` unmaps it.
-unsafe impl Send for SharedFileMap {}
-unsafe impl Sync for SharedFileMap {}
 
 /// How the mutex was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,29 +45,19 @@ impl SharedFileMap {
     /// Maps `len` bytes of `file` (which must be at least that long: touching a page past the
     /// end of the file raises SIGBUS, which is why nobody may truncate a state file in use).
     pub fn new(file: &File, len: usize) -> io::Result<SharedFileMap> {
-        // SAFETY: a fresh mapping at an address of the kernel's choosing; arguments are valid.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedFileMap {
-            base: p.cast(),
-            len,
-        })
+        // `map_raw`: PROT_READ | PROT_WRITE, MAP_SHARED, at offset 0.
+        let map = memmap2::MmapOptions::new().len(len).map_raw(file)?;
+        Ok(SharedFileMap { map })
+    }
+
+    /// The first mapped byte (page-aligned).
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     fn check(&self, off: usize, n: usize) {
         assert!(
-            off.checked_add(n).is_some_and(|end| end <= self.len),
+            off.checked_add(n).is_some_and(|end| end <= self.map.len()),
             "shared map access out of range"
         );
     }
@@ -79,21 +66,21 @@ impl SharedFileMap {
     pub fn read(&self, off: usize, out: &mut [u8]) {
         self.check(off, out.len());
         // SAFETY: in range (checked); serialized by the mutex (module comment).
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), out.as_mut_ptr(), out.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(self.base().add(off), out.as_mut_ptr(), out.len()) }
     }
 
     /// Copies `data` to offset `off`.
     pub fn write(&self, off: usize, data: &[u8]) {
         self.check(off, data.len());
         // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off), data.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(off), data.len()) }
     }
 
     /// Fills `n` bytes at `off` with zeros.
     pub fn zero(&self, off: usize, n: usize) {
         self.check(off, n);
         // SAFETY: as in `read`.
-        unsafe { std::ptr::write_bytes(self.base.add(off), 0, n) }
+        unsafe { std::ptr::write_bytes(self.base().add(off), 0, n) }
     }
 
     fn atomic_u64(&self, off: usize) -> &AtomicU64 {
@@ -101,7 +88,7 @@ impl SharedFileMap {
         assert!(off.is_multiple_of(8), "unaligned shared u64");
         // SAFETY: in range, 8-aligned (the mapping is page-aligned), and only ever accessed as
         // an atomic u64 by every writer.
-        unsafe { &*self.base.add(off).cast::<AtomicU64>() }
+        unsafe { &*self.base().add(off).cast::<AtomicU64>() }
     }
 
     /// An atomic u64 load, in this host's byte order (the state file never leaves its host).
@@ -127,19 +114,14 @@ impl SharedFileMap {
 
     /// `msync(MS_SYNC)`: the mapped page is on disk when this returns.
     pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: base and len describe this mapping.
-        if unsafe { libc::msync(self.base.cast(), self.len, libc::MS_SYNC) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.map.flush()
     }
 
     fn mutex(&self, off: usize) -> *mut libc::pthread_mutex_t {
         self.check(off, std::mem::size_of::<libc::pthread_mutex_t>());
         assert!(off.is_multiple_of(8), "unaligned shared mutex");
         // SAFETY: in range (checked above).
-        unsafe { self.base.add(off).cast() }
+        unsafe { self.base().add(off).cast() }
     }
 
     /// Initializes a robust, process-shared mutex at `off`. Only while no process can be using
@@ -222,13 +204,6 @@ fn check_rc(rc: libc::c_int) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::from_raw_os_error(rc))
-    }
-}
-
-impl Drop for SharedFileMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives self.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
