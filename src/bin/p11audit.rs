@@ -444,7 +444,7 @@ fn read_state(path: &Path, key: &ChainKey) -> Result<(ChainState, Option<Unrepor
             source,
         })
     };
-    // Writers update the file in place through a shared mapping (FORMAT.md §8); a read that
+    // Writers update the file in place through a shared mapping (INTERNALS.md §1.1); a read that
     // races an update can see a slot half-switched. Two equal reads in a row are a snapshot.
     let mut bytes = read()?;
     for _ in 0..10 {

@@ -470,7 +470,7 @@ mod tests {
         ] {
             same_as_serde(&Record::new(&who, 3, ev, None));
         }
-        // An executable path that is not UTF-8: hex, never U+FFFD (issue 15 §5).
+        // An executable path that is not UTF-8: hex, never U+FFFD.
         let who = ProcessIdentity {
             exe: crate::format::record::ExePath::from_bytes(b"/tmp/a\xff"),
             ..who

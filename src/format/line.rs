@@ -58,6 +58,16 @@ pub struct SplitLine<'a> {
     pub mac: &'a str,
 }
 
+impl SplitLine<'_> {
+    /// Whether the line's mac is the mac of its payload under `key`: the one seal check, for
+    /// the verifier and for the writer's recovery alike.
+    pub fn is_sealed_by(&self, key: &ChainKey) -> bool {
+        let mut hex = [0u8; 64];
+        base16ct::lower::encode_str(&key.mac(self.payload), &mut hex)
+            .is_ok_and(|expected| expected == self.mac)
+    }
+}
+
 /// Splits a line (without its trailing `\n`) into P_i and mac_i. None if the line does not end
 /// in a well-formed `,"mac":"<64 lowercase hex>"}`.
 pub fn split_line(line: &[u8]) -> Option<SplitLine<'_>> {

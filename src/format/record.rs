@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(rfc3339_from_micros(u64::MAX), "6524-01-19T08:01:49.551615Z");
     }
 
-    /// Issue 15 §5: two programs whose paths differ only in bytes that are not UTF-8 are
+    /// Two programs whose paths differ only in bytes that are not UTF-8 are
     /// recorded differently (`display()` made both `/tmp/a\u{fffd}`), and a UTF-8 path stays
     /// text.
     #[test]

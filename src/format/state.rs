@@ -1,9 +1,9 @@
 //! The state file beside the log (`<log>.state`): the writer's only memory of the chain.
 //!
 //! It holds K_next (the key for the next record), the next seq, the mac of the last record, the
-//! identity of the log file and the log size after the last record. It is a fixed-length text
-//! block so that every update is one positioned write of the same length, with a SHA-256 check
-//! line that detects a torn or corrupted state. See docs/FORMAT.md.
+//! identity of the log file and the log size after the last record, in one of two fixed-length
+//! text slots of a one-page file that every writer maps; a SHA-256 check line in each slot
+//! detects a torn or corrupted state. Its layout is in docs/INTERNALS.md §1.1.
 
 use crate::format::chain::{
     decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
@@ -17,7 +17,7 @@ const ENCODED_LEN: usize = 341;
 /// First line of a state in its text form (a slot of a v2 file, or a whole v1 state file).
 const SLOT_MAGIC: &str = "p11audit-state v1";
 
-/// The state file (format v2, docs/FORMAT.md §8): one page holding a header, the writers'
+/// The state file (format v2, docs/INTERNALS.md §1.1): one page holding a header, the writers'
 /// shared mutex and two slots. Each slot holds a state in the text form of `encode` (which is
 /// what state files of format v1 were); the header says which slot is current. A writer writes
 /// the other slot, switches `active` with one atomic store, then wipes the old slot (its key).
@@ -104,8 +104,8 @@ pub fn active_slot_offset(active: u64) -> Result<usize, StateError> {
         .ok_or(StateError::Corrupt("bad active slot"))
 }
 
-/// For the verifier: a state file of format v2, or of format v1 (the bare text form, written by
-/// earlier versions), so that logs written before v2 still verify against their state.
+/// For the verifier: a state file of format v2, or of format v1 (the bare text form), so that
+/// logs whose state file is of either format verify against it.
 pub fn decode_any_version(bytes: &[u8]) -> Result<ChainState, StateError> {
     if bytes.starts_with(SLOT_MAGIC.as_bytes()) {
         ChainState::decode(bytes)

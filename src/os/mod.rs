@@ -1,10 +1,10 @@
 //! What the audit writer needs from the OS that std does not offer: a shared mapping of the
 //! state file, and a robust, process-shared mutex inside it.
 //!
-//! Why: every append used to take an `flock` (two syscalls), `pwrite` the state (one syscall,
-//! plus an inode timestamp update) and `fstat` the log. With the state file mapped `MAP_SHARED`
-//! in every writer and a `PTHREAD_PROCESS_SHARED | PTHREAD_MUTEX_ROBUST` mutex in it, an
-//! uncontended append costs no syscall besides its one `write` to the log. Robustness is what
+//! Why: an `flock` per append costs two syscalls, a `pwrite` of the state one more (plus an inode
+//! timestamp update). With the state file mapped `MAP_SHARED` in every writer and a
+//! `PTHREAD_PROCESS_SHARED | PTHREAD_MUTEX_ROBUST` mutex in it, an uncontended append costs no
+//! syscall besides its one `write` to the log. Robustness is what
 //! makes `kill -9` safe: the kernel marks the mutex of a thread that dies holding it, and the
 //! next locker gets `EOWNERDEAD` and recovers (see `writer::audit_log`).
 //!

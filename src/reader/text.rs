@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(escape_c1_and_del("\"\u{9b}\u{7f}\""), "\"\\u009b\\u007f\"");
     }
 
-    // Issue 15 §4: labels that print as copies of `eck`.
+    // Labels that print as copies of `eck`.
 
     #[test]
     fn braille_blank_prints_escaped() {

@@ -85,16 +85,7 @@ impl ByteStr {
             ByteStr::Text(t) => return escape(t),
             ByteStr::Hex { hex } => hex,
         };
-        let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0
-            && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| {
-            (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-                .collect()
-        })
-        .flatten();
-        let Some(bytes) = bytes else {
+        let Ok(bytes) = base16ct::mixed::decode_vec(hex) else {
             return format!("\\{{hex:{}}}", escape(hex));
         };
         let mut out = String::new();

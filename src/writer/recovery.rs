@@ -89,8 +89,7 @@ impl AuditLog {
                 state.next_seq, state.prev_mac
             );
             let ok = split_line(line).filter(|s| {
-                s.payload.starts_with(expect_prefix.as_bytes())
-                    && crate::format::chain::hex_lower(&state.key.mac(s.payload)) == s.mac
+                s.payload.starts_with(expect_prefix.as_bytes()) && s.is_sealed_by(&state.key)
             });
             let Some(split) = ok else {
                 return Err(WriterError::LogNotTheChain {

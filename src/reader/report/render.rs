@@ -417,7 +417,7 @@ mod tests {
     use crate::reader::testlog::body;
     use crate::reader::Period;
 
-    /// Issue 15 §5: an exe recorded as hex is a process of its own, printed so that it cannot
+    /// An exe recorded as hex is a process of its own, printed so that it cannot
     /// pass for another path (its bytes that are not UTF-8 as `\xNN`, a backslash from a text
     /// path doubled), and kept as `{"hex": …}` in the JSON.
     #[test]

@@ -138,7 +138,7 @@ pub struct VerifyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
     /// The `lost` of gap records at or past the state's seq (a state behind the log): they
-    /// are reported, though the state does not say so yet (FORMAT.md §8.3, roll-forward).
+    /// are reported, though the state does not say so yet (INTERNALS.md §1.3, roll-forward).
     #[serde(skip)]
     pub lost_reported_past_state: u64,
 }

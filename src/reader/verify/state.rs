@@ -86,7 +86,7 @@ pub(super) fn check_end(
     }
     // A writer stopped between its log write and its state write (e.g. killed) leaves the
     // state behind a log whose extra records continue the chain from exactly the state's
-    // last record: the next writer rolls forward over them (FORMAT.md §8), so this is not
+    // last record: the next writer rolls forward over them (INTERNALS.md §1.3), so this is not
     // a problem. A state behind the log whose mac does not match is.
     // A state at seq 0 is such a state only if a writer wrote it (it names the log's
     // inode); an empty state file (read as "no chain started", inode 0) beside records is not.
@@ -198,7 +198,7 @@ mod tests {
         assert!(r.intact && !r.state_checked);
     }
 
-    /// Issue 15 §2: every record verified but the end not checked is its own verdict (exit
+    /// Every record verified but the end not checked is its own verdict (exit
     /// status 3), named by why: no state, a state not wanted, a state behind the log. A
     /// problem comes first; a state at the log's end checks it (0).
     #[test]

@@ -114,14 +114,8 @@ impl<'de> Deserialize<'de> for Exe<'de> {
                     hex = Some(m.next_value::<Str<'de>>()?.0);
                 }
                 let hex = hex.ok_or_else(|| de::Error::missing_field("hex"))?;
-                let bytes = (hex.len() % 2 == 0
-                    && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-                .then(|| {
-                    (0..hex.len())
-                        .step_by(2)
-                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0))
-                        .collect::<Vec<u8>>()
-                });
+                // Lowercase only: the one spelling the shim writes.
+                let bytes = base16ct::lower::decode_vec(hex.as_bytes()).ok();
                 match bytes {
                     Some(b) if std::str::from_utf8(&b).is_err() => Ok(Exe::Hex(hex)),
                     Some(_) => Err(de::Error::custom(
@@ -337,7 +331,7 @@ mod tests {
         Some(p.detail)
     }
 
-    /// Issue 15 §3: lines sealed with K_0 that JSON readers read in two ways (jq takes the
+    /// Lines sealed with K_0 that JSON readers read in two ways (jq takes the
     /// last of two members of one name, serde's derive refuses the line, a lone surrogate
     /// makes jq refuse it, bytes that are not UTF-8 are dropped or replaced) are malformed,
     /// wherever they are, also in members the verifier does not use; the same lines without
@@ -418,7 +412,7 @@ mod tests {
         ok(",\"note\":\"\u{e9}\u{1f600}\"");
     }
 
-    /// Issue 15 §5: `exe` is text, or `{"hex": …}` for a path that is not UTF-8; the two
+    /// `exe` is text, or `{"hex": …}` for a path that is not UTF-8; the two
     /// paths that `display()` made alike are two processes in the summary. Hex that is not
     /// the canonical form of a path that is not UTF-8 is malformed.
     #[test]

@@ -9,8 +9,8 @@ use super::strict::{parse_record, Rec};
 use super::summary::Tally;
 use super::verdict::{range_text, Problem, ProblemKind};
 use super::{VerifyIoError, VerifyOptions, VerifyReport};
-use crate::format::chain::{hex_lower, is_mac_hex, ChainKey, ZERO_MAC_HEX};
-use crate::format::line::{split_line, SplitLine};
+use crate::format::chain::{is_mac_hex, ChainKey, ZERO_MAC_HEX};
+use crate::format::line::split_line;
 use std::borrow::Cow;
 
 /// Reads the fixed start `{"v":1,"seq":N,"prev":"<64 hex>",` of a line: (seq, prev).
@@ -27,12 +27,6 @@ fn parse_prefix(line: &[u8]) -> Option<(u64, &str)> {
     }
     let prev = std::str::from_utf8(&rest[..64]).ok()?;
     is_mac_hex(prev).then_some((seq, prev))
-}
-
-/// Whether `split`'s mac is the mac of its payload under `key`: the one mac check of the walk,
-/// for the line being checked and the lines looked ahead at alike.
-fn sealed_by(split: &SplitLine, key: &ChainKey) -> bool {
-    hex_lower(&key.mac(split.payload)) == split.mac
 }
 
 /// The chain as verified so far.
@@ -173,7 +167,7 @@ impl<'o> Walk<'o> {
             ));
         }
 
-        if !sealed_by(&split, &self.key_for(s)) {
+        if !split.is_sealed_by(&self.key_for(s)) {
             if !meta.newline && cursor.at_end()? {
                 return Ok(self.problem(
                     TornLastLine,
@@ -318,7 +312,7 @@ impl<'o> Walk<'o> {
                 break;
             }
             if let (Some(split), Some((s, _))) = (split_line(&buf), parse_prefix(&buf)) {
-                if s == e && sealed_by(&split, &self.key_e) {
+                if s == e && split.is_sealed_by(&self.key_e) {
                     return Ok(Some((meta.file_idx, meta.line_no)));
                 }
             }
