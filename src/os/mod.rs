@@ -14,8 +14,8 @@
 //! methods are atomic and need no lock: the writer uses them for the header's counters, some
 //! of which (the lost-record count) are updated without the mutex.
 
-pub mod lock;
-pub mod process;
+pub(crate) mod lock;
+pub(crate) mod process;
 
 use std::fs::File;
 use std::io;
@@ -28,13 +28,13 @@ use std::time::Duration;
 /// references), because other processes change the same bytes: byte copies are serialized by
 /// the robust mutex inside it and the u64 fields are only accessed atomically (see the module
 /// comment).
-pub struct SharedFileMap {
+pub(crate) struct SharedFileMap {
     map: memmap2::MmapRaw,
 }
 
 /// How the mutex was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Locked {
+pub(crate) enum Locked {
     Clean,
     /// Its previous owner died holding it: the protected data may be half-updated. Call
     /// `mark_consistent` once it is repaired (or known to be as good as it gets).
@@ -210,7 +210,7 @@ fn check_rc(rc: libc::c_int) -> io::Result<()> {
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `None` if it cannot be read. A state
 /// file's mutex from an earlier boot may have been saved locked by a thread that no longer
 /// exists (power loss mid-append); the writer re-initializes it when the boot id changed.
-pub fn boot_id() -> Option<[u8; 36]> {
+pub(crate) fn boot_id() -> Option<[u8; 36]> {
     let text = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
     text.get(..36)?.try_into().ok()
 }
@@ -239,13 +239,13 @@ pub fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// The effective uid of this process: the owner every file the writer creates gets, and the
 /// only owner it accepts for the files it adopts.
-pub fn effective_uid() -> u32 {
+pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid takes no arguments and cannot fail.
     unsafe { libc::geteuid() }
 }
 
 /// The name of user `uid` from the password database, for messages; `None` if it has none.
-pub fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: passwd is plain data, filled in by getpwuid_r.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -272,7 +272,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// Renames `from` to `to` unless something is at `to` (`renameat2` with `RENAME_NOREPLACE`),
 /// failing with `AlreadyExists` then. On a file system without that flag, a hard link and an
 /// unlink do the same, also without ever replacing a file.
-pub fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &std::path::Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())

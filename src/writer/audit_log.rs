@@ -14,12 +14,13 @@ use crate::format::record::{Event, ProcessIdentity, Record};
 use crate::format::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
 pub use crate::writer::error::{KeyFileError, WriterError};
-pub use crate::writer::losses::Losses;
+pub(crate) use crate::writer::losses::Losses;
 use crate::writer::losses::{gap_body, settle_lost_since, unreported_losses};
 use crate::writer::open::{
     map_state_file, open_existing_log, open_log_and_state, refuse_symlink_or_special,
 };
-pub use crate::writer::open::{read_key_file, state_path_for};
+pub(crate) use crate::writer::open::read_key_file;
+pub use crate::writer::open::state_path_for;
 use crate::writer::own_files::UntrustedFile;
 use std::fs::File;
 use std::io::{self, Write};
@@ -296,7 +297,7 @@ impl AuditLog {
     }
 
     /// The records lost and not yet reported, for whoever notices a loss.
-    pub fn losses(&self) -> Losses {
+    pub(crate) fn losses(&self) -> Losses {
         Losses {
             map: self.shared.clone(),
             durable: self.settings.sync_always,

@@ -8,7 +8,7 @@ use crate::os::SharedFileMap;
 /// Records lost, counted in the state file (`layout::LOST`) so that the count outlives the
 /// process that lost them. Whoever notices a loss counts it; the writer reports what no `gap`
 /// record has reported yet (`AuditLog::append`).
-pub struct Losses {
+pub(crate) struct Losses {
     pub(super) map: std::sync::Arc<SharedFileMap>,
     /// `P11AUDIT_SYNC=always`: a count reaches the disk before the call goes on.
     pub(super) durable: bool,
@@ -16,7 +16,7 @@ pub struct Losses {
 
 impl Losses {
     /// Counts `n` more records as lost, now.
-    pub fn count(&self, n: u64) {
+    pub(crate) fn count(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -35,7 +35,7 @@ impl Losses {
 
     /// How many records are counted and not yet reported (a snapshot: a writer may be
     /// reporting them right now).
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         let active = (self.map.load_u64(layout::ACTIVE) as usize).min(1);
         self.map
             .load_u64(layout::LOST)

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit_log;
-pub mod auditor;
+pub(crate) mod auditor;
 pub mod error;
 mod losses;
 mod open;

@@ -83,7 +83,7 @@ pub(super) fn file_name(path: &Path) -> String {
 /// Reads and checks the key file: it must be owned by this uid or root (whoever owns it knows
 /// the key), must not be readable, writable or executable by group or others, and must hold 64
 /// hex characters.
-pub fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
     let path_buf = || path.to_path_buf();
     let unreadable = |source| KeyFileError::Unreadable {
         path: path_buf(),

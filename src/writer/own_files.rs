@@ -148,7 +148,7 @@ pub enum UntrustedFile {
 }
 
 /// "uid 65534 (nobody)", or "uid 4242" for a uid with no name.
-pub fn owner_text(uid: u32) -> String {
+pub(crate) fn owner_text(uid: u32) -> String {
     match user_name(uid) {
         Some(name) => format!("uid {uid} ({name})"),
         None => format!("uid {uid}"),
@@ -156,7 +156,7 @@ pub fn owner_text(uid: u32) -> String {
 }
 
 /// The directory a file at `path` is in ("." for a bare file name).
-pub fn directory_of(path: &Path) -> PathBuf {
+pub(crate) fn directory_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -169,7 +169,7 @@ pub fn directory_of(path: &Path) -> PathBuf {
 /// path with symbolic links resolved, must be owned by the effective uid or root and writable
 /// only by its owner unless it has the sticky bit (an attacker who could rename an entry of a
 /// parent could swap the log's directory for one of its own between this check and the opens).
-pub fn check_directory(dir: &Path) -> Result<(), UntrustedFile> {
+pub(crate) fn check_directory(dir: &Path) -> Result<(), UntrustedFile> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let stat = |path: &Path| {
         std::fs::metadata(path)
@@ -220,7 +220,7 @@ pub fn check_directory(dir: &Path) -> Result<(), UntrustedFile> {
 /// Checks an opened file before anything is written to it: a regular file, owned by the
 /// effective uid, without the mode bits `role` forbids. `fstat` of the descriptor, so the file
 /// checked is the file written.
-pub fn check_adopted(file: &File, role: FileRole, path: &Path) -> Result<(), UntrustedFile> {
+pub(crate) fn check_adopted(file: &File, role: FileRole, path: &Path) -> Result<(), UntrustedFile> {
     let meta = file.metadata().map_err(|source| UntrustedFile::Io {
         action: "stat",
         role,
@@ -272,7 +272,7 @@ fn options(role: FileRole) -> OpenOptions {
 }
 
 /// Opens the existing file at `path` for `role` and checks it (`check_adopted`).
-pub fn adopt(path: &Path, role: FileRole) -> Result<File, UntrustedFile> {
+pub(crate) fn adopt(path: &Path, role: FileRole) -> Result<File, UntrustedFile> {
     let file = options(role)
         .open(path)
         .map_err(|source| UntrustedFile::Io {
@@ -287,7 +287,7 @@ pub fn adopt(path: &Path, role: FileRole) -> Result<File, UntrustedFile> {
 
 /// Creates a new, empty file at `path` with exactly `mode`, failing if any file (or link) is
 /// there. A file whose mode cannot be set is removed again, if it is still the one created.
-pub fn create_new(path: &Path, role: FileRole, mode: u32) -> io::Result<File> {
+pub(crate) fn create_new(path: &Path, role: FileRole, mode: u32) -> io::Result<File> {
     let created = options(role).create_new(true).mode(mode).open(path)?;
     match set_exact_mode(&created, mode) {
         Ok(()) => Ok(created),
@@ -303,7 +303,7 @@ pub fn create_new(path: &Path, role: FileRole, mode: u32) -> io::Result<File> {
 
 /// Opens the file at `path`, creating it with exactly `mode` if there is none; an existing one
 /// must pass `check_adopted`.
-pub fn create_or_adopt(path: &Path, role: FileRole, mode: u32) -> Result<File, UntrustedFile> {
+pub(crate) fn create_or_adopt(path: &Path, role: FileRole, mode: u32) -> Result<File, UntrustedFile> {
     match create_new(path, role, mode) {
         Ok(created) => Ok(created),
         // Another process (or someone else) was first: adopted only if it passes the checks.
@@ -321,7 +321,7 @@ pub fn create_or_adopt(path: &Path, role: FileRole, mode: u32) -> Result<File, U
 /// there already; then that one is adopted (`check_adopted`). The new file is written under a
 /// temporary name in the same directory and renamed to `path` without replacing anything, so
 /// no process ever finds it at `path` half-written.
-pub fn create_whole_or_adopt(
+pub(crate) fn create_whole_or_adopt(
     path: &Path,
     role: FileRole,
     mode: u32,
@@ -370,7 +370,7 @@ pub fn create_whole_or_adopt(
 
 /// Gives `file` exactly `mode`, whatever the umask took away when it was created: a service
 /// run with `UMask=0077` must still get the `0640` that `P11AUDIT_LOG_MODE` asks for.
-pub fn set_exact_mode(file: &File, mode: u32) -> io::Result<()> {
+pub(crate) fn set_exact_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode))
         .or_else(|e| {
             // A filesystem may refuse `fchmod` and still have given the right mode.
