@@ -46,7 +46,7 @@ fn typical(who: &ProcessIdentity) -> Record {
         params: Default::default(),
     }));
     r.detail.key = Some(Arc::new(ObjectIdentity {
-        handle: 2,
+        handle: Some(2),
         class: Some(Named::new(Some("CKO_PRIVATE_KEY"), 3)),
         key_type: Some(Named::new(Some("CKK_EC"), 3)),
         label: Some(Bytes::from_slice(b"demo")),

@@ -70,7 +70,7 @@ fn token() -> TokenRef {
 
 fn signing_key(i: u64) -> ObjectIdentity {
     ObjectIdentity {
-        handle: 2 + i % 4,
+        handle: Some(2 + i % 4),
         class: Some(named("CKO_PRIVATE_KEY")),
         key_type: Some(named("CKK_EC")),
         label: Some(Bytes::from_slice(
@@ -217,7 +217,7 @@ fn generate(path: &Path, n: u64) -> ChainState {
             let label = format!("rotated-{proc_no}");
             for (h, class) in [(100, "CKO_PUBLIC_KEY"), (101, "CKO_PRIVATE_KEY")] {
                 done.detail.created.push(Arc::new(ObjectIdentity {
-                    handle: h,
+                    handle: Some(h),
                     class: Some(named(class)),
                     key_type: Some(named("CKK_EC")),
                     label: Some(Bytes::from_slice(label.as_bytes())),

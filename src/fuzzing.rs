@@ -232,7 +232,7 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         serial: Bytes::hex(&id),
     }));
     r.detail.key = Some(std::sync::Arc::new(ObjectIdentity {
-        handle: 3,
+        handle: Some(3),
         label: Some(Bytes::from_slice(&label)),
         id: Some(Bytes::hex(&id)),
         ..Default::default()

@@ -10,7 +10,7 @@ use p11audit::reader::verify::{
     verify_files, EndUnchecked, UnreportedLost, VerifyIoError, VerifyOptions, VerifyReport,
 };
 use p11audit::reader::{
-    count_table, escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress,
+    count_table, escape, escape_c1_and_del, exe_text, parse_time_arg, Bound, Period, Progress,
 };
 use p11audit::writer::audit_log::state_path_for;
 use std::fmt::Write as _;
@@ -772,7 +772,7 @@ fn human(r: &VerifyReport, source: &StateSource) -> String {
             "  pid {:<8} {:>8} record(s)  {}",
             p.pid,
             p.records,
-            p.exe.path_text()
+            exe_text(&p.exe)
         );
     }
     count_table(&mut o, "events:", &s.per_ev);

@@ -11,7 +11,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The label every key evolution step authenticates.
-pub const EVOLVE_LABEL: &[u8] = b"p11audit/v1 evolve";
+pub(crate) const EVOLVE_LABEL: &[u8] = b"p11audit/v1 evolve";
 /// `prev` of the record with seq 0.
 pub const ZERO_MAC_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -54,12 +54,14 @@ impl ChainKey {
         Ok(ChainKey(out))
     }
 
-    pub fn to_hex(&self) -> String {
+    /// Only for tests: a key in a `String` is not wiped (see `push_hex`).
+    #[cfg(test)]
+    fn to_hex(&self) -> String {
         hex_lower(&self.0)
     }
 
     /// Appends the key in lowercase hex to `out` (no temporary copy to wipe).
-    pub fn push_hex(&self, out: &mut Vec<u8>) {
+    pub(crate) fn push_hex(&self, out: &mut Vec<u8>) {
         push_hex_lower(out, &self.0);
     }
 
@@ -76,7 +78,7 @@ impl ChainKey {
     /// Whether `other` is the same key, taking the same time whichever bytes differ: a
     /// comparison that stopped at the first difference would tell, by its timing, how much of a
     /// guessed key is right.
-    pub fn ct_eq(&self, other: &ChainKey) -> bool {
+    pub(crate) fn ct_eq(&self, other: &ChainKey) -> bool {
         let differing_bits = self
             .0
             .iter()
@@ -101,7 +103,7 @@ impl ChainKey {
     /// mac_i = HMAC-SHA256(K_i, P_i), then K_i becomes K_{i+1}: what the writer does for every
     /// record. Both HMACs are keyed with K_i, so the key's inner and outer pad blocks are
     /// hashed once for the two (two SHA-256 compressions saved per record).
-    pub fn mac_then_evolve(&mut self, payload: &[u8]) -> [u8; 32] {
+    pub(crate) fn mac_then_evolve(&mut self, payload: &[u8]) -> [u8; 32] {
         let keyed =
             <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         let mut mac = keyed.clone();
@@ -127,7 +129,7 @@ pub fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// Appends `bytes` in lowercase hex to `out`.
-pub fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     out.resize(start + 2 * bytes.len(), 0);
     // Cannot fail: the room for the digits was just made.
@@ -136,7 +138,7 @@ pub fn push_hex_lower(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends `bytes` in lowercase hex to the string `out` (mac_i as the writer keeps it, `\u00xx`
 /// escapes).
-pub fn push_hex_lower_str(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push_hex_lower_str(out: &mut String, bytes: &[u8]) {
     let mut digits = [0u8; 64];
     for chunk in bytes.chunks(digits.len() / 2) {
         // Cannot fail: a chunk's digits fit in `digits`.
@@ -148,12 +150,12 @@ pub fn push_hex_lower_str(out: &mut String, bytes: &[u8]) {
 
 /// Decodes hex (either case) into `out`; None unless `hex` is exactly 2*out.len() hex digits.
 /// Constant-time in the digits (the chain key is decoded with it on every append).
-pub fn decode_hex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
+pub(crate) fn decode_hex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
     (hex.len() == 2 * out.len() && base16ct::mixed::decode(hex, out).is_ok()).then_some(())
 }
 
 /// True if `s` is exactly 64 lowercase hex characters (the form of `mac` and `prev`).
-pub fn is_mac_hex(s: &str) -> bool {
+pub(crate) fn is_mac_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))

@@ -14,7 +14,7 @@ use crate::format::record::{
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\`, the
 /// short escapes `\b \f \n \r \t`, and other control characters below 0x20 as `\u00xx`.
-pub fn push_str(out: &mut String, s: &str) {
+pub(crate) fn push_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -81,7 +81,7 @@ fn first_needing_escape(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut String, n: u64) {
+pub(crate) fn push_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
@@ -110,6 +110,17 @@ impl<'a> Members<'a> {
         self.out.push('"');
         self.out.push_str(name);
         self.out.push_str("\":");
+        self.out
+    }
+
+    /// A member whose name is data (a mechanism parameter's), escaped as any string.
+    fn escaped_key(&mut self, name: &str) -> &mut String {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        push_str(self.out, name);
+        self.out.push(':');
         self.out
     }
 
@@ -152,7 +163,7 @@ fn push_token(out: &mut String, t: &TokenRef) {
 
 fn push_object(out: &mut String, o: &ObjectIdentity) {
     let mut m = Members::open(out);
-    m.num("handle", o.handle);
+    m.opt_num("handle", o.handle);
     if let Some(c) = &o.class {
         m.str("class", &c.0);
     }
@@ -174,10 +185,13 @@ fn push_mechanism(out: &mut String, mech: &MechanismSummary) {
     m.opt_num("param_len", mech.param_len);
     if !mech.params.is_empty() {
         let mut p = Members::open(m.key("params"));
+        // The shim's names are fixed ASCII, but the type takes any text (a reader's): escaped
+        // like any string, so every value of the type encodes as serde_json would.
         for (name, value) in &mech.params {
+            let out = p.escaped_key(name);
             match value {
-                ParamValue::Name(Named(n)) => p.str(name, n),
-                ParamValue::Number(n) => p.num(name, *n),
+                ParamValue::Name(Named(n)) => push_str(out, n),
+                ParamValue::Number(n) => push_u64(out, *n),
             }
         }
         p.close();
@@ -230,7 +244,7 @@ fn output_name(out: OutputDisposition) -> &'static str {
 }
 
 /// Appends the record's JSON body (`{...}`, the same bytes as `serde_json::to_string`).
-pub fn push_record(out: &mut String, r: &Record) {
+pub(crate) fn push_record(out: &mut String, r: &Record) {
     let mut m = Members::open(out);
     m.str("ts", &r.ts);
     m.str("host", &r.host);
@@ -356,7 +370,7 @@ mod tests {
         };
         let mut r = Record::new(&who, u64::MAX, Event::Outcome, Some("C_GenerateKeyPair"));
         let obj = |h| ObjectIdentity {
-            handle: h,
+            handle: Some(h),
             class: Some(Named::new(Some("CKO_SECRET_KEY"), 4)),
             key_type: Some(Named::new(None, 0x8000_0001)),
             label: Some(Bytes::Text(s.into())),
@@ -364,10 +378,11 @@ mod tests {
         };
         let mut params = BTreeMap::new();
         params.insert(
-            "hash",
+            "hash".into(),
             ParamValue::Name(Named::new(Some("CKM_SHA256"), 0x250)),
         );
-        params.insert("tag_bits", ParamValue::Number(128));
+        params.insert("tag_bits".into(), ParamValue::Number(128));
+        params.insert(s.to_string().into(), ParamValue::Number(1));
         let attrs = vec![
             AttributeSummary {
                 attr: Named::new(Some("CKA_LABEL"), 3),
@@ -414,10 +429,7 @@ mod tests {
                 params,
             })),
             key: Some(Arc::new(obj(5))),
-            key2: Some(Arc::new(ObjectIdentity {
-                handle: 6,
-                ..Default::default()
-            })),
+            key2: Some(Arc::new(ObjectIdentity::handle_only(6))),
             template: Some(attrs.clone()),
             template2: Some(vec![]),
             in_len: Some(1),

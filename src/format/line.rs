@@ -6,7 +6,7 @@
 use crate::format::chain::{is_mac_hex, push_hex_lower_str, ChainKey};
 
 /// The separator that starts the last member of every line.
-pub const MAC_MARKER: &[u8] = b",\"mac\":\"";
+pub(crate) const MAC_MARKER: &[u8] = b",\"mac\":\"";
 
 /// Appends the sealed line for `body` (a serialized JSON object with at least one member) to
 /// `out` and returns mac_i as lowercase hex. (The writer uses `seal_and_evolve_into`.)
@@ -25,7 +25,7 @@ pub fn seal_into(
 
 /// `seal_into` for the writer: writes mac_i as lowercase hex into `mac_hex` and evolves `key`
 /// to K_{i+1}, sharing the HMAC key setup between the two (`ChainKey::mac_then_evolve`).
-pub fn seal_and_evolve_into(
+pub(crate) fn seal_and_evolve_into(
     out: &mut Vec<u8>,
     key: &mut ChainKey,
     seq: u64,
@@ -51,7 +51,7 @@ pub fn seal_and_evolve_into(
 
 /// A line split into its authenticated part and its mac.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SplitLine<'a> {
+pub(crate) struct SplitLine<'a> {
     /// P_i: the bytes the mac covers.
     pub payload: &'a [u8],
     /// mac_i as written (64 lowercase hex).
@@ -61,7 +61,7 @@ pub struct SplitLine<'a> {
 impl SplitLine<'_> {
     /// Whether the line's mac is the mac of its payload under `key`: the one seal check, for
     /// the verifier and for the writer's recovery alike.
-    pub fn is_sealed_by(&self, key: &ChainKey) -> bool {
+    pub(crate) fn is_sealed_by(&self, key: &ChainKey) -> bool {
         let mut hex = [0u8; 64];
         base16ct::lower::encode_str(&key.mac(self.payload), &mut hex)
             .is_ok_and(|expected| expected == self.mac)
@@ -70,7 +70,7 @@ impl SplitLine<'_> {
 
 /// Splits a line (without its trailing `\n`) into P_i and mac_i. None if the line does not end
 /// in a well-formed `,"mac":"<64 lowercase hex>"}`.
-pub fn split_line(line: &[u8]) -> Option<SplitLine<'_>> {
+pub(crate) fn split_line(line: &[u8]) -> Option<SplitLine<'_>> {
     // `,"mac":"` (8) + 64 hex + `"}` (2)
     const TAIL: usize = 8 + 64 + 2;
     if line.len() < TAIL + 1 || !line.ends_with(b"\"}") {

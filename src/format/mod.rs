@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
-pub mod encode;
+pub(crate) mod encode;
 pub mod line;
 pub mod names;
 pub mod record;
-pub mod redact;
+pub(crate) mod redact;
 pub mod state;

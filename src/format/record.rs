@@ -1,12 +1,30 @@
-//! The audit record model (format v1) and its JSON body.
+//! The audit record model (format v1) and its JSON body: one model for the writer and the
+//! readers.
 //!
 //! A `Record` is everything a line holds except `v`, `seq`, `prev` and `mac`, which the writer
 //! adds when it seals the record into the chain (see `line.rs`). Members that do not apply are
 //! left out. Every value that comes from the application or the provider is either a number,
 //! a fixed name, a length, or an allowlisted attribute value (see `redact.rs`); nothing here can
 //! carry a PIN, key bytes or data.
+//!
+//! **Writer and readers.** The shim fills a `Record` and the writer encodes it (`to_body`, by
+//! the hand-written encoder in `encode.rs`, checked byte for byte against this module's serde
+//! derive). The readers (`p11audit show` and `report`) read a verified line into
+//! `reader::view::RecView`, a borrowed view of the members they use, whose members are the
+//! values defined here: [`Bytes`], [`Named`], [`ObjectIdentity`], [`MechanismSummary`],
+//! [`TokenRef`]. Those values are therefore both `Serialize` (how the writer's oracle spells
+//! them) and `Deserialize` (how a reader takes them back), so what the writer wrote and what a
+//! reader reads are the same type, and a test can compare them.
+//!
+//! Reading is a little more tolerant than writing, so that every log that ever read still
+//! reads: an identity without `handle` and a token without `serial` (never written by
+//! p11audit, but accepted by the readers' own types before they shared these) read as
+//! `handle: None` and an empty serial. Members a value does not know are skipped, as they
+//! always were, except in `{"hex": …}`, which takes `hex` alone.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What a record says happened.
@@ -49,16 +67,16 @@ pub struct ExePath(Arc<Bytes>);
 
 impl ExePath {
     /// A path's bytes, as the kernel gave them.
-    pub fn from_path(path: &std::path::Path) -> Self {
+    pub(crate) fn from_path(path: &std::path::Path) -> Self {
         use std::os::unix::ffi::OsStrExt;
         Self::from_bytes(path.as_os_str().as_bytes())
     }
 
-    pub fn from_bytes(b: &[u8]) -> Self {
+    pub(crate) fn from_bytes(b: &[u8]) -> Self {
         ExePath(Arc::new(Bytes::from_slice(b)))
     }
 
-    pub fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.0
     }
 }
@@ -81,12 +99,16 @@ impl Serialize for ExePath {
     }
 }
 
-/// A byte string from the application or provider (labels, ids). Written as a JSON string when
-/// it is valid UTF-8, else as `{"hex":"..."}`; serde_json escapes control characters, quotes
-/// and backslashes, so any bytes give one valid JSON line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// BYTES of the format: a byte string from the application or provider (labels, serials,
+/// ids, user names, `exe`). Written as a JSON string when it is valid UTF-8, else as
+/// `{"hex":"..."}` (ids always); serde_json escapes control characters, quotes and
+/// backslashes, so any bytes give one valid JSON line.
+///
+/// Ordered text before hex (the readers' tables sort by it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bytes {
     Text(String),
+    /// Lowercase hex of the bytes, as written (a reader keeps what the line says).
     Hex(String),
 }
 
@@ -100,6 +122,14 @@ impl Bytes {
     /// Always hex (CKA_ID and other binary identifiers).
     pub fn hex(b: &[u8]) -> Self {
         Bytes::Hex(crate::format::chain::hex_lower(b))
+    }
+}
+
+/// The empty text: what a token's serial is when p11audit knows none (and what a reader takes
+/// for a token without `serial`).
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Text(String::new())
     }
 }
 
@@ -117,9 +147,47 @@ impl Serialize for Bytes {
     }
 }
 
-/// A CK_ULONG-valued constant written by name when known, else as "0x..." hex.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Named(pub std::borrow::Cow<'static, str>);
+/// Read directly (a string, or a map with the one member `hex`, a string) rather than as an
+/// untagged enum, which buffers the value and builds an error for every `{"hex": …}`. A map
+/// with any other member, or with `hex` twice, is refused.
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or {\"hex\": string}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Bytes, E> {
+                Ok(Bytes::Text(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Bytes, A::Error> {
+                use serde::de::Error;
+                let mut hex: Option<String> = None;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k != "hex" {
+                        return Err(A::Error::unknown_field(&k, &["hex"]));
+                    }
+                    if hex.is_some() {
+                        return Err(A::Error::duplicate_field("hex"));
+                    }
+                    hex = Some(m.next_value()?);
+                }
+                hex.map(Bytes::Hex)
+                    .ok_or_else(|| A::Error::missing_field("hex"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A CK_ULONG-valued constant written by name when known, else as "0x..." hex. The writer's
+/// names are `&'static str` from `names.rs`; a reader's are the text of the line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Named(pub Cow<'static, str>);
 
 impl Named {
     pub fn new(name: Option<&'static str>, value: u64) -> Self {
@@ -127,6 +195,10 @@ impl Named {
             Some(n) => Named(n.into()),
             None => Named(format!("{value:#x}").into()),
         }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -136,17 +208,30 @@ impl Serialize for Named {
     }
 }
 
+/// A string, whatever it says (a reader shows a name this build does not know as it is).
+impl<'de> Deserialize<'de> for Named {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Named(s.into()))
+    }
+}
+
 /// The token a call concerns.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenRef {
     pub label: Bytes,
+    /// Always written (empty when unknown, e.g. for `C_InitToken` on a slot whose token was
+    /// never read); a reader takes a missing serial for the empty one.
+    #[serde(default)]
     pub serial: Bytes,
 }
 
-/// Identity of a key or other object: handle plus what the provider says of it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+/// IDENTITY of the format: an object's handle plus what the provider says of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct ObjectIdentity {
-    pub handle: u64,
+    /// Always written by p11audit (`handle_only` for an object the provider said nothing
+    /// about); `None` only for a line that lacks it, which readers show as an unknown object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<Named>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,23 +242,59 @@ pub struct ObjectIdentity {
     pub id: Option<Bytes>,
 }
 
+impl ObjectIdentity {
+    /// An object the provider said nothing about (yet): its handle alone.
+    pub(crate) fn handle_only(handle: u64) -> Self {
+        ObjectIdentity {
+            handle: Some(handle),
+            ..Default::default()
+        }
+    }
+}
+
 /// A mechanism and a safe summary of its parameter (never IV, AAD or other parameter bytes).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MechanismSummary {
     #[serde(rename = "type")]
     pub mechanism: Named,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param_len: Option<u64>,
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub params: std::collections::BTreeMap<&'static str, ParamValue>,
+    /// Written in key order. The shim's keys are fixed names (`Cow::Borrowed`); a reader's are
+    /// the text of the line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<Cow<'static, str>, ParamValue>,
 }
 
-/// One summarized mechanism parameter.
+/// One summarized mechanism parameter: a name (`"CKM_SHA256"`) or a number.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum ParamValue {
     Name(Named),
     Number(u64),
+}
+
+/// A string or a u64, read directly (as `Bytes` is) rather than through serde's
+/// untagged buffering.
+impl<'de> Deserialize<'de> for ParamValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ParamValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name (string) or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ParamValue, E> {
+                Ok(ParamValue::Name(Named(v.to_string().into())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ParamValue, E> {
+                Ok(ParamValue::Name(Named(v.into())))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ParamValue, E> {
+                Ok(ParamValue::Number(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One attribute of a template: its type, its length, and its value only if allowlisted.
@@ -325,7 +446,7 @@ impl Record {
 
     /// A record of the audit trail itself (`gap`, `rotate`) by the same process and thread
     /// as `self`, at the same time: no function, no detail.
-    pub fn bookkeeping(&self, ev: Event) -> Record {
+    pub(crate) fn bookkeeping(&self, ev: Event) -> Record {
         Record {
             ts: self.ts,
             host: self.host.clone(),
@@ -349,12 +470,12 @@ impl Record {
 }
 
 /// Now as RFC 3339 UTC with microseconds, e.g. `2026-11-26T03:12:45.123456Z`.
-pub fn rfc3339_micros_now() -> Timestamp {
+pub(crate) fn rfc3339_micros_now() -> Timestamp {
     rfc3339_from_micros(micros_now())
 }
 
 /// Now in microseconds since the Unix epoch (0 if the clock is before it).
-pub fn micros_now() -> u64 {
+pub(crate) fn micros_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -363,7 +484,7 @@ pub fn micros_now() -> u64 {
 
 /// Formats microseconds since the epoch as RFC 3339 UTC with microseconds, the form of every
 /// record's `ts`: the one place that turns a time into text, for the writer and the readers.
-pub fn rfc3339_from_micros(us: u64) -> Timestamp {
+pub(crate) fn rfc3339_from_micros(us: u64) -> Timestamp {
     rfc3339_micros(us / 1_000_000, (us % 1_000_000) as u32)
 }
 
@@ -409,7 +530,7 @@ pub fn rfc3339_micros(secs: u64, micros: u32) -> Timestamp {
 pub struct Timestamp([u8; 27]);
 
 impl Timestamp {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written into it.
         std::str::from_utf8(&self.0).unwrap_or("0000-00-00T00:00:00.000000Z")
     }
@@ -515,6 +636,73 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_text_or_hex() {
+        let p = |j: &str| serde_json::from_str::<Bytes>(j);
+        assert_eq!(p(r#""a\u001b""#).unwrap(), Bytes::Text("a\u{1b}".into()));
+        assert_eq!(p(r#"{"hex":"ff"}"#).unwrap(), Bytes::Hex("ff".into()));
+        for bad in [
+            r#"{}"#,
+            r#"{"hex":"a","hex":"b"}"#,
+            r#"{"x":"a"}"#,
+            r#"{"hex":"a","x":"a"}"#,
+            "5",
+            "null",
+            r#"{"hex":5}"#,
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        // Written back the same way.
+        for json in [r#"{"hex":"ff"}"#, r#""a\u001b""#] {
+            assert_eq!(serde_json::to_string(&p(json).unwrap()).unwrap(), json);
+        }
+        // Text before hex, as the readers' tables sort.
+        assert!(Bytes::Text("z".into()) < Bytes::Hex("00".into()));
+    }
+
+    /// What readers take that the writer never writes: a token without `serial`, an identity
+    /// without `handle`, members they do not know; and what they refuse.
+    #[test]
+    fn values_read_as_they_always_did() {
+        let token: TokenRef = serde_json::from_str(r#"{"label":"t"}"#).unwrap();
+        assert_eq!(token.serial, Bytes::Text(String::new()));
+        let id: ObjectIdentity = serde_json::from_str(r#"{"label":"k","x":{"y":1}}"#).unwrap();
+        assert_eq!(id.handle, None);
+        assert_eq!(id.label, Some(Bytes::Text("k".into())));
+        let m: MechanismSummary =
+            serde_json::from_str(r#"{"type":"0x80000000","params":{"a":"CKM_X","b":7}}"#).unwrap();
+        assert_eq!(m.mechanism, Named::new(None, 0x8000_0000));
+        assert_eq!(
+            m.params["a"],
+            ParamValue::Name(Named::new(Some("CKM_X"), 0))
+        );
+        assert_eq!(m.params["b"], ParamValue::Number(7));
+        for bad in [
+            r#"{"params":{}}"#,
+            r#"{"type":5}"#,
+            r#"{"type":"CKM_X","params":{"a":-1}}"#,
+            r#"{"type":"CKM_X","params":{"a":true}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<MechanismSummary>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        // Each value the writer encodes reads back as itself.
+        let written = ObjectIdentity {
+            handle: Some(1),
+            class: Some(Named::new(Some("CKO_DATA"), 0)),
+            key_type: Some(Named::new(None, 0x8000_0001)),
+            label: Some(Bytes::from_slice(b"\xff\"")),
+            id: Some(Bytes::hex(b"")),
+        };
+        let json = serde_json::to_string(&written).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ObjectIdentity>(&json).unwrap(),
+            written
+        );
+    }
+
+    #[test]
     fn body_member_order_and_hostile_label_stay_one_json_line() {
         let who = ProcessIdentity {
             host: "h".into(),
@@ -525,7 +713,7 @@ mod tests {
         let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
         r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
         r.detail.key = Some(Arc::new(ObjectIdentity {
-            handle: 5,
+            handle: Some(5),
             label: Some(Bytes::from_slice(b"a\"b\\c\nd\0e\x1b")),
             id: Some(Bytes::hex(&[0xff, 0x01])),
             ..Default::default()

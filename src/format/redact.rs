@@ -11,10 +11,10 @@ use crate::format::record::{AttributeSummary, AttributeValue, Bytes, Named};
 use cryptoki_sys as ck;
 
 /// Longest byte-valued attribute value written; longer values are written as length only.
-pub const MAX_LOGGED_VALUE_BYTES: usize = 256;
+pub(crate) const MAX_LOGGED_VALUE_BYTES: usize = 256;
 
 /// CK_UNAVAILABLE_INFORMATION as it appears in `ulValueLen`.
-pub const UNAVAILABLE: u64 = ck::CK_UNAVAILABLE_INFORMATION as u64;
+pub(crate) const UNAVAILABLE: u64 = ck::CK_UNAVAILABLE_INFORMATION as u64;
 
 enum Shape {
     Bool,
@@ -75,7 +75,7 @@ fn ulong_of(bytes: &[u8]) -> Option<u64> {
 
 /// The value to write for attribute `attr` whose value bytes are `bytes`, if it is allowlisted
 /// and well-formed.
-pub fn attribute_value(attr: u64, bytes: &[u8]) -> Option<AttributeValue> {
+pub(crate) fn attribute_value(attr: u64, bytes: &[u8]) -> Option<AttributeValue> {
     let value = match allowlisted(attr)? {
         Shape::Bool => match bytes {
             [b] => AttributeValue::Bool(*b != 0),
@@ -111,13 +111,13 @@ pub fn attribute_value(attr: u64, bytes: &[u8]) -> Option<AttributeValue> {
 
 /// Whether `attr`'s value may be read for logging at all (so the FFI layer reads no bytes it
 /// will not write).
-pub fn value_is_loggable(attr: u64, len: u64) -> bool {
+pub(crate) fn value_is_loggable(attr: u64, len: u64) -> bool {
     allowlisted(attr).is_some() && len <= MAX_LOGGED_VALUE_BYTES as u64
 }
 
 /// The summary of one attribute. `bytes` is its value when the caller read it (allowlisted,
 /// present, and of a sane length).
-pub fn summarize_attribute(attr: u64, len: u64, bytes: Option<&[u8]>) -> AttributeSummary {
+pub(crate) fn summarize_attribute(attr: u64, len: u64, bytes: Option<&[u8]>) -> AttributeSummary {
     AttributeSummary {
         attr: Named::new(attribute_name(attr), attr),
         len: if len == UNAVAILABLE {

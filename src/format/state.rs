@@ -22,26 +22,26 @@ const SLOT_MAGIC: &str = "p11audit-state v1";
 /// what state files of format v1 were); the header says which slot is current. A writer writes
 /// the other slot, switches `active` with one atomic store, then wipes the old slot (its key).
 pub mod layout {
-    pub const FILE_LEN: usize = 4096;
-    pub const MAGIC: &[u8] = b"p11audit-state v2\n";
+    pub(crate) const FILE_LEN: usize = 4096;
+    pub(crate) const MAGIC: &[u8] = b"p11audit-state v2\n";
     /// u64, 0 or 1: the current slot.
-    pub const ACTIVE: usize = 32;
+    pub(crate) const ACTIVE: usize = 32;
     /// u64, non-zero when the next writer must check the log against the state before
     /// appending (a writer died holding the mutex, or the file is from an earlier boot).
-    pub const RECOVER: usize = 40;
+    pub(crate) const RECOVER: usize = 40;
     /// u64, incremented by every state update: a writer that wrote the last update need not
     /// decode the slot again.
-    pub const GENERATION: usize = 48;
+    pub(crate) const GENERATION: usize = 48;
     /// u64, non-zero while a rotation is under way: the seq of the rotate record plus one.
-    pub const ROTATE_SEQ: usize = 56;
+    pub(crate) const ROTATE_SEQ: usize = 56;
     /// 36 bytes: the boot id (`/proc/sys/kernel/random/boot_id`) the mutex was set up in.
-    pub const BOOT_ID: usize = 64;
-    pub const BOOT_ID_LEN: usize = 36;
+    pub(crate) const BOOT_ID: usize = 64;
+    pub(crate) const BOOT_ID_LEN: usize = 36;
     /// The robust, process-shared `pthread_mutex_t` (glibc x86-64: 40 bytes).
-    pub const MUTEX: usize = 128;
+    pub(crate) const MUTEX: usize = 128;
     /// While a rotation is under way: the name the old file gets (NUL-padded).
-    pub const ROTATE_NAME: usize = 256;
-    pub const ROTATE_NAME_LEN: usize = 256;
+    pub(crate) const ROTATE_NAME: usize = 256;
+    pub(crate) const ROTATE_NAME_LEN: usize = 256;
     /// u64: records lost by any writer of the chain (an append that failed, a record p11audit
     /// could not build), counted since the state file was made; it only grows. Here, not in
     /// the memory of the process that lost them, so that a process that exits (or dies) before
@@ -54,9 +54,9 @@ pub mod layout {
     /// u64 per slot: the value of LOST that the `gap` records up to that slot's state have
     /// reported. It changes with the slot, in the same atomic switch of ACTIVE, so a writer
     /// killed anywhere in an append neither reports the same losses twice nor drops them.
-    pub const REPORTED: [usize; 2] = [528, 536];
-    pub const SLOTS: [usize; 2] = [1024, 1536];
-    pub const SLOT_LEN: usize = 512;
+    pub(crate) const REPORTED: [usize; 2] = [528, 536];
+    pub(crate) const SLOTS: [usize; 2] = [1024, 1536];
+    pub(crate) const SLOT_LEN: usize = 512;
 }
 
 /// Reads the chain state out of a whole state file (v2 layout).
@@ -90,14 +90,14 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Records lost and not yet reported in a `gap` record that a whole state file (v2 layout)
 /// counts, and since when (µs since the epoch; 0: not known). None for anything but a state
 /// file of this version with a chain in it.
-pub fn unreported_losses(bytes: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn unreported_losses(bytes: &[u8]) -> Option<(u64, u64)> {
     let state = decode_file(bytes).ok()?;
     let pending = u64_at(bytes, layout::LOST).saturating_sub(state.lost_reported);
     Some((pending, u64_at(bytes, layout::LOST_SINCE)))
 }
 
 /// Where the slot that the header's `active` value names starts.
-pub fn active_slot_offset(active: u64) -> Result<usize, StateError> {
+pub(crate) fn active_slot_offset(active: u64) -> Result<usize, StateError> {
     layout::SLOTS
         .get(active as usize)
         .copied()
@@ -148,7 +148,7 @@ pub fn read_file_bounded(path: &std::path::Path) -> std::io::Result<Zeroizing<Ve
 }
 
 /// A slot: the text form of `encode`, then zeros. All zeros: no chain yet.
-pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
+pub(crate) fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
     let end = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
     if slot[end..].iter().any(|&b| b != 0) {
         return Err(StateError::Corrupt("bytes after the state in its slot"));
@@ -159,7 +159,7 @@ pub fn decode_slot(slot: &[u8]) -> Result<ChainState, StateError> {
 /// Where the `key` line is in the text form (`key `, 64 hex digits, newline): after the magic
 /// line and the `seq` (20 digits) and `prev` (64 hex digits) lines; every field has a fixed
 /// width.
-pub const KEY_LINE: std::ops::Range<usize> = {
+pub(crate) const KEY_LINE: std::ops::Range<usize> = {
     let start = SLOT_MAGIC.len() + 1 + "seq ".len() + 20 + 1 + "prev ".len() + 64 + 1;
     start..start + "key ".len() + 64 + 1
 };
@@ -167,7 +167,7 @@ pub const KEY_LINE: std::ops::Range<usize> = {
 /// The key from its line (`KEY_LINE` of a slot), for a writer that still holds the rest of the
 /// state it stored there (the state file's generation says nobody wrote since) and kept no copy
 /// of the key.
-pub fn decode_key_line(line: &[u8]) -> Result<ChainKey, StateError> {
+pub(crate) fn decode_key_line(line: &[u8]) -> Result<ChainKey, StateError> {
     let hex = line
         .strip_prefix(b"key ")
         .and_then(|l| l.strip_suffix(b"\n"))
@@ -273,7 +273,7 @@ impl ChainState {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StateError> {
         if bytes.is_empty() {
             return Err(StateError::Empty);
         }

@@ -1,122 +1,69 @@
-//! The view of a record that show and report read: the members they use, borrowed from the
-//! verified line where they can be, with the values of the format (BYTES, IDENTITY, a
-//! mechanism, a token) and how each reads for people.
+//! The view of a record that show and report read ([`RecView`]: the members they use,
+//! borrowed from the verified line where they can be), and how the format's values (BYTES, an
+//! IDENTITY, a mechanism: `crate::format::record`'s types) read for people ([`ForPeople`]).
 
 use super::text::{escape, quote_name};
-use serde::{Deserialize, Serialize};
+use crate::format::record::{Bytes, MechanismSummary, ObjectIdentity, ParamValue, TokenRef};
+use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// BYTES of the format: text, or `{"hex": …}` for bytes that are not UTF-8 (and always for ids).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(untagged)]
-pub enum ByteStr {
-    Text(String),
-    Hex { hex: String },
+/// How a value of the format reads for people, on one line: escaped (see `text.rs`), text
+/// labels quoted with their script note, hex as such. A reader's concern, so it lives here and
+/// not with the record model.
+pub trait ForPeople {
+    fn display(&self) -> String;
 }
 
-/// Read directly (a string, or a map with the one member `hex`) rather than as an untagged
-/// enum, which buffers the value and builds an error for every `{"hex": …}`.
-impl<'de> Deserialize<'de> for ByteStr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ByteStr;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or {\"hex\": string}")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteStr, E> {
-                Ok(ByteStr::Text(v.to_string()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ByteStr, E> {
-                Ok(ByteStr::Text(v))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<ByteStr, A::Error> {
-                use serde::de::Error;
-                let mut hex: Option<String> = None;
-                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
-                    if k != "hex" {
-                        return Err(A::Error::unknown_field(&k, &["hex"]));
-                    }
-                    if hex.is_some() {
-                        return Err(A::Error::duplicate_field("hex"));
-                    }
-                    hex = Some(m.next_value()?);
-                }
-                hex.map(|hex| ByteStr::Hex { hex })
-                    .ok_or_else(|| A::Error::missing_field("hex"))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl ByteStr {
-    /// For people: a quoted, escaped label with its [`script_note`], or `hex:…`.
-    ///
-    /// [`script_note`]: super::text::script_note
-    pub fn display(&self) -> String {
+/// A quoted, escaped label with its [`script_note`], or `hex:…`.
+///
+/// [`script_note`]: super::text::script_note
+impl ForPeople for Bytes {
+    fn display(&self) -> String {
         match self {
-            ByteStr::Text(t) => quote_name(t),
-            ByteStr::Hex { hex } => format!("hex:{}", escape(hex)),
+            Bytes::Text(t) => quote_name(t),
+            Bytes::Hex(hex) => format!("hex:{}", escape(hex)),
         }
-    }
-
-    /// For an id: the hex digits alone (escaped), or the quoted text with its [`script_note`].
-    ///
-    /// [`script_note`]: super::text::script_note
-    pub fn display_hex(&self) -> String {
-        match self {
-            ByteStr::Hex { hex } => escape(hex),
-            ByteStr::Text(t) => quote_name(t),
-        }
-    }
-
-    /// A path (`exe`) for people, on one line, that tells different paths apart: text as
-    /// [`escape`] writes it; for a path that is not UTF-8 (`{"hex": …}`), its UTF-8 runs the same
-    /// way and every other byte as `\xNN` (80 to ff, which `escape` never writes: it doubles a
-    /// backslash from the text). Hex that is not whole bytes (never in a verified line: verify
-    /// refuses it) reads `\{hex:…}`.
-    pub fn path_text(&self) -> String {
-        let hex = match self {
-            ByteStr::Text(t) => return escape(t),
-            ByteStr::Hex { hex } => hex,
-        };
-        let Ok(bytes) = base16ct::mixed::decode_vec(hex) else {
-            return format!("\\{{hex:{}}}", escape(hex));
-        };
-        let mut out = String::new();
-        for chunk in bytes.utf8_chunks() {
-            out.push_str(&escape(chunk.valid()));
-            for b in chunk.invalid() {
-                let _ = write!(out, "\\x{b:02x}");
-            }
-        }
-        out
     }
 }
 
-/// IDENTITY of the format.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Ident {
-    #[serde(default)]
-    pub handle: Option<u64>,
-    #[serde(default)]
-    pub class: Option<String>,
-    #[serde(default)]
-    pub key_type: Option<String>,
-    #[serde(default)]
-    pub label: Option<ByteStr>,
-    #[serde(default)]
-    pub id: Option<ByteStr>,
+/// An id for people: the hex digits alone (escaped), or the quoted text with its
+/// [`script_note`].
+///
+/// [`script_note`]: super::text::script_note
+fn id_text(id: &Bytes) -> String {
+    match id {
+        Bytes::Hex(hex) => escape(hex),
+        Bytes::Text(t) => quote_name(t),
+    }
 }
 
-impl Ident {
-    /// `"label" id 01 (CKO_PRIVATE_KEY CKK_EC)`, or `handle 5` when the provider said nothing.
-    pub fn display(&self) -> String {
+/// A path (`exe`) for people, on one line, that tells different paths apart: text as
+/// [`escape`] writes it; for a path that is not UTF-8 (`{"hex": …}`), its UTF-8 runs the same
+/// way and every other byte as `\xNN` (80 to ff, which `escape` never writes: it doubles a
+/// backslash from the text). Hex that is not whole bytes (never in a verified line: verify
+/// refuses it) reads `\{hex:…}`.
+pub fn exe_text(path: &Bytes) -> String {
+    let hex = match path {
+        Bytes::Text(t) => return escape(t),
+        Bytes::Hex(hex) => hex,
+    };
+    let Ok(bytes) = base16ct::mixed::decode_vec(hex) else {
+        return format!("\\{{hex:{}}}", escape(hex));
+    };
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&escape(chunk.valid()));
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// `"label" id 01 (CKO_PRIVATE_KEY CKK_EC)`, or `handle 5` when the provider said nothing.
+impl ForPeople for ObjectIdentity {
+    fn display(&self) -> String {
         let mut s = String::new();
         if let Some(l) = &self.label {
             s.push_str(&l.display());
@@ -125,7 +72,7 @@ impl Ident {
             if !s.is_empty() {
                 s.push(' ');
             }
-            let _ = write!(s, "id {}", id.display_hex());
+            let _ = write!(s, "id {}", id_text(id));
         }
         if s.is_empty() {
             match self.handle {
@@ -138,56 +85,46 @@ impl Ident {
         let kinds: Vec<String> = [&self.class, &self.key_type]
             .into_iter()
             .flatten()
-            .map(|k| escape(k))
+            .map(|k| escape(k.as_str()))
             .collect();
         if !kinds.is_empty() {
             let _ = write!(s, " ({})", kinds.join(" "));
         }
         s
     }
-
-    /// Whether `--key WANT` selects this object: its label is WANT, or its id (or a label that
-    /// is not UTF-8) is WANT in hex (either case, an optional `0x`).
-    pub fn matches(&self, want: &str) -> bool {
-        let hex_want = want
-            .strip_prefix("0x")
-            .or_else(|| want.strip_prefix("0X"))
-            .unwrap_or(want)
-            .to_ascii_lowercase();
-        let is_hex = !hex_want.is_empty() && hex_want.bytes().all(|b| b.is_ascii_hexdigit());
-        let hit = |b: &Option<ByteStr>| match b {
-            Some(ByteStr::Text(t)) => t == want,
-            Some(ByteStr::Hex { hex }) => is_hex && hex.eq_ignore_ascii_case(&hex_want),
-            None => false,
-        };
-        hit(&self.label) || hit(&self.id)
-    }
 }
 
-/// A mechanism summary.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Mech {
-    #[serde(rename = "type")]
-    pub mechanism: String,
-    #[serde(default)]
-    pub param_len: Option<u64>,
-    #[serde(default)]
-    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+/// Whether `--key WANT` selects object `o`: its label is WANT, or its id (or a label that is
+/// not UTF-8) is WANT in hex (either case, an optional `0x`).
+pub fn key_matches(o: &ObjectIdentity, want: &str) -> bool {
+    let hex_want = want
+        .strip_prefix("0x")
+        .or_else(|| want.strip_prefix("0X"))
+        .unwrap_or(want)
+        .to_ascii_lowercase();
+    let is_hex = !hex_want.is_empty() && hex_want.bytes().all(|b| b.is_ascii_hexdigit());
+    let hit = |b: &Option<Bytes>| match b {
+        Some(Bytes::Text(t)) => t == want,
+        Some(Bytes::Hex(hex)) => is_hex && hex.eq_ignore_ascii_case(&hex_want),
+        None => false,
+    };
+    hit(&o.label) || hit(&o.id)
 }
 
-impl Mech {
-    /// `CKM_ECDSA`, or `CKM_RSA_PKCS_PSS(hash=CKM_SHA256 mgf=CKG_MGF1_SHA256 salt_len=32)`.
-    pub fn display(&self) -> String {
-        let mut s = escape(&self.mechanism);
-        if let Some(p) = self.params.as_ref().filter(|p| !p.is_empty()) {
-            let parts: Vec<String> = p
+/// `CKM_ECDSA`, or `CKM_RSA_PKCS_PSS(hash=CKM_SHA256 mgf=CKG_MGF1_SHA256 salt_len=32)`.
+impl ForPeople for MechanismSummary {
+    fn display(&self) -> String {
+        let mut s = escape(self.mechanism.as_str());
+        if !self.params.is_empty() {
+            let parts: Vec<String> = self
+                .params
                 .iter()
                 .map(|(k, v)| {
                     let v = match v {
-                        serde_json::Value::String(t) => t.clone(),
-                        other => other.to_string(),
+                        ParamValue::Name(n) => escape(n.as_str()),
+                        ParamValue::Number(n) => n.to_string(),
                     };
-                    format!("{}={}", escape(k), escape(&v))
+                    format!("{}={v}", escape(k))
                 })
                 .collect();
             let _ = write!(s, "({})", parts.join(" "));
@@ -196,8 +133,19 @@ impl Mech {
     }
 }
 
-/// The members of a record that show and report read. Others (templates, found handles) are
-/// skipped. Parsed from a line that has already verified.
+/// The members of a record that show and report read, parsed from a line that has already
+/// verified. Others (`host`, templates, found handles) are skipped.
+///
+/// How it relates to `format::record::Record`: the writer fills a `Record` and encodes it;
+/// a reader parses the line into a `RecView`. The two are separate because a reader wants
+/// fewer members, borrowed where it can: show and report parse every verified line a second
+/// time, on their measured path (docs/PERFORMANCE.md). But a member's type is the record
+/// model's own: `exe` and `username` are [`Bytes`], `token` a [`TokenRef`], `mechanism` a
+/// [`MechanismSummary`], `key`, `key2` and `created` [`ObjectIdentity`]s, each `Deserialize`
+/// for this. The members that are one word (`ts`, `ev`, `fn`, `rv`, `login`, `user_type`,
+/// `out`, ...: a `Timestamp`, `Event`, `Named` or `OutputDisposition` in a `Record`) are
+/// borrowed as the text they were written as: no allocation per record, and a name this build
+/// does not know reads as it is.
 ///
 /// `tid`, `slot` and `flags` are not shown, but a record is one show and report understand only
 /// if they are numbers.
@@ -210,9 +158,8 @@ pub struct RecView<'a> {
     #[allow(dead_code)]
     pub tid: u64,
     pub uid: u32,
-    /// Text, or `{"hex": …}` for a path that is not UTF-8: print it with
-    /// [`ByteStr::path_text`].
-    pub exe: ByteStr,
+    /// Text, or `{"hex": …}` for a path that is not UTF-8: print it with [`exe_text`].
+    pub exe: Bytes,
     #[serde(borrow)]
     pub ev: Cow<'a, str>,
     #[serde(rename = "fn", borrow, default)]
@@ -227,7 +174,7 @@ pub struct RecView<'a> {
     #[allow(dead_code)]
     pub slot: Option<u64>,
     #[serde(default)]
-    pub token: Option<TokenView>,
+    pub token: Option<TokenRef>,
     #[serde(default)]
     pub session: Option<u64>,
     #[serde(borrow, default)]
@@ -235,16 +182,16 @@ pub struct RecView<'a> {
     #[serde(borrow, default)]
     pub user_type: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub username: Option<ByteStr>,
+    pub username: Option<Bytes>,
     #[serde(default)]
     #[allow(dead_code)]
     pub flags: Option<u64>,
     #[serde(default)]
-    pub mechanism: Option<Mech>,
+    pub mechanism: Option<MechanismSummary>,
     #[serde(default)]
-    pub key: Option<Ident>,
+    pub key: Option<ObjectIdentity>,
     #[serde(default)]
-    pub key2: Option<Ident>,
+    pub key2: Option<ObjectIdentity>,
     #[serde(default)]
     pub in_len: Option<u64>,
     #[serde(default)]
@@ -256,7 +203,7 @@ pub struct RecView<'a> {
     #[serde(default)]
     pub count: Option<u64>,
     #[serde(default)]
-    pub created: Vec<Ident>,
+    pub created: Vec<ObjectIdentity>,
     #[serde(borrow, default)]
     pub interface: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -265,14 +212,6 @@ pub struct RecView<'a> {
     pub since: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub note: Option<Cow<'a, str>>,
-}
-
-/// The token a record names.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TokenView {
-    pub label: ByteStr,
-    #[serde(default)]
-    pub serial: Option<ByteStr>,
 }
 
 impl<'a> RecView<'a> {
@@ -294,7 +233,7 @@ impl<'a> RecView<'a> {
     }
 
     /// The objects the record names: `key`, `key2` and `created`.
-    pub fn objects(&self) -> impl Iterator<Item = &Ident> {
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectIdentity> {
         self.key
             .iter()
             .chain(self.key2.iter())
@@ -305,69 +244,142 @@ impl<'a> RecView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::record::{Event, Named, ProcessIdentity, Record};
     use crate::reader::text::escape_c1_and_del;
+    use std::sync::Arc;
+
+    fn ident(json: &str) -> ObjectIdentity {
+        serde_json::from_str(json).unwrap()
+    }
 
     #[test]
     fn identities() {
-        let id: Ident = serde_json::from_str(
+        let id = ident(
             r#"{"handle":2,"class":"CKO_PRIVATE_KEY","key_type":"CKK_EC","label":"my\u001bkey","id":{"hex":"0aff"}}"#,
-        )
-        .unwrap();
+        );
         assert_eq!(
             id.display(),
             "\"my\\x1bkey\" id 0aff (CKO_PRIVATE_KEY CKK_EC)"
         );
-        assert!(id.matches("my\x1bkey"));
-        assert!(id.matches("0AFF") && id.matches("0x0aff") && id.matches("0X0AFF"));
-        assert!(!id.matches("0a") && !id.matches("mykey"));
-        let bare: Ident = serde_json::from_str(r#"{"handle":7}"#).unwrap();
-        assert_eq!(bare.display(), "handle 7");
-        let hex_label: Ident =
-            serde_json::from_str(r#"{"handle":7,"label":{"hex":"ff00"}}"#).unwrap();
+        assert!(key_matches(&id, "my\x1bkey"));
+        for want in ["0AFF", "0x0aff", "0X0AFF"] {
+            assert!(key_matches(&id, want), "{want}");
+        }
+        assert!(!key_matches(&id, "0a") && !key_matches(&id, "mykey"));
+        assert_eq!(ident(r#"{"handle":7}"#).display(), "handle 7");
+        let hex_label = ident(r#"{"handle":7,"label":{"hex":"ff00"}}"#);
         assert_eq!(hex_label.display(), "hex:ff00");
-        assert!(hex_label.matches("ff00"));
+        assert!(key_matches(&hex_label, "ff00"));
+        // Never written by p11audit, read as before: an identity without a handle.
+        assert_eq!(ident("{}").display(), "(unknown)");
+        assert_eq!(
+            ident(r#"{"class":"CKO_DATA","extra":[1]}"#).display(),
+            "(unknown) (CKO_DATA)"
+        );
     }
 
     #[test]
-    fn bytes_are_text_or_hex() {
-        let p = |j: &str| serde_json::from_str::<ByteStr>(j);
-        assert_eq!(p(r#""a\u001b""#).unwrap(), ByteStr::Text("a\u{1b}".into()));
+    fn mechanisms() {
+        let m = |json: &str| {
+            serde_json::from_str::<MechanismSummary>(json)
+                .unwrap()
+                .display()
+        };
+        assert_eq!(m(r#"{"type":"CKM_ECDSA"}"#), "CKM_ECDSA");
         assert_eq!(
-            p(r#"{"hex":"ff"}"#).unwrap(),
-            ByteStr::Hex { hex: "ff".into() }
+            m(
+                r#"{"type":"CKM_RSA_PKCS_PSS","param_len":40,"params":{"salt_len":32,"hash":"CKM_SHA256","mgf":"CKG_MGF1_SHA256"}}"#
+            ),
+            "CKM_RSA_PKCS_PSS(hash=CKM_SHA256 mgf=CKG_MGF1_SHA256 salt_len=32)"
         );
-        for bad in [
-            r#"{}"#,
-            r#"{"hex":"a","hex":"b"}"#,
-            r#"{"x":"a"}"#,
-            "5",
-            r#"{"hex":5}"#,
-        ] {
-            assert!(p(bad).is_err(), "{bad}");
-        }
-        // Written back the same way.
-        let v = ByteStr::Hex { hex: "ff".into() };
-        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"hex":"ff"}"#);
+        assert_eq!(
+            m(r#"{"type":"0x80000001","params":{"a\u001b":"x\ny"}}"#),
+            "0x80000001(a\\x1b=x\\ny)"
+        );
+    }
+
+    /// The writer's record, sealed, reads back into the same values: one model.
+    #[test]
+    fn a_written_record_reads_back_as_the_same_values() {
+        use crate::format::record::{Bytes, ParamValue, TokenRef};
+        let who = ProcessIdentity {
+            host: "h".into(),
+            pid: 7,
+            uid: 0,
+            exe: crate::format::record::ExePath::from_bytes(b"/bin/a\xff"),
+        };
+        let mut r = Record::new(&who, 1, Event::Outcome, Some("C_Sign"));
+        r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));
+        r.detail.token = Some(Arc::new(TokenRef {
+            label: Bytes::from_slice(b"tok\x1b"),
+            serial: Bytes::from_slice(b"\xff"),
+        }));
+        let mut params = std::collections::BTreeMap::new();
+        params.insert("hash".into(), ParamValue::Name(Named::new(None, 0x9999)));
+        params.insert("salt_len".into(), ParamValue::Number(32));
+        r.detail.mechanism = Some(Arc::new(MechanismSummary {
+            mechanism: Named::new(Some("CKM_RSA_PKCS_PSS"), 0xd),
+            param_len: Some(40),
+            params,
+        }));
+        let key = ObjectIdentity {
+            handle: Some(5),
+            class: Some(Named::new(Some("CKO_PRIVATE_KEY"), 3)),
+            key_type: None,
+            label: Some(Bytes::from_slice("\u{435}ck".as_bytes())),
+            id: Some(Bytes::hex(&[1, 2])),
+        };
+        r.detail.key = Some(Arc::new(key.clone()));
+        r.detail.key2 = Some(Arc::new(ObjectIdentity::handle_only(6)));
+        r.detail.created = vec![Arc::new(key)];
+        r.detail.username = Some(Bytes::from_slice(b"admin"));
+        let mut line = Vec::new();
+        crate::format::line::seal_into(
+            &mut line,
+            &crate::format::chain::ChainKey::from_bytes([1; 32]),
+            3,
+            crate::format::chain::ZERO_MAC_HEX,
+            &r.to_body(),
+        );
+        let v = RecView::parse(&line).unwrap();
+        assert_eq!(
+            (v.seq, v.pid, v.ev.as_ref(), v.rv()),
+            (3, 7, "outcome", Some("CKR_OK"))
+        );
+        assert_eq!(&v.exe, r.exe.bytes());
+        assert_eq!(v.token.as_ref(), r.detail.token.as_deref());
+        assert_eq!(v.mechanism.as_ref(), r.detail.mechanism.as_deref());
+        assert_eq!(v.key.as_ref(), r.detail.key.as_deref());
+        assert_eq!(v.key2.as_ref(), r.detail.key2.as_deref());
+        let created: Vec<&ObjectIdentity> = r.detail.created.iter().map(|c| &**c).collect();
+        assert_eq!(v.created.iter().collect::<Vec<_>>(), created);
+        assert_eq!(v.username, r.detail.username);
+        assert_eq!(v.ts, r.ts.as_str());
     }
 
     /// `еck` with U+0435 CYRILLIC SMALL LETTER IE, and others that pass for Latin.
     #[test]
     fn script_notes_go_with_text_labels_ids_and_user_names() {
         // The note goes with labels, ids and user names that are text, not with hex.
-        let id: Ident =
-            serde_json::from_str(r#"{"class":"CKO_SECRET_KEY","label":"\u0435ck","id":"\u0435"}"#)
-                .unwrap();
+        let id = ident(r#"{"class":"CKO_SECRET_KEY","label":"\u0435ck","id":"\u0435"}"#);
         assert_eq!(
             id.display(),
             "\"\u{435}ck\" [mixed scripts: Latin+Cyrillic] id \"\u{435}\" [script: Cyrillic] \
              (CKO_SECRET_KEY)"
         );
-        let user = ByteStr::Text("\u{430}dmin".into());
+        let user = Bytes::Text("\u{430}dmin".into());
         assert_eq!(
             user.display(),
             "\"\u{430}dmin\" [mixed scripts: Latin+Cyrillic]"
         );
-        assert_eq!(ByteStr::Hex { hex: "d0b5".into() }.display(), "hex:d0b5");
+        assert_eq!(Bytes::Hex("d0b5".into()).display(), "hex:d0b5");
+    }
+
+    #[test]
+    fn paths_tell_bytes_apart() {
+        assert_eq!(exe_text(&Bytes::Text("/bin/a\u{1b}".into())), "/bin/a\\x1b");
+        assert_eq!(exe_text(&Bytes::Hex("2f61ff".into())), "/a\\xff");
+        assert_eq!(exe_text(&Bytes::Hex("2f6".into())), "\\{hex:2f6}");
     }
 
     #[test]
@@ -380,7 +392,7 @@ mod tests {
             "eck\u{3000}",
             "eck\u{a0}",
         ] {
-            let json = serde_json::to_string(&ByteStr::Text(label.into())).unwrap();
+            let json = serde_json::to_string(&Bytes::Text(label.into())).unwrap();
             assert_eq!(json, format!("\"{label}\""));
             assert_eq!(escape_c1_and_del(&json), json);
         }

@@ -65,42 +65,45 @@ pub(crate) unsafe fn mechanism(p: *const ck::CK_MECHANISM) -> Option<MechanismSu
         | ck::CKM_SHA512_RSA_PKCS_PSS => {
             if let Some(pss) = unsafe { param::<ck::CK_RSA_PKCS_PSS_PARAMS>(&m) } {
                 params.insert(
-                    "hash",
+                    "hash".into(),
                     name(mechanism_name(pss.hashAlg as u64), pss.hashAlg as u64),
                 );
-                params.insert("mgf", name(mgf_name(pss.mgf as u64), pss.mgf as u64));
-                params.insert("salt_len", ParamValue::Number(pss.sLen as u64));
+                params.insert("mgf".into(), name(mgf_name(pss.mgf as u64), pss.mgf as u64));
+                params.insert("salt_len".into(), ParamValue::Number(pss.sLen as u64));
             }
         }
         ck::CKM_RSA_PKCS_OAEP => {
             if let Some(oaep) = unsafe { param::<ck::CK_RSA_PKCS_OAEP_PARAMS>(&m) } {
                 params.insert(
-                    "hash",
+                    "hash".into(),
                     name(mechanism_name(oaep.hashAlg as u64), oaep.hashAlg as u64),
                 );
-                params.insert("mgf", name(mgf_name(oaep.mgf as u64), oaep.mgf as u64));
                 params.insert(
-                    "source_len",
+                    "mgf".into(),
+                    name(mgf_name(oaep.mgf as u64), oaep.mgf as u64),
+                );
+                params.insert(
+                    "source_len".into(),
                     ParamValue::Number(oaep.ulSourceDataLen as u64),
                 );
             }
         }
         ck::CKM_AES_GCM => {
             if let Some(gcm) = unsafe { param::<ck::CK_GCM_PARAMS>(&m) } {
-                params.insert("iv_len", ParamValue::Number(gcm.ulIvLen as u64));
-                params.insert("aad_len", ParamValue::Number(gcm.ulAADLen as u64));
-                params.insert("tag_bits", ParamValue::Number(gcm.ulTagBits as u64));
+                params.insert("iv_len".into(), ParamValue::Number(gcm.ulIvLen as u64));
+                params.insert("aad_len".into(), ParamValue::Number(gcm.ulAADLen as u64));
+                params.insert("tag_bits".into(), ParamValue::Number(gcm.ulTagBits as u64));
             }
         }
         ck::CKM_ECDH1_DERIVE | ck::CKM_ECDH1_COFACTOR_DERIVE => {
             if let Some(ecdh) = unsafe { param::<ck::CK_ECDH1_DERIVE_PARAMS>(&m) } {
-                params.insert("kdf", name(kdf_name(ecdh.kdf), ecdh.kdf as u64));
+                params.insert("kdf".into(), name(kdf_name(ecdh.kdf), ecdh.kdf as u64));
                 params.insert(
-                    "public_len",
+                    "public_len".into(),
                     ParamValue::Number(ecdh.ulPublicDataLen as u64),
                 );
                 params.insert(
-                    "shared_len",
+                    "shared_len".into(),
                     ParamValue::Number(ecdh.ulSharedDataLen as u64),
                 );
             }

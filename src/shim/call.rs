@@ -223,10 +223,7 @@ impl<'rt> Call<'rt> {
             return id.clone();
         }
         let Some(session) = self.session else {
-            return Arc::new(ObjectIdentity {
-                handle: handle as u64,
-                ..Default::default()
-            });
+            return Arc::new(ObjectIdentity::handle_only(handle as u64));
         };
         // SAFETY: fetch_identity passes only buffers it owns.
         let (id, exists) = unsafe {
@@ -238,7 +235,7 @@ impl<'rt> Call<'rt> {
         };
         let id = Arc::new(id);
         if exists {
-            self.rt.context.lock().cache_key(id.clone());
+            self.rt.context.lock().cache_key(handle as u64, id.clone());
         }
         id
     }
@@ -729,10 +726,7 @@ unsafe fn fetch_identity(
     session: ck::CK_SESSION_HANDLE,
     handle: ck::CK_OBJECT_HANDLE,
 ) -> (ObjectIdentity, bool) {
-    let mut id = ObjectIdentity {
-        handle: handle as u64,
-        ..Default::default()
-    };
+    let mut id = ObjectIdentity::handle_only(handle as u64);
     let Some(get) = f.C_GetAttributeValue else {
         return (id, false);
     };

@@ -198,11 +198,11 @@ impl CallContext {
         self.keys.get(&handle)
     }
 
-    pub(crate) fn cache_key(&mut self, identity: Arc<ObjectIdentity>) {
+    pub(crate) fn cache_key(&mut self, handle: u64, identity: Arc<ObjectIdentity>) {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
-        self.keys.insert(identity.handle, identity);
+        self.keys.insert(handle, identity);
     }
 
     /// The object was destroyed or its attributes changed.
@@ -221,10 +221,7 @@ mod tests {
         c.session_opened(1, 7);
         c.session_opened(2, 7);
         c.set_login(7, LoginState::User);
-        c.cache_key(Arc::new(ObjectIdentity {
-            handle: 9,
-            ..Default::default()
-        }));
+        c.cache_key(9, Arc::new(ObjectIdentity::handle_only(9)));
         c.session_closed(1);
         assert_eq!(c.session_view(2).login, Some(LoginState::User));
         assert!(c.cached_key(9).is_none());
@@ -242,21 +239,18 @@ mod tests {
             Op::Sign,
             OpContext {
                 mechanism: None,
-                key: Some(Arc::new(ObjectIdentity {
-                    handle: 3,
-                    ..Default::default()
-                })),
+                key: Some(Arc::new(ObjectIdentity::handle_only(3))),
             },
         );
         assert!(c.op(1, Op::Verify).is_none());
-        assert_eq!(c.op(1, Op::Sign).unwrap().key.as_ref().unwrap().handle, 3);
+        assert_eq!(
+            c.op(1, Op::Sign).unwrap().key.as_ref().unwrap().handle,
+            Some(3)
+        );
         c.end_op(1, Op::Sign);
         assert!(c.op(1, Op::Sign).is_none());
         for h in 0..(MAX_CACHED_KEYS as u64 * 2) {
-            c.cache_key(Arc::new(ObjectIdentity {
-                handle: h,
-                ..Default::default()
-            }));
+            c.cache_key(h, Arc::new(ObjectIdentity::handle_only(h)));
         }
         assert!(c.keys.len() <= MAX_CACHED_KEYS);
     }

@@ -159,10 +159,7 @@ fn cancelled(c: &mut Call, flags: ck::CK_FLAGS, rv: ck::CK_RV) {
 }
 
 fn object_handle(c: &mut Call, h: Obj) {
-    c.detail.key = Some(Arc::new(ObjectIdentity {
-        handle: h as u64,
-        ..Default::default()
-    }));
+    c.detail.key = Some(Arc::new(ObjectIdentity::handle_only(h as u64)));
 }
 
 pkcs11_functions! {
@@ -192,7 +189,7 @@ pkcs11_functions! {
             if let Some(l) = args::byte_slice(label, 32) {
                 c.detail.token = Some(Arc::new(crate::format::record::TokenRef {
                     label: Bytes::from_slice(args::trim_padded(l)),
-                    serial: c.detail.token.as_ref().map(|t| t.serial.clone()).unwrap_or(Bytes::Text(String::new())),
+                    serial: c.detail.token.as_ref().map(|t| t.serial.clone()).unwrap_or_default(),
                 }));
             }
         }

@@ -8,8 +8,9 @@ use super::model::{
     Verification, Who, WithoutOutcome,
 };
 use super::{ReportOptions, MAX_AGGREGATES, MAX_PENDING, MAX_ROWS};
+use crate::format::record::Bytes;
 use crate::reader::view::RecView;
-use crate::reader::{format_micros, parse_ts, ByteStr};
+use crate::reader::{format_micros, parse_ts};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Default)]
@@ -33,7 +34,7 @@ struct KeyAgg {
     first_use: Option<String>,
     last_use: Option<String>,
     uses: BTreeMap<(String, Option<String>), UseCount>,
-    users: BTreeMap<(u32, ByteStr), u64>,
+    users: BTreeMap<(u32, Bytes), u64>,
     life: BTreeMap<&'static str, LifeAgg>,
 }
 
@@ -54,7 +55,7 @@ struct ProcAgg {
 
 struct OpenProc {
     uid: u32,
-    exe: ByteStr,
+    exe: Bytes,
     ts: String,
     seq: u64,
     in_period: bool,
@@ -84,13 +85,13 @@ pub(super) struct Aggregator<'o> {
     user_types: BTreeMap<String, (u64, u64, u64)>,
     failed_total: u64,
     pin_locked: u64,
-    failed: HashMap<(u32, u32, ByteStr, String, String), FailAgg>,
+    failed: HashMap<(u32, u32, Bytes, String, String), FailAgg>,
     windows: HashMap<(&'static str, u32), Window>,
     bursts: Vec<Burst>,
     burst_ends: Vec<i64>,
     bursts_total: u64,
     /// Per pid, per exe (looked up without building a key for every record).
-    procs: HashMap<u32, Vec<(ByteStr, ProcAgg)>>,
+    procs: HashMap<u32, Vec<(Bytes, ProcAgg)>>,
     proc_count: usize,
     open: HashMap<u32, OpenProc>,
     unclean: Unclean,
@@ -265,7 +266,7 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    fn proc_mut(&mut self, pid: u32, exe: &ByteStr) -> Option<&mut ProcAgg> {
+    fn proc_mut(&mut self, pid: u32, exe: &Bytes) -> Option<&mut ProcAgg> {
         self.procs
             .get_mut(&pid)?
             .iter_mut()
@@ -324,7 +325,10 @@ impl<'o> Aggregator<'o> {
             self.login(r);
         }
         let length_query = matches!(r.out.as_deref(), Some("length_query" | "buffer_too_small"));
-        let mech = r.mechanism.as_ref().map(|m| m.mechanism.clone());
+        let mech = r
+            .mechanism
+            .as_ref()
+            .map(|m| m.mechanism.as_str().to_string());
         let uses = [
             r.key.as_ref().map(|k| (k, function.to_string())),
             r.key2
@@ -461,7 +465,7 @@ impl<'o> Aggregator<'o> {
     }
 
     /// Counts a failed login at `t` towards bursts of `who`.
-    fn burst(&mut self, who: (&'static str, u32), exe: Option<&ByteStr>, t: i64) {
+    fn burst(&mut self, who: (&'static str, u32), exe: Option<&Bytes>, t: i64) {
         let (n, window) = (self.opts.burst_failures.max(1), self.opts.burst_window_us);
         if !self.windows.contains_key(&who) && self.windows.len() >= MAX_AGGREGATES {
             self.limit("burst windows");
@@ -592,7 +596,7 @@ impl<'o> Aggregator<'o> {
             failed.truncate(MAX_ROWS);
         }
 
-        let mut procs: Vec<((u32, ByteStr), ProcAgg)> = self
+        let mut procs: Vec<((u32, Bytes), ProcAgg)> = self
             .procs
             .into_iter()
             .flat_map(|(pid, v)| v.into_iter().map(move |(exe, p)| ((pid, exe), p)))
@@ -661,6 +665,7 @@ impl<'o> Aggregator<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::record::Named;
     use crate::reader::report::render_human;
     use crate::reader::report::testing::{login, run};
     use crate::reader::testlog::body;
@@ -706,7 +711,7 @@ mod tests {
             ]
         );
         assert_eq!(l.bursts[0].end, "2026-11-26T03:00:50.000000Z");
-        assert_eq!(l.bursts[0].exe, Some(ByteStr::Text("/bin/p1".into())));
+        assert_eq!(l.bursts[0].exe, Some(Bytes::Text("/bin/p1".into())));
         let locked = l.failed.iter().find(|f| f.rv == "CKR_PIN_LOCKED").unwrap();
         assert_eq!((locked.pid, locked.count), (1, 1));
         let text = render_human(&r);
@@ -834,7 +839,7 @@ mod tests {
         let k = r
             .keys
             .iter()
-            .find(|k| k.key.class.as_deref() == Some("CKO_PRIVATE_KEY"))
+            .find(|k| k.key.class.as_ref().map(Named::as_str) == Some("CKO_PRIVATE_KEY"))
             .unwrap();
         assert_eq!((k.calls, k.failed), (2, 1));
         assert_eq!((k.used_for[0].ok, k.used_for[0].failed), (1, 1));

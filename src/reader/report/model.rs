@@ -2,9 +2,9 @@
 //! and per question the keys, lifecycle events, logins, processes, gaps, unclean closes and
 //! calls without outcome.
 
+use crate::format::record::{Bytes, Named, ObjectIdentity};
 use crate::reader::verify::{EndUnchecked, Problem, UnreportedLost, VerifyReport};
-use crate::reader::view::{Ident, RecView};
-use crate::reader::ByteStr;
+use crate::reader::view::{ForPeople, RecView};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -94,10 +94,10 @@ pub struct PeriodText {
 /// neither label nor id; they are then qualified by the process.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct KeyRef {
-    pub label: Option<ByteStr>,
-    pub id: Option<ByteStr>,
-    pub class: Option<String>,
-    pub key_type: Option<String>,
+    pub label: Option<Bytes>,
+    pub id: Option<Bytes>,
+    pub class: Option<Named>,
+    pub key_type: Option<Named>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handle: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,7 +106,7 @@ pub struct KeyRef {
 
 impl KeyRef {
     /// The key `ident` names in a record of process `pid`.
-    pub(super) fn of(ident: &Ident, pid: u32) -> Self {
+    pub(super) fn of(ident: &ObjectIdentity, pid: u32) -> Self {
         let anonymous = ident.label.is_none() && ident.id.is_none();
         KeyRef {
             label: ident.label.clone(),
@@ -120,7 +120,7 @@ impl KeyRef {
 
     /// For people: `"label" id 01 (CKO_PRIVATE_KEY CKK_EC)`.
     pub fn display(&self) -> String {
-        let mut s = Ident {
+        let mut s = ObjectIdentity {
             handle: self.handle,
             class: self.class.clone(),
             key_type: self.key_type.clone(),
@@ -142,7 +142,7 @@ pub struct Who {
     pub ts: String,
     pub pid: u32,
     pub uid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     pub function: Option<String>,
     pub mechanism: Option<String>,
 }
@@ -157,7 +157,10 @@ impl Who {
             uid: r.uid,
             exe: r.exe.clone(),
             function: r.function.as_deref().map(str::to_string),
-            mechanism: r.mechanism.as_ref().map(|m| m.mechanism.clone()),
+            mechanism: r
+                .mechanism
+                .as_ref()
+                .map(|m| m.mechanism.as_str().to_string()),
         }
     }
 }
@@ -191,7 +194,7 @@ pub struct UseReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct UserReport {
     pub uid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     pub calls: u64,
 }
 
@@ -231,7 +234,7 @@ pub struct UserTypeLogins {
 pub struct FailedLogins {
     pub uid: u32,
     pub pid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     pub user_type: String,
     pub rv: String,
     pub count: u64,
@@ -245,7 +248,7 @@ pub struct Burst {
     pub by: &'static str,
     pub id: u32,
     /// The exe, for a burst from one pid.
-    pub exe: Option<ByteStr>,
+    pub exe: Option<Bytes>,
     pub failures: u64,
     pub start: String,
     pub end: String,
@@ -254,7 +257,7 @@ pub struct Burst {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     pub uid: u32,
     pub records: u64,
     pub first_ts: String,
@@ -286,7 +289,7 @@ pub struct GapReport {
     pub seq: u64,
     pub ts: String,
     pub pid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     pub lost: u64,
     pub since: Option<String>,
 }
@@ -302,7 +305,7 @@ pub struct Unclean {
 pub struct UncleanProcess {
     pub pid: u32,
     pub uid: u32,
-    pub exe: ByteStr,
+    pub exe: Bytes,
     /// The `ts` of its `attach`.
     pub attached: String,
     pub attach_seq: u64,

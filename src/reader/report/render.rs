@@ -6,6 +6,7 @@ use super::model::{Report, Who};
 use super::MAX_PENDING;
 use crate::reader::table::table;
 use crate::reader::text::escape;
+use crate::reader::view::exe_text;
 use std::fmt::Write as _;
 
 /// The report for people: the verdict first, then one section per question.
@@ -35,7 +36,7 @@ fn who_text(w: &Who) -> String {
         escape(&w.ts),
         w.uid,
         w.pid,
-        w.exe.path_text()
+        exe_text(&w.exe)
     );
     let what: Vec<String> = [&w.function, &w.mechanism]
         .into_iter()
@@ -153,7 +154,7 @@ fn keys(o: &mut String, r: &Report) {
                 .map(|u| {
                     vec![
                         format!("uid {}", u.uid),
-                        u.exe.path_text(),
+                        exe_text(&u.exe),
                         format!("{} call(s)", u.calls),
                     ]
                 })
@@ -234,7 +235,7 @@ fn logins(o: &mut String, r: &Report) {
                 vec![
                     format!("uid {}", f.uid),
                     format!("pid {}", f.pid),
-                    f.exe.path_text(),
+                    exe_text(&f.exe),
                     escape(&f.user_type),
                     escape(&f.rv),
                     format!("{}x", f.count),
@@ -256,7 +257,7 @@ fn logins(o: &mut String, r: &Report) {
             let exe = b
                 .exe
                 .as_ref()
-                .map(|e| format!(" ({})", e.path_text()))
+                .map(|e| format!(" ({})", exe_text(e)))
                 .unwrap_or_default();
             let _ = writeln!(
                 o,
@@ -292,7 +293,7 @@ fn processes(o: &mut String, r: &Report) {
             rows.push(vec![
                 p.pid.to_string(),
                 p.uid.to_string(),
-                p.exe.path_text(),
+                exe_text(&p.exe),
                 p.records.to_string(),
                 p.attached.to_string(),
                 p.closed.to_string(),
@@ -337,7 +338,7 @@ fn gaps(o: &mut String, r: &Report) {
                 g.seq,
                 escape(&g.ts),
                 g.pid,
-                g.exe.path_text(),
+                exe_text(&g.exe),
                 g.lost
             );
         }
@@ -363,7 +364,7 @@ fn unclean_closes(o: &mut String, r: &Report) {
                 vec![
                     format!("pid {}", u.pid),
                     format!("uid {}", u.uid),
-                    u.exe.path_text(),
+                    exe_text(&u.exe),
                     format!("attached {}", escape(&u.attached)),
                     u.why.to_string(),
                 ]
@@ -436,7 +437,7 @@ mod tests {
         let rows: Vec<(String, u64)> = r
             .processes
             .iter()
-            .map(|p| (p.exe.path_text(), p.records))
+            .map(|p| (exe_text(&p.exe), p.records))
             .collect();
         assert_eq!(
             rows,

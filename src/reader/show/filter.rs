@@ -1,7 +1,7 @@
 //! Which calls show selects: by when the call started, process, user, function, result,
 //! failure, and the objects it names.
 
-use crate::reader::view::RecView;
+use crate::reader::view::{key_matches, RecView};
 use crate::reader::Period;
 
 /// Which calls to show. Empty lists select everything; all given conditions must hold.
@@ -72,7 +72,7 @@ impl Filter {
         }
         if !self.keys.is_empty() {
             let mut objects = intent.into_iter().chain(rec).flat_map(RecView::objects);
-            if !objects.any(|o| self.keys.iter().any(|k| o.matches(k))) {
+            if !objects.any(|o| self.keys.iter().any(|k| key_matches(o, k))) {
                 return false;
             }
         }

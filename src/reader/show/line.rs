@@ -3,7 +3,7 @@
 
 use crate::reader::format_duration;
 use crate::reader::text::{escape, quote};
-use crate::reader::view::RecView;
+use crate::reader::view::{exe_text, ForPeople, RecView};
 
 /// The header of the human output.
 pub(super) fn header() -> String {
@@ -162,7 +162,7 @@ pub(super) fn human_line(
         &escape(&first.ts),
         &first.pid.to_string(),
         &first.uid.to_string(),
-        &first.exe.path_text(),
+        &exe_text(&first.exe),
         &opt(main.session),
         &main
             .login

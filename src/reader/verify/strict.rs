@@ -282,9 +282,9 @@ impl<'s, 'de> Visitor<'de> for Strict<'s, 'de> {
 #[cfg(test)]
 mod tests {
     use crate::format::chain::{hex_lower, ZERO_MAC_HEX};
+    use crate::format::record::Bytes;
     use crate::reader::verify::testchain::{chain, k0, problem, run, sign, Chain};
     use crate::reader::verify::ProblemKind;
-    use crate::reader::ByteStr;
 
     /// Seals `bodies` (each `{...}`, any bytes) as seq 0.. under K_0, as a key holder can.
     fn chain_of_bytes(bodies: &[Vec<u8>]) -> Chain {
@@ -431,17 +431,17 @@ mod tests {
         let c = chain_of_bytes(&bodies);
         let r = run(&[&c.all()], Some(c.state()));
         assert!(r.intact, "{:?}", r.problem);
-        let exes: Vec<(ByteStr, u64)> = r
+        let exes: Vec<(Bytes, u64)> = r
             .summary
             .processes
             .iter()
             .map(|p| (p.exe.clone(), p.records))
             .collect();
-        let hex = |h: &str| ByteStr::Hex { hex: h.into() };
+        let hex = |h: &str| Bytes::Hex(h.into());
         assert_eq!(
             exes,
             vec![
-                (ByteStr::Text("/tmp/a".into()), 1),
+                (Bytes::Text("/tmp/a".into()), 1),
                 (hex("2f746d702f61fe"), 1),
                 (hex("2f746d702f61ff"), 2),
             ]

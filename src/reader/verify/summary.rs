@@ -3,7 +3,7 @@
 //! records and their losses, and the processes that attached and did not close.
 
 use super::strict::{Exe, Rec};
-use crate::reader::ByteStr;
+use crate::format::record::Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct ProcessSummary {
     pub pid: u32,
     /// As the record holds it: text, or `{"hex": …}` for a path that is not UTF-8.
-    pub exe: ByteStr,
+    pub exe: Bytes,
     /// Records this (pid, exe) wrote.
     pub records: u64,
 }
@@ -120,9 +120,9 @@ impl Tally {
             .processes
             .into_iter()
             .flat_map(|(pid, [text, hex])| {
-                // In ByteStr's order: text, then hex.
-                let text = text.into_iter().map(|(t, n)| (ByteStr::Text(t), n));
-                let hex = hex.into_iter().map(|(hex, n)| (ByteStr::Hex { hex }, n));
+                // In Bytes's order: text, then hex.
+                let text = text.into_iter().map(|(t, n)| (Bytes::Text(t), n));
+                let hex = hex.into_iter().map(|(hex, n)| (Bytes::Hex(hex), n));
                 text.chain(hex)
                     .map(move |(exe, records)| ProcessSummary { pid, exe, records })
             })
