@@ -12,6 +12,17 @@ use crate::format::record::{
     ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
 };
 
+impl Record {
+    /// The JSON body (`{...}`) the writer seals: the bytes `serde_json::to_string` would give,
+    /// written by [`push_record`]. Here rather than beside `Record`, so that the model does not
+    /// depend on its encoder.
+    pub fn to_body(&self) -> String {
+        let mut body = String::with_capacity(640);
+        push_record(&mut body, self);
+        body
+    }
+}
+
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\`, the
 /// short escapes `\b \f \n \r \t`, and other control characters below 0x20 as `\u00xx`.
 pub(crate) fn push_str(out: &mut String, s: &str) {

@@ -459,14 +459,6 @@ impl Record {
             detail: Detail::default(),
         }
     }
-
-    /// The JSON body (`{...}`) the writer seals: the bytes `serde_json::to_string` would give,
-    /// written by `encode::push_record`.
-    pub fn to_body(&self) -> String {
-        let mut body = String::with_capacity(640);
-        crate::format::encode::push_record(&mut body, self);
-        body
-    }
 }
 
 /// Now as RFC 3339 UTC with microseconds, e.g. `2026-11-26T03:12:45.123456Z`.

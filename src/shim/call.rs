@@ -1,19 +1,18 @@
 //! One audited call: what it records before and after, and the write-ahead / fail-closed flow.
 
+use super::detail::token_ref;
 use super::error::ShimError;
 use super::{args, thread_id, Runtime};
-use crate::format::names::{rv_name, user_type_name};
-use crate::format::record::{
-    Bytes, Detail, Event, Named, ObjectIdentity, OutputDisposition, Record, TokenRef,
-};
-use crate::shim::context::{LoginState, Op, OpContext};
+use crate::format::names::rv_name;
+use crate::format::record::{Detail, Event, Named, OutputDisposition, Record};
+use crate::shim::context::{Op, OpContext};
 use crate::writer::auditor::FailurePolicy;
 use cryptoki_sys as ck;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// At most this many handles of one C_FindObjects are written.
-const MAX_LOGGED_HANDLES: usize = 64;
+pub(super) const MAX_LOGGED_HANDLES: usize = 64;
 
 /// How a function is audited (docs/FORMAT.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,38 +71,30 @@ pub(crate) fn write_intent_or_refuse(
     }
 }
 
-/// A token's label and serial, blank padding trimmed.
-fn token_ref(info: &ck::CK_TOKEN_INFO) -> TokenRef {
-    TokenRef {
-        label: Bytes::from_slice(args::trim_padded(&info.label)),
-        serial: Bytes::from_slice(args::trim_padded(&info.serialNumber)),
-    }
-}
-
 /// The call being audited.
 pub(crate) struct Call<'rt> {
     pub(crate) rt: &'rt Runtime,
     /// The provider's table this call goes through (`Provider::table`): the one of the same
     /// kind as the table the application called through.
-    provider_table: &'rt ck::CK_FUNCTION_LIST_3_2,
+    pub(super) provider_table: &'rt ck::CK_FUNCTION_LIST_3_2,
     pub(crate) function: &'static str,
     pub(crate) kind: Kind,
     pub(crate) detail: Detail,
-    session: Option<u64>,
+    pub(super) session: Option<u64>,
     /// Operation started by this call (an *Init), remembered if it succeeds.
-    starts: Option<Op>,
+    pub(super) starts: Option<Op>,
     /// Output regions to wipe if the outcome must be written and cannot be.
-    outputs: Vec<(*mut u8, usize)>,
+    pub(super) outputs: Vec<(*mut u8, usize)>,
     /// The application's output buffer and its size, as it passed them (before the call; no
     /// function has two). What the provider reports having written is read and wiped only
     /// within it: a provider that reports more (against PKCS#11) must not make p11audit read or
     /// zero memory past the application's buffer.
-    output_capacity: Option<(*mut u8, usize)>,
+    pub(super) output_capacity: Option<(*mut u8, usize)>,
     /// C_GetAttributeValue: each attribute's buffer and its `ulValueLen` as the application
     /// passed them.
-    attribute_buffers: Vec<(*mut u8, ck::CK_ULONG)>,
+    pub(super) attribute_buffers: Vec<(*mut u8, ck::CK_ULONG)>,
     /// The outcome hands something to the application, so it must be in the file first.
-    hands_out: bool,
+    pub(super) hands_out: bool,
 }
 
 impl<'rt> Call<'rt> {
@@ -125,64 +116,13 @@ impl<'rt> Call<'rt> {
 
     /// A record of this call with the detail gathered so far, which it takes (no copy: it is
     /// built twice per call). `write_intent` puts it back.
-    fn take_record(&mut self, ev: Event) -> Record {
+    pub(super) fn take_record(&mut self, ev: Event) -> Record {
         let mut r = bare_record(self.rt, ev, Some(self.function));
         r.detail = std::mem::take(&mut self.detail);
         r
     }
 
     // ---- context -------------------------------------------------------------------------
-
-    /// The call acts on `session`: records the session, its slot, token and login state.
-    pub(crate) fn session(&mut self, session: ck::CK_SESSION_HANDLE) {
-        let session = session as u64;
-        self.session = Some(session);
-        self.detail.session = Some(session);
-        self.refresh_session_view();
-    }
-
-    fn refresh_session_view(&mut self) {
-        let Some(session) = self.session else { return };
-        let view = {
-            let ctx = self.rt.context.lock();
-            match (ctx.slot_of(session), self.detail.slot) {
-                (Some(_), _) => ctx.session_view(session),
-                // The call closed the session: describe its token as it is now.
-                (None, Some(slot)) => ctx.slot_view(slot),
-                (None, None) => return,
-            }
-        };
-        self.detail.slot = view.slot;
-        self.detail.token = view.token;
-        self.detail.login = view.login.map(LoginState::as_str);
-    }
-
-    /// The call concerns `slot` (fetches the token's label and serial once per slot).
-    pub(crate) fn slot(&mut self, slot: ck::CK_SLOT_ID) {
-        self.detail.slot = Some(slot as u64);
-        self.ensure_token(slot);
-        let view = self.rt.context.lock().slot_view(slot as u64);
-        self.detail.token = view.token;
-    }
-
-    fn ensure_token(&self, slot: ck::CK_SLOT_ID) {
-        if self.rt.context.lock().has_token(slot as u64) {
-            return;
-        }
-        let Some(get) = self.provider_table.C_GetTokenInfo else {
-            return;
-        };
-        // SAFETY: CK_TOKEN_INFO is plain data; all-zero is valid.
-        let mut info: ck::CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid out-pointer to a CK_TOKEN_INFO. No audit lock is held.
-        if unsafe { get(slot, &mut info) } != ck::CKR_OK {
-            return;
-        }
-        self.rt
-            .context
-            .lock()
-            .set_token(slot as u64, Some(Arc::new(token_ref(&info))));
-    }
 
     /// C_GetTokenInfo returned `info` to the application: its record names the token, and the
     /// cache is refreshed from it (no extra provider call).
@@ -206,51 +146,11 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    pub(crate) fn user_type(&mut self, user: ck::CK_USER_TYPE) {
-        self.detail.user_type = Some(Named::new(user_type_name(user as u64), user as u64));
-    }
-
     /// # Safety
     /// See `args::mechanism`.
     pub(crate) unsafe fn mechanism(&mut self, p: *const ck::CK_MECHANISM) {
         // SAFETY: per the caller.
         self.detail.mechanism = unsafe { args::mechanism(p) }.map(Arc::new);
-    }
-
-    /// The identity of `handle`, from the cache or read from the provider.
-    fn identity(&self, handle: ck::CK_OBJECT_HANDLE) -> Arc<ObjectIdentity> {
-        if let Some(id) = self.rt.context.lock().cached_key(handle as u64) {
-            return id.clone();
-        }
-        let Some(session) = self.session else {
-            return Arc::new(ObjectIdentity::handle_only(handle as u64));
-        };
-        // SAFETY: fetch_identity passes only buffers it owns.
-        let (id, exists) = unsafe {
-            fetch_identity(
-                self.provider_table,
-                session as ck::CK_SESSION_HANDLE,
-                handle,
-            )
-        };
-        let id = Arc::new(id);
-        if exists {
-            self.rt.context.lock().cache_key(handle as u64, id.clone());
-        }
-        id
-    }
-
-    pub(crate) fn key(&mut self, handle: ck::CK_OBJECT_HANDLE) {
-        self.detail.key = Some(self.identity(handle));
-    }
-
-    pub(crate) fn key2(&mut self, handle: ck::CK_OBJECT_HANDLE) {
-        self.detail.key2 = Some(self.identity(handle));
-    }
-
-    /// The object changes or goes away: its cached identity is no longer valid.
-    pub(crate) fn forget_key(&self, handle: ck::CK_OBJECT_HANDLE) {
-        self.rt.context.lock().forget_key(handle as u64);
     }
 
     /// # Safety
@@ -267,151 +167,7 @@ impl<'rt> Call<'rt> {
         self.detail.template2 = Some(unsafe { args::template(p, count, true, |_| None) });
     }
 
-    pub(crate) fn in_len(&mut self, len: ck::CK_ULONG) {
-        self.detail.in_len = Some(len as u64);
-    }
-
     // ---- operations ----------------------------------------------------------------------
-
-    /// This *Init starts `op` with the mechanism and key recorded so far, if it succeeds.
-    pub(crate) fn starts(&mut self, op: Op) {
-        self.starts = Some(op);
-    }
-
-    /// This call belongs to `op`: its record carries the operation's mechanism and key.
-    pub(crate) fn within(&mut self, op: Op) {
-        let Some(session) = self.session else { return };
-        if let Some(ctx) = self.rt.context.lock().op(session, op) {
-            self.detail.mechanism = ctx.mechanism.clone();
-            self.detail.key = ctx.key.clone();
-        }
-    }
-
-    /// The operation is over (C_Verify and the message finals end it whatever they return).
-    pub(crate) fn end_op(&self, op: Op) {
-        if let Some(session) = self.session {
-            self.rt.context.lock().end_op(session, op);
-        }
-    }
-
-    /// After a multi-part Update: an error ends the operation, except CKR_BUFFER_TOO_SMALL
-    /// for updates with output, after which it stays active (PKCS#11 2.40 §5.2).
-    pub(crate) fn update_done(&mut self, op: Op, rv: ck::CK_RV) {
-        if !matches!(rv, ck::CKR_OK | ck::CKR_BUFFER_TOO_SMALL) {
-            self.end_op(op);
-        }
-    }
-
-    /// After a single-part call or a Final that returns output in `buf` / `*len`.
-    /// The operation stays active after a length query (NULL buffer, CKR_OK) and after
-    /// CKR_BUFFER_TOO_SMALL (PKCS#11 2.40 §5.2); anything else ends it.
-    ///
-    /// # Safety
-    /// `len` must be NULL or readable; if the provider returned output, `buf` holds `*len`
-    /// writable bytes.
-    pub(crate) unsafe fn output_final(
-        &mut self,
-        op: Option<Op>,
-        buf: *mut u8,
-        len: *const ck::CK_ULONG,
-        rv: ck::CK_RV,
-    ) {
-        // SAFETY: per the caller.
-        let still_active = unsafe { self.output(buf, len, rv) };
-        if let Some(op) = op {
-            if !still_active {
-                self.end_op(op);
-            }
-        }
-    }
-
-    /// Records an output buffer's fate; returns true if the operation stays active
-    /// (length query or buffer too small).
-    ///
-    /// # Safety
-    /// As `output_final`.
-    pub(crate) unsafe fn output(
-        &mut self,
-        buf: *mut u8,
-        len: *const ck::CK_ULONG,
-        rv: ck::CK_RV,
-    ) -> bool {
-        // SAFETY: per the caller.
-        let out_len = unsafe { args::read(len) }.map(|l| l as u64);
-        // On other errors *len is whatever the caller passed in: not an output length.
-        if matches!(rv, ck::CKR_OK | ck::CKR_BUFFER_TOO_SMALL) {
-            self.detail.out_len = out_len;
-        }
-        match rv {
-            ck::CKR_OK if buf.is_null() => {
-                self.detail.out = Some(OutputDisposition::LengthQuery);
-                true
-            }
-            ck::CKR_BUFFER_TOO_SMALL => {
-                self.detail.out = Some(OutputDisposition::BufferTooSmall);
-                true
-            }
-            ck::CKR_OK => {
-                self.detail.out = Some(OutputDisposition::Returned);
-                self.hands_out = true;
-                if let Some(n) = out_len {
-                    let n = self.within_capacity(buf, n as usize);
-                    self.outputs.push((buf, n));
-                }
-                false
-            }
-            _ => false,
-        }
-    }
-
-    /// Before the call: the application's output buffer `buf` and its size `*len`.
-    ///
-    /// # Safety
-    /// `len` must be NULL or readable.
-    pub(crate) unsafe fn output_buffer(&mut self, buf: *mut u8, len: *const ck::CK_ULONG) {
-        // SAFETY: per the caller.
-        if let (false, Some(cap)) = (buf.is_null(), unsafe { args::read(len) }) {
-            self.output_capacity = Some((buf, cap as usize));
-        }
-    }
-
-    /// Before the call: the application's output buffer `buf` of `bytes` (C_FindObjects'
-    /// handle array, C_GenerateRandom's buffer).
-    pub(crate) fn given_buffer(&mut self, buf: *mut u8, bytes: usize) {
-        if !buf.is_null() {
-            self.output_capacity = Some((buf, bytes));
-        }
-    }
-
-    /// After a failure inside p11audit once the provider had answered: zeroes every buffer the
-    /// application gave for output, whole (what the provider wrote there is not known).
-    fn wipe_given_buffers(&self) {
-        let attributes = self
-            .attribute_buffers
-            .iter()
-            .filter(|&&(_, cap)| cap != ck::CK_UNAVAILABLE_INFORMATION)
-            .map(|&(buf, cap)| (buf, cap as usize));
-        for (buf, len) in self.output_capacity.into_iter().chain(attributes) {
-            if !buf.is_null() {
-                // SAFETY: the application gave `buf` for output with room for `len` bytes
-                // (its own size, recorded before the call).
-                unsafe { std::ptr::write_bytes(buf, 0, len) };
-            }
-        }
-    }
-
-    /// `len` bytes at `buf`, or fewer if the application said its buffer there is smaller.
-    fn within_capacity(&self, buf: *const u8, len: usize) -> usize {
-        match self.output_capacity {
-            Some((b, cap)) if b.cast_const() == buf => len.min(cap),
-            _ => len,
-        }
-    }
-
-    /// The size the application gave for attribute `i`'s buffer (C_GetAttributeValue).
-    fn attribute_capacity(&self, i: usize) -> Option<ck::CK_ULONG> {
-        self.attribute_buffers.get(i).map(|&(_, cap)| cap)
-    }
 
     /// Before C_GetAttributeValue: the size of each attribute's buffer.
     ///
@@ -431,20 +187,6 @@ impl<'rt> Call<'rt> {
                 break;
             };
             self.attribute_buffers.push((a.pValue.cast(), a.ulValueLen));
-        }
-    }
-
-    /// The result is the return value itself (C_Verify's verdict): its record comes first.
-    pub(crate) fn verdict(&mut self) {
-        self.hands_out = true;
-    }
-
-    /// Output the caller must not see if the record cannot be written.
-    pub(crate) fn output_region(&mut self, buf: *mut u8, len: usize) {
-        self.hands_out = true;
-        self.detail.out = Some(OutputDisposition::Returned);
-        if !buf.is_null() && len > 0 {
-            self.outputs.push((buf, len));
         }
     }
 
@@ -484,109 +226,10 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    pub(crate) fn session_closed(&mut self, session: ck::CK_SESSION_HANDLE) {
-        self.rt.context.lock().session_closed(session as u64);
-    }
-
-    pub(crate) fn all_sessions_closed(&mut self, slot: ck::CK_SLOT_ID) {
-        self.rt.context.lock().all_sessions_closed(slot as u64);
-    }
-
-    /// C_InitToken succeeded: the token's label, objects and logins are new.
-    pub(crate) fn token_reinitialized(&mut self, slot: ck::CK_SLOT_ID) {
-        let mut ctx = self.rt.context.lock();
-        ctx.set_token(slot as u64, None);
-        ctx.set_login(slot as u64, LoginState::Public);
-    }
-
-    /// After C_GetAttributeValue: which attributes were read, their lengths, and allowlisted
-    /// values. Every returned value is output the caller must not see without a record.
-    ///
-    /// # Safety
-    /// `template` must be NULL or point to `count` attributes whose non-NULL `pValue` hold as
-    /// many bytes as their `ulValueLen` said before the call (`attribute_buffers`).
-    pub(crate) unsafe fn attributes_read(
-        &mut self,
-        template: *const ck::CK_ATTRIBUTE,
-        count: ck::CK_ULONG,
-        rv: ck::CK_RV,
-    ) {
-        // Per PKCS#11 2.40 §5.7 these return values still fill every attribute they can.
-        let filled = matches!(
-            rv,
-            ck::CKR_OK
-                | ck::CKR_ATTRIBUTE_SENSITIVE
-                | ck::CKR_ATTRIBUTE_TYPE_INVALID
-                | ck::CKR_BUFFER_TOO_SMALL
-        );
-        // SAFETY: per the caller.
-        let summary =
-            unsafe { args::template(template, count, filled, |i| self.attribute_capacity(i)) };
-        self.detail.template = Some(summary);
-        if !filled || template.is_null() {
-            return;
-        }
-        self.hands_out = true;
-        for i in 0..count as usize {
-            // SAFETY: i < count.
-            let Some(a) = (unsafe { args::read(template.add(i)) }) else {
-                break;
-            };
-            if !a.pValue.is_null() && a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION {
-                let len = self
-                    .attribute_capacity(i)
-                    .map_or(a.ulValueLen, |cap| a.ulValueLen.min(cap));
-                self.outputs.push((a.pValue as *mut u8, len as usize));
-            }
-        }
-    }
-
-    /// After C_FindObjects: how many handles were returned (into an array of `max`).
-    ///
-    /// # Safety
-    /// `found` must be NULL or readable; `objects` holds `max` handles.
-    pub(crate) unsafe fn objects_found(
-        &mut self,
-        objects: *mut ck::CK_OBJECT_HANDLE,
-        max: ck::CK_ULONG,
-        found: *const ck::CK_ULONG,
-        rv: ck::CK_RV,
-    ) {
-        if rv != ck::CKR_OK {
-            return;
-        }
-        // SAFETY: per the caller.
-        let reported = unsafe { args::read(found) }.unwrap_or(0);
-        self.detail.count = Some(reported as u64);
-        // A provider cannot have returned more than the array holds (PKCS#11 §5.10); one that
-        // says so must not make p11audit read or wipe past it.
-        let n = reported.min(max);
-        if !objects.is_null() {
-            for i in 0..(n as usize).min(MAX_LOGGED_HANDLES) {
-                // SAFETY: i < n <= max, the array's length.
-                self.detail
-                    .found
-                    .push(unsafe { objects.add(i).read_unaligned() } as u64);
-            }
-        }
-        self.output_region(
-            objects as *mut u8,
-            (n as usize).saturating_mul(std::mem::size_of::<ck::CK_OBJECT_HANDLE>()),
-        );
-    }
-
-    pub(crate) fn set_login(&mut self, state: LoginState) {
-        let Some(session) = self.session else { return };
-        let mut ctx = self.rt.context.lock();
-        if let Some(slot) = ctx.slot_of(session) {
-            ctx.set_login(slot, state);
-        }
-    }
-
     // ---- the flow ------------------------------------------------------------------------
 
     /// Writes the intent of an acting call. Err: do not forward.
-    fn write_intent(&mut self) -> Result<Option<u64>, ShimError> {
+    pub(super) fn write_intent(&mut self) -> Result<Option<u64>, ShimError> {
         if !self.kind.writes_intent() {
             return Ok(None);
         }
@@ -603,7 +246,12 @@ impl<'rt> Call<'rt> {
     }
 
     /// Writes (or queues) the outcome and decides what the caller gets.
-    fn finish(&mut self, rv: ck::CK_RV, started: Instant, intent: Option<u64>) -> ck::CK_RV {
+    pub(super) fn finish(
+        &mut self,
+        rv: ck::CK_RV,
+        started: Instant,
+        intent: Option<u64>,
+    ) -> ck::CK_RV {
         if rv == ck::CKR_OK {
             if let (Some(op), Some(session)) = (self.starts, self.session) {
                 let ctx = OpContext {
@@ -716,85 +364,6 @@ fn record_internal_failure(
 pub(crate) const INTERNAL_FAILURE_NOTE: &str =
     "p11audit failed after the provider answered: output withheld, CKR_GENERAL_ERROR returned";
 
-/// Reads CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL and CKA_ID of `handle` in one call. Returns the
-/// identity and whether the object exists (so the identity may be cached).
-///
-/// # Safety
-/// Calls the provider with buffers owned here.
-unsafe fn fetch_identity(
-    f: &ck::CK_FUNCTION_LIST_3_2,
-    session: ck::CK_SESSION_HANDLE,
-    handle: ck::CK_OBJECT_HANDLE,
-) -> (ObjectIdentity, bool) {
-    let mut id = ObjectIdentity::handle_only(handle as u64);
-    let Some(get) = f.C_GetAttributeValue else {
-        return (id, false);
-    };
-    let mut class: ck::CK_ULONG = 0;
-    let mut key_type: ck::CK_ULONG = 0;
-    let mut label = [0u8; 256];
-    let mut obj_id = [0u8; 256];
-    let ulong = std::mem::size_of::<ck::CK_ULONG>() as ck::CK_ULONG;
-    let mut tmpl = [
-        ck::CK_ATTRIBUTE {
-            type_: ck::CKA_CLASS,
-            pValue: &mut class as *mut _ as *mut _,
-            ulValueLen: ulong,
-        },
-        ck::CK_ATTRIBUTE {
-            type_: ck::CKA_KEY_TYPE,
-            pValue: &mut key_type as *mut _ as *mut _,
-            ulValueLen: ulong,
-        },
-        ck::CK_ATTRIBUTE {
-            type_: ck::CKA_LABEL,
-            pValue: label.as_mut_ptr() as *mut _,
-            ulValueLen: 256,
-        },
-        ck::CK_ATTRIBUTE {
-            type_: ck::CKA_ID,
-            pValue: obj_id.as_mut_ptr() as *mut _,
-            ulValueLen: 256,
-        },
-    ];
-    // SAFETY: every pValue points to a buffer of its ulValueLen, owned by this frame.
-    let rv = unsafe {
-        get(
-            session,
-            handle,
-            tmpl.as_mut_ptr(),
-            tmpl.len() as ck::CK_ULONG,
-        )
-    };
-    let exists = matches!(
-        rv,
-        ck::CKR_OK
-            | ck::CKR_ATTRIBUTE_SENSITIVE
-            | ck::CKR_ATTRIBUTE_TYPE_INVALID
-            | ck::CKR_BUFFER_TOO_SMALL
-    );
-    if !exists {
-        return (id, false);
-    }
-    let got = |a: &ck::CK_ATTRIBUTE, cap: usize| {
-        a.ulValueLen != ck::CK_UNAVAILABLE_INFORMATION && (a.ulValueLen as usize) <= cap
-    };
-    use crate::format::names::{key_type_name, object_class_name};
-    if got(&tmpl[0], 8) {
-        id.class = Some(Named::new(object_class_name(class as u64), class as u64));
-    }
-    if got(&tmpl[1], 8) {
-        id.key_type = Some(Named::new(key_type_name(key_type as u64), key_type as u64));
-    }
-    if got(&tmpl[2], 256) {
-        id.label = Some(Bytes::from_slice(&label[..tmpl[2].ulValueLen as usize]));
-    }
-    if got(&tmpl[3], 256) {
-        id.id = Some(Bytes::hex(&obj_id[..tmpl[3].ulValueLen as usize]));
-    }
-    (id, true)
-}
-
 /// Argument edge cases no real provider produces: a provider that reports more output than the
 /// application's buffer holds (against PKCS#11). The provider's side is played by writing the
 /// lengths it would report straight into the arguments; no provider is called.
@@ -802,6 +371,7 @@ unsafe fn fetch_identity(
 mod tests {
     use super::*;
     use crate::format::record::AttributeValue;
+    use crate::format::record::Bytes;
     use crate::os::lock::Mutex;
     use crate::shim::context::CallContext;
     use crate::shim::provider::Provider;

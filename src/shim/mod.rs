@@ -4,10 +4,12 @@
 pub(crate) mod args;
 mod call;
 pub(crate) mod context;
+mod detail;
 mod error;
 mod fork;
 mod functions;
 mod lifecycle;
+mod output;
 pub(crate) mod provider;
 
 pub use call::Kind;

@@ -206,10 +206,12 @@ impl Provider {
         // the rest of the process, and a module that has run its initializers may have started
         // threads or registered thread-local destructors that run its code. Those must outlive
         // a host's dlclose of p11audit, so the module is never dlclosed.
-        let library: &'static Library = Box::leak(Box::new(library));
+        // ManuallyDrop rather than a leaked Box: nothing is allocated that a leak checker
+        // would report.
+        let library = std::mem::ManuallyDrop::new(library);
         type GetFunctionList = unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV;
         // SAFETY: C_GetFunctionList has this type in every PKCS#11 version.
-        let get = unsafe { function::<GetFunctionList>(library, b"C_GetFunctionList\0") }
+        let get = unsafe { function::<GetFunctionList>(&library, b"C_GetFunctionList\0") }
             .ok_or_else(|| ProviderError::NotPkcs11 {
                 path: path.to_path_buf(),
             })?;
@@ -237,7 +239,7 @@ impl Provider {
             flags: 0,
         }];
         // SAFETY: the library is this PKCS#11 module.
-        let standard = unsafe { standard_interfaces(library) };
+        let standard = unsafe { standard_interfaces(&library) };
         if !standard.is_empty() {
             interfaces = standard.iter().map(|(i, _)| *i).collect();
             // Forward through the richest table the module offers.

@@ -16,11 +16,11 @@ use crate::os::{Locked, SharedFileMap};
 pub use crate::writer::error::{KeyFileError, WriterError};
 pub(crate) use crate::writer::losses::Losses;
 use crate::writer::losses::{gap_body, settle_lost_since, unreported_losses};
+pub(crate) use crate::writer::open::read_key_file;
+pub use crate::writer::open::state_path_for;
 use crate::writer::open::{
     map_state_file, open_existing_log, open_log_and_state, refuse_symlink_or_special,
 };
-pub(crate) use crate::writer::open::read_key_file;
-pub use crate::writer::open::state_path_for;
 use crate::writer::own_files::UntrustedFile;
 use std::fs::File;
 use std::io::{self, Write};

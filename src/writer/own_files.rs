@@ -303,7 +303,11 @@ pub(crate) fn create_new(path: &Path, role: FileRole, mode: u32) -> io::Result<F
 
 /// Opens the file at `path`, creating it with exactly `mode` if there is none; an existing one
 /// must pass `check_adopted`.
-pub(crate) fn create_or_adopt(path: &Path, role: FileRole, mode: u32) -> Result<File, UntrustedFile> {
+pub(crate) fn create_or_adopt(
+    path: &Path,
+    role: FileRole,
+    mode: u32,
+) -> Result<File, UntrustedFile> {
     match create_new(path, role, mode) {
         Ok(created) => Ok(created),
         // Another process (or someone else) was first: adopted only if it passes the checks.
