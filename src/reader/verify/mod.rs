@@ -18,9 +18,11 @@
 //! - `strict`: a verified line read as a record, in one reading every JSON reader agrees on;
 //! - `summary`: what the verified records hold;
 //! - `state`: the end of the chain against the state file;
-//! - `verdict`: the problem found, or why the end was not checked.
+//! - `verdict`: the problem found, or why the end was not checked;
+//! - `render`: `p11audit verify`'s human output, and the state line show and report print.
 
 mod lines;
+pub mod render;
 mod state;
 mod strict;
 mod summary;
