@@ -7,7 +7,7 @@ use p11audit::format::state::{self, ChainState, StateError};
 use p11audit::reader::report::{render_human, report, ReportOptions};
 use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::reader::verify::render::{
-    path_text, render_human as render_verify, state_text, unreported_after, StateSource,
+    path_text, render_human as render_verify, state_text, StateSource,
 };
 use p11audit::reader::verify::{verify_files, UnreportedLost, VerifyIoError, VerifyOptions};
 use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
@@ -489,12 +489,14 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
 /// The key, the state and where it came from, as `chain` asks.
 fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fatal> {
     let key = read_key(&chain.key_file)?;
+    let mut counted_lost = None;
     let (state, source) = if chain.no_state {
         (None, StateSource::Disabled)
     } else if let Some(p) = &chain.state {
         let (s, unreported) = read_state(p, &key)?;
+        counted_lost = unreported;
         let n = s.next_seq;
-        (Some(s), StateSource::Loaded(p.clone(), n, unreported))
+        (Some(s), StateSource::Loaded(p.clone(), n))
     } else {
         let p = match &chain.directory_state {
             Some(p) => p.clone(),
@@ -504,14 +506,16 @@ fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fat
         // not a regular file) rather than taken as no state file.
         if p.symlink_metadata().is_ok() {
             let (s, unreported) = read_state(&p, &key)?;
+            counted_lost = unreported;
             let n = s.next_seq;
-            (Some(s), StateSource::Loaded(p, n, unreported))
+            (Some(s), StateSource::Loaded(p, n))
         } else {
             (None, StateSource::NotFound(p))
         }
     };
     let mut opts = VerifyOptions::new(key, state);
     opts.state_not_wanted = chain.no_state;
+    opts.state_counts_lost = counted_lost;
     Ok((opts, source))
 }
 
@@ -531,8 +535,7 @@ fn print(out: &str, what: &'static str) -> Result<(), Fatal> {
 
 fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
     let (opts, source) = verify_options(chain)?;
-    let mut report = verify_files(&chain.files, &opts)?;
-    report.unreported_lost = unreported_after(&source, report.lost_reported_past_state);
+    let report = verify_files(&chain.files, &opts)?;
 
     let out = if json {
         let s = serde_json::to_string(&report).map_err(Fatal::Serialize)?;
@@ -557,7 +560,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
     };
     let state = state_text(
         &source,
-        unreported_after(&source, report.lost_reported_past_state).as_ref(),
+        report.unreported_lost.as_ref(),
         report.end_unchecked,
         report.next_seq,
     );
@@ -597,9 +600,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
 fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<ExitCode, Fatal> {
     let (vopts, source) = verify_options(chain)?;
     let mut progress = Progress::for_terminal(&chain.files);
-    let mut r = report(&chain.files, &vopts, opts, &mut progress)?;
-    r.verification.unreported_lost =
-        unreported_after(&source, r.verification.lost_reported_past_state);
+    let r = report(&chain.files, &vopts, opts, &mut progress)?;
     let out = if json {
         let s = serde_json::to_string(&r).map_err(Fatal::Serialize)?;
         let mut s = escape_c1_and_del(&s);

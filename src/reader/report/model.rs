@@ -78,7 +78,7 @@ impl Verification {
             last_seq: s.last_seq,
             first_ts: s.first_ts.clone(),
             last_ts: s.last_ts.clone(),
-            unreported_lost: None,
+            unreported_lost: v.unreported_lost.clone(),
             lost_reported_past_state: v.lost_reported_past_state,
         }
     }

@@ -68,6 +68,10 @@ pub struct VerifyOptions {
     /// `state` is None because the caller chose not to use one (`--no-state`), not because
     /// there is none: only says which [`EndUnchecked`] the report names.
     pub state_not_wanted: bool,
+    /// The lost records the state file counts and has not seen reported
+    /// ([`UnreportedLost::from_state_file`]); the report names what no gap record in the log
+    /// reports either (`VerifyReport::unreported_lost`).
+    pub state_counts_lost: Option<UnreportedLost>,
 }
 
 impl VerifyOptions {
@@ -80,6 +84,7 @@ impl VerifyOptions {
             lookahead_lines: DEFAULT_LOOKAHEAD_LINES,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
             state_not_wanted: false,
+            state_counts_lost: None,
         }
     }
 }
@@ -135,8 +140,8 @@ pub struct VerifyReport {
     pub head_mac: String,
     pub summary: Summary,
     /// Records the state file counts as lost that no `gap` record has reported yet (FORMAT.md
-    /// §9), when a state file was read and counts any: `UnreportedLost::less`, filled in by
-    /// whoever read the state file.
+    /// §9), when a state file was read and counts any: `state_counts_lost` less what gap records
+    /// past the state report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
     /// The `lost` of gap records at or past the state's seq (a state behind the log): they

@@ -11,20 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum StateSource {
     Disabled,
     NotFound(PathBuf),
-    /// The file, its next seq, and the lost records it counts that no gap record reports.
-    Loaded(PathBuf, u64, Option<UnreportedLost>),
-}
-
-/// What the state file counts as lost and no gap record in the log reports: its count less
-/// the `lost` of gap records past the state (`lost_reported_past_state` of the verification).
-pub fn unreported_after(
-    source: &StateSource,
-    lost_reported_past_state: u64,
-) -> Option<UnreportedLost> {
-    match source {
-        StateSource::Loaded(_, _, Some(u)) => u.less(lost_reported_past_state),
-        _ => None,
-    }
+    /// The file and its next seq.
+    Loaded(PathBuf, u64),
 }
 
 /// The state line of `show` and `report`; `unreported`: what the state counts as lost and no
@@ -54,7 +42,7 @@ fn state_words(
             "none ({} not found); the end of the log was not checked",
             path_text(p)
         ),
-        StateSource::Loaded(p, n, _) => {
+        StateSource::Loaded(p, n) => {
             let mut s = format!("{} (next seq {n})", path_text(p));
             if end == Some(EndUnchecked::StateBehindLog) {
                 let _ = write!(

@@ -393,7 +393,11 @@ impl<'o> Walk<'o> {
             next_seq: self.expected,
             head_mac: self.last_mac,
             summary: counted.summary,
-            unreported_lost: None,
+            unreported_lost: self
+                .opts
+                .state_counts_lost
+                .as_ref()
+                .and_then(|u| u.less(counted.lost_past_state)),
             lost_reported_past_state: counted.lost_past_state,
         }
     }
