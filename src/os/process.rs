@@ -1,7 +1,7 @@
-//! This process's pid without a syscall per record.
+//! This process's pid and the calling thread's id, without a syscall per record.
 //!
-//! glibc's `getpid` is a system call, and every record and append needs the pid (records carry
-//! it; a forked child must notice that it is one). The pid is cached here and refreshed by
+//! glibc's `getpid` and `gettid` are system calls, and every record needs both (a forked child
+//! must notice that it is one). The pid is cached here and refreshed by
 //! `refresh_after_fork`, which the FFI layer calls from its `pthread_atfork` child handler.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,4 +22,25 @@ pub fn refresh_after_fork() -> u32 {
     let pid = std::process::id();
     PID.store(pid, Ordering::Relaxed);
     pid
+}
+
+/// The current thread id (`gettid`), for records.
+pub fn current_tid() -> u64 {
+    // gettid is a system call and every record needs it: keep it per thread, with the pid it
+    // was read in, so that a forked child (same thread-local values, new tid) reads it again.
+    // A const-initialized Cell of plain integers: no lazy initialization and no destructor, so
+    // nothing of p11audit's runs at thread exit, which may come after the host unloaded it.
+    thread_local! {
+        static TID: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let pid = current_pid();
+    TID.with(|c| match c.get() {
+        (p, tid) if p == pid && tid != 0 => tid,
+        _ => {
+            // SAFETY: gettid has no preconditions.
+            let tid = (unsafe { libc::gettid() }) as u64;
+            c.set((pid, tid));
+            tid
+        }
+    })
 }

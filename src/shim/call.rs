@@ -1,8 +1,9 @@
 //! One audited call: what it records before and after, and the write-ahead / fail-closed flow.
 
 use super::detail::token_ref;
+use super::error::guard;
 use super::error::ShimError;
-use super::{args, thread_id, Runtime};
+use super::{args, Runtime};
 use crate::format::names::rv_name;
 use crate::format::record::{Detail, Event, Named, OutputDisposition, Record};
 use crate::shim::context::{Op, OpContext};
@@ -41,7 +42,7 @@ pub(crate) fn rv_named(rv: ck::CK_RV) -> Named {
 
 /// A record with identity and no detail.
 pub(crate) fn bare_record(rt: &Runtime, ev: Event, function: Option<&'static str>) -> Record {
-    Record::new(&rt.who(), thread_id(), ev, function)
+    Record::new(&rt.who(), crate::os::process::current_tid(), ev, function)
 }
 
 /// An outcome record of `function` returning `rv`, timed from `started`.
@@ -302,7 +303,7 @@ pub(crate) fn run_call(
     forward: impl FnOnce(&ck::CK_FUNCTION_LIST_3_2) -> ck::CK_RV,
     after: impl FnOnce(&mut Call, ck::CK_RV),
 ) -> ck::CK_RV {
-    super::guard(|| {
+    guard(|| {
         let Some(rt) = super::runtime() else {
             // Not configured: nothing can be forwarded.
             return ShimError::NotInitialized.rv();

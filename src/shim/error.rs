@@ -55,6 +55,12 @@ impl ShimError {
     }
 }
 
+/// Runs `f`, turning a panic into `ShimError::Panicked`: no panic may cross the C boundary.
+pub(crate) fn guard(f: impl FnOnce() -> ck::CK_RV) -> ck::CK_RV {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| ShimError::Panicked.rv())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

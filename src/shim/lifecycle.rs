@@ -1,8 +1,8 @@
 //! C_Initialize and C_Finalize: configuration, attach and clean close.
 
 use super::call::{bare_record, timed_outcome, write_intent_or_refuse};
-use super::error::ShimError;
-use super::{args, guard, runtime, runtime_or_init};
+use super::error::{guard, ShimError};
+use super::{args, runtime, runtime_or_init};
 use crate::format::record::Event;
 use cryptoki_sys as ck;
 use std::os::raw::c_void;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::format::record::ProcessIdentity;
 use crate::os::lock::Mutex;
 use crate::shim::context::CallContext;
-use crate::shim::error::ShimError;
+use crate::shim::error::{guard, ShimError};
 use crate::shim::provider::{Provider, ProviderError};
 use crate::writer::auditor::Auditor;
 use cryptoki_sys as ck;
@@ -148,33 +148,6 @@ extern "C" fn flush_at_exit() {
             let _ = rt.auditor.flush(&rec);
         }
     });
-}
-
-/// Thread id for records.
-pub(crate) fn thread_id() -> u64 {
-    // gettid is a system call and every record needs it: keep it per thread, with the pid it
-    // was read in, so that a forked child (same thread-local values, new tid) reads it again.
-    // A const-initialized Cell of plain integers: no lazy initialization and no destructor, so
-    // nothing of p11audit's runs at thread exit, which may come after the host unloaded it.
-    thread_local! {
-        static TID: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
-    }
-    let pid = crate::os::process::current_pid();
-    TID.with(|c| match c.get() {
-        (p, tid) if p == pid && tid != 0 => tid,
-        _ => {
-            // SAFETY: gettid has no preconditions.
-            let tid = (unsafe { libc::gettid() }) as u64;
-            c.set((pid, tid));
-            tid
-        }
-    })
-}
-
-/// Runs `f`, turning a panic into `ShimError::Panicked`: no panic may cross the C boundary.
-pub(crate) fn guard(f: impl FnOnce() -> ck::CK_RV) -> ck::CK_RV {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| ShimError::Panicked.rv())
 }
 
 /// The table handed to PKCS#11 2.40 callers. A 2.40 caller reads only the
@@ -306,7 +279,7 @@ pub(crate) fn log_informational_with(
         let ts = crate::format::record::rfc3339_micros_now();
         early.0.push(EarlyCall {
             ts,
-            tid: thread_id(),
+            tid: crate::os::process::current_tid(),
             function,
             rv,
             interface,
