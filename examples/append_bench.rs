@@ -212,7 +212,7 @@ fn syscalls(dir: &std::path::Path) {
 /// What a log written through a shared mapping (instead of `write`) would cost per record:
 /// a copy into the mapped file, after the space was either reserved with `fallocate` or
 /// written with zeros ahead (MiB at a time). Measured only, not used by p11audit:
-/// docs/PERFORMANCE.md ("The write path's ceiling") says why.
+/// docs/PERFORMANCE.md ("Why the log is written with `write`") says why.
 fn mapped_stores(dir: &std::path::Path) {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;

@@ -2,7 +2,7 @@
 //! forward-secure, HMAC-chained audit record for it.
 //!
 //! Layout (docs/ARCHITECTURE.md):
-//! - `shim`: the only place with raw pointers: the exported entry points, the function list
+//! - `shim`: the only place with pointers from the application: the exported entry points, the function list
 //!   that generates the wrappers and tables, argument decoding, the per-call flow, and the real
 //!   provider;
 //! - `format`: the record model and its encoding, line sealing, the chain, the state file's

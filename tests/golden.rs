@@ -21,8 +21,7 @@
 //!   `fn` are.
 //! - `golden_log_still_verifies_and_reads_the_same`: `tests/data/golden/log.jsonl`, its state
 //!   file `log.jsonl.state` and its chain key `chain.key` (a test key) were written by an
-//!   earlier build running the same workload (the build of commit a9ad502, before the sources
-//!   moved into src/format, src/writer, src/reader, src/shim and src/os), as were all the
+//!   earlier build running the same workload (the build of commit a9ad502), as were all the
 //!   expected files. They are copied into a temporary directory (the key with mode 0400, the
 //!   log and state with 0600: a checkout gives 0644, and p11audit refuses a key others can
 //!   read), and `p11audit verify`, `show` and `report`, each plain and with `--json`, and

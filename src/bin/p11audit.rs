@@ -7,7 +7,7 @@ use p11audit::format::state::{self, ChainState, StateError};
 use p11audit::reader::report::{render_human, report, ReportOptions};
 use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
 use p11audit::reader::verify::render::{
-    path_text, render_human as render_verify, state_text, StateSource,
+    render_human as render_verify, show_verdict, state_text, StateSource,
 };
 use p11audit::reader::verify::{verify_files, UnreportedLost, VerifyIoError, VerifyOptions};
 use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
@@ -558,34 +558,7 @@ fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {
     let Some(report) = summary.verify else {
         return Ok(ExitCode::from(2));
     };
-    let state = state_text(
-        &source,
-        report.unreported_lost.as_ref(),
-        report.end_unchecked,
-        report.next_seq,
-    );
-    let mut msg = match (&report.problem, report.end_unchecked) {
-        (None, None) => format!(
-            "p11audit: verified: chain intact, {} records; {state}",
-            report.summary.records,
-        ),
-        (None, Some(why)) => format!(
-            "p11audit: verified as far as it goes: chain intact, {} records, but its end was not checked: {}; {state}",
-            report.summary.records,
-            why.describe(report.state_next_seq, report.next_seq)
-        ),
-        (Some(p), _) => {
-            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-            format!(
-                "p11audit: the log did NOT verify: {} at {}:{}{seq}: {}; the output covers only the {} record(s) before the problem",
-                p.kind,
-                path_text(&p.file),
-                p.line,
-                escape(&p.detail),
-                report.summary.records
-            )
-        }
-    };
+    let mut msg = show_verdict(&report, &source);
     if summary.without_outcome > 0 {
         let _ = write!(
             msg,
@@ -616,7 +589,7 @@ fn report_cmd(chain: &ChainArgs, opts: &ReportOptions, json: bool) -> Result<Exi
                 &source,
                 v.unreported_lost.as_ref(),
                 v.end_unchecked,
-                v.last_seq.map_or(0, |l| l + 1)
+                v.next_seq
             )
         );
         s

@@ -16,11 +16,9 @@
 //! them) and `Deserialize` (how a reader takes them back), so what the writer wrote and what a
 //! reader reads are the same type, and a test can compare them.
 //!
-//! Reading is a little more tolerant than writing, so that every log that ever read still
-//! reads: an identity without `handle` and a token without `serial` (never written by
-//! p11audit, but accepted by the readers' own types before they shared these) read as
-//! `handle: None` and an empty serial. Members a value does not know are skipped, as they
-//! always were, except in `{"hex": …}`, which takes `hex` alone.
+//! Reading is a little more tolerant than writing: an identity without `handle` and a token
+//! without `serial` (never written by p11audit) read as `handle: None` and an empty serial.
+//! Members a value does not know are skipped, except in `{"hex": …}`, which takes `hex` alone.
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -578,8 +576,8 @@ mod tests {
         );
     }
 
-    /// Past 9999 the year's four digits are the year modulo 10000, as they always were; and no
-    /// u64 lacks a time stamp.
+    /// Past 9999 the year's four digits are the year modulo 10000; and no u64 lacks a time
+    /// stamp.
     #[test]
     fn timestamps_past_9999_wrap() {
         for (secs, micros, ts) in [
@@ -594,8 +592,8 @@ mod tests {
     }
 
     /// Two programs whose paths differ only in bytes that are not UTF-8 are
-    /// recorded differently (`display()` made both `/tmp/a\u{fffd}`), and a UTF-8 path stays
-    /// text.
+    /// recorded differently (a lossy `display()` would make both `/tmp/a\u{fffd}`), and a UTF-8
+    /// path stays text.
     #[test]
     fn exe_paths_that_are_not_utf8_stay_apart() {
         use std::os::unix::ffi::OsStrExt;

@@ -2,7 +2,7 @@
 //!
 //! glibc's `getpid` and `gettid` are system calls, and every record needs both (a forked child
 //! must notice that it is one). The pid is cached here and refreshed by
-//! `refresh_after_fork`, which the FFI layer calls from its `pthread_atfork` child handler.
+//! `refresh_after_fork`, which `shim::fork` calls from its `pthread_atfork` child handler.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -25,9 +25,7 @@ pub mod verify;
 mod view;
 
 pub use progress::Progress;
-pub use table::count_table;
 pub use text::{escape, escape_c1_and_del};
-pub use view::exe_text;
 
 use crate::format::record::rfc3339_from_micros;
 

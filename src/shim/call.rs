@@ -281,12 +281,7 @@ impl<'rt> Call<'rt> {
             Ok(_) => rv,
             Err(_) if self.rt.auditor.policy() == FailurePolicy::Open => rv,
             Err(_) => {
-                for &(buf, len) in &self.outputs {
-                    // SAFETY: `buf` is the application's buffer and `len` is at most the size
-                    // it gave for it before the call (`within_capacity`, the attribute and
-                    // `max` caps), and at most what the provider reports having written.
-                    unsafe { std::ptr::write_bytes(buf, 0, len) };
-                }
+                self.wipe_outputs();
                 ShimError::NotRecorded.rv()
             }
         }

@@ -1,5 +1,5 @@
 //! The C side: exported entry points, the per-call audit flow, and the function tables.
-//! This is the only place with raw pointers.
+//! This is the only place with pointers from the application.
 
 pub(crate) mod args;
 mod call;

@@ -210,4 +210,14 @@ impl Call<'_> {
             (n as usize).saturating_mul(std::mem::size_of::<ck::CK_OBJECT_HANDLE>()),
         );
     }
+
+    /// Zeroes the output the provider handed back, when its record cannot be written.
+    pub(super) fn wipe_outputs(&self) {
+        for &(buf, len) in &self.outputs {
+            // SAFETY: `buf` is the application's buffer and `len` is at most the size it gave
+            // for it before the call (`within_capacity`, the attribute and `max` caps), and at
+            // most what the provider reports having written.
+            unsafe { std::ptr::write_bytes(buf, 0, len) };
+        }
+    }
 }

@@ -206,8 +206,7 @@ impl Provider {
         // the rest of the process, and a module that has run its initializers may have started
         // threads or registered thread-local destructors that run its code. Those must outlive
         // a host's dlclose of p11audit, so the module is never dlclosed.
-        // ManuallyDrop rather than a leaked Box: nothing is allocated that a leak checker
-        // would report.
+        // ManuallyDrop: no allocation that a leak checker would report.
         let library = std::mem::ManuallyDrop::new(library);
         type GetFunctionList = unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV;
         // SAFETY: C_GetFunctionList has this type in every PKCS#11 version.

@@ -21,7 +21,7 @@ pub use crate::writer::open::state_path_for;
 use crate::writer::open::{
     map_state_file, open_existing_log, open_log_and_state, refuse_symlink_or_special,
 };
-use crate::writer::own_files::UntrustedFile;
+use crate::writer::own_files::{FileRole, UntrustedFile};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
@@ -114,8 +114,8 @@ impl AuditLog {
             }
             _ => {}
         }
-        refuse_symlink_or_special(log_path, "audit log")?;
-        refuse_symlink_or_special(&state_path, "audit state file")?;
+        refuse_symlink_or_special(log_path, FileRole::Log)?;
+        refuse_symlink_or_special(&state_path, FileRole::State)?;
         let (log, state) = open_log_and_state(settings, &state_path)?;
         let log_meta = log
             .metadata()

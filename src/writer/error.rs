@@ -14,20 +14,6 @@ pub enum WriterError {
     #[error("the directory of the audit log {} does not exist (P11AUDIT_LOG): create it or point P11AUDIT_LOG elsewhere", log.display())]
     NoDirectory { log: PathBuf },
 
-    #[error(
-        "{what} {} is {} (owner {}, mode {mode:o}); refusing it (P11AUDIT_LOG): point P11AUDIT_LOG at a regular file",
-        path.display(),
-        if *symlink { "a symbolic link" } else { "not a regular file" },
-        owner_text(*owner)
-    )]
-    NotAFile {
-        what: &'static str,
-        path: PathBuf,
-        symlink: bool,
-        owner: u32,
-        mode: u32,
-    },
-
     #[error("P11AUDIT_KEY_FILE is not set and no chain exists yet at {}: set P11AUDIT_KEY_FILE to a key made by `p11audit keygen` to start one", log.display())]
     NoKeyFile { log: PathBuf },
 

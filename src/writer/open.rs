@@ -20,14 +20,12 @@ pub fn state_path_for(log_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-pub(super) fn refuse_symlink_or_special(
-    path: &Path,
-    what: &'static str,
-) -> Result<(), WriterError> {
+/// Refuses a symbolic link or anything but a regular file at `path`, before it is opened.
+pub(super) fn refuse_symlink_or_special(path: &Path, role: FileRole) -> Result<(), UntrustedFile> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() || !m.file_type().is_file() => {
-            Err(WriterError::NotAFile {
-                what,
+            Err(UntrustedFile::NotRegular {
+                role,
                 path: path.to_path_buf(),
                 symlink: m.file_type().is_symlink(),
                 owner: m.uid(),
@@ -121,9 +119,9 @@ pub(crate) fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
 }
 
 /// Sets up the mapping of the state file, under an exclusive `flock` so that only one process
-/// ever initializes it: a new (empty) file gets its header and mutex; a file from an earlier
-/// boot gets a fresh mutex (the old one may have been saved locked by a thread that no longer
-/// exists) and is marked for a log check.
+/// ever initializes it: a new file (created whole, with its header) gets its mutex; a file
+/// from an earlier boot gets a fresh mutex (the old one may have been saved locked by a thread
+/// that no longer exists) and is marked for a log check.
 pub(super) fn map_state_file(
     state: &File,
     state_path: &Path,

@@ -92,14 +92,16 @@ pub enum UntrustedFile {
     },
 
     #[error(
-        "{} {} is not a regular file (owner {}, mode {mode:o}); refusing it: point P11AUDIT_LOG at a regular file",
+        "{} {} is {} (owner {}, mode {mode:o}); refusing it: point P11AUDIT_LOG at a regular file",
         role.name(),
         path.display(),
+        if *symlink { "a symbolic link" } else { "not a regular file" },
         owner_text(*owner)
     )]
     NotRegular {
         role: FileRole,
         path: PathBuf,
+        symlink: bool,
         owner: u32,
         mode: u32,
     },
@@ -233,6 +235,7 @@ pub(crate) fn check_adopted(file: &File, role: FileRole, path: &Path) -> Result<
         return Err(UntrustedFile::NotRegular {
             role,
             path,
+            symlink: false,
             owner,
             mode,
         });

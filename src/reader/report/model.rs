@@ -57,9 +57,9 @@ pub struct Verification {
     /// the caller read a state file that counts any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
-    /// As `VerifyReport::lost_reported_past_state`.
+    /// The seq after the last verified record.
     #[serde(skip)]
-    pub lost_reported_past_state: u64,
+    pub next_seq: u64,
 }
 
 impl Verification {
@@ -79,7 +79,7 @@ impl Verification {
             first_ts: s.first_ts.clone(),
             last_ts: s.last_ts.clone(),
             unreported_lost: v.unreported_lost.clone(),
-            lost_reported_past_state: v.lost_reported_past_state,
+            next_seq: v.next_seq,
         }
     }
 }

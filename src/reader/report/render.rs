@@ -6,6 +6,7 @@ use super::model::{Report, Who};
 use super::MAX_PENDING;
 use crate::reader::table::table;
 use crate::reader::text::escape;
+use crate::reader::verify::render::path_text;
 use crate::reader::view::exe_text;
 use std::fmt::Write as _;
 
@@ -67,12 +68,11 @@ fn verdict(o: &mut String, r: &Report) {
                 );
             }
             Some(why) => {
-                let next_seq = v.last_seq.map_or(0, |l| l + 1);
                 let _ = writeln!(
                     o,
                     "VERIFIED AS FAR AS IT GOES: chain intact, {} records{seqs}, but its end was not checked: {}",
                     v.records,
-                    why.describe(v.state_next_seq, next_seq)
+                    why.describe(v.state_next_seq, v.next_seq)
                 );
             }
         },
@@ -82,7 +82,7 @@ fn verdict(o: &mut String, r: &Report) {
                 o,
                 "NOT VERIFIED: the log did not verify: {} at {}:{}{seq}: {}",
                 p.kind,
-                escape(&p.file.to_string_lossy()),
+                path_text(&p.file),
                 p.line,
                 escape(&p.detail)
             );

@@ -140,14 +140,11 @@ pub struct VerifyReport {
     pub head_mac: String,
     pub summary: Summary,
     /// Records the state file counts as lost that no `gap` record has reported yet (FORMAT.md
-    /// §9), when a state file was read and counts any: `state_counts_lost` less what gap records
-    /// past the state report.
+    /// §9), when a state file was read and counts any: `state_counts_lost` less the `lost` of
+    /// gap records at or past the state's seq (a state behind the log: they are reported,
+    /// though the state does not say so yet; INTERNALS.md §1.3, roll-forward).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreported_lost: Option<UnreportedLost>,
-    /// The `lost` of gap records at or past the state's seq (a state behind the log): they
-    /// are reported, though the state does not say so yet (INTERNALS.md §1.3, roll-forward).
-    #[serde(skip)]
-    pub lost_reported_past_state: u64,
 }
 
 /// Verifies the chain across `paths` (oldest first). `Err` only for I/O errors; everything

@@ -153,3 +153,36 @@ pub fn render_human(r: &VerifyReport, source: &StateSource) -> String {
     count_table(&mut o, "results:", &s.per_rv);
     o
 }
+
+/// `show`'s verdict, the line it prints on stderr after the calls: the chain's verdict and the
+/// state line.
+pub fn show_verdict(r: &VerifyReport, source: &StateSource) -> String {
+    let state = state_text(
+        source,
+        r.unreported_lost.as_ref(),
+        r.end_unchecked,
+        r.next_seq,
+    );
+    match (&r.problem, r.end_unchecked) {
+        (None, None) => format!(
+            "p11audit: verified: chain intact, {} records; {state}",
+            r.summary.records,
+        ),
+        (None, Some(why)) => format!(
+            "p11audit: verified as far as it goes: chain intact, {} records, but its end was not checked: {}; {state}",
+            r.summary.records,
+            why.describe(r.state_next_seq, r.next_seq)
+        ),
+        (Some(p), _) => {
+            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+            format!(
+                "p11audit: the log did NOT verify: {} at {}:{}{seq}: {}; the output covers only the {} record(s) before the problem",
+                p.kind,
+                path_text(&p.file),
+                p.line,
+                escape(&p.detail),
+                r.summary.records
+            )
+        }
+    }
+}

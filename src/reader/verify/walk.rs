@@ -398,7 +398,6 @@ impl<'o> Walk<'o> {
                 .state_counts_lost
                 .as_ref()
                 .and_then(|u| u.less(counted.lost_past_state)),
-            lost_reported_past_state: counted.lost_past_state,
         }
     }
 }
