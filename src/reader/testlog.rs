@@ -1,7 +1,6 @@
 //! Sealed test chains for the unit tests of show and report.
 
-use crate::format::chain::{ChainKey, ZERO_MAC_HEX};
-use crate::format::line::seal_into;
+use crate::reader::verify::testchain::{chain, k0};
 use crate::reader::verify::VerifyOptions;
 use std::path::PathBuf;
 
@@ -17,16 +16,8 @@ pub fn body(secs: u64, pid: u32, uid: u32, ev: &str, f: Option<&str>, extra: &st
 
 /// The bodies sealed into a log file; the options to verify it (no state).
 pub fn log(bodies: &[String]) -> (tempfile::TempDir, PathBuf, VerifyOptions) {
-    let k0 = ChainKey::from_bytes([9; 32]);
-    let mut key = k0.clone();
-    let mut prev = ZERO_MAC_HEX.to_string();
-    let mut out = Vec::new();
-    for (i, b) in bodies.iter().enumerate() {
-        prev = seal_into(&mut out, &key, i as u64, &prev, b);
-        key.evolve();
-    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
-    std::fs::write(&path, out).unwrap();
-    (dir, path, VerifyOptions::new(k0, None))
+    std::fs::write(&path, chain(bodies).all()).unwrap();
+    (dir, path, VerifyOptions::new(k0(), None))
 }

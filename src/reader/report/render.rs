@@ -6,7 +6,7 @@ use super::model::{Report, Who};
 use super::MAX_PENDING;
 use crate::reader::table::table;
 use crate::reader::text::escape;
-use crate::reader::verify::render::path_text;
+use crate::reader::verify::render::problem_text;
 use crate::reader::view::exe_text;
 use std::fmt::Write as _;
 
@@ -77,14 +77,10 @@ fn verdict(o: &mut String, r: &Report) {
             }
         },
         Some(p) => {
-            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
             let _ = writeln!(
                 o,
-                "NOT VERIFIED: the log did not verify: {} at {}:{}{seq}: {}",
-                p.kind,
-                path_text(&p.file),
-                p.line,
-                escape(&p.detail)
+                "NOT VERIFIED: the log did not verify: {}",
+                problem_text(p)
             );
             let _ = writeln!(
                 o,

@@ -27,7 +27,7 @@ mod state;
 mod strict;
 mod summary;
 #[cfg(test)]
-mod testchain;
+pub(crate) mod testchain;
 mod verdict;
 mod walk;
 

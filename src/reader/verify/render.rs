@@ -1,6 +1,6 @@
 //! `p11audit verify`'s human output, and the state line that verify, show and report share.
 
-use super::{EndUnchecked, UnreportedLost, VerifyReport};
+use super::{EndUnchecked, Problem, UnreportedLost, VerifyReport};
 use crate::reader::table::count_table;
 use crate::reader::text::escape;
 use crate::reader::view::exe_text;
@@ -76,15 +76,7 @@ pub fn render_human(r: &VerifyReport, source: &StateSource) -> String {
             );
         }
         (Some(p), _) => {
-            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "FAIL: {} at {}:{}{seq}: {}",
-                p.kind,
-                path_text(&p.file),
-                p.line,
-                escape(&p.detail)
-            );
+            let _ = writeln!(o, "FAIL: {}", problem_text(p));
         }
     }
 
@@ -173,16 +165,23 @@ pub fn show_verdict(r: &VerifyReport, source: &StateSource) -> String {
             r.summary.records,
             why.describe(r.state_next_seq, r.next_seq)
         ),
-        (Some(p), _) => {
-            let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-            format!(
-                "p11audit: the log did NOT verify: {} at {}:{}{seq}: {}; the output covers only the {} record(s) before the problem",
-                p.kind,
-                path_text(&p.file),
-                p.line,
-                escape(&p.detail),
-                r.summary.records
-            )
-        }
+        (Some(p), _) => format!(
+            "p11audit: the log did NOT verify: {}; the output covers only the {} record(s) before the problem",
+            problem_text(p),
+            r.summary.records
+        ),
     }
+}
+
+/// The problem found, for people: `altered at FILE:LINE (seq N): detail`. The same words in
+/// verify's, show's and report's verdicts.
+pub(crate) fn problem_text(p: &Problem) -> String {
+    let seq = p.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+    format!(
+        "{} at {}:{}{seq}: {}",
+        p.kind,
+        path_text(&p.file),
+        p.line,
+        escape(&p.detail)
+    )
 }

@@ -8,7 +8,7 @@ use crate::format::state::ChainState;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub(super) fn k0() -> ChainKey {
+pub(crate) fn k0() -> ChainKey {
     ChainKey::from_bytes([0x42; 32])
 }
 
@@ -29,13 +29,13 @@ pub(super) fn sign(pid: u32) -> String {
 }
 
 /// A chain of the given bodies: one line each (with newline), the macs, and K_n.
-pub(super) struct Chain {
+pub(crate) struct Chain {
     pub(super) lines: Vec<Vec<u8>>,
     pub(super) macs: Vec<String>,
     pub(super) key_next: ChainKey,
 }
 
-pub(super) fn chain(bodies: &[String]) -> Chain {
+pub(crate) fn chain(bodies: &[String]) -> Chain {
     let mut key = k0();
     let mut prev = ZERO_MAC_HEX.to_string();
     let mut lines = Vec::new();
@@ -73,7 +73,7 @@ impl Chain {
     pub(super) fn joined(&self, order: &[usize]) -> Vec<u8> {
         order.iter().flat_map(|&i| self.lines[i].clone()).collect()
     }
-    pub(super) fn all(&self) -> Vec<u8> {
+    pub(crate) fn all(&self) -> Vec<u8> {
         self.lines.concat()
     }
 }
