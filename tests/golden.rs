@@ -137,25 +137,7 @@ fn golden_child() {
     s.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())))
         .expect("login");
 
-    let (public, private) = s
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::EcParams(P256_OID.to_vec()),
-                Attribute::Verify(true),
-                Attribute::Label(EC_LABEL.as_bytes().to_vec()),
-                Attribute::Id(EC_ID.to_vec()),
-            ],
-            &[
-                Attribute::Token(false),
-                Attribute::Sign(true),
-                Attribute::Sensitive(true),
-                Attribute::Label(EC_LABEL.as_bytes().to_vec()),
-                Attribute::Id(EC_ID.to_vec()),
-            ],
-        )
-        .expect("generate EC key pair");
+    let (public, private) = session_p256_pair(&s, EC_LABEL, &EC_ID);
     let aes = s
         .generate_key(
             &Mechanism::AesKeyGen,

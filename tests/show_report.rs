@@ -60,25 +60,7 @@ fn show_report_child() {
     }
     s.login(UserType::User, Some(&pin(USER_PIN)))
         .expect("login");
-    let (_, private) = s
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::EcParams(P256_OID.to_vec()),
-                Attribute::Verify(true),
-                Attribute::Label(SIGN_LABEL.as_bytes().to_vec()),
-                Attribute::Id(SIGN_ID.to_vec()),
-            ],
-            &[
-                Attribute::Token(false),
-                Attribute::Sign(true),
-                Attribute::Sensitive(true),
-                Attribute::Label(SIGN_LABEL.as_bytes().to_vec()),
-                Attribute::Id(SIGN_ID.to_vec()),
-            ],
-        )
-        .expect("generate EC key pair");
+    let (_, private) = session_p256_pair(&s, SIGN_LABEL, &SIGN_ID);
     for i in 0..SIGNATURES {
         let digest = [i as u8; 32];
         let sig = s.sign(&Mechanism::Ecdsa, private, &digest).expect("sign");

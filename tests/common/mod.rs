@@ -483,3 +483,35 @@ pub fn cryptoki_rw_session() -> (cryptoki::context::Pkcs11, cryptoki::session::S
     let s = p11.open_rw_session(slot).expect("session");
     (p11, s)
 }
+
+/// A P-256 key pair as session objects, both halves labelled `label` with id `id`, the
+/// private half sensitive and for signing: (public, private).
+pub fn session_p256_pair(
+    s: &cryptoki::session::Session,
+    label: &str,
+    id: &[u8],
+) -> (
+    cryptoki::object::ObjectHandle,
+    cryptoki::object::ObjectHandle,
+) {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    s.generate_key_pair(
+        &Mechanism::EccKeyPairGen,
+        &[
+            Attribute::Token(false),
+            Attribute::EcParams(P256_OID.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ],
+        &[
+            Attribute::Token(false),
+            Attribute::Sign(true),
+            Attribute::Sensitive(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+        ],
+    )
+    .expect("generate EC key pair")
+}
