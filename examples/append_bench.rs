@@ -83,6 +83,9 @@ fn main() {
         pid: 4242,
         uid: 0,
         exe: "/usr/bin/app".into(),
+        auid: Some(1000),
+        ses: Some(3),
+        peer: None,
     };
     let settings = LogSettings {
         log_path: log_path.clone(),

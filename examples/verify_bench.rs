@@ -122,6 +122,9 @@ fn generate(path: &Path, n: u64) -> ChainState {
         pid: 4000,
         uid: 998,
         exe: "/usr/bin/openssl".into(),
+        auid: None,
+        ses: None,
+        peer: None,
     };
     let mut start = Record::new(&first, 4000, Event::Start, None);
     start.detail.note = Some("new chain".into());
@@ -140,6 +143,9 @@ fn generate(path: &Path, n: u64) -> ChainState {
                 "/usr/bin/pkcs11-tool",
             ][proc_no as usize % 3]
                 .into(),
+            auid: None,
+            ses: None,
+            peer: None,
         };
         let mut attach = Record::new(
             &who,

@@ -14,6 +14,21 @@ pub(crate) struct Config {
     pub(crate) module: PathBuf,
     pub(crate) log: LogSettings,
     pub(crate) on_failure: FailurePolicy,
+    /// Whether records name a client connected on stdin (`P11AUDIT_PEER`).
+    pub(crate) peer: PeerMode,
+}
+
+/// Where the client a process serves comes from (`P11AUDIT_PEER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerMode {
+    /// The peer of stdin when stdin is a connected Unix stream socket (how `p11-kit server`
+    /// and systemd's `Accept=yes` start `p11-kit remote`); no peer for a pipe, file or terminal.
+    Auto,
+    /// The peer of stdin, which must be such a socket: C_Initialize fails otherwise, so that a
+    /// service configured to name its clients never writes records without them.
+    Stdin,
+    /// No peer.
+    Off,
 }
 
 /// Why the configuration was refused. Each is worded for one `p11audit:` line on stderr: it
@@ -135,6 +150,7 @@ const SETTINGS: &[&str] = &[
     "P11AUDIT_SYNC",
     "P11AUDIT_LOG_MODE",
     "P11AUDIT_ROTATE_BYTES",
+    "P11AUDIT_PEER",
 ];
 
 /// Smallest P11AUDIT_ROTATE_BYTES: a file must hold more than a few records.
@@ -384,6 +400,16 @@ impl Config {
             &[("0600", 0o600), ("0640", 0o640)],
         )?;
         let rotate_bytes = rotate_bytes(get)?;
+        let peer = choice(
+            get,
+            "P11AUDIT_PEER",
+            PeerMode::Auto,
+            &[
+                ("auto", PeerMode::Auto),
+                ("stdin", PeerMode::Stdin),
+                ("off", PeerMode::Off),
+            ],
+        )?;
         Ok(Config {
             module,
             log: LogSettings {
@@ -394,6 +420,7 @@ impl Config {
                 rotate_bytes,
             },
             on_failure,
+            peer,
         })
     }
 }

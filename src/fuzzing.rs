@@ -223,6 +223,9 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
         pid: 1,
         uid: 0,
         exe: crate::format::record::ExePath::from_bytes(next()),
+        auid: None,
+        ses: None,
+        peer: None,
     };
     let mut r = Record::new(&who, 2, Event::Intent, Some("C_CreateObject"));
     r.detail.template = Some(template);

@@ -9,7 +9,7 @@
 use crate::format::chain::push_hex_lower_str;
 use crate::format::record::{
     AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
-    ObjectIdentity, OutputDisposition, ParamValue, Record, TokenRef,
+    ObjectIdentity, OutputDisposition, ParamValue, PeerIdentity, Record, TokenRef,
 };
 
 impl Record {
@@ -172,6 +172,19 @@ fn push_token(out: &mut String, t: &TokenRef) {
     m.close();
 }
 
+fn push_peer(out: &mut String, p: &PeerIdentity) {
+    let mut m = Members::open(out);
+    m.num("pid", u64::from(p.pid));
+    m.num("uid", u64::from(p.uid));
+    m.num("gid", u64::from(p.gid));
+    if let Some(exe) = &p.exe {
+        push_bytes(m.key("exe"), exe);
+    }
+    m.opt_num("auid", p.auid.map(u64::from));
+    m.opt_num("session", p.session.map(u64::from));
+    m.close();
+}
+
 fn push_object(out: &mut String, o: &ObjectIdentity) {
     let mut m = Members::open(out);
     m.opt_num("handle", o.handle);
@@ -263,6 +276,11 @@ pub(crate) fn push_record(out: &mut String, r: &Record) {
     m.num("tid", r.tid);
     m.num("uid", u64::from(r.uid));
     push_bytes(m.key("exe"), r.exe.bytes());
+    m.opt_num("auid", r.auid.map(u64::from));
+    m.opt_num("ses", r.ses.map(u64::from));
+    if let Some(p) = &r.peer {
+        push_peer(m.key("peer"), p);
+    }
     m.str("ev", event_name(r.ev));
     if let Some(f) = r.function {
         m.str("fn", f);
@@ -378,6 +396,16 @@ mod tests {
             pid: 4_294_967_295,
             uid: 0,
             exe: format!("/bin/{s}").into(),
+            auid: Some(u32::MAX - 1),
+            ses: Some(7),
+            peer: Some(Arc::new(crate::format::record::PeerIdentity {
+                pid: u32::MAX,
+                uid: 1000,
+                gid: 0,
+                exe: Some(Bytes::from_slice(s.as_bytes())),
+                auid: Some(0),
+                session: Some(u32::MAX - 1),
+            })),
         };
         let mut r = Record::new(&who, u64::MAX, Event::Outcome, Some("C_GenerateKeyPair"));
         let obj = |h| ObjectIdentity {
@@ -481,6 +509,9 @@ mod tests {
             pid: 1,
             uid: 2,
             exe: "/x".into(),
+            auid: None,
+            ses: None,
+            peer: None,
         };
         for ev in [
             Event::Intent,

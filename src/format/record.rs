@@ -54,6 +54,28 @@ pub struct ProcessIdentity {
     pub pid: u32,
     pub uid: u32,
     pub exe: ExePath,
+    /// The audit login id and session (`/proc/self/loginuid`, `/proc/self/sessionid`): who
+    /// logged in, through `su`, `sudo` or a shared account. `None` where the kernel has none.
+    pub auid: Option<u32>,
+    pub ses: Option<u32>,
+    /// The client this process serves, when it serves one connection (FORMAT.md §3, `peer`).
+    pub peer: Option<Arc<PeerIdentity>>,
+}
+
+/// The process at the other end of the connection a serving process (`p11-kit remote`) was
+/// started on: `pid`, `uid` and `gid` from `SO_PEERCRED`, the rest from `/proc/<pid>/`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Left out when the kernel would not give it (see FORMAT.md §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
 }
 
 /// The path of the executable (`exe`), losslessly: written like BYTES, as a JSON string when
@@ -341,6 +363,13 @@ pub struct Record {
     pub tid: u64,
     pub uid: u32,
     pub exe: ExePath,
+    /// `ses`, not `session`: `session` is the PKCS#11 session handle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ses: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Arc<PeerIdentity>>,
     pub ev: Event,
     #[serde(rename = "fn", skip_serializing_if = "Option::is_none")]
     pub function: Option<&'static str>,
@@ -436,6 +465,9 @@ impl Record {
             tid,
             uid: who.uid,
             exe: who.exe.clone(),
+            auid: who.auid,
+            ses: who.ses,
+            peer: who.peer.clone(),
             ev,
             function,
             detail: Detail::default(),
@@ -452,6 +484,9 @@ impl Record {
             tid: self.tid,
             uid: self.uid,
             exe: self.exe.clone(),
+            auid: self.auid,
+            ses: self.ses,
+            peer: self.peer.clone(),
             ev,
             function: None,
             detail: Detail::default(),
@@ -604,6 +639,9 @@ mod tests {
                 pid: 1,
                 uid: 2,
                 exe,
+                auid: None,
+                ses: None,
+                peer: None,
             };
             let v: serde_json::Value =
                 serde_json::from_str(&Record::new(&who, 3, Event::Attach, None).to_body()).unwrap();
@@ -699,6 +737,9 @@ mod tests {
             pid: 1,
             uid: 2,
             exe: "/bin/x".into(),
+            auid: None,
+            ses: None,
+            peer: None,
         };
         let mut r = Record::new(&who, 3, Event::Outcome, Some("C_Sign"));
         r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));

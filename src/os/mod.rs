@@ -14,6 +14,7 @@
 //! methods are atomic and need no lock: the writer uses them for the header's counters, some
 //! of which (the lost-record count) are updated without the mutex.
 
+pub(crate) mod identity;
 pub(crate) mod lock;
 pub(crate) mod process;
 

@@ -3,7 +3,9 @@
 //! IDENTITY, a mechanism: `crate::format::record`'s types) read for people ([`ForPeople`]).
 
 use super::text::{escape, quote_name};
-use crate::format::record::{Bytes, MechanismSummary, ObjectIdentity, ParamValue, TokenRef};
+use crate::format::record::{
+    Bytes, MechanismSummary, ObjectIdentity, ParamValue, PeerIdentity, TokenRef,
+};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -160,6 +162,11 @@ pub struct RecView<'a> {
     pub uid: u32,
     /// Text, or `{"hex": …}` for a path that is not UTF-8: print it with [`exe_text`].
     pub exe: Bytes,
+    #[serde(default)]
+    pub auid: Option<u32>,
+    /// The client the writing process served (`pid`, `uid` and `exe` are the server's).
+    #[serde(default)]
+    pub peer: Option<PeerIdentity>,
     #[serde(borrow)]
     pub ev: Cow<'a, str>,
     #[serde(rename = "fn", borrow, default)]
@@ -214,6 +221,34 @@ pub struct RecView<'a> {
     pub note: Option<Cow<'a, str>>,
 }
 
+/// Who acted on a record, as show and report name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who<'r> {
+    pub pid: u32,
+    pub uid: u32,
+    /// `None` for a client whose executable the serving process could not read.
+    pub exe: Option<&'r Bytes>,
+    /// The audit login id: who logged in, behind `su`, `sudo` or a shared account.
+    pub auid: Option<u32>,
+    /// The pid of the serving process, for a client.
+    pub via: Option<u32>,
+}
+
+impl Who<'_> {
+    /// The executable for people: escaped, `-` when unknown.
+    pub fn exe_text(&self) -> String {
+        self.exe.map_or_else(|| "-".to_string(), exe_text)
+    }
+
+    /// The executable for a report's tables: `unknown` when the serving process could not
+    /// read it (as the writer says of its own).
+    pub fn exe_bytes(&self) -> Bytes {
+        self.exe
+            .cloned()
+            .unwrap_or_else(|| Bytes::Text("unknown".into()))
+    }
+}
+
 impl<'a> RecView<'a> {
     pub fn parse(line: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(line)
@@ -230,6 +265,26 @@ impl<'a> RecView<'a> {
     /// The outcome of a call that failed: an `rv` other than `CKR_OK`.
     pub fn failed(&self) -> bool {
         self.rv().is_some_and(|rv| rv != "CKR_OK")
+    }
+
+    /// Who acted: the client when the record names one (`peer`), else the writing process.
+    pub fn who(&self) -> Who<'_> {
+        match &self.peer {
+            Some(p) => Who {
+                pid: p.pid,
+                uid: p.uid,
+                exe: p.exe.as_ref(),
+                auid: p.auid,
+                via: Some(self.pid),
+            },
+            None => Who {
+                pid: self.pid,
+                uid: self.uid,
+                exe: Some(&self.exe),
+                auid: self.auid,
+                via: None,
+            },
+        }
     }
 
     /// The objects the record names: `key`, `key2` and `created`.
@@ -307,6 +362,9 @@ mod tests {
             pid: 7,
             uid: 0,
             exe: crate::format::record::ExePath::from_bytes(b"/bin/a\xff"),
+            auid: None,
+            ses: None,
+            peer: None,
         };
         let mut r = Record::new(&who, 1, Event::Outcome, Some("C_Sign"));
         r.detail.rv = Some(Named::new(Some("CKR_OK"), 0));

@@ -390,6 +390,8 @@ mod tests {
             host: "h".into(),
             exe: "/x".into(),
             uid: 0,
+            login: Default::default(),
+            peer: None,
             context: Mutex::new(CallContext::default()),
             attached_pid: Default::default(),
         }

@@ -18,6 +18,9 @@ pub(crate) enum ShimError {
     /// C_Initialize: the audit log could not be opened.
     #[error(transparent)]
     Writer(#[from] WriterError),
+    /// C_Initialize: `P11AUDIT_PEER=stdin`, and stdin is not a client's connection.
+    #[error("P11AUDIT_PEER=stdin, but {0}: run p11audit with the client's connection on stdin (p11-kit server, or a socket unit with Accept=yes and StandardInput=socket), or set P11AUDIT_PEER=auto")]
+    NoPeer(#[from] crate::os::identity::NoPeer),
     /// A call before a successful C_Initialize: nothing can be forwarded yet.
     #[error("C_Initialize has not succeeded")]
     NotInitialized,
@@ -46,6 +49,7 @@ impl ShimError {
             ShimError::NotInitialized => ck::CKR_CRYPTOKI_NOT_INITIALIZED,
             ShimError::NotSupported { .. } => ck::CKR_FUNCTION_NOT_SUPPORTED,
             ShimError::Config(_)
+            | ShimError::NoPeer(_)
             | ShimError::Provider(_)
             | ShimError::Writer(_)
             | ShimError::NotRecorded

@@ -15,8 +15,8 @@ pub(crate) mod provider;
 pub use call::Kind;
 pub use functions::FUNCTIONS;
 
-use crate::config::Config;
-use crate::format::record::ProcessIdentity;
+use crate::config::{Config, PeerMode};
+use crate::format::record::{PeerIdentity, ProcessIdentity};
 use crate::os::lock::Mutex;
 use crate::shim::context::CallContext;
 use crate::shim::error::{guard, ShimError};
@@ -33,6 +33,8 @@ pub(crate) struct Runtime {
     host: std::sync::Arc<str>,
     exe: crate::format::record::ExePath,
     uid: u32,
+    login: crate::os::identity::LoginId,
+    peer: Option<std::sync::Arc<PeerIdentity>>,
     pub(crate) context: Mutex<CallContext>,
     /// The pid whose `attach` is the last one in the log without a `close` after it (0: none).
     /// A pid, not a flag: a forked child is a new process and attaches on its own.
@@ -47,6 +49,9 @@ impl Runtime {
             pid: crate::os::process::current_pid(),
             uid: self.uid,
             exe: self.exe.clone(),
+            auid: self.login.auid,
+            ses: self.login.session,
+            peer: self.peer.clone(),
         }
     }
 }
@@ -89,6 +94,34 @@ fn config_sources() -> crate::config::Sources {
     }
 }
 
+/// The client this process serves, per `P11AUDIT_PEER`. Read once, when the connection is
+/// first seen: the kernel's credentials cannot change for a connection, and the client may
+/// exit before the last record is written.
+fn client_peer(mode: PeerMode) -> Result<Option<std::sync::Arc<PeerIdentity>>, ShimError> {
+    let peer = match (mode, crate::os::identity::stdin_peer()) {
+        (PeerMode::Off, _) | (PeerMode::Auto, Err(_)) => return Ok(None),
+        (PeerMode::Stdin, Err(e)) => return Err(e.into()),
+        (_, Ok(peer)) => peer,
+    };
+    if let Some(why) = &peer.exe_error {
+        crate::stderr_line(&format!(
+            "p11audit: peer pid {} (uid {}): {why}",
+            peer.pid, peer.uid
+        ));
+    }
+    Ok(Some(std::sync::Arc::new(PeerIdentity {
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
+        exe: peer
+            .exe
+            .as_deref()
+            .map(crate::format::record::Bytes::from_slice),
+        auid: peer.login.auid,
+        session: peer.login.session,
+    })))
+}
+
 pub(crate) fn runtime() -> Option<&'static Runtime> {
     RUNTIME.get()
 }
@@ -116,11 +149,15 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
     let exe = std::env::current_exe()
         .map(|p| crate::format::record::ExePath::from_path(&p))
         .unwrap_or_else(|_| "unknown".into());
+    let login = crate::os::identity::LoginId::of_self();
     let who = ProcessIdentity {
         host: hostname().into(),
         pid: crate::os::process::current_pid(),
         uid,
         exe,
+        auid: login.auid,
+        ses: login.session,
+        peer: client_peer(config.peer)?,
     };
     let auditor = Auditor::open(&config.log, &who, config.on_failure)?;
     let rt = Runtime {
@@ -129,6 +166,8 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
         host: who.host,
         exe: who.exe,
         uid,
+        login,
+        peer: who.peer,
         context: Mutex::new(CallContext::default()),
         attached_pid: std::sync::atomic::AtomicU32::new(0),
     };

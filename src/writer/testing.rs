@@ -10,6 +10,9 @@ pub fn who() -> ProcessIdentity {
         pid: 1,
         uid: 0,
         exe: "/x".into(),
+        auid: None,
+        ses: None,
+        peer: None,
     }
 }
 

@@ -8,7 +8,7 @@ use super::model::{
     Verification, Who, WithoutOutcome,
 };
 use super::{ReportOptions, MAX_AGGREGATES, MAX_PENDING, MAX_ROWS};
-use crate::format::record::Bytes;
+use crate::format::record::{Bytes, PeerIdentity};
 use crate::reader::view::RecView;
 use crate::reader::{format_micros, parse_ts};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -41,6 +41,8 @@ struct KeyAgg {
 struct ProcAgg {
     first_seq: u64,
     uid: u32,
+    /// The client the process served, if it served one.
+    peer: Option<PeerIdentity>,
     records: u64,
     first_ts: String,
     last_ts: String,
@@ -286,6 +288,7 @@ impl<'o> Aggregator<'o> {
                 ProcAgg {
                     first_seq: r.seq,
                     uid: r.uid,
+                    peer: r.peer.clone(),
                     records: 0,
                     first_ts: r.ts.to_string(),
                     last_ts: String::new(),
@@ -359,7 +362,8 @@ impl<'o> Aggregator<'o> {
                     u.failed += 1;
                 }
             }
-            let user_key = (r.uid, r.exe.clone());
+            let who = r.who();
+            let user_key = (who.uid, who.exe_bytes());
             let full_users = agg.users.len() >= MAX_ROWS && !agg.users.contains_key(&user_key);
             if !full_users {
                 *agg.users.entry(user_key).or_default() += 1;
@@ -439,7 +443,8 @@ impl<'o> Aggregator<'o> {
         if rv == "CKR_PIN_LOCKED" {
             self.pin_locked += 1;
         }
-        let k = (r.uid, r.pid, r.exe.clone(), user_type, rv.to_string());
+        let who = r.who();
+        let k = (who.uid, who.pid, who.exe_bytes(), user_type, rv.to_string());
         let room = self.failed.len() < MAX_AGGREGATES;
         match self.failed.get_mut(&k) {
             Some(f) => {
@@ -459,8 +464,8 @@ impl<'o> Aggregator<'o> {
             None => self.limit("failed-login groups"),
         }
         if let Some(t) = parse_ts(&r.ts) {
-            self.burst(("pid", r.pid), Some(&r.exe), t);
-            self.burst(("uid", r.uid), None, t);
+            self.burst(("pid", who.pid), Some(&who.exe_bytes()), t);
+            self.burst(("uid", who.uid), None, t);
         }
     }
 
@@ -608,6 +613,7 @@ impl<'o> Aggregator<'o> {
                 pid,
                 exe,
                 uid: p.uid,
+                peer: p.peer,
                 records: p.records,
                 first_ts: p.first_ts,
                 last_ts: p.last_ts,

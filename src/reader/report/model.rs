@@ -2,7 +2,7 @@
 //! and per question the keys, lifecycle events, logins, processes, gaps, unclean closes and
 //! calls without outcome.
 
-use crate::format::record::{Bytes, Named, ObjectIdentity};
+use crate::format::record::{Bytes, Named, ObjectIdentity, PeerIdentity};
 use crate::reader::verify::{EndUnchecked, Problem, UnreportedLost, VerifyReport};
 use crate::reader::view::{ForPeople, RecView};
 use serde::Serialize;
@@ -153,9 +153,9 @@ impl Who {
         Who {
             seq: r.seq,
             ts: r.ts.to_string(),
-            pid: r.pid,
-            uid: r.uid,
-            exe: r.exe.clone(),
+            pid: r.who().pid,
+            uid: r.who().uid,
+            exe: r.who().exe_bytes(),
             function: r.function.as_deref().map(str::to_string),
             mechanism: r
                 .mechanism
@@ -259,6 +259,9 @@ pub struct ProcessReport {
     pub pid: u32,
     pub exe: Bytes,
     pub uid: u32,
+    /// The client this process served (`p11-kit remote` behind a socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerIdentity>,
     pub records: u64,
     pub first_ts: String,
     pub last_ts: String,

@@ -269,41 +269,56 @@ fn processes(o: &mut String, r: &Report) {
     o.push_str("\nSESSIONS PER PROCESS\n");
     if r.processes.is_empty() {
         o.push_str("  none\n");
-    } else {
-        let mut rows = vec![vec![
-            "PID".to_string(),
-            "UID".into(),
-            "EXE".into(),
-            "RECORDS".into(),
-            "ATTACH".into(),
-            "CLOSE".into(),
-            "SESSIONS OPENED".into(),
-            "CLOSED".into(),
-            "CLOSE ALL".into(),
-            "LOGINS".into(),
-            "FAILED LOGINS".into(),
-            "FIRST".into(),
-            "LAST".into(),
-        ]];
-        for p in &r.processes {
-            rows.push(vec![
-                p.pid.to_string(),
-                p.uid.to_string(),
-                exe_text(&p.exe),
-                p.records.to_string(),
-                p.attached.to_string(),
-                p.closed.to_string(),
-                p.sessions_opened.to_string(),
-                p.sessions_closed.to_string(),
-                p.close_all_sessions.to_string(),
-                p.logins.to_string(),
-                p.failed_logins.to_string(),
-                escape(&p.first_ts),
-                escape(&p.last_ts),
-            ]);
-        }
-        columns(o, "  ", &rows);
+        return;
     }
+    // The CLIENT column only for logs of serving processes (`peer` in their records).
+    let clients = r.processes.iter().any(|p| p.peer.is_some());
+    let mut header = vec!["PID".to_string(), "UID".into(), "EXE".into()];
+    if clients {
+        header.push("CLIENT".into());
+    }
+    header.extend(
+        [
+            "RECORDS",
+            "ATTACH",
+            "CLOSE",
+            "SESSIONS OPENED",
+            "CLOSED",
+            "CLOSE ALL",
+            "LOGINS",
+            "FAILED LOGINS",
+            "FIRST",
+            "LAST",
+        ]
+        .map(String::from),
+    );
+    let mut rows = vec![header];
+    for p in &r.processes {
+        let mut row = vec![p.pid.to_string(), p.uid.to_string(), exe_text(&p.exe)];
+        if clients {
+            row.push(p.peer.as_ref().map_or_else(
+                || "-".to_string(),
+                |c| {
+                    let exe = c.exe.as_ref().map_or_else(|| "-".to_string(), exe_text);
+                    format!("pid {} uid {} {exe}", c.pid, c.uid)
+                },
+            ));
+        }
+        row.extend([
+            p.records.to_string(),
+            p.attached.to_string(),
+            p.closed.to_string(),
+            p.sessions_opened.to_string(),
+            p.sessions_closed.to_string(),
+            p.close_all_sessions.to_string(),
+            p.logins.to_string(),
+            p.failed_logins.to_string(),
+            escape(&p.first_ts),
+            escape(&p.last_ts),
+        ]);
+        rows.push(row);
+    }
+    columns(o, "  ", &rows);
 }
 
 /// Gap records, and what the state file counts as lost and not yet reported.

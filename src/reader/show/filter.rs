@@ -42,10 +42,15 @@ impl Filter {
         if !self.period.contains(&first.ts) {
             return false;
         }
-        if !self.pids.is_empty() && !self.pids.contains(&first.pid) {
+        // A client's records are selected by the client's pid and uid, and by the serving
+        // process's.
+        let who = first.who();
+        if !self.pids.is_empty() && !self.pids.contains(&first.pid) && !self.pids.contains(&who.pid)
+        {
             return false;
         }
-        if !self.uids.is_empty() && !self.uids.contains(&first.uid) {
+        if !self.uids.is_empty() && !self.uids.contains(&first.uid) && !self.uids.contains(&who.uid)
+        {
             return false;
         }
         if !self.functions.is_empty()

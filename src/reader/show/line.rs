@@ -87,7 +87,18 @@ pub(super) fn human_line(
         _ => "-".to_string(),
     };
 
+    let who = first.who();
     let mut d: Vec<String> = Vec::new();
+    if let Some(via) = who.via {
+        d.push(format!(
+            "via pid {via} uid {} {}",
+            first.uid,
+            exe_text(&first.exe)
+        ));
+    }
+    if let Some(auid) = who.auid.filter(|&a| a != who.uid) {
+        d.push(format!("auid {auid}"));
+    }
     if let Some(m) = &main.mechanism {
         d.push(format!("mech {}", m.display()));
     }
@@ -160,9 +171,9 @@ pub(super) fn human_line(
     row(
         &seq,
         &escape(&first.ts),
-        &first.pid.to_string(),
-        &first.uid.to_string(),
-        &exe_text(&first.exe),
+        &who.pid.to_string(),
+        &who.uid.to_string(),
+        &who.exe_text(),
         &opt(main.session),
         &main
             .login
@@ -217,5 +228,47 @@ mod tests {
         };
         let (out, _) = run(&bodies, &ShowOptions::new(f, false));
         assert_eq!(out.lines().count(), 2, "{out}");
+    }
+
+    /// A serving process's records are shown as the client's: its pid, uid and exe in the
+    /// columns, the server after "via", and `--pid`/`--uid` select by either.
+    #[test]
+    fn a_client_is_who_and_the_server_is_via() {
+        let peer = r#","peer":{"pid":77,"uid":1001,"gid":1001,"exe":"/usr/bin/pkcs11-tool","auid":1000,"session":4}"#;
+        let bodies = [
+            body(0, 1, 0, "start", None, peer),
+            body(
+                1,
+                1,
+                0,
+                "outcome",
+                Some("C_Sign"),
+                &format!(r#","rv":"CKR_OK"{peer}"#),
+            ),
+            body(2, 2, 0, "outcome", Some("C_Sign"), r#","rv":"CKR_OK""#),
+        ];
+        let (out, _) = run(&bodies, &ShowOptions::new(Filter::default(), false));
+        let sign = out.lines().find(|l| l.contains("C_Sign")).unwrap();
+        assert!(sign.contains(" 77 ") && sign.contains(" 1001 "), "{out}");
+        assert!(sign.contains("/usr/bin/pkcs11-tool"), "{out}");
+        assert!(sign.contains("via pid 1 uid 0 /bin/p1"), "{out}");
+        assert!(sign.contains("auid 1000"), "{out}");
+        for f in [
+            Filter {
+                uids: vec![1001],
+                ..Default::default()
+            },
+            Filter {
+                pids: vec![77],
+                ..Default::default()
+            },
+        ] {
+            let (out, _) = run(&bodies, &ShowOptions::new(f, false));
+            assert_eq!(
+                out.lines().filter(|l| l.contains("C_Sign")).count(),
+                1,
+                "{out}"
+            );
+        }
     }
 }
