@@ -88,7 +88,7 @@ pub(super) enum Exe<'a> {
     Hex(Cow<'a, str>),
 }
 
-impl<'de> Deserialize<'de> for Exe<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Exe<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -129,6 +129,22 @@ impl<'de> Deserialize<'de> for Exe<'de> {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `peer` (FORMAT.md §3): the kernel's numbers, and `exe` in its one spelling. serde's derive
+/// refuses a member twice; members a later writer may add are read by serde_json to their end.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Peer<'a> {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    #[serde(borrow, default)]
+    exe: Option<Exe<'a>>,
+    #[serde(default)]
+    auid: Option<u32>,
+    #[serde(default)]
+    session: Option<u32>,
 }
 
 /// Reads the record object: the members the verifier uses by their type, every other value by
@@ -184,6 +200,8 @@ impl<'s, 'de> Visitor<'de> for RecSeed<'s, 'de> {
                 "tid" => tid = Some(m.next_value()?),
                 "uid" => uid = Some(m.next_value()?),
                 "exe" => exe = Some(m.next_value::<Exe<'de>>()?),
+                "auid" | "ses" => drop(m.next_value::<u32>()?),
+                "peer" => drop(m.next_value::<Peer<'de>>()?),
                 "ev" => ev = Some(m.next_value::<Str<'de>>()?.0),
                 "fn" => function = m.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
                 "rv" => rv = m.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
@@ -410,6 +428,23 @@ mod tests {
             refused(bad, "not UTF-8");
         }
         ok(",\"note\":\"\u{e9}\u{1f600}\"");
+
+        // The client and the login id: numbers, and the peer's exe in its one spelling.
+        ok(
+            r#","auid":1000,"ses":3,"peer":{"pid":7,"uid":1001,"gid":1001,"exe":"/usr/bin/x","auid":1000,"session":3}"#,
+        );
+        ok(r#","peer":{"pid":7,"uid":1001,"gid":1001,"exe":{"hex":"2fff"}}"#);
+        refused(
+            br#","peer":{"pid":7,"uid":1001,"gid":1001,"exe":{"hex":"2f78"}}"#,
+            "holds UTF-8",
+        );
+        refused(br#","peer":{"pid":7,"uid":1001}"#, "missing field `gid`");
+        refused(
+            br#","peer":{"pid":7,"uid":1001,"gid":1,"uid":2}"#,
+            "duplicate field",
+        );
+        refused(br#","peer":{"pid":"7","uid":1001,"gid":1}"#, "invalid type");
+        refused(br#","auid":-1"#, "invalid value");
     }
 
     /// `exe` is text, or `{"hex": …}` for a path that is not UTF-8; the two
