@@ -219,7 +219,6 @@ fn rpc_probe() {
             "CKM_AES_GCM encrypt",
             rv_name(
                 cryptoki::mechanism::aead::GcmParams::new(&mut [7u8; 12], &[], 128.into())
-                    .map_err(cryptoki::error::Error::from)
                     .and_then(|p| s.encrypt(&Mechanism::AesGcm(p), aes, &data)),
             ),
         ),
