@@ -15,6 +15,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// pkcs11-tool through p11audit, printing the module's info (C_Initialize, C_GetInfo,
@@ -217,4 +218,76 @@ fn a_login_id_is_carried_as_auid_and_ses() {
             assert_eq!(r["auid"], own, "{r}");
         }
     }
+}
+
+/// The capability bits of `/proc/<this process>/status`'s line `name` (e.g. `CapEff`).
+const CAPS_OF_SELF: &str = r#"
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+lib.getSlotList()
+for line in open("/proc/self/status"):
+    if line.startswith(("CapEff", "CapPrm", "CapInh", "CapAmb")):
+        print(line.strip())
+"#;
+
+/// CAP_SYS_PTRACE (linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// The capabilities of a PyKCS11 client through p11audit, after its C_Initialize, with
+/// `stdin` as its standard input: (CapEff, CapPrm, CapAmb) as bit sets.
+fn caps_after_initialize(fx: &Fixture, stdin: Stdio) -> (u64, u64, u64) {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", CAPS_OF_SELF]).arg(shim_library());
+    set_env(&mut cmd, &fx.env());
+    let out = cmd.stdin(stdin).output().expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bits = |name: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    (bits("CapEff"), bits("CapPrm"), bits("CapAmb"))
+}
+
+/// A serving process needs CAP_SYS_PTRACE only to read its client's exe, and gives it up
+/// once it has; a process without a client keeps every capability it has (p11audit does not
+/// change its host's privileges).
+#[test]
+fn a_serving_process_gives_up_ptrace_once_it_has_read_its_client() {
+    // SAFETY: geteuid cannot fail.
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root: no CAP_SYS_PTRACE to give up".to_string())
+    } else if !Path::new("/usr/lib/python3/dist-packages/PyKCS11").is_dir() {
+        Some("python3-pykcs11 is not installed".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        assert!(std::env::var_os("CI").is_none(), "cannot run in CI: {why}");
+        eprintln!("a_serving_process_gives_up_ptrace SKIPPED: {why}");
+        return;
+    }
+    let bit = 1u64 << CAP_SYS_PTRACE;
+    let fx = Fixture::new();
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let (eff, prm, amb) =
+        caps_after_initialize(&fx, Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    assert_eq!(
+        (eff & bit, prm & bit, amb & bit),
+        (0, 0, 0),
+        "{eff:x} {prm:x} {amb:x}"
+    );
+    assert!(peers(&fx).iter().all(|p| p["pid"] == std::process::id()));
+
+    let fx = Fixture::new();
+    let (eff, prm, _) = caps_after_initialize(&fx, Stdio::piped());
+    assert_eq!((eff & bit, prm & bit), (bit, bit), "{eff:x} {prm:x}");
 }

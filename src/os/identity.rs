@@ -328,6 +328,83 @@ fn readlink_at(dir: &File, name: &str) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `CAP_SYS_PTRACE` (linux/capability.h): what reading another user's `/proc/<pid>/exe` needs.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Gives up `CAP_SYS_PTRACE` (effective, permitted, inheritable and ambient) for good, once the
+/// client has been read: a serving process holds it only to read its client's `exe`, and
+/// nothing after that (p11-kit's RPC, the provider) should be able to inspect other processes
+/// with it. Returns whether the process had it. Capabilities are per thread: call it where the
+/// serving process is still single-threaded (its first `C_Initialize`), so that threads made
+/// later start without it.
+pub fn drop_ptrace_capability() -> io::Result<bool> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let bit = 1u32 << CAP_SYS_PTRACE;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget fills two Data structs for version 3, for the calling thread (pid 0).
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let held = (data[0].effective | data[0].permitted | data[0].inheritable) & bit != 0;
+    // SAFETY: lowering an ambient capability takes no pointers; EINVAL on kernels without
+    // ambient capabilities (before 4.3), where there is nothing to lower.
+    let ambient = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_IS_SET,
+            CAP_SYS_PTRACE as libc::c_ulong,
+            0,
+            0,
+        )
+    } == 1;
+    if !held && !ambient {
+        return Ok(false);
+    }
+    if ambient {
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_LOWER,
+                CAP_SYS_PTRACE as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    data[0].effective &= !bit;
+    data[0].permitted &= !bit;
+    data[0].inheritable &= !bit;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset with the two Data structs just read, less one capability.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

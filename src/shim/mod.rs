@@ -109,6 +109,10 @@ fn client_peer(mode: PeerMode) -> Result<Option<std::sync::Arc<PeerIdentity>>, S
             peer.pid, peer.uid
         ));
     }
+    if let Err(e) = crate::os::identity::drop_ptrace_capability() {
+        // The client is read; keeping the capability would be a risk, not a failure to audit.
+        crate::stderr_line(&format!("p11audit: cannot give up CAP_SYS_PTRACE: {e}"));
+    }
     Ok(Some(std::sync::Arc::new(PeerIdentity {
         pid: peer.pid,
         uid: peer.uid,
