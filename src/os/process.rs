@@ -44,3 +44,18 @@ pub fn current_tid() -> u64 {
         }
     })
 }
+
+/// Makes a write to a connection whose other end is gone fail with `EPIPE` instead of killing
+/// the process, unless the host already chose what `SIGPIPE` does (a handler, or ignoring it).
+/// Whether it changed anything.
+pub(crate) fn ignore_sigpipe_if_default() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) } != 0
+        || old.sa_sigaction != libc::SIG_DFL
+    {
+        return false;
+    }
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) != libc::SIG_ERR }
+}
