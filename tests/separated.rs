@@ -14,7 +14,8 @@
 //! Each way, through p11-kit-client.so: an application user makes a P-256 key and signs with
 //! pkcs11-tool (OpenSSL checks the signature), with a lying environment and argv[0], and the
 //! `C_Sign` records name that user and /usr/bin/pkcs11-tool as `peer`; two users sign at once
-//! and each serving process's records name one peer; a user outside the clients group cannot
+//! and each serving process's records name one peer; the shipped p11-kit module file finds the
+//! token through p11-kit-proxy.so; a user outside the clients group cannot
 //! connect; a client killed with `kill -9` in the middle of an RSA-4096 key generation leaves
 //! the serving process's `close`; with the log's file system full, an acting call fails at the
 //! client with CKR_GENERAL_ERROR (fail closed across the RPC) and works again once there is
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 const CLIENT_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
 const P11_KIT_REMOTE: &str = "/usr/libexec/p11-kit/p11-kit-remote";
+const P11_KIT_PROXY: &str = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so";
 const PKCS11_TOOL: &str = "/usr/bin/pkcs11-tool";
 /// Debian's python3, by its path: the test users cannot use one under root's home (pyenv).
 const PYTHON: &str = "/usr/bin/python3";
@@ -58,7 +60,14 @@ fn cannot_run() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: cannot create users, switch to them or mount a tmpfs".into());
     }
-    for file in [CLIENT_MODULE, P11_KIT_REMOTE, PKCS11_TOOL, PYTHON, SOFTHSM] {
+    for file in [
+        CLIENT_MODULE,
+        P11_KIT_PROXY,
+        P11_KIT_REMOTE,
+        PKCS11_TOOL,
+        PYTHON,
+        SOFTHSM,
+    ] {
         if !Path::new(file).exists() {
             return Some(format!("{file} is not installed"));
         }
@@ -983,6 +992,54 @@ fn two_users_at_once(server: &Server, site: &Site, p: &People, ids: [&str; 2]) {
     );
 }
 
+/// The shipped p11-kit module file, in the user's p11-kit configuration with this server's
+/// socket: p11-kit-proxy.so (as GnuTLS and other p11-kit users load modules) shows the token.
+fn module_file_works(server: &Server, site: &Site, p: &People) {
+    let user = &p.app1;
+    let home = site.home(user);
+    let modules = home.join(".config/pkcs11/modules");
+    fs::create_dir_all(&modules).unwrap();
+    let shipped = fs::read_to_string(manifest_dir().join("deploy/p11audit.module")).unwrap();
+    assert!(shipped.contains("remote: unix:path=/run/p11audit/pkcs11.sock\n"));
+    fs::write(
+        modules.join("p11audit.module"),
+        shipped.replace(
+            "/run/p11audit/pkcs11.sock",
+            &server.socket.display().to_string(),
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(home.join(".config")),
+        "chown the module file",
+    );
+    let from = log_len(site);
+    let out = run_ok(
+        as_user(user, PKCS11_TOOL)
+            .args(["--module", P11_KIT_PROXY, "--list-slots"])
+            .env("HOME", &home),
+        "pkcs11-tool through p11-kit-proxy.so and the module file",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("p11audit-c-test"),
+        "the token is not listed\n{}",
+        output_text(&out)
+    );
+    let records = site.records_from(from);
+    assert!(
+        !records.is_empty()
+            && records
+                .iter()
+                .all(|r| peer_of(r).unwrap()["uid"].as_u64() == Some(user.uid as u64)),
+        "the module file's connection is not {}'s",
+        user.name
+    );
+    fs::remove_dir_all(home.join(".config")).unwrap();
+}
+
 /// A user outside the clients group cannot connect.
 fn outsider_is_refused(server: &Server, site: &Site, p: &People) {
     let out = pkcs11_tool(
@@ -1121,6 +1178,9 @@ fn exercise(way: Way, site: &Site, tmpfs: &Tmpfs, p: &People, ids: [&str; 2]) {
     let server = start_server(way, site, &p.service, p.clients_gid);
     sign_as_each_user(&server, site, p, ids);
     two_users_at_once(&server, site, p, ids);
+    if way == Way::SocketActivate {
+        module_file_works(&server, site, p);
+    }
     outsider_is_refused(&server, site, p);
     client_killed_mid_call(&server, site, p, &format!("{}ff", ids[0]));
     fails_closed_across_the_rpc(&server, site, tmpfs, p, ids[0]);
