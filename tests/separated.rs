@@ -1040,23 +1040,26 @@ fn module_file_works(server: &Server, site: &Site, p: &People) {
     fs::remove_dir_all(home.join(".config")).unwrap();
 }
 
-/// A user outside the clients group cannot connect.
-fn outsider_is_refused(server: &Server, site: &Site, p: &People) {
-    let out = pkcs11_tool(
-        &p.outsider,
-        server,
-        site,
-        &site.home(&p.outsider).join("refused.pid"),
-        &["--login", "--pin", USER_PIN, "--list-objects"],
-    )
-    .output()
-    .expect("run pkcs11-tool as the outsider");
-    assert!(
-        !out.status.success(),
-        "{:?}: the outsider's pkcs11-tool worked\n{}",
-        server.way,
-        output_text(&out)
-    );
+/// Users outside the clients group (the outsider, and the auditor too) cannot connect.
+fn outsiders_are_refused(server: &Server, site: &Site, p: &People) {
+    for user in [&p.outsider, &p.auditor] {
+        let out = pkcs11_tool(
+            user,
+            server,
+            site,
+            &site.home(user).join("refused.pid"),
+            &["--login", "--pin", USER_PIN, "--list-objects"],
+        )
+        .output()
+        .expect("run pkcs11-tool outside the clients group");
+        assert!(
+            !out.status.success(),
+            "{:?}: {}'s pkcs11-tool worked\n{}",
+            server.way,
+            user.name,
+            output_text(&out)
+        );
+    }
 }
 
 /// A client killed with `kill -9` while the serving process generates an RSA-4096 key: the
@@ -1181,7 +1184,7 @@ fn exercise(way: Way, site: &Site, tmpfs: &Tmpfs, p: &People, ids: [&str; 2]) {
     if way == Way::SocketActivate {
         module_file_works(&server, site, p);
     }
-    outsider_is_refused(&server, site, p);
+    outsiders_are_refused(&server, site, p);
     client_killed_mid_call(&server, site, p, &format!("{}ff", ids[0]));
     fails_closed_across_the_rpc(&server, site, tmpfs, p, ids[0]);
     let stderr = server.stop();
@@ -1268,6 +1271,9 @@ fn who_can_open_what(site: &Site, p: &People) {
         assert_denied(user, "read the state", read_as(user, &site.state()));
         assert_denied(user, "read the key", read_as(user, &site.key));
         assert_denied(user, "append to the log", append_as(user, &site.log));
+        let mut rm = as_user(user, "rm");
+        rm.arg("-f").arg(&site.log);
+        assert_denied(user, "remove the log", rm);
         assert_denied(user, "append to the state", append_as(user, &site.state()));
         assert_denied(
             user,
@@ -1399,7 +1405,12 @@ fn separated_mode() {
     };
     fs::write(&site.conf, site_config(&site)).unwrap();
     chmod(&site.conf, 0o644);
-    for user in [&people.app1, &people.app2, &people.outsider] {
+    for user in [
+        &people.app1,
+        &people.app2,
+        &people.outsider,
+        &people.auditor,
+    ] {
         mkdir(&site.home(user), user.uid, user.gid, 0o700);
     }
 
@@ -1410,12 +1421,15 @@ fn separated_mode() {
 
     let records = site.records();
     assert_one_peer_per_process(&records);
-    assert!(
-        records
-            .iter()
-            .all(|r| peer_of(r).unwrap()["uid"].as_u64() != Some(people.outsider.uid as u64)),
-        "a record names the user outside the clients group"
-    );
+    for user in [&people.outsider, &people.auditor] {
+        assert!(
+            records
+                .iter()
+                .all(|r| peer_of(r).unwrap()["uid"].as_u64() != Some(user.uid as u64)),
+            "a record names {}, who is outside the clients group",
+            user.name
+        );
+    }
     {
         use std::os::unix::fs::MetadataExt;
         let log = fs::metadata(&site.log).unwrap();
