@@ -1447,3 +1447,35 @@ fn separated_mode() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `systemd-analyze verify` accepts the shipped units without a word. Needs systemd-analyze
+/// only (not root, not a running systemd).
+#[test]
+fn shipped_units_pass_systemd_analyze() {
+    let found = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        let why = "systemd-analyze is not installed";
+        if std::env::var_os("CI").is_some() {
+            panic!("shipped_units_pass_systemd_analyze cannot run in CI: {why}");
+        }
+        eprintln!("shipped_units_pass_systemd_analyze SKIPPED: {why}");
+        return;
+    }
+    let deploy = manifest_dir().join("deploy");
+    let out = run_ok(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(deploy.join("p11audit.socket"))
+            .arg(deploy.join("p11audit@.service")),
+        "systemd-analyze verify",
+    );
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "systemd-analyze verify has remarks:\n{}",
+        output_text(&out)
+    );
+}
