@@ -1439,6 +1439,15 @@ fn separated_mode() {
         assert_eq!((state.mode() & 0o7777, state.uid()), (0o600, svc.uid));
     }
     assert_verifies(&site.key, &site.log, "the separated log");
+    // Every serving process closed, also those whose client went away without C_Finalize.
+    let out = p11audit_on_log("report", &site.key, &["--json"], &site.log);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("report --json: {e}\n{}", output_text(&out)));
+    assert_eq!(
+        report["unclean_closes"]["count"], 0,
+        "{}",
+        report["unclean_closes"]
+    );
     eprintln!(
         "separated_mode: {} records, {:.1} s",
         records.len(),
