@@ -25,6 +25,11 @@
 #   xxd                       hex to bytes in the client cases
 #   rsyslog, rsyslog-relp     central collection (case rsyslog): imfile, omrelp/imrelp; the case
 #                             runs its own rsyslogd processes, not the system's
+#   the separated mode (tests/separated.rs: p11audit as its own user behind p11-kit's RPC):
+#   p11-kit-modules   p11-kit-client.so, the applications' side of the RPC
+#   systemd           systemd-socket-activate (runs the shipped unit's command line per
+#                     connection) and systemd-analyze (checks the units in deploy/)
+#   passwd            useradd, groupadd: the test's service, application and auditor users
 set -euo pipefail
 
 packages=(
@@ -49,6 +54,9 @@ packages=(
     xxd
     rsyslog
     rsyslog-relp
+    p11-kit-modules
+    systemd
+    passwd
 )
 
 installed() {

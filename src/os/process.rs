@@ -44,3 +44,52 @@ pub fn current_tid() -> u64 {
         }
     })
 }
+
+/// Makes a write to a connection whose other end is gone fail with `EPIPE` instead of killing
+/// the process, unless the host already chose what `SIGPIPE` does (a handler, or ignoring it).
+/// Whether it changed anything.
+pub(crate) fn ignore_sigpipe_if_default() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) } != 0
+        || old.sa_sigaction != libc::SIG_DFL
+    {
+        return false;
+    }
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) != libc::SIG_ERR }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disposition() -> libc::sighandler_t {
+        // SAFETY: sigaction with a null new action only reads the current one.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) },
+            0
+        );
+        old.sa_sigaction
+    }
+
+    extern "C" fn hosts_handler(_: libc::c_int) {}
+
+    /// SIGPIPE is ignored only where the program left it at its default (as p11-kit remote
+    /// does); a program's own choice stands. The Rust test harness ignores SIGPIPE itself, so
+    /// each case sets the disposition first, and the harness's is put back at the end.
+    #[test]
+    fn sigpipe_is_ignored_only_at_its_default() {
+        let harness = disposition();
+        // SAFETY: valid dispositions for SIGPIPE; no other test in this binary sends one.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        assert!(ignore_sigpipe_if_default());
+        assert_eq!(disposition(), libc::SIG_IGN);
+        let handler = hosts_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        unsafe { libc::signal(libc::SIGPIPE, handler) };
+        assert!(!ignore_sigpipe_if_default());
+        assert_eq!(disposition(), handler);
+        unsafe { libc::signal(libc::SIGPIPE, harness) };
+    }
+}

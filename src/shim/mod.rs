@@ -175,7 +175,15 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
         context: Mutex::new(CallContext::default()),
         attached_pid: std::sync::atomic::AtomicU32::new(0),
     };
+    let serving = rt.peer.is_some();
     let _ = RUNTIME.set(rt);
+    if serving {
+        // p11-kit remote (0.24, 0.25) leaves SIGPIPE at its default. A client that is gone
+        // before its reply is written (killed mid-call) would then kill this process in that
+        // write, with the call's outcome still waiting and no `close`. Ignored, the write fails,
+        // p11-kit remote returns from its loop and exits, and flush_at_exit writes both.
+        crate::os::process::ignore_sigpipe_if_default();
+    }
     fork::install_fork_handlers();
     flush_early_calls(RUNTIME.get().expect("just set"));
     // Waiting records reach the file at normal exit even without C_Finalize.
@@ -187,6 +195,20 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(rt) = RUNTIME.get() {
+            if rt.peer.is_some()
+                && rt.attached_pid.load(std::sync::atomic::Ordering::Relaxed)
+                    == crate::os::process::current_pid()
+            {
+                // A process serving one client connection stops using the module when the
+                // connection ends: p11-kit remote then exits without C_Finalize (the client
+                // was killed, or never finalized). Its `close` says so, after everything that
+                // was waiting.
+                let mut close = call::bare_record(rt, crate::format::record::Event::Close, None);
+                close.detail.note = Some("the client's connection ended without C_Finalize".into());
+                if rt.auditor.write(&close).is_ok() {
+                    return;
+                }
+            }
             let rec = call::bare_record(rt, crate::format::record::Event::Outcome, None);
             let _ = rt.auditor.flush(&rec);
         }
