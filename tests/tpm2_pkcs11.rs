@@ -1,0 +1,282 @@
+//! tpm2-pkcs11 (Debian 12: 1.9.0) on a software TPM, directly and through the shim, compared
+//! call by call (tests/matrix): a provider whose keys live in a TPM behind a resource-manager
+//! daemon, with its own mechanism limits.
+//!
+//! Each run gets a stack of its own, started and stopped here: swtpm on two loopback ports
+//! (swtpm cannot bind port 0 and report it, so a free pair is picked and swtpm retried on
+//! another pair if it loses the race for it), a private D-Bus session bus on a socket in the
+//! run's temporary directory, tpm2-abrmd on that bus (tpm2_ptool needs the resource manager:
+//! swtpm alone answers "out of memory for object contexts"), and a token made by tpm2_ptool in
+//! a store directory of its own. Every daemon is killed with its process group when the run
+//! ends, passed or failed.
+//!
+//! Needs the packages of scripts/install-deps.sh; without them these tests fail when CI is set
+//! and are skipped with a notice otherwise.
+
+mod common;
+mod matrix;
+
+use common::*;
+use matrix::daemon::{accepts, free_port_pair, run_tool, wait_until, Daemon};
+use serde_json::{json, Value};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const TPM2_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
+const PROGRAMS: [&str; 5] = [
+    "swtpm",
+    "dbus-daemon",
+    "tpm2-abrmd",
+    "tpm2_ptool",
+    "tpm2_getrandom",
+];
+const TOKEN_LABEL: &str = "p11audit-tpm2";
+/// tpm2-pkcs11 numbers its slots from 1, the first token of the store in the first.
+const SLOT: u64 = 1;
+const TCTI: &str = "tabrmd:bus_type=session";
+/// How often swtpm is started on a new port pair when it cannot bind the one picked.
+const SWTPM_TRIES: usize = 5;
+
+#[test]
+fn tpm2_driver() {
+    matrix::driver();
+}
+
+/// Why tpm2-pkcs11 cannot run here, if it cannot.
+fn unavailable_reason() -> Option<String> {
+    if !Path::new(TPM2_MODULE).is_file() {
+        return Some(format!(
+            "{TPM2_MODULE} is missing: run scripts/install-deps.sh"
+        ));
+    }
+    matrix::missing_program(&PROGRAMS)
+        .map(|p| format!("{p} is not on PATH: run scripts/install-deps.sh"))
+}
+
+/// A running software TPM stack; dropping it stops the daemons, the resource manager first.
+struct Tpm2Stack {
+    _abrmd: Daemon,
+    _bus: Daemon,
+    _swtpm: Daemon,
+    bus_address: String,
+    store: PathBuf,
+}
+
+/// swtpm on a free loopback port pair, retried on a new pair when it cannot bind the first;
+/// returns it and its server port.
+fn start_swtpm(dir: &Path) -> (Daemon, u16) {
+    let log = dir.join("swtpm.log");
+    for attempt in 1..=SWTPM_TRIES {
+        let port = free_port_pair();
+        let state = dir.join(format!("tpm-state-{attempt}"));
+        std::fs::create_dir_all(&state).expect("swtpm state dir");
+        let mut cmd = Command::new("swtpm");
+        cmd.args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"]);
+        let mut swtpm = Daemon::start("swtpm", cmd, &log, false);
+        let mut lost = false;
+        wait_until("swtpm", || {
+            lost = swtpm.exited().is_some();
+            lost || (accepts(port) && accepts(port + 1))
+        });
+        // Connected, and to this swtpm: one that lost either port exits at once.
+        if !lost && swtpm.exited().is_none() {
+            return (swtpm, port);
+        }
+    }
+    panic!(
+        "swtpm did not start in {SWTPM_TRIES} tries:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// swtpm, a private session bus, tpm2-abrmd on it, and a fresh tpm2-pkcs11 store under `dir`
+/// with one token.
+fn start_stack(dir: &Path) -> Tpm2Stack {
+    std::fs::create_dir_all(dir).expect("stack dir");
+    let (swtpm, port) = start_swtpm(dir);
+
+    let bus_log = dir.join("dbus-daemon.log");
+    let mut cmd = Command::new("dbus-daemon");
+    cmd.args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+        .arg(format!("--address=unix:path={}", dir.join("bus").display()));
+    let mut bus = Daemon::start("dbus-daemon", cmd, &bus_log, true);
+    let bus_address = bus.first_line();
+    bus.assert_running(&bus_log);
+
+    let abrmd_log = dir.join("tpm2-abrmd.log");
+    let mut cmd = Command::new("tpm2-abrmd");
+    cmd.args(["--allow-root", "--session"])
+        .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus_address);
+    let mut abrmd = Daemon::start("tpm2-abrmd", cmd, &abrmd_log, false);
+    wait_until("tpm2-abrmd", || {
+        abrmd.assert_running(&abrmd_log);
+        Command::new("tpm2_getrandom")
+            .args(["-T", TCTI, "8"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus_address)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).expect("store dir");
+    let ptool = |args: &[&str], what: &str| {
+        let mut cmd = Command::new("tpm2_ptool");
+        cmd.args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus_address)
+            .env("TPM2TOOLS_TCTI", TCTI)
+            .env("TPM2_PKCS11_TCTI", TCTI)
+            .env("TPM2_PKCS11_STORE", &store);
+        run_tool(&mut cmd, what)
+    };
+    ptool(&["init"], "tpm2_ptool init");
+    let (sopin, userpin) = (
+        format!("--sopin={}", matrix::SO_PIN),
+        format!("--userpin={}", matrix::USER_PIN),
+    );
+    let label = format!("--label={TOKEN_LABEL}");
+    ptool(
+        &["addtoken", "--pid=1", &sopin, &userpin, &label],
+        "tpm2_ptool addtoken",
+    );
+    Tpm2Stack {
+        _abrmd: abrmd,
+        _bus: bus,
+        _swtpm: swtpm,
+        bus_address,
+        store,
+    }
+}
+
+/// One run of the driver against `module` on a stack of its own.
+fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
+    let stack = start_stack(&fx.dir.path().join(what));
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        ("DBUS_SESSION_BUS_ADDRESS", stack.bus_address.clone().into()),
+        ("TPM2_PKCS11_TCTI", TCTI.into()),
+        ("TPM2_PKCS11_STORE", stack.store.clone().into()),
+        (
+            matrix::SETUP_ENV,
+            json!({"slot": SLOT, "prefix": "tpm2", "init_so_pin": null})
+                .to_string()
+                .into(),
+        ),
+    ];
+    if through_shim {
+        env.push(("P11AUDIT_MODULE", TPM2_MODULE.into()));
+        env.push(("P11AUDIT_LOG", fx.log.clone().into()));
+        env.push(("P11AUDIT_KEY_FILE", fx.key.clone().into()));
+    }
+    let cmd = child_command("tpm2_driver", matrix::MODULE_ENV, module, &env);
+    run_child_ok(cmd, fx.dir.path(), what).marked_json(matrix::MARKER, what)
+}
+
+/// The two runs, once per test process: tpm2-pkcs11 directly and through the shim.
+struct Runs {
+    fx: Fixture,
+    direct: Value,
+    through: Value,
+}
+
+fn runs() -> Option<&'static Runs> {
+    static RUNS: OnceLock<Result<Option<Runs>, String>> = OnceLock::new();
+    let r = RUNS.get_or_init(|| {
+        if let Some(reason) = unavailable_reason() {
+            matrix::unavailable("tpm2-pkcs11", &reason);
+            return Ok(None);
+        }
+        let go = || {
+            let fx = Fixture::new();
+            matrix::remove_at_exit(fx.dir.path());
+            let direct = run(&fx, Path::new(TPM2_MODULE), false, "tpm2-direct");
+            let through = run(&fx, &shim_library(), true, "tpm2-shim");
+            Runs {
+                fx,
+                direct,
+                through,
+            }
+        };
+        std::panic::catch_unwind(go)
+            .map(Some)
+            .map_err(|e| matrix::panic_text(&*e))
+    });
+    match r {
+        Ok(r) => r.as_ref(),
+        Err(e) => panic!("the tpm2-pkcs11 runs failed:\n{e}"),
+    }
+}
+
+#[test]
+fn tpm2_workload_through_the_shim_matches_direct() {
+    let Some(runs) = runs() else { return };
+    let diffs = matrix::differences(&runs.direct, &runs.through);
+    assert!(
+        diffs.is_empty(),
+        "tpm2-pkcs11 direct and through the shim differ:\n{}",
+        diffs.join("\n")
+    );
+    // What tpm2-pkcs11 1.9.0 on swtpm 0.7 does (the direct run defines it).
+    let d = &runs.direct;
+    let token = &matrix::calls_of(d)
+        .iter()
+        .find(|c| c["step"] == "token info")
+        .expect("token info")["out"];
+    assert_eq!(token["label"], TOKEN_LABEL, "{token}");
+    assert_eq!(matrix::rv_of(d, "wrong PIN"), "CKR_PIN_INCORRECT");
+    assert_eq!(matrix::rv_of(d, "EC: generate key pair"), "CKR_OK");
+    assert_eq!(matrix::rv_of(d, "ECDSA: verify"), "CKR_OK");
+    assert_eq!(
+        matrix::rv_of(d, "ECDSA: verify a forged signature"),
+        "CKR_SIGNATURE_INVALID"
+    );
+    assert_eq!(matrix::rv_of(d, "RSA: verify"), "CKR_OK");
+    // tpm2-pkcs11 lists CKM_AES_KEY_GEN but has no C_GenerateKey: AES keys come from
+    // tpm2_ptool addkey (or C_CreateObject) only.
+    assert_eq!(
+        matrix::rv_of(d, "AES: generate key"),
+        "CKR_FUNCTION_NOT_SUPPORTED"
+    );
+}
+
+#[test]
+fn tpm2_signatures_verify_with_openssl() {
+    let Some(runs) = runs() else { return };
+    for (what, run) in [("direct", &runs.direct), ("shim", &runs.through)] {
+        let kinds = matrix::check_signatures_with_openssl(run, runs.fx.dir.path(), what);
+        assert!(
+            kinds.contains(&"ecdsa-p256-sha256".to_string()),
+            "no ECDSA signature checked in the {what} run: {kinds:?}"
+        );
+    }
+}
+
+/// The chain verifies (`p11audit verify`), every call has its outcome record, and the records
+/// name tpm2-pkcs11's keys: class, key type and label, as generated and as used.
+#[test]
+fn tpm2_log_verifies_and_names_the_keys() {
+    let Some(runs) = runs() else { return };
+    let records = check_chain(&runs.fx);
+    let mut problems = matrix::unrecorded_calls(&records, &runs.through);
+    problems.extend(matrix::key_naming_problems(&records, &runs.through));
+    assert!(
+        problems.is_empty(),
+        "the log does not describe the tpm2-pkcs11 run:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn tpm2_log_holds_no_secrets() {
+    let Some(runs) = runs() else { return };
+    let text = std::fs::read_to_string(&runs.fx.log).expect("log");
+    let found = matrix::secrets_in_log(&text);
+    assert!(found.is_empty(), "in the log: {found:?}");
+}
