@@ -19,13 +19,14 @@ mod matrix;
 
 use common::*;
 use matrix::daemon::{die_with_parent, is_root, run_tool, wait_until, Daemon};
+use matrix::{Runs, RunsCell};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
+const PROVIDER: &str = "opencryptoki";
 const OCK_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so";
 const PKCSSLOTD: &str = "/usr/sbin/pkcsslotd";
 /// The soft token's slot in the private opencryptoki.conf.
@@ -172,50 +173,15 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
     run_child_ok(cmd, &dir, what).marked_json(matrix::MARKER, what)
 }
 
-/// The two runs, once per test process: opencryptoki directly and through the shim.
-struct Runs {
-    fx: Fixture,
-    direct: Value,
-    through: Value,
-}
-
 fn runs() -> Option<&'static Runs> {
-    static RUNS: OnceLock<Result<Option<Runs>, String>> = OnceLock::new();
-    let r = RUNS.get_or_init(|| {
-        if let Some(reason) = unavailable_reason() {
-            matrix::unavailable("opencryptoki", &reason);
-            return Ok(None);
-        }
-        let go = || {
-            let fx = Fixture::new();
-            matrix::remove_at_exit(fx.dir.path());
-            let direct = run(&fx, Path::new(OCK_MODULE), false, "ock-direct");
-            let through = run(&fx, &shim_library(), true, "ock-shim");
-            Runs {
-                fx,
-                direct,
-                through,
-            }
-        };
-        std::panic::catch_unwind(go)
-            .map(Some)
-            .map_err(|e| matrix::panic_text(&*e))
-    });
-    match r {
-        Ok(r) => r.as_ref(),
-        Err(e) => panic!("the opencryptoki runs failed:\n{e}"),
-    }
+    static RUNS: RunsCell = RunsCell::new();
+    matrix::runs_once(&RUNS, PROVIDER, OCK_MODULE, unavailable_reason, run)
 }
 
 #[test]
 fn opencryptoki_workload_through_the_shim_matches_direct() {
     let Some(runs) = runs() else { return };
-    let diffs = matrix::differences(&runs.direct, &runs.through);
-    assert!(
-        diffs.is_empty(),
-        "opencryptoki direct and through the shim differ:\n{}",
-        diffs.join("\n")
-    );
+    matrix::assert_same_both_ways(runs, PROVIDER);
     // What opencryptoki 3.8.1's soft token does (the direct run defines it).
     let d = &runs.direct;
     assert_eq!(matrix::rv_of(d, "C_InitToken"), "CKR_OK");
@@ -236,13 +202,7 @@ fn opencryptoki_workload_through_the_shim_matches_direct() {
 #[test]
 fn opencryptoki_signatures_verify_with_openssl() {
     let Some(runs) = runs() else { return };
-    for (what, run) in [("direct", &runs.direct), ("shim", &runs.through)] {
-        let kinds = matrix::check_signatures_with_openssl(run, runs.fx.dir.path(), what);
-        assert!(
-            kinds.contains(&"rsa-pkcs1-sha256".to_string()),
-            "no RSA signature checked in the {what} run: {kinds:?}"
-        );
-    }
+    matrix::assert_signatures_verify(runs, "rsa-pkcs1-sha256");
 }
 
 /// The chain verifies (`p11audit verify`), every call has its outcome record, and the records
@@ -250,20 +210,11 @@ fn opencryptoki_signatures_verify_with_openssl() {
 #[test]
 fn opencryptoki_log_verifies_and_names_the_keys() {
     let Some(runs) = runs() else { return };
-    let records = check_chain(&runs.fx);
-    let mut problems = matrix::unrecorded_calls(&records, &runs.through);
-    problems.extend(matrix::key_naming_problems(&records, &runs.through));
-    assert!(
-        problems.is_empty(),
-        "the log does not describe the opencryptoki run:\n{}",
-        problems.join("\n")
-    );
+    matrix::assert_log_describes_run(runs, PROVIDER);
 }
 
 #[test]
 fn opencryptoki_log_holds_no_secrets() {
     let Some(runs) = runs() else { return };
-    let text = std::fs::read_to_string(&runs.fx.log).expect("log");
-    let found = matrix::secrets_in_log(&text);
-    assert!(found.is_empty(), "in the log: {found:?}");
+    matrix::assert_no_secrets(runs);
 }

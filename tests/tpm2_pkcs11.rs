@@ -18,12 +18,13 @@ mod matrix;
 
 use common::*;
 use matrix::daemon::{accepts, free_port_pair, run_tool, wait_until, Daemon};
+use matrix::{Runs, RunsCell};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
+const PROVIDER: &str = "tpm2-pkcs11";
 const TPM2_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
 const PROGRAMS: [&str; 5] = [
     "swtpm",
@@ -179,50 +180,15 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
     run_child_ok(cmd, fx.dir.path(), what).marked_json(matrix::MARKER, what)
 }
 
-/// The two runs, once per test process: tpm2-pkcs11 directly and through the shim.
-struct Runs {
-    fx: Fixture,
-    direct: Value,
-    through: Value,
-}
-
 fn runs() -> Option<&'static Runs> {
-    static RUNS: OnceLock<Result<Option<Runs>, String>> = OnceLock::new();
-    let r = RUNS.get_or_init(|| {
-        if let Some(reason) = unavailable_reason() {
-            matrix::unavailable("tpm2-pkcs11", &reason);
-            return Ok(None);
-        }
-        let go = || {
-            let fx = Fixture::new();
-            matrix::remove_at_exit(fx.dir.path());
-            let direct = run(&fx, Path::new(TPM2_MODULE), false, "tpm2-direct");
-            let through = run(&fx, &shim_library(), true, "tpm2-shim");
-            Runs {
-                fx,
-                direct,
-                through,
-            }
-        };
-        std::panic::catch_unwind(go)
-            .map(Some)
-            .map_err(|e| matrix::panic_text(&*e))
-    });
-    match r {
-        Ok(r) => r.as_ref(),
-        Err(e) => panic!("the tpm2-pkcs11 runs failed:\n{e}"),
-    }
+    static RUNS: RunsCell = RunsCell::new();
+    matrix::runs_once(&RUNS, PROVIDER, TPM2_MODULE, unavailable_reason, run)
 }
 
 #[test]
 fn tpm2_workload_through_the_shim_matches_direct() {
     let Some(runs) = runs() else { return };
-    let diffs = matrix::differences(&runs.direct, &runs.through);
-    assert!(
-        diffs.is_empty(),
-        "tpm2-pkcs11 direct and through the shim differ:\n{}",
-        diffs.join("\n")
-    );
+    matrix::assert_same_both_ways(runs, PROVIDER);
     // What tpm2-pkcs11 1.9.0 on swtpm 0.7 does (the direct run defines it).
     let d = &runs.direct;
     let token = &matrix::calls_of(d)
@@ -231,7 +197,6 @@ fn tpm2_workload_through_the_shim_matches_direct() {
         .expect("token info")["out"];
     assert_eq!(token["label"], TOKEN_LABEL, "{token}");
     assert_eq!(matrix::rv_of(d, "wrong PIN"), "CKR_PIN_INCORRECT");
-    assert_eq!(matrix::rv_of(d, "EC: generate key pair"), "CKR_OK");
     assert_eq!(matrix::rv_of(d, "ECDSA: verify"), "CKR_OK");
     assert_eq!(
         matrix::rv_of(d, "ECDSA: verify a forged signature"),
@@ -249,13 +214,8 @@ fn tpm2_workload_through_the_shim_matches_direct() {
 #[test]
 fn tpm2_signatures_verify_with_openssl() {
     let Some(runs) = runs() else { return };
-    for (what, run) in [("direct", &runs.direct), ("shim", &runs.through)] {
-        let kinds = matrix::check_signatures_with_openssl(run, runs.fx.dir.path(), what);
-        assert!(
-            kinds.contains(&"ecdsa-p256-sha256".to_string()),
-            "no ECDSA signature checked in the {what} run: {kinds:?}"
-        );
-    }
+    matrix::assert_signatures_verify(runs, "ecdsa-p256-sha256");
+    matrix::assert_signatures_verify(runs, "rsa-pkcs1-sha256");
 }
 
 /// The chain verifies (`p11audit verify`), every call has its outcome record, and the records
@@ -263,20 +223,11 @@ fn tpm2_signatures_verify_with_openssl() {
 #[test]
 fn tpm2_log_verifies_and_names_the_keys() {
     let Some(runs) = runs() else { return };
-    let records = check_chain(&runs.fx);
-    let mut problems = matrix::unrecorded_calls(&records, &runs.through);
-    problems.extend(matrix::key_naming_problems(&records, &runs.through));
-    assert!(
-        problems.is_empty(),
-        "the log does not describe the tpm2-pkcs11 run:\n{}",
-        problems.join("\n")
-    );
+    matrix::assert_log_describes_run(runs, PROVIDER);
 }
 
 #[test]
 fn tpm2_log_holds_no_secrets() {
     let Some(runs) = runs() else { return };
-    let text = std::fs::read_to_string(&runs.fx.log).expect("log");
-    let found = matrix::secrets_in_log(&text);
-    assert!(found.is_empty(), "in the log: {found:?}");
+    matrix::assert_no_secrets(runs);
 }

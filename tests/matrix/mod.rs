@@ -19,7 +19,7 @@ pub mod daemon;
 
 use crate::common::raw::{attr, attr_bytes, load_function_list, mech, os_locking_args, rv_name};
 use crate::common::raw::{FALSE, TRUE};
-use crate::common::{hex, print_marked};
+use crate::common::{check_chain, hex, print_marked, shim_library, Fixture};
 use cryptoki_sys::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,6 +27,7 @@ use std::ffi::c_void;
 use std::path::Path;
 use std::process::Command;
 use std::ptr::null_mut;
+use std::sync::OnceLock;
 
 /// Set in the driver processes only: the PKCS#11 module the driver loads.
 pub const MODULE_ENV: &str = "P11AUDIT_TEST_MATRIX_MODULE";
@@ -435,23 +436,27 @@ fn sign_and_verify(
     sig
 }
 
-/// An EC P-256 key pair on the token and an ECDSA signature of SHA-256(SIGNED); returns
-/// (public, private) when the provider made the pair.
-fn ec_key_pair(
+/// A key pair on the token made with `mechanism`, both halves labelled `label` with id `id`,
+/// the public half with `public_specific` too; (public, private) when the provider made it.
+#[allow(clippy::too_many_arguments)]
+fn generate_pair(
     d: &mut Driver,
+    what: &str,
     s: CK_SESSION_HANDLE,
-    prefix: &str,
+    mechanism: CK_MECHANISM_TYPE,
+    key_type: &str,
+    label: &str,
+    id: u8,
+    public_specific: &[CK_ATTRIBUTE],
 ) -> Option<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
-    let label = format!("{prefix}-ec");
-    let params = crate::common::P256_OID;
-    let id = [0x01u8];
-    let mut public_t = [
+    let id = [id];
+    let mut public_t = vec![
         attr(CKA_TOKEN, &TRUE),
         attr(CKA_VERIFY, &TRUE),
-        attr_bytes(CKA_EC_PARAMS, &params),
         attr_bytes(CKA_LABEL, label.as_bytes()),
         attr_bytes(CKA_ID, &id),
     ];
+    public_t.extend_from_slice(public_specific);
     let mut private_t = [
         attr(CKA_TOKEN, &TRUE),
         attr(CKA_PRIVATE, &TRUE),
@@ -461,10 +466,10 @@ fn ec_key_pair(
         attr_bytes(CKA_ID, &id),
     ];
     let (mut public, mut private) = (0, 0);
-    let mut m = mech(CKM_EC_KEY_PAIR_GEN);
+    let mut m = mech(mechanism);
     call!(
         d,
-        "EC: generate key pair",
+        &format!("{what}: generate key pair"),
         C_GenerateKeyPair(
             s,
             &mut m,
@@ -479,18 +484,41 @@ fn ec_key_pair(
     if !d.ok() {
         return None;
     }
-    d.key(public, "CKO_PUBLIC_KEY", "CKK_EC", &label);
-    d.key(private, "CKO_PRIVATE_KEY", "CKK_EC", &label);
-    let ec_params = read_attr(d, "EC: public key params", s, public, CKA_EC_PARAMS);
+    d.key(public, "CKO_PUBLIC_KEY", key_type, label);
+    d.key(private, "CKO_PRIVATE_KEY", key_type, label);
+    Some((public, private))
+}
+
+/// An EC P-256 key pair on the token and an ECDSA signature of SHA-256(SIGNED); returns
+/// (public, private) when the provider made the pair.
+fn ec_key_pair(
+    d: &mut Driver,
+    s: CK_SESSION_HANDLE,
+    prefix: &str,
+) -> Option<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+    let params = crate::common::P256_OID;
+    let label = format!("{prefix}-ec");
+    let specific = [attr_bytes(CKA_EC_PARAMS, &params)];
+    let pair = generate_pair(
+        d,
+        "EC",
+        s,
+        CKM_EC_KEY_PAIR_GEN,
+        "CKK_EC",
+        &label,
+        1,
+        &specific,
+    )?;
+    let ec_params = read_attr(d, "EC: public key params", s, pair.0, CKA_EC_PARAMS);
     d.out(json!(ec_params.map(|p| hex(&p))));
-    let point = read_attr(d, "EC: public key point", s, public, CKA_EC_POINT).expect("EC point");
+    let point = read_attr(d, "EC: public key point", s, pair.0, CKA_EC_POINT).expect("EC point");
     d.out(json!(point.len()));
     let hash = Sha256::digest(SIGNED);
-    let sig = sign_and_verify(d, "ECDSA", s, CKM_ECDSA, (public, private), &hash);
+    let sig = sign_and_verify(d, "ECDSA", s, CKM_ECDSA, pair, &hash);
     d.signatures.push(json!({
         "kind": "ecdsa-p256-sha256", "ec_point": hex(&point), "sig": hex(&sig),
     }));
-    Some((public, private))
+    Some(pair)
 }
 
 /// An RSA-2048 key pair on the token and a PKCS#1 v1.5 SHA-256 signature of SIGNED (the
@@ -500,59 +528,27 @@ fn rsa_key_pair(
     s: CK_SESSION_HANDLE,
     prefix: &str,
 ) -> Option<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
-    let label = format!("{prefix}-rsa");
     let bits: CK_ULONG = 2048;
     let exponent = [0x01u8, 0x00, 0x01];
-    let id = [0x02u8];
-    let mut public_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr(CKA_VERIFY, &TRUE),
+    let label = format!("{prefix}-rsa");
+    let specific = [
         attr(CKA_MODULUS_BITS, &bits),
         attr_bytes(CKA_PUBLIC_EXPONENT, &exponent),
-        attr_bytes(CKA_LABEL, label.as_bytes()),
-        attr_bytes(CKA_ID, &id),
     ];
-    let mut private_t = [
-        attr(CKA_TOKEN, &TRUE),
-        attr(CKA_PRIVATE, &TRUE),
-        attr(CKA_SENSITIVE, &TRUE),
-        attr(CKA_SIGN, &TRUE),
-        attr_bytes(CKA_LABEL, label.as_bytes()),
-        attr_bytes(CKA_ID, &id),
-    ];
-    let (mut public, mut private) = (0, 0);
-    let mut m = mech(CKM_RSA_PKCS_KEY_PAIR_GEN);
-    call!(
-        d,
-        "RSA: generate key pair",
-        C_GenerateKeyPair(
-            s,
-            &mut m,
-            public_t.as_mut_ptr(),
-            public_t.len() as CK_ULONG,
-            private_t.as_mut_ptr(),
-            private_t.len() as CK_ULONG,
-            &mut public,
-            &mut private
-        )
-    );
-    if !d.ok() {
-        return None;
-    }
-    d.key(public, "CKO_PUBLIC_KEY", "CKK_RSA", &label);
-    d.key(private, "CKO_PRIVATE_KEY", "CKK_RSA", &label);
-    let modulus = read_attr(d, "RSA: modulus", s, public, CKA_MODULUS).expect("modulus");
+    let mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+    let pair = generate_pair(d, "RSA", s, mechanism, "CKK_RSA", &label, 2, &specific)?;
+    let modulus = read_attr(d, "RSA: modulus", s, pair.0, CKA_MODULUS).expect("modulus");
     d.out(json!(modulus.len()));
-    let e = read_attr(d, "RSA: public exponent", s, public, CKA_PUBLIC_EXPONENT).expect("e");
+    let e = read_attr(d, "RSA: public exponent", s, pair.0, CKA_PUBLIC_EXPONENT).expect("e");
     d.out(json!(hex(&e)));
     let mut digest_info = SHA256_DIGEST_INFO.to_vec();
     digest_info.extend_from_slice(&Sha256::digest(SIGNED));
-    let sig = sign_and_verify(d, "RSA", s, CKM_RSA_PKCS, (public, private), &digest_info);
+    let sig = sign_and_verify(d, "RSA", s, CKM_RSA_PKCS, pair, &digest_info);
     d.signatures.push(json!({
         "kind": "rsa-pkcs1-sha256", "modulus": hex(&modulus), "exponent": hex(&e),
         "sig": hex(&sig),
     }));
-    Some((public, private))
+    Some(pair)
 }
 
 /// An AES-256 key on the token, and an AES-CBC-PAD round trip.
@@ -955,4 +951,100 @@ pub fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
+}
+
+// =============================================================================================
+// The tests' shape: two runs per provider, and what each test asserts of them
+
+/// A provider's two runs, made once per test process: directly and through the shim, whose log
+/// is in `fx`.
+pub struct Runs {
+    pub fx: Fixture,
+    pub direct: Value,
+    pub through: Value,
+}
+
+/// Where a test binary keeps its provider's runs.
+pub type RunsCell = OnceLock<Result<Option<Runs>, String>>;
+
+/// Runs the driver once.
+pub type RunOnce = fn(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value;
+
+/// The runs of `provider` (`module` directly, then the shim in front of it), made on first use;
+/// None, after `unavailable`, when `unavailable_reason` gives a reason it cannot run here.
+pub fn runs_once(
+    cell: &'static RunsCell,
+    provider: &str,
+    module: &str,
+    unavailable_reason: fn() -> Option<String>,
+    run: RunOnce,
+) -> Option<&'static Runs> {
+    let r = cell.get_or_init(|| {
+        if let Some(reason) = unavailable_reason() {
+            unavailable(provider, &reason);
+            return Ok(None);
+        }
+        let go = || {
+            let fx = Fixture::new();
+            remove_at_exit(fx.dir.path());
+            let direct = run(&fx, Path::new(module), false, &format!("{provider}-direct"));
+            let through = run(&fx, &shim_library(), true, &format!("{provider}-shim"));
+            Runs {
+                fx,
+                direct,
+                through,
+            }
+        };
+        std::panic::catch_unwind(go)
+            .map(Some)
+            .map_err(|e| panic_text(&*e))
+    });
+    match r {
+        Ok(r) => r.as_ref(),
+        Err(e) => panic!("the {provider} runs failed:\n{e}"),
+    }
+}
+
+/// Every call returned the same and gave the same deterministic output both ways.
+#[track_caller]
+pub fn assert_same_both_ways(runs: &Runs, provider: &str) {
+    let diffs = differences(&runs.direct, &runs.through);
+    assert!(
+        diffs.is_empty(),
+        "{provider} direct and through the shim differ:\n{}",
+        diffs.join("\n")
+    );
+}
+
+/// OpenSSL verifies every signature of both runs, and there is one of `kind` in each.
+#[track_caller]
+pub fn assert_signatures_verify(runs: &Runs, kind: &str) {
+    for (what, run) in [("direct", &runs.direct), ("shim", &runs.through)] {
+        let kinds = check_signatures_with_openssl(run, runs.fx.dir.path(), what);
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} signature checked in the {what} run: {kinds:?}"
+        );
+    }
+}
+
+/// The chain verifies (`p11audit verify`), every call has its outcome record, and the records
+/// name the provider's keys.
+#[track_caller]
+pub fn assert_log_describes_run(runs: &Runs, provider: &str) {
+    let records = check_chain(&runs.fx);
+    let mut problems = unrecorded_calls(&records, &runs.through);
+    problems.extend(key_naming_problems(&records, &runs.through));
+    assert!(
+        problems.is_empty(),
+        "the log does not describe the {provider} run:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[track_caller]
+pub fn assert_no_secrets(runs: &Runs) {
+    let text = std::fs::read_to_string(&runs.fx.log).expect("log");
+    let found = secrets_in_log(&text);
+    assert!(found.is_empty(), "in the log: {found:?}");
 }
