@@ -8,11 +8,11 @@
 //! daemon's socket /var/run/pkcsslotd.socket, and shared memory named after them. No
 //! environment variable moves them. So each run is a process of this binary started by
 //! `unshare --mount --ipc --pid --fork --kill-child`: in its own mount namespace it puts private
-//! directories over those paths and tmpfs over /run and /dev/shm, starts its own pkcsslotd, and
-//! runs the driver (a further child). Whatever happens, the namespace's first process exiting
-//! ends every process in it, pkcsslotd included, and the host's opencryptoki files are never
-//! touched. That takes root (CAP_SYS_ADMIN): without it these tests fail when CI is set and are
-//! skipped with a notice otherwise.
+//! directories over those paths and tmpfs over /run, /dev/shm and /var/log, starts its own
+//! pkcsslotd, and runs the driver (a further child). Whatever happens, the namespace's first
+//! process exiting ends every process in it, pkcsslotd included, and the host's opencryptoki
+//! files are never touched. That takes root (CAP_SYS_ADMIN), and so does pkcsslotd itself:
+//! without root these tests fail when CI is set and are skipped with a notice otherwise.
 
 mod common;
 mod matrix;
@@ -78,9 +78,11 @@ fn opencryptoki_namespace() {
             &format!("mount {target}"),
         );
     };
-    // /var/run and /var/lock are symbolic links into /run on Debian 12.
-    mount(&["-t", "tmpfs", "tmpfs"], "/run");
-    mount(&["-t", "tmpfs", "tmpfs"], "/dev/shm");
+    // /var/run and /var/lock are symbolic links into /run on Debian 12. The library makes
+    // /var/log/opencryptoki at C_Initialize: that too stays in the namespace.
+    for target in ["/run", "/dev/shm", "/var/log"] {
+        mount(&["-t", "tmpfs", "tmpfs"], target);
+    }
     let (etc, lib) = (dir.join("etc"), dir.join("lib"));
     let lock = Path::new("/run/lock/opencryptoki");
     for d in [&etc, &lib.join("swtok/TOK_OBJ"), &lock.join("swtok")] {
