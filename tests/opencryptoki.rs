@@ -114,7 +114,7 @@ fn opencryptoki_namespace() {
     let log = dir.join("pkcsslotd.log");
     let mut cmd = Command::new(PKCSSLOTD);
     cmd.arg("-f");
-    let mut slotd = Daemon::start("pkcsslotd", cmd, &log, false);
+    let mut slotd = Daemon::start("pkcsslotd", cmd, &log);
     wait_until("pkcsslotd", || {
         slotd.assert_running(&log);
         Path::new("/run/pkcsslotd.socket").exists()

@@ -81,13 +81,15 @@ fn start_swtpm(dir: &Path) -> (Daemon, u16) {
             .arg("--ctrl")
             .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
             .args(["--flags", "not-need-init,startup-clear"]);
-        let mut swtpm = Daemon::start("swtpm", cmd, &log, false);
+        let mut swtpm = Daemon::start("swtpm", cmd, &log);
         let mut lost = false;
         wait_until("swtpm", || {
             lost = swtpm.exited().is_some();
             lost || (accepts(port) && accepts(port + 1))
         });
-        // Connected, and to this swtpm: one that lost either port exits at once.
+        // Connected, and to this swtpm: one that lost either port to another process exits
+        // within milliseconds ("Could not open TCP socket: Address already in use").
+        std::thread::sleep(std::time::Duration::from_millis(50));
         if !lost && swtpm.exited().is_none() {
             return (swtpm, port);
         }
@@ -105,19 +107,23 @@ fn start_stack(dir: &Path) -> Tpm2Stack {
     let (swtpm, port) = start_swtpm(dir);
 
     let bus_log = dir.join("dbus-daemon.log");
+    let bus_socket = dir.join("bus");
+    let bus_address = format!("unix:path={}", bus_socket.display());
     let mut cmd = Command::new("dbus-daemon");
-    cmd.args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-        .arg(format!("--address=unix:path={}", dir.join("bus").display()));
-    let mut bus = Daemon::start("dbus-daemon", cmd, &bus_log, true);
-    let bus_address = bus.first_line();
-    bus.assert_running(&bus_log);
+    cmd.args(["--session", "--nofork", "--nopidfile"])
+        .arg(format!("--address={bus_address}"));
+    let mut bus = Daemon::start("dbus-daemon", cmd, &bus_log);
+    wait_until("dbus-daemon", || {
+        bus.assert_running(&bus_log);
+        bus_socket.exists()
+    });
 
     let abrmd_log = dir.join("tpm2-abrmd.log");
     let mut cmd = Command::new("tpm2-abrmd");
     cmd.args(["--allow-root", "--session"])
         .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
         .env("DBUS_SESSION_BUS_ADDRESS", &bus_address);
-    let mut abrmd = Daemon::start("tpm2-abrmd", cmd, &abrmd_log, false);
+    let mut abrmd = Daemon::start("tpm2-abrmd", cmd, &abrmd_log);
     wait_until("tpm2-abrmd", || {
         abrmd.assert_running(&abrmd_log);
         Command::new("tpm2_getrandom")

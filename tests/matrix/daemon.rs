@@ -3,7 +3,6 @@
 //! failed or panicked. The child also gets SIGKILL from the kernel when the thread that started
 //! it dies (PR_SET_PDEATHSIG), so not even a test process killed outright leaves one running.
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -21,20 +20,18 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `cmd` as the leader of a new process group, with stdout and stderr appended to
-    /// `log` (stdout piped instead when `pipe_stdout`).
-    pub fn start(name: &str, mut cmd: Command, log: &Path, pipe_stdout: bool) -> Daemon {
+    /// `log`.
+    pub fn start(name: &str, mut cmd: Command, log: &Path) -> Daemon {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let err = out.try_clone().expect("dup log");
-        cmd.stdin(Stdio::null()).stderr(err).process_group(0);
-        if pipe_stdout {
-            cmd.stdout(Stdio::piped());
-        } else {
-            cmd.stdout(out);
-        }
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
@@ -52,21 +49,6 @@ impl Daemon {
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")
-    }
-
-    /// The first line it printed on its (piped) stdout.
-    pub fn first_line(&mut self) -> String {
-        let stdout = self.child.stdout.take().expect("stdout piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("{}: read stdout: {e}", self.name));
-        assert!(
-            !line.is_empty(),
-            "{} printed nothing and closed stdout",
-            self.name
-        );
-        line.trim_end().to_string()
     }
 
     /// Fails the test when the daemon has already exited.

@@ -79,10 +79,12 @@ impl Driver {
         self.calls.last().expect("a call")["rv"] == "CKR_OK"
     }
 
-    /// Notes a key the shim's records must name: its handle and what it is.
-    fn key(&mut self, handle: CK_OBJECT_HANDLE, class: &str, key_type: &str, label: &str) {
+    /// Notes a key the shim's records must name: its handle and what it is (an identity, as
+    /// FORMAT.md describes it).
+    fn key(&mut self, handle: CK_OBJECT_HANDLE, class: &str, key_type: &str, label: &str, id: u8) {
         self.keys.push(json!({
             "handle": handle as u64, "class": class, "key_type": key_type, "label": label,
+            "id": {"hex": hex(&[id])},
         }));
     }
 }
@@ -484,8 +486,8 @@ fn generate_pair(
     if !d.ok() {
         return None;
     }
-    d.key(public, "CKO_PUBLIC_KEY", key_type, label);
-    d.key(private, "CKO_PRIVATE_KEY", key_type, label);
+    d.key(public, "CKO_PUBLIC_KEY", key_type, label, id[0]);
+    d.key(private, "CKO_PRIVATE_KEY", key_type, label, id[0]);
     Some((public, private))
 }
 
@@ -576,7 +578,7 @@ fn aes_key(d: &mut Driver, s: CK_SESSION_HANDLE, prefix: &str) -> Option<CK_OBJE
     if !d.ok() {
         return None;
     }
-    d.key(key, "CKO_SECRET_KEY", "CKK_AES", &label);
+    d.key(key, "CKO_SECRET_KEY", "CKK_AES", &label, id[0]);
     let mut iv = IV;
     let mut cbc = CK_MECHANISM {
         mechanism: CKM_AES_CBC_PAD,
@@ -811,7 +813,7 @@ pub fn check_signatures_with_openssl(run: &Value, dir: &Path, what: &str) -> Vec
 
 /// What is wrong with how the shim's `records` name the keys of the run `through`: every key
 /// it made must appear in the `created` of its C_GenerateKey(Pair) outcome and as the `key` of
-/// the outcome of a call that used it, with class, key type and label.
+/// the outcome of a call that used it, with class, key type, label and id.
 pub fn key_naming_problems(records: &[Value], through: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let keys = through["keys"].as_array().expect("keys");
@@ -820,7 +822,7 @@ pub fn key_naming_problems(records: &[Value], through: &Value) -> Vec<String> {
     }
     let outcomes: Vec<&Value> = records.iter().filter(|r| r["ev"] == "outcome").collect();
     let names = |identity: &Value, key: &Value| {
-        ["handle", "class", "key_type", "label"]
+        ["handle", "class", "key_type", "label", "id"]
             .iter()
             .all(|k| identity[*k] == key[*k])
     };
