@@ -10,6 +10,8 @@
 //! a store directory of its own. Every daemon is killed with its process group when the run
 //! ends, passed or failed.
 //!
+//! OpenSC's `pkcs11-tool --test` runs the same way, directly and through the shim.
+//!
 //! Needs the packages of scripts/install-deps.sh; without them these tests fail when CI is set
 //! and are skipped with a notice otherwise.
 
@@ -63,6 +65,17 @@ struct Tpm2Stack {
     _swtpm: Daemon,
     bus_address: String,
     store: PathBuf,
+}
+
+impl Tpm2Stack {
+    /// What tpm2-pkcs11 needs in the application's environment to use this stack.
+    fn env(&self) -> Vec<(&'static str, OsString)> {
+        vec![
+            ("DBUS_SESSION_BUS_ADDRESS", self.bus_address.clone().into()),
+            ("TPM2_PKCS11_TCTI", TCTI.into()),
+            ("TPM2_PKCS11_STORE", self.store.clone().into()),
+        ]
+    }
 }
 
 /// swtpm on a free loopback port pair, retried on a new pair when it cannot bind the first;
@@ -166,17 +179,13 @@ fn start_stack(dir: &Path) -> Tpm2Stack {
 /// One run of the driver against `module` on a stack of its own.
 fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
     let stack = start_stack(&fx.dir.path().join(what));
-    let mut env: Vec<(&'static str, OsString)> = vec![
-        ("DBUS_SESSION_BUS_ADDRESS", stack.bus_address.clone().into()),
-        ("TPM2_PKCS11_TCTI", TCTI.into()),
-        ("TPM2_PKCS11_STORE", stack.store.clone().into()),
-        (
-            matrix::SETUP_ENV,
-            json!({"slot": SLOT, "prefix": "tpm2", "init_so_pin": null})
-                .to_string()
-                .into(),
-        ),
-    ];
+    let mut env = stack.env();
+    env.push((
+        matrix::SETUP_ENV,
+        json!({"slot": SLOT, "prefix": "tpm2", "init_so_pin": null})
+            .to_string()
+            .into(),
+    ));
     if through_shim {
         env.push(("P11AUDIT_MODULE", TPM2_MODULE.into()));
         env.push(("P11AUDIT_LOG", fx.log.clone().into()));
@@ -236,4 +245,78 @@ fn tpm2_log_verifies_and_names_the_keys() {
 fn tpm2_log_holds_no_secrets() {
     let Some(runs) = runs() else { return };
     matrix::assert_no_secrets(runs);
+}
+
+/// OpenSC's `pkcs11-tool --test` on a tpm2-pkcs11 token, directly and through the shim (each on
+/// a stack of its own): the same report both ways, and the log verifies.
+#[test]
+fn pkcs11_tool_test_on_tpm2_matches_through_the_shim() {
+    if let Some(reason) = unavailable_reason() {
+        matrix::unavailable(PROVIDER, &reason);
+        return;
+    }
+    let fx = Fixture::new();
+    matrix::remove_at_exit(fx.dir.path());
+    let shim = shim_library();
+    let mut reports = Vec::new();
+    for (what, module) in [("direct", Path::new(TPM2_MODULE)), ("shim", shim.as_path())] {
+        let stack = start_stack(&fx.dir.path().join(format!("tool-{what}")));
+        let mut env = stack.env();
+        env.push(("P11AUDIT_MODULE", TPM2_MODULE.into()));
+        env.push(("P11AUDIT_LOG", fx.log.clone().into()));
+        env.push(("P11AUDIT_KEY_FILE", fx.key.clone().into()));
+        let tool = |args: &[&str], step: &str| {
+            let mut cmd = Command::new("pkcs11-tool");
+            cmd.arg("--module")
+                .arg(module)
+                .args(["--slot", &SLOT.to_string(), "--login", "--pin"])
+                .arg(matrix::USER_PIN)
+                .args(args);
+            set_env(&mut cmd, &env);
+            run_with_timeout(cmd, fx.dir.path(), &format!("pkcs11-tool {step} {what}"))
+        };
+        let keygen = [
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--id",
+            "07",
+            "--label",
+            "tool-rsa",
+        ];
+        let made = tool(&keygen, "--keypairgen");
+        assert!(made.status.success(), "{what}: {}", made.dump());
+        let run = tool(&["--test"], "--test");
+        reports.push((run.status.code(), run.stdout, run.stderr));
+    }
+    assert_eq!(
+        reports[0], reports[1],
+        "pkcs11-tool --test differs through the shim"
+    );
+    // What it reports of tpm2-pkcs11 1.9.0 on swtpm: RSA signatures, verification and PKCS#1
+    // decryption work; RSA-OAEP decryption with a label (pkcs11-tool's) is refused by the TPM
+    // (TPM_RC_VALUE for the label) and the module returns CKR_GENERAL_ERROR, which ends the run.
+    let (code, stdout, stderr) = &reports[0];
+    for line in [
+        "all 4 signature functions seem to work",
+        "SHA256-RSA-PKCS: OK",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "pkcs11-tool --test: no {line:?}:\n{stdout}"
+        );
+    }
+    assert_eq!(*code, Some(1), "pkcs11-tool --test:\n{stdout}{stderr}");
+    assert!(
+        stderr.contains("C_Decrypt failed: rv = CKR_GENERAL_ERROR"),
+        "pkcs11-tool --test did not stop at RSA-OAEP decryption:\n{stderr}"
+    );
+    let records = check_chain(&fx);
+    let signed = records
+        .iter()
+        .any(|r| r["fn"] == "C_SignInit" && r["key"]["label"] == "tool-rsa");
+    assert!(
+        signed,
+        "no C_SignInit record names the key pkcs11-tool made"
+    );
 }
