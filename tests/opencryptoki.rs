@@ -119,13 +119,16 @@ fn opencryptoki_namespace() {
         slotd.assert_running(&log);
         Path::new("/run/pkcsslotd.socket").exists()
     });
-    let mut env = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("P11AUDIT_") && k != NAMESPACE_ENV && k != DRIVER_MODULE_ENV {
-            env.push((&*k.leak(), v));
-        }
-    }
+    // The driver's set-up and, for the run through the shim, the shim's configuration.
+    let env: Vec<(&'static str, OsString)> = [
+        matrix::SETUP_ENV,
+        "P11AUDIT_MODULE",
+        "P11AUDIT_LOG",
+        "P11AUDIT_KEY_FILE",
+    ]
+    .into_iter()
+    .filter_map(|k| std::env::var_os(k).map(|v| (k, v)))
+    .collect();
     let cmd = child_command("opencryptoki_driver", matrix::MODULE_ENV, &module, &env);
     let result = run_child_ok(cmd, dir, "driver").marked_json(matrix::MARKER, "the driver");
     slotd.assert_running(&log);
@@ -147,9 +150,7 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
         ),
     ];
     if through_shim {
-        env.push(("P11AUDIT_MODULE", OCK_MODULE.into()));
-        env.push(("P11AUDIT_LOG", fx.log.clone().into()));
-        env.push(("P11AUDIT_KEY_FILE", fx.key.clone().into()));
+        env.extend(matrix::shim_env(fx, OCK_MODULE));
     }
     let mut cmd = Command::new("unshare");
     cmd.args([

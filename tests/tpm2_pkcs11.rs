@@ -187,9 +187,7 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
             .into(),
     ));
     if through_shim {
-        env.push(("P11AUDIT_MODULE", TPM2_MODULE.into()));
-        env.push(("P11AUDIT_LOG", fx.log.clone().into()));
-        env.push(("P11AUDIT_KEY_FILE", fx.key.clone().into()));
+        env.extend(matrix::shim_env(fx, TPM2_MODULE));
     }
     let cmd = child_command("tpm2_driver", matrix::MODULE_ENV, module, &env);
     run_child_ok(cmd, fx.dir.path(), what).marked_json(matrix::MARKER, what)
@@ -262,9 +260,7 @@ fn pkcs11_tool_test_on_tpm2_matches_through_the_shim() {
     for (what, module) in [("direct", Path::new(TPM2_MODULE)), ("shim", shim.as_path())] {
         let stack = start_stack(&fx.dir.path().join(format!("tool-{what}")));
         let mut env = stack.env();
-        env.push(("P11AUDIT_MODULE", TPM2_MODULE.into()));
-        env.push(("P11AUDIT_LOG", fx.log.clone().into()));
-        env.push(("P11AUDIT_KEY_FILE", fx.key.clone().into()));
+        env.extend(matrix::shim_env(&fx, TPM2_MODULE));
         let tool = |args: &[&str], step: &str| {
             let mut cmd = Command::new("pkcs11-tool");
             cmd.arg("--module")

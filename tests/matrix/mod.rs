@@ -969,6 +969,15 @@ pub struct Runs {
 /// Where a test binary keeps its provider's runs.
 pub type RunsCell = OnceLock<Result<Option<Runs>, String>>;
 
+/// The shim's configuration for a run through it: `provider` behind it, the log and key of `fx`.
+pub fn shim_env(fx: &Fixture, provider: &str) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("P11AUDIT_MODULE", provider.into()),
+        ("P11AUDIT_LOG", fx.log.clone().into()),
+        ("P11AUDIT_KEY_FILE", fx.key.clone().into()),
+    ]
+}
+
 /// Runs the driver once.
 pub type RunOnce = fn(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value;
 
