@@ -144,7 +144,7 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
         (DRIVER_MODULE_ENV, module.into()),
         (
             matrix::SETUP_ENV,
-            json!({"slot": SLOT, "prefix": "ock", "init_so_pin": DEFAULT_SO_PIN})
+            json!({"slot": SLOT, "prefix": "ock", "init_so_pin": DEFAULT_SO_PIN, "premade_aes": false})
                 .to_string()
                 .into(),
         ),

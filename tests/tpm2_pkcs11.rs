@@ -7,7 +7,8 @@
 //! another pair if it loses the race for it), a private D-Bus session bus on a socket in the
 //! run's temporary directory, tpm2-abrmd on that bus (tpm2_ptool needs the resource manager:
 //! swtpm alone answers "out of memory for object contexts"), and a token made by tpm2_ptool in
-//! a store directory of its own. Every daemon is killed with its process group when the run
+//! a store directory of its own, with an AES key made by `tpm2_ptool addkey` (the module has
+//! no C_GenerateKey). Every daemon is killed with its process group when the run
 //! ends, passed or failed.
 //!
 //! OpenSC's `pkcs11-tool --test` runs the same way, directly and through the shim.
@@ -167,6 +168,18 @@ fn start_stack(dir: &Path) -> Tpm2Stack {
         &["addtoken", "--pid=1", &sopin, &userpin, &label],
         "tpm2_ptool addtoken",
     );
+    // tpm2-pkcs11 cannot generate an AES key (no C_GenerateKey); its tool can.
+    ptool(
+        &[
+            "addkey",
+            &label,
+            "--key-label=tpm2-aes",
+            "--id=03",
+            &userpin,
+            "--algorithm=aes256",
+        ],
+        "tpm2_ptool addkey",
+    );
     Tpm2Stack {
         _abrmd: abrmd,
         _bus: bus,
@@ -182,7 +195,7 @@ fn run(fx: &Fixture, module: &Path, through_shim: bool, what: &str) -> Value {
     let mut env = stack.env();
     env.push((
         matrix::SETUP_ENV,
-        json!({"slot": SLOT, "prefix": "tpm2", "init_so_pin": null})
+        json!({"slot": SLOT, "prefix": "tpm2", "init_so_pin": null, "premade_aes": true})
             .to_string()
             .into(),
     ));
@@ -216,12 +229,13 @@ fn tpm2_workload_through_the_shim_matches_direct() {
         "CKR_SIGNATURE_INVALID"
     );
     assert_eq!(matrix::rv_of(d, "RSA: verify"), "CKR_OK");
-    // tpm2-pkcs11 lists CKM_AES_KEY_GEN but has no C_GenerateKey: AES keys come from
-    // tpm2_ptool addkey (or C_CreateObject) only.
+    // tpm2-pkcs11 lists CKM_AES_KEY_GEN but has no C_GenerateKey: the AES key is
+    // tpm2_ptool's, and AES-CBC works with it.
     assert_eq!(
         matrix::rv_of(d, "AES: generate key"),
         "CKR_FUNCTION_NOT_SUPPORTED"
     );
+    assert_eq!(matrix::rv_of(d, "AES: decrypt"), "CKR_OK");
 }
 
 #[test]

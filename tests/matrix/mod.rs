@@ -6,7 +6,7 @@
 //! The workload: C_GetInfo, slots, token and mechanism lists; optionally the token's set-up
 //! (C_InitToken, SO PIN change, C_InitPIN); a wrong PIN and the user login; SHA-256 digest;
 //! random bytes; an EC P-256 key pair with ECDSA, an RSA-2048 key pair with PKCS#1 v1.5 and
-//! an AES-256 key with AES-CBC-PAD, each as far as the provider goes; a search; clean-up.
+//! an AES-256 key with AES-CBC, each as far as the provider goes; a search; clean-up.
 //! Each key that signs hands its public key and signature to the parent, which checks them
 //! with OpenSSL.
 
@@ -31,7 +31,9 @@ use std::sync::OnceLock;
 
 /// Set in the driver processes only: the PKCS#11 module the driver loads.
 pub const MODULE_ENV: &str = "P11AUDIT_TEST_MATRIX_MODULE";
-/// The driver's set-up, JSON: `{"slot": n, "prefix": "…", "init_so_pin": "…" or null}`.
+/// The driver's set-up, JSON: `{"slot": n, "prefix": "…", "init_so_pin": "…" or null,
+/// "premade_aes": bool}`; `premade_aes`: the token holds an AES key labelled `PREFIX-aes`, made
+/// by the provider's own tool, for when the provider cannot generate one.
 pub const SETUP_ENV: &str = "P11AUDIT_TEST_MATRIX_SETUP";
 pub const MARKER: &str = "P11AUDIT-MATRIX-RESULT ";
 
@@ -41,7 +43,8 @@ pub const USER_PIN: &str = "Qx7!Pn3k";
 pub const SO_PIN: &str = "Zw9k!So4";
 const WRONG_PIN: &str = "Wr0ng!Rt";
 pub const SIGNED: &[u8] = b"matrix signed data canary Mv2p";
-const PLAINTEXT: &[u8] = b"matrix plaintext canary Hq3w, more than a block";
+/// Three AES blocks: AES-CBC takes whole blocks.
+const PLAINTEXT: &[u8] = b"matrix plaintext canary Hq3w, three blocks long.";
 const IV: [u8; 16] = [
     0x91, 0x3d, 0xe7, 0x5a, 0xc4, 0x08, 0x2f, 0x6b, 0x77, 0xa1, 0xd9, 0x0e, 0x1a, 0x93, 0x60, 0xf5,
 ];
@@ -80,14 +83,18 @@ impl Driver {
     }
 
     /// Notes a key the shim's records must name: its handle and what it is (an identity, as
-    /// FORMAT.md describes it).
-    fn key(&mut self, handle: CK_OBJECT_HANDLE, class: &str, key_type: &str, label: &str, id: u8) {
+    /// FORMAT.md describes it), and whether this run generated it.
+    fn key(&mut self, handle: CK_OBJECT_HANDLE, kind: KeyKind, label: &str, generated: bool) {
+        let (class, key_type, id) = kind;
         self.keys.push(json!({
             "handle": handle as u64, "class": class, "key_type": key_type, "label": label,
-            "id": {"hex": hex(&[id])},
+            "id": {"hex": hex(id)}, "generated": generated,
         }));
     }
 }
+
+/// A key's class, key type and id.
+type KeyKind<'a> = (&'static str, &'static str, &'a [u8]);
 
 /// Calls `$name` through the driver's table and records it as `$step`; evaluates to the rv.
 macro_rules! call {
@@ -173,8 +180,8 @@ pub fn driver() {
 
     let ec = ec_key_pair(&mut d, s, &prefix);
     let rsa = rsa_key_pair(&mut d, s, &prefix);
-    let aes = aes_key(&mut d, s, &prefix);
-    find_by_label(&mut d, s, &format!("{prefix}-rsa"));
+    let aes = aes_key(&mut d, s, &prefix, setup["premade_aes"] == true);
+    find_by_label(&mut d, "RSA keys", s, &format!("{prefix}-rsa"));
     for (what, handle) in [
         ("EC private", ec.map(|k| k.1)),
         ("EC public", ec.map(|k| k.0)),
@@ -446,7 +453,7 @@ fn generate_pair(
     what: &str,
     s: CK_SESSION_HANDLE,
     mechanism: CK_MECHANISM_TYPE,
-    key_type: &str,
+    key_type: &'static str,
     label: &str,
     id: u8,
     public_specific: &[CK_ATTRIBUTE],
@@ -486,8 +493,8 @@ fn generate_pair(
     if !d.ok() {
         return None;
     }
-    d.key(public, "CKO_PUBLIC_KEY", key_type, label, id[0]);
-    d.key(private, "CKO_PRIVATE_KEY", key_type, label, id[0]);
+    d.key(public, ("CKO_PUBLIC_KEY", key_type, &id), label, true);
+    d.key(private, ("CKO_PRIVATE_KEY", key_type, &id), label, true);
     Some((public, private))
 }
 
@@ -553,10 +560,18 @@ fn rsa_key_pair(
     Some(pair)
 }
 
-/// An AES-256 key on the token, and an AES-CBC-PAD round trip.
-fn aes_key(d: &mut Driver, s: CK_SESSION_HANDLE, prefix: &str) -> Option<CK_OBJECT_HANDLE> {
+/// An AES-256 key on the token (generated, or when the provider cannot and `premade` says so,
+/// the one its tool made), and an AES-CBC round trip. Not AES-CBC-PAD: tpm2-pkcs11 1.9.0 fails
+/// its decryption (CKR_GENERAL_ERROR, "Internal buffer too small", whatever the buffer).
+fn aes_key(
+    d: &mut Driver,
+    s: CK_SESSION_HANDLE,
+    prefix: &str,
+    premade: bool,
+) -> Option<CK_OBJECT_HANDLE> {
     let label = format!("{prefix}-aes");
     let len: CK_ULONG = 32;
+    let kind = ("CKO_SECRET_KEY", "CKK_AES");
     let id = [0x03u8];
     let mut t = [
         attr(CKA_TOKEN, &TRUE),
@@ -575,18 +590,28 @@ fn aes_key(d: &mut Driver, s: CK_SESSION_HANDLE, prefix: &str) -> Option<CK_OBJE
         "AES: generate key",
         C_GenerateKey(s, &mut m, t.as_mut_ptr(), t.len() as CK_ULONG, &mut key)
     );
-    if !d.ok() {
+    if d.ok() {
+        d.key(key, (kind.0, kind.1, &id), &label, true);
+    } else if premade {
+        match find_by_label(d, "AES: the premade key", s, &label)[..] {
+            [found] => key = found,
+            ref other => panic!("{} objects labelled {label}, not one", other.len()),
+        }
+        // As the provider's tool stored it (tpm2_ptool keeps --id=03 as the text "03").
+        let id = read_attr(d, "AES: the premade key's id", s, key, CKA_ID).expect("CKA_ID");
+        d.out(json!(hex(&id)));
+        d.key(key, (kind.0, kind.1, &id), &label, false);
+    } else {
         return None;
     }
-    d.key(key, "CKO_SECRET_KEY", "CKK_AES", &label, id[0]);
     let mut iv = IV;
     let mut cbc = CK_MECHANISM {
-        mechanism: CKM_AES_CBC_PAD,
+        mechanism: CKM_AES_CBC,
         pParameter: iv.as_mut_ptr() as *mut c_void,
         ulParameterLen: iv.len() as CK_ULONG,
     };
     let mut plain = PLAINTEXT.to_vec();
-    let mut ct = vec![0u8; PLAINTEXT.len() + 16];
+    let mut ct = vec![0u8; PLAINTEXT.len()];
     let mut ct_len = ct.len() as CK_ULONG;
     call!(d, "AES: encrypt init", C_EncryptInit(s, &mut cbc, key));
     want_ok(d);
@@ -604,10 +629,17 @@ fn aes_key(d: &mut Driver, s: CK_SESSION_HANDLE, prefix: &str) -> Option<CK_OBJE
     want_ok(d);
     ct.truncate(ct_len as usize);
     d.out(json!(ct.len()));
-    let mut back = vec![0u8; ct.len()];
-    let mut back_len = back.len() as CK_ULONG;
     call!(d, "AES: decrypt init", C_DecryptInit(s, &mut cbc, key));
     want_ok(d);
+    let mut back_len: CK_ULONG = 0;
+    call!(
+        d,
+        "AES: decrypt length query",
+        C_Decrypt(s, ct.as_mut_ptr(), ct_len, null_mut(), &mut back_len)
+    );
+    want_ok(d);
+    d.out(json!(back_len as u64));
+    let mut back = vec![0u8; back_len as usize];
     call!(
         d,
         "AES: decrypt",
@@ -615,24 +647,35 @@ fn aes_key(d: &mut Driver, s: CK_SESSION_HANDLE, prefix: &str) -> Option<CK_OBJE
     );
     want_ok(d);
     back.truncate(back_len as usize);
-    assert_eq!(back, PLAINTEXT, "AES-CBC-PAD round trip");
+    assert_eq!(back, PLAINTEXT, "AES-CBC round trip");
     Some(key)
 }
 
-/// C_FindObjects by label: how many objects carry it.
-fn find_by_label(d: &mut Driver, s: CK_SESSION_HANDLE, label: &str) {
+/// C_FindObjects by label: the objects that carry it (their number is the output compared).
+fn find_by_label(
+    d: &mut Driver,
+    step: &str,
+    s: CK_SESSION_HANDLE,
+    label: &str,
+) -> Vec<CK_OBJECT_HANDLE> {
     let mut t = [attr_bytes(CKA_LABEL, label.as_bytes())];
-    call!(d, "find init", C_FindObjectsInit(s, t.as_mut_ptr(), 1));
+    call!(
+        d,
+        &format!("{step}: find init"),
+        C_FindObjectsInit(s, t.as_mut_ptr(), 1)
+    );
     want_ok(d);
     let mut found = [0 as CK_OBJECT_HANDLE; 8];
     let mut n: CK_ULONG = 0;
     call!(
         d,
-        "find",
+        &format!("{step}: find"),
         C_FindObjects(s, found.as_mut_ptr(), found.len() as CK_ULONG, &mut n)
     );
+    want_ok(d);
     d.out(json!(n as u64));
-    call!(d, "find final", C_FindObjectsFinal(s));
+    call!(d, &format!("{step}: find final"), C_FindObjectsFinal(s));
+    found[..n as usize].to_vec()
 }
 
 // =============================================================================================
@@ -827,15 +870,16 @@ pub fn key_naming_problems(records: &[Value], through: &Value) -> Vec<String> {
             .all(|k| identity[*k] == key[*k])
     };
     for key in keys {
-        let created = outcomes.iter().any(|r| {
-            matches!(
-                r["fn"].as_str(),
-                Some("C_GenerateKey" | "C_GenerateKeyPair")
-            ) && r["rv"] == "CKR_OK"
-                && r["created"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|i| names(i, key)))
-        });
+        let created = key["generated"] == false
+            || outcomes.iter().any(|r| {
+                matches!(
+                    r["fn"].as_str(),
+                    Some("C_GenerateKey" | "C_GenerateKeyPair")
+                ) && r["rv"] == "CKR_OK"
+                    && r["created"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|i| names(i, key)))
+            });
         if !created {
             problems.push(format!("no generate outcome names {key} in `created`"));
         }
