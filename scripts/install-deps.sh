@@ -30,6 +30,17 @@
 #   systemd           systemd-socket-activate (runs the shipped unit's command line per
 #                     connection) and systemd-analyze (checks the units in deploy/)
 #   passwd            useradd, groupadd: the test's service, application and auditor users
+#   providers of the matrix (tests/tpm2_pkcs11.rs, tests/opencryptoki.rs), each run directly and
+#   through p11audit with daemons the tests start and stop themselves:
+#   libtpm2-pkcs11-1          libtpm2_pkcs11.so, the TPM-backed PKCS#11 module
+#   libtpm2-pkcs11-tools      tpm2_ptool: makes the tpm2-pkcs11 store and token
+#   swtpm                     the software TPM the module talks to (on loopback ports)
+#   tpm2-abrmd                the TPM resource manager, on a private D-Bus session bus
+#   libtss2-tcti-tabrmd0      the TCTI through which the module and tpm2_ptool reach tpm2-abrmd
+#   tpm2-tools                tpm2_getrandom: tells when tpm2-abrmd answers
+#   dbus                      dbus-daemon for the private session bus
+#   opencryptoki              pkcsslotd, pkcsconf, and the pkcs11/libopencryptoki.so link
+#   libopencryptoki0          the module itself and its soft token (libpkcs11_sw.so)
 set -euo pipefail
 
 packages=(
@@ -57,6 +68,15 @@ packages=(
     p11-kit-modules
     systemd
     passwd
+    libtpm2-pkcs11-1
+    libtpm2-pkcs11-tools
+    swtpm
+    tpm2-abrmd
+    libtss2-tcti-tabrmd0
+    tpm2-tools
+    dbus
+    opencryptoki
+    libopencryptoki0
 )
 
 installed() {
