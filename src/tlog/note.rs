@@ -55,8 +55,11 @@ pub fn key_id(name: &str, alg: u8, public: &[u8]) -> [u8; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
-/// Splits `name+hex id+base64` (after any prefix) and checks the id against the key.
-fn split_key(text: &str, bad: NoteError) -> Result<(&str, [u8; 4], Zeroizing<Vec<u8>>), NoteError> {
+/// A key's text split: its name, its key id and its 33 bytes (type, then key).
+type KeyParts<'a> = (&'a str, [u8; 4], Zeroizing<Vec<u8>>);
+
+/// Splits `name+hex id+base64` (after any prefix).
+fn split_key(text: &str, bad: NoteError) -> Result<KeyParts<'_>, NoteError> {
     let mut parts = text.splitn(3, '+');
     let (Some(name), Some(id_hex), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad);
