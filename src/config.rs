@@ -3,6 +3,7 @@
 
 use crate::writer::audit_log::LogSettings;
 use crate::writer::auditor::FailurePolicy;
+use crate::writer::checkpoints::{CheckpointEvery, CheckpointSettings, DEFAULT_EVERY};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -135,7 +136,57 @@ const SETTINGS: &[&str] = &[
     "P11AUDIT_SYNC",
     "P11AUDIT_LOG_MODE",
     "P11AUDIT_ROTATE_BYTES",
+    "P11AUDIT_CHECKPOINT_KEY",
+    "P11AUDIT_CHECKPOINT_EVERY",
 ];
+
+/// P11AUDIT_CHECKPOINT_KEY and P11AUDIT_CHECKPOINT_EVERY: `N` records or `Ns` seconds, N >= 1.
+fn checkpoint(
+    get: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<CheckpointSettings>, ConfigError> {
+    let every_name = "P11AUDIT_CHECKPOINT_EVERY";
+    let every = get(every_name).filter(|v| !v.is_empty());
+    let Some(key_file) = get("P11AUDIT_CHECKPOINT_KEY").filter(|v| !v.is_empty()) else {
+        return match every {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::NotSet {
+                name: "P11AUDIT_CHECKPOINT_KEY",
+                fix: "P11AUDIT_CHECKPOINT_EVERY is set: set P11AUDIT_CHECKPOINT_KEY to a key made by `p11audit keygen --checkpoint ORIGIN PATH`, or unset both",
+            }),
+        };
+    };
+    let every = match every {
+        None => DEFAULT_EVERY,
+        Some(raw) => {
+            let text = raw.to_string_lossy();
+            let (digits, seconds) = match text.trim().strip_suffix('s') {
+                Some(d) => (d, true),
+                None => (text.trim(), false),
+            };
+            let n = digits
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()));
+            match (n, seconds) {
+                (Some(n), false) => CheckpointEvery::Records(n),
+                (Some(n), true) => CheckpointEvery::Seconds(n),
+                (None, _) => {
+                    return Err(ConfigError::Invalid {
+                        name: every_name,
+                        value: text.into_owned(),
+                        fix: format!(
+                            "use a number of records or of seconds (with an s), e.g. {every_name}=1000 or {every_name}=60s"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    Ok(Some(CheckpointSettings {
+        key_file: PathBuf::from(key_file),
+        every,
+    }))
+}
 
 /// Smallest P11AUDIT_ROTATE_BYTES: a file must hold more than a few records.
 const MIN_ROTATE_BYTES: u64 = 64 << 10;
@@ -384,6 +435,7 @@ impl Config {
             &[("0600", 0o600), ("0640", 0o640)],
         )?;
         let rotate_bytes = rotate_bytes(get)?;
+        let checkpoint = checkpoint(get)?;
         Ok(Config {
             module,
             log: LogSettings {
@@ -392,6 +444,7 @@ impl Config {
                 log_mode,
                 sync_always,
                 rotate_bytes,
+                checkpoint,
             },
             on_failure,
         })
@@ -418,6 +471,7 @@ mod tests {
         assert_eq!(c.log.rotate_bytes, None);
         assert_eq!(c.log.log_mode, 0o600);
         assert_eq!(c.log.key_file, None);
+        assert_eq!(c.log.checkpoint, None);
     }
 
     #[test]

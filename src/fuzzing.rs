@@ -117,6 +117,7 @@ pub fn check_verifier_sealed(data: &[u8]) -> bool {
         log_ino: 1,
         log_size: out.len() as u64,
         lost_reported: 0,
+        tree: None,
     });
     INPUT.with(|(file, path)| {
         file.set_len(0).expect("truncate the fuzz input file");

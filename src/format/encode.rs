@@ -242,6 +242,7 @@ fn event_name(ev: Event) -> &'static str {
         Event::Close => "close",
         Event::Gap => "gap",
         Event::Rotate => "rotate",
+        Event::Checkpoint => "checkpoint",
     }
 }
 
@@ -352,6 +353,9 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
     if let Some(n) = &d.note {
         m.str("note", n);
     }
+    if let Some(c) = &d.checkpoint {
+        m.str("checkpoint", c);
+    }
 }
 
 #[cfg(test)]
@@ -457,6 +461,7 @@ mod tests {
             renamed_to: Some(s.into()),
             next: Some(s.into()),
             note: Some(s.into()),
+            checkpoint: Some(s.into()),
         };
         r
     }
@@ -490,6 +495,7 @@ mod tests {
             Event::Close,
             Event::Gap,
             Event::Rotate,
+            Event::Checkpoint,
         ] {
             same_as_serde(&Record::new(&who, 3, ev, None));
         }
