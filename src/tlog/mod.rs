@@ -11,3 +11,4 @@ pub mod checkpoint;
 pub mod cosignature;
 pub mod note;
 pub mod tree;
+pub mod witness;
