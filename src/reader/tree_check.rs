@@ -10,6 +10,7 @@ use crate::tlog::note::{SignedNote, VerifierKey};
 use crate::tlog::tree::Frontier;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// What the check found.
@@ -33,7 +34,8 @@ pub struct TreeReport {
 }
 
 /// The first problem: `kind` is one of `bad_signature`, `malformed`, `altered` (the lines
-/// before a checkpoint's size do not have its root: a line altered, removed or reordered),
+/// before a checkpoint's size do not have its root, or a checkpoint record does not sit at its
+/// size: a line altered, removed, added or reordered),
 /// `truncated` (fewer lines than a checkpoint's size), `not_from_seq_0`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TreeProblem {
@@ -82,10 +84,119 @@ fn checkpoint_in(line: &[u8]) -> Option<Result<String, ()>> {
 }
 
 /// The seq at the start of a line (`{"v":1,"seq":N,`).
-fn seq_of(line: &[u8]) -> Option<u64> {
+pub fn seq_of(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"{\"v\":1,\"seq\":")?;
     let end = rest.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Calls `f(file, line)` for each whole line of `files` in order, without its newline. A torn
+/// last line is no record (the chain's verifier reports it) and is not passed.
+fn for_each_line(
+    files: &[PathBuf],
+    mut f: impl FnMut(&Path, &[u8]) -> ControlFlow<()>,
+) -> Result<(), TreeIoError> {
+    for path in files {
+        let io = |source| TreeIoError {
+            path: path.clone(),
+            source,
+        };
+        let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 || line.pop() != Some(b'\n') {
+                break;
+            }
+            if f(path, &line).is_break() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leaf i must be the record of seq i: the files must start at the chain's first record.
+fn first_is_seq_0(path: &Path, index: u64, line: &[u8]) -> Result<(), TreeProblem> {
+    if index == 0 && seq_of(line) != Some(0) {
+        return Err(TreeProblem {
+            kind: "not_from_seq_0",
+            detail: format!(
+                "{} does not start with the chain's first record (seq 0): give every file of the chain, oldest first",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Why `prove` could not make a proof.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error(transparent)]
+    Io(#[from] TreeIoError),
+    #[error("{}", .0.detail)]
+    Log(TreeProblem),
+    #[error("no checkpoint in the log or its checkpoint file")]
+    NoCheckpoint,
+    #[error("--from {from} is larger than the newest checkpoint ({newest} records)")]
+    FromTooLarge { from: u64, newest: u64 },
+    #[error("the log holds {records} records, fewer than its newest checkpoint signs ({newest})")]
+    Truncated { records: u64, newest: u64 },
+}
+
+/// The consistency proof from the tree of `from` records to the newest checkpoint in `files`
+/// and `checkpoint_file`, as a tlog-witness add-checkpoint request body (`old <from>`, the
+/// proof's hashes in base64, a blank line, the signed checkpoint). The signature is not
+/// checked here: the witness checks it.
+pub fn prove(
+    files: &[PathBuf],
+    checkpoint_file: Option<&Path>,
+    from: u64,
+) -> Result<String, ProveError> {
+    let mut newest: Option<(u64, String)> = None;
+    let mut consider = |text: String| {
+        let size = SignedNote::parse(&text)
+            .ok()
+            .and_then(|n| Checkpoint::parse(&n.text).ok())
+            .map(|c| c.size);
+        if let Some(size) = size {
+            if newest.as_ref().is_none_or(|(s, _)| size >= *s) {
+                newest = Some((size, text));
+            }
+        }
+    };
+    if let Some(text) = checkpoint_file.and_then(|p| std::fs::read_to_string(p).ok()) {
+        consider(text);
+    }
+    let mut leaves = Vec::new();
+    let mut problem = None;
+    for_each_line(files, |path, line| {
+        if let Err(p) = first_is_seq_0(path, leaves.len() as u64, line) {
+            problem = Some(p);
+            return ControlFlow::Break(());
+        }
+        if let Some(Ok(note)) = checkpoint_in(line) {
+            consider(note);
+        }
+        leaves.push(crate::tlog::tree::leaf_hash(line));
+        ControlFlow::Continue(())
+    })?;
+    if let Some(p) = problem {
+        return Err(ProveError::Log(p));
+    }
+    let (size, note) = newest.ok_or(ProveError::NoCheckpoint)?;
+    if from > size {
+        return Err(ProveError::FromTooLarge { from, newest: size });
+    }
+    if (leaves.len() as u64) < size {
+        return Err(ProveError::Truncated {
+            records: leaves.len() as u64,
+            newest: size,
+        });
+    }
+    let proof = crate::tlog::tree::consistency_proof(&leaves[..size as usize], from as usize);
+    Ok(crate::tlog::witness::request_body(from, &proof, &note))
 }
 
 /// Checks `files` (in chain order, from the chain's first) against the checkpoints they hold
@@ -142,44 +253,21 @@ pub fn check_tree(
         }
         Ok(())
     };
-    'files: for path in files {
-        if report.problem.is_some() {
-            break;
-        }
-        let io = |source| TreeIoError {
-            path: path.clone(),
-            source,
-        };
-        let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
-                break;
-            }
-            if line.pop() != Some(b'\n') {
-                // A torn last line is no record (the chain's verifier reports it).
-                break;
-            }
+    if report.problem.is_none() {
+        for_each_line(files, |path, line| {
             let seq = tree.size;
-            if seq == 0 && seq_of(&line) != Some(0) {
-                report.problem = Some(TreeProblem {
-                    kind: "not_from_seq_0",
-                    detail: format!(
-                        "{} does not start with the chain's first record (seq 0): give every file of the chain, oldest first",
-                        path.display()
-                    ),
-                });
-                break 'files;
+            if let Err(p) = first_is_seq_0(path, seq, line) {
+                report.problem = Some(p);
+                return ControlFlow::Break(());
             }
             if let Some(found) = pending.take_if(|f| f.checkpoint.size == seq) {
                 if let Err(p) = accept(&mut report, &tree, &found) {
                     report.problem = Some(p);
-                    break 'files;
+                    return ControlFlow::Break(());
                 }
             }
             last_is_checkpoint = false;
-            if let Some(note) = checkpoint_in(&line) {
+            if let Some(note) = checkpoint_in(line) {
                 let place = format!("the checkpoint record at seq {seq}");
                 let checked = note
                     .map_err(|()| TreeProblem {
@@ -189,10 +277,12 @@ pub fn check_tree(
                     .and_then(|text| open_note(&text, key, &place))
                     .and_then(|checkpoint| {
                         if checkpoint.size != seq {
+                            // The writer signs the lines before the record: lines before it
+                            // were removed or added.
                             return Err(TreeProblem {
-                                kind: "malformed",
+                                kind: "altered",
                                 detail: format!(
-                                    "{place} signs a tree of {} records, not of the {seq} before it",
+                                    "{place} signs the {} records before it, but {seq} lines come before it: covered lines were removed or added",
                                     checkpoint.size
                                 ),
                             });
@@ -201,13 +291,14 @@ pub fn check_tree(
                     });
                 if let Err(p) = checked {
                     report.problem = Some(p);
-                    break 'files;
+                    return ControlFlow::Break(());
                 }
                 last_is_checkpoint = true;
             }
             // Past MAX_SIZE lines the tree stops growing; the writer refuses long before.
-            let _ = tree.push_line(&line);
-        }
+            let _ = tree.push_line(line);
+            ControlFlow::Continue(())
+        })?;
     }
     report.records = tree.size;
     if report.problem.is_none() {

@@ -52,10 +52,17 @@ pub fn checkpoint_path_for(log_path: &Path) -> PathBuf {
 
 /// Reads the checkpoint key with the key file's trust checks (owner, mode, regular file).
 pub(crate) fn read_checkpoint_key(path: &Path) -> Result<SignerKey, WriterError> {
-    let refused = |why: String| WriterError::CheckpointKey {
+    read_note_key(path, ALG_ED25519).map_err(|why| WriterError::CheckpointKey {
         path: path.to_path_buf(),
         why,
-    };
+    })
+}
+
+/// Reads a signer key of type `alg` (a checkpoint key, or a witness's cosignature key) with
+/// the key file's trust checks: a regular file, owned by this uid or root, no group or other
+/// access. The error says why it cannot be used.
+pub fn read_note_key(path: &Path, alg: u8) -> Result<SignerKey, String> {
+    let refused = |why: String| why;
     let text = read_secret_file(path).map_err(|e| {
         refused(match e {
             KeyFileError::Unreadable { source, .. } => source.to_string(),
@@ -73,11 +80,14 @@ pub(crate) fn read_checkpoint_key(path: &Path) -> Result<SignerKey, WriterError>
     })?;
     let key = SignerKey::parse(&text).map_err(|e| {
         refused(format!(
-            "{e}: make one with `p11audit keygen --checkpoint ORIGIN PATH`"
+            "{e}: make one with `p11audit keygen --checkpoint ORIGIN PATH` (or `--witness NAME PATH`)"
         ))
     })?;
-    if key.alg != ALG_ED25519 {
-        return Err(refused("not an Ed25519 note key".into()));
+    if key.alg != alg {
+        return Err(refused(format!(
+            "a key of signature type {:#04x}, not {alg:#04x}",
+            key.alg
+        )));
     }
     Ok(key)
 }
