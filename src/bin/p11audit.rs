@@ -17,7 +17,7 @@ use p11audit::reader::verify::{
 };
 use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
 use p11audit::tlog::note::{SignerKey, VerifierKey, ALG_COSIGNATURE_V1, ALG_ED25519};
-use p11audit::tlog::witness::{add_checkpoint, parse_request, Evidence, WitnessState};
+use p11audit::tlog::witness::{add_checkpoint, parse_request, Evidence, Outcome, WitnessState};
 use p11audit::writer::audit_log::state_path_for;
 use p11audit::writer::checkpoints::{checkpoint_path_for, read_note_key};
 use std::fmt::Write as _;
@@ -894,10 +894,14 @@ fn witness_cmd(args: &WitnessArgs) -> Result<ExitCode, Fatal> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     match add_checkpoint(&mut state, &log_keys, &key, &note, &evidence, now) {
-        Ok(cosignature) => {
+        Ok(Outcome::Cosigned(cosignature)) => {
             replace_witness_state(&args.state, &state)?;
             drop(lock);
             print(&cosignature.line(), "cosignature")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Outcome::AlreadyCovered { known }) => {
+            eprintln!("p11audit: witness: an older checkpoint, a prefix of the {known} records already cosigned: nothing to cosign");
             Ok(ExitCode::SUCCESS)
         }
         Err(refusal) => {

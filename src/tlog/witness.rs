@@ -100,6 +100,16 @@ fn frontier_from(size: u64, hashes: &[String]) -> Option<Frontier> {
     it.next().is_none().then_some(f)
 }
 
+/// What the witness did with a checkpoint it did not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted and cosigned.
+    Cosigned(NoteSignature),
+    /// An older checkpoint of the log the witness knows, which the lines show to be a prefix
+    /// of it (a collector that received records out of order): nothing to cosign, no alarm.
+    AlreadyCovered { known: u64 },
+}
+
 /// Checks `note` (a signed checkpoint) against what `state` holds for its origin and, if it
 /// is accepted, records it in `state` and returns `witness`'s cosignature, made at `now`
 /// (seconds since the epoch).
@@ -110,7 +120,7 @@ pub fn add_checkpoint(
     note: &str,
     evidence: &Evidence,
     now: u64,
-) -> Result<NoteSignature, Refusal> {
+) -> Result<Outcome, Refusal> {
     let note = SignedNote::parse(note).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let new = Checkpoint::parse(&note.text).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let signed = log_keys
@@ -171,6 +181,16 @@ pub fn add_checkpoint(
                     }
                 }
             };
+            if new.size < old.size && !lines.is_empty() && !restarted(prev) {
+                // Both trees in the lines given, the new one a prefix of the known one: an old
+                // checkpoint received late. Lines missing or another root: a rollback.
+                let older = extend(Frontier::default(), new.size).ok();
+                if let Some(older) = older.filter(|f| f.root() == new.root) {
+                    if extend(older, old.size).is_ok_and(|f| f.root() == old.root) {
+                        return Ok(Outcome::AlreadyCovered { known: old.size });
+                    }
+                }
+            }
             if new.size < old.size {
                 return Err(if restarted(prev) {
                     Refusal::Restarted { origin }
@@ -244,7 +264,7 @@ pub fn add_checkpoint(
             first_leaf,
         },
     );
-    Ok(cosig)
+    Ok(Outcome::Cosigned(cosig))
 }
 
 /// Reads a tlog-witness add-checkpoint request body: `old <size>`, the proof's hashes in
@@ -344,8 +364,11 @@ mod tests {
         let keys = [log.key.verifier()];
         let mut state = WitnessState::default();
         let w = witness();
-        let sig =
-            add_checkpoint(&mut state, &keys, &w, &log.note(10), &log.lines(0, 10), 7).unwrap();
+        let Outcome::Cosigned(sig) =
+            add_checkpoint(&mut state, &keys, &w, &log.note(10), &log.lines(0, 10), 7).unwrap()
+        else {
+            panic!("not cosigned")
+        };
         let mut note = SignedNote::parse(&log.note(10)).unwrap();
         note.signatures.push(sig);
         assert_eq!(cosignature::verify(&note, &w.verifier()), Ok(7));
@@ -371,6 +394,26 @@ mod tests {
             Err(Refusal::Rollback {
                 known: 20,
                 new: 15,
+                ..
+            })
+        ));
+        // The same older checkpoint received late, with the lines: covered, no alarm.
+        assert_eq!(
+            add_checkpoint(&mut state, &keys, &w, &log.note(15), &log.lines(0, 20), 2),
+            Ok(Outcome::AlreadyCovered { known: 20 })
+        );
+        // Put back to the first 15 records and going on from there: the lines after 15 are
+        // another history, so the known tree is not in them.
+        let mut rolled_back = Log::new(5, 30, "a");
+        for l in &mut rolled_back.lines[15..] {
+            l.extend_from_slice(b" after the rollback");
+        }
+        let (note, lines) = (rolled_back.note(18), rolled_back.lines(0, 30));
+        assert!(matches!(
+            add_checkpoint(&mut state, &keys, &w, &note, &lines, 2),
+            Err(Refusal::Rollback {
+                known: 20,
+                new: 18,
                 ..
             })
         ));
