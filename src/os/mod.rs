@@ -301,3 +301,31 @@ pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) ->
         _ => Err(e),
     }
 }
+
+/// Swaps the files at `a` and `b` in one step (`renameat2` with `RENAME_EXCHANGE`): both must
+/// exist. Unlike a rename over an existing file, which ext4 makes start writing the renamed
+/// file's data back at once (its `auto_da_alloc` heuristic, milliseconds on a busy disk), an
+/// exchange costs what a rename of a name to a free place costs.
+pub(crate) fn exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (a_c, b_c) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a_c.as_ptr(),
+            libc::AT_FDCWD,
+            b_c.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -353,7 +353,12 @@ pub fn render(report: &TreeReport) -> String {
             crate::reader::escape(&report.key)
         ));
     }
-    if report.records > report.covered {
+    if report.exit_status == 0 && report.records == report.covered + 1 {
+        out.push_str(&format!(
+            "record {} is the newest checkpoint record itself, sealed by the HMAC chain\n",
+            report.covered
+        ));
+    } else if report.records > report.covered {
         out.push_str(&format!(
             "records {} to {} ({} records) are sealed only by the HMAC chain: check them with --key-file\n",
             report.covered,

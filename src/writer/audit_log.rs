@@ -335,7 +335,7 @@ impl AuditLog {
         bodies: &[String],
         template: &Record,
     ) -> Result<Appended, WriterError> {
-        self.with_lock(|me| {
+        let (done, checkpoint) = self.with_lock(|me| {
             let recover = me.shared.load_u64(layout::RECOVER) != 0;
             let mut state = me.current_state()?;
             if me.shared.load_u64(layout::ROTATE_SEQ) != 0 {
@@ -359,11 +359,12 @@ impl AuditLog {
             me.losses()
                 .count(std::mem::take(&mut me.lost_during_append));
             if gap.is_none() && bodies.is_empty() {
-                return Ok(Appended {
+                let nothing = Appended {
                     first_seq: state.next_seq,
                     last_seq: state.next_seq.wrapping_sub(1),
                     gap: false,
-                });
+                };
+                return Ok((nothing, None));
             }
             if let Some(limit) = me.settings.rotate_bytes {
                 // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
@@ -381,15 +382,27 @@ impl AuditLog {
             if gap.is_some() {
                 settle_lost_since(&me.shared, &unreported);
             }
-            if checkpoint {
-                // The records are in the log: a checkpoint that fails now is said, not
-                // reported as their failure.
-                if let Err(e) = me.write_checkpoint(template) {
+            // The records are in the log: a checkpoint that fails now is said, not reported
+            // as their failure.
+            let signed = checkpoint
+                .then(|| {
+                    let size = done.last_seq + 1;
+                    me.write_checkpoint(template).map(|note| (note, size))
+                })
+                .transpose()
+                .unwrap_or_else(|e| {
                     crate::stderr_line(&format!("p11audit: {e}"));
-                }
+                    None
+                });
+            Ok((done, signed))
+        })?;
+        // The file is replaced after the lock is released: other writers do not wait for it.
+        if let Some((note, size)) = checkpoint {
+            if let Err(e) = self.replace_checkpoint_file(&note, size) {
+                crate::stderr_line(&format!("p11audit: {e}"));
             }
-            Ok(done)
-        })
+        }
+        Ok(done)
     }
 
     /// The state, or why it cannot be used.

@@ -173,12 +173,12 @@ impl AuditLog {
             .filter(|c| c.origin == origin)
     }
 
-    /// Signs the tree as it is now, appends the `checkpoint` record and replaces
-    /// `<log>.checkpoint`. Caller holds the lock and has checked `checkpoint_due`.
-    pub(super) fn write_checkpoint(&mut self, template: &Record) -> Result<(), WriterError> {
+    /// Signs the tree as it is now and appends the `checkpoint` record; returns the signed
+    /// note, for `<log>.checkpoint`. Caller holds the lock and has checked `checkpoint_due`.
+    pub(super) fn write_checkpoint(&mut self, template: &Record) -> Result<String, WriterError> {
         let state = self.current_state()?;
         let (Some(signer), Some(tree)) = (&self.checkpointer, &state.tree) else {
-            return Ok(());
+            return Err(WriterError::Internal);
         };
         let body = Checkpoint::new(&signer.key.name, tree.size, tree.root()).body();
         let signature = signer
@@ -197,23 +197,48 @@ impl AuditLog {
         record.ts = rfc3339_micros_now();
         record.detail.checkpoint = Some(note.clone());
         self.append_locked(state, None, &[record.to_body()])?;
-        self.replace_checkpoint_file(&note)
+        Ok(note)
     }
 
-    /// Writes the note to `<log>.checkpoint.next` (a file this writer creates, with the log's
-    /// mode) and renames it over `<log>.checkpoint`: readers see the old note or the new one.
-    fn replace_checkpoint_file(&self, note: &str) -> Result<(), WriterError> {
+    /// Puts `note` (of a tree of `size` records) in `<log>.checkpoint`, without the lock: it is
+    /// written to `<log>.checkpoint.<pid>.<tid>.next` (a file this writer creates, with the
+    /// log's mode), which then changes places with `<log>.checkpoint` in one step (or is
+    /// renamed to it, if there is none yet), so readers see the old note or the new one. A
+    /// note of a larger tree already there, from a writer that signed meanwhile, stays.
+    pub(super) fn replace_checkpoint_file(&self, note: &str, size: u64) -> Result<(), WriterError> {
         let path = checkpoint_path_for(&self.settings.log_path);
         let mut next = path.as_os_str().to_owned();
-        next.push(".next");
+        next.push(format!(
+            ".{}.{}.next",
+            crate::os::process::current_pid(),
+            crate::os::process::current_tid()
+        ));
         let next = PathBuf::from(next);
         let failed = |e| WriterError::io("write checkpoint file", &path, e);
-        // Left by a writer that died between creating and renaming it (under the lock).
+        // Left by a thread of this pid and tid that died between creating and placing it.
         let _ = std::fs::remove_file(&next);
         let mut file =
             own_files::create_new(&next, FileRole::Log, self.settings.log_mode).map_err(failed)?;
         file.write_all(note.as_bytes()).map_err(failed)?;
-        std::fs::rename(&next, &path).map_err(failed)
+        drop(file);
+        let newer_there = self
+            .checkpointer
+            .as_ref()
+            .and_then(|c| self.last_checkpoint_file(&c.key.name))
+            .is_some_and(|c| c.size > size);
+        let placed = if newer_there {
+            Ok(())
+        } else {
+            match crate::os::exchange(&next, &path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    crate::os::rename_no_replace(&next, &path)
+                }
+                other => other,
+            }
+        };
+        // `next` now holds the old note (or ours, if it was not placed).
+        let _ = std::fs::remove_file(&next);
+        placed.map_err(failed)
     }
 }
 
