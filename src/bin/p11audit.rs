@@ -114,27 +114,8 @@ enum Command {
     /// origin; refuse (exit 1) a rollback, a fork, or a deleted and restarted log
     #[command(after_help = WITNESS_HELP)]
     Witness {
-        /// The witness's cosignature key (made by `keygen --witness`)
-        #[arg(long, value_name = "KEY")]
-        key: PathBuf,
-        /// The witness's state file: the newest checkpoint accepted per origin (created if
-        /// missing, replaced atomically before the answer)
-        #[arg(long, value_name = "FILE")]
-        state: PathBuf,
-        /// A log's verifier key (PATH.vkey of `keygen --checkpoint`); repeatable
-        #[arg(long = "log-key", value_name = "VKEY", required = true)]
-        log_keys: Vec<PathBuf>,
-        /// A tlog-witness add-checkpoint request body (`old N`, the proof, a blank line, the
-        /// signed checkpoint), as `p11audit prove` prints it; `-` for stdin
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint", "lines"], required_unless_present = "checkpoint")]
-        request: Option<PathBuf>,
-        /// The signed checkpoint (a `<log>.checkpoint` file, or the note of a checkpoint
-        /// record); `-` for stdin
-        #[arg(long, value_name = "FILE")]
-        checkpoint: Option<PathBuf>,
-        /// Log files holding the lines since the last accepted checkpoint (or all of them)
-        #[arg(long, value_name = "FILE", requires = "checkpoint")]
-        lines: Vec<PathBuf>,
+        #[command(flatten)]
+        args: WitnessArgs,
     },
     /// Print the calls in a log, one line each (intent and outcome joined), verifying as it reads
     #[command(after_help = SHOW_HELP)]
@@ -429,21 +410,7 @@ fn main() -> ExitCode {
             .expand()
             .and_then(|c| verify(&c, vkey.as_deref(), json)),
         Command::Prove { from, files } => prove_cmd(&files, from),
-        Command::Witness {
-            key,
-            state,
-            log_keys,
-            request,
-            checkpoint,
-            lines,
-        } => witness_cmd(&WitnessArgs {
-            key,
-            state,
-            log_keys,
-            request,
-            checkpoint,
-            lines,
-        }),
+        Command::Witness { args } => witness_cmd(&args),
         Command::Show {
             chain,
             period,
@@ -812,12 +779,29 @@ fn prove_cmd(files: &[PathBuf], from: u64) -> Result<ExitCode, Fatal> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `p11audit witness`'s arguments.
+#[derive(Args)]
 struct WitnessArgs {
+    /// The witness's cosignature key (made by `keygen --witness`)
+    #[arg(long, value_name = "KEY")]
     key: PathBuf,
+    /// The witness's state file: the newest checkpoint accepted per origin (created if
+    /// missing, replaced atomically before the answer)
+    #[arg(long, value_name = "FILE")]
     state: PathBuf,
+    /// A log's verifier key (PATH.vkey of `keygen --checkpoint`); repeatable
+    #[arg(long = "log-key", value_name = "VKEY", required = true)]
     log_keys: Vec<PathBuf>,
+    /// A tlog-witness add-checkpoint request body (`old N`, the proof, a blank line, the
+    /// signed checkpoint), as `p11audit prove` prints it; `-` for stdin
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint", "lines"], required_unless_present = "checkpoint")]
     request: Option<PathBuf>,
+    /// The signed checkpoint (a `<log>.checkpoint` file, or the note of a checkpoint
+    /// record); `-` for stdin
+    #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
+    /// Log files holding the lines since the last accepted checkpoint (or all of them)
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
     lines: Vec<PathBuf>,
 }
 

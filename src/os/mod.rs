@@ -273,26 +273,9 @@ pub(crate) fn user_name(uid: u32) -> Option<String> {
 /// failing with `AlreadyExists` then. On a file system without that flag, a hard link and an
 /// unlink do the same, also without ever replacing a file.
 pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &std::path::Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    };
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
+    let Err(e) = renameat2(from, to, libc::RENAME_NOREPLACE) else {
         return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    };
     match e.raw_os_error() {
         Some(libc::EINVAL) | Some(libc::ENOSYS) => {
             std::fs::hard_link(from, to)?;
@@ -307,20 +290,25 @@ pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) ->
 /// file's data back at once (its `auto_da_alloc` heuristic, milliseconds on a busy disk), an
 /// exchange costs what a rename of a name to a free place costs.
 pub(crate) fn exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+/// `renameat2(from, to, flags)`, both paths relative to the working directory.
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: libc::c_uint) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &std::path::Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     };
-    let (a_c, b_c) = (c(a)?, c(b)?);
+    let (from_c, to_c) = (c(from)?, c(to)?);
     // SAFETY: two NUL-terminated paths that outlive the call.
     let rc = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
-            a_c.as_ptr(),
+            from_c.as_ptr(),
             libc::AT_FDCWD,
-            b_c.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            to_c.as_ptr(),
+            flags,
         )
     };
     if rc == 0 {

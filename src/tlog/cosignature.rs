@@ -29,14 +29,7 @@ pub fn cosign(key: &SignerKey, text: &str, time: u64) -> Result<NoteSignature, N
 
 /// Checks `key`'s cosignature on `note`; returns its timestamp.
 pub fn verify(note: &SignedNote, key: &VerifierKey) -> Result<u64, NoteError> {
-    if key.alg != ALG_COSIGNATURE_V1 {
-        return Err(NoteError::UnsupportedType(key.alg));
-    }
-    let sig = note
-        .signatures
-        .iter()
-        .find(|s| s.is_by(key))
-        .ok_or_else(|| NoteError::NotSignedBy(key.name.clone()))?;
+    let sig = note.signature_by(key, ALG_COSIGNATURE_V1)?;
     let bad = || NoteError::BadSignature(key.name.clone());
     if sig.signature.len() != 72 {
         return Err(bad());

@@ -315,16 +315,24 @@ impl SignedNote {
         out
     }
 
-    /// The note's text is signed by `key` (a plain Ed25519 key).
-    pub fn verify(&self, key: &VerifierKey) -> Result<(), NoteError> {
-        if key.alg != ALG_ED25519 {
+    /// The signature made by `key` (its name and key id), which must be of type `alg`.
+    pub(crate) fn signature_by(
+        &self,
+        key: &VerifierKey,
+        alg: u8,
+    ) -> Result<&NoteSignature, NoteError> {
+        if key.alg != alg {
             return Err(NoteError::UnsupportedType(key.alg));
         }
-        let sig = self
-            .signatures
+        self.signatures
             .iter()
             .find(|s| s.is_by(key))
-            .ok_or_else(|| NoteError::NotSignedBy(key.name.clone()))?;
+            .ok_or_else(|| NoteError::NotSignedBy(key.name.clone()))
+    }
+
+    /// The note's text is signed by `key` (a plain Ed25519 key).
+    pub fn verify(&self, key: &VerifierKey) -> Result<(), NoteError> {
+        let sig = self.signature_by(key, ALG_ED25519)?;
         let bytes: [u8; 64] = sig
             .signature
             .as_slice()

@@ -387,10 +387,13 @@ mod tests {
         let keys = [log.key.verifier()];
         let w = witness();
         let mut state = WitnessState::default();
-        add_checkpoint(&mut state, &keys, &w, &log.note(20), &log.lines(0, 20), 1).unwrap();
-        let kept = state.clone();
+        let mut add = |note: String, evidence: Evidence| {
+            add_checkpoint(&mut state, &keys, &w, &note, &evidence, 2)
+        };
+        add(log.note(20), log.lines(0, 20)).unwrap();
+        let rollback = add(log.note(15), Evidence::Nothing);
         assert!(matches!(
-            add_checkpoint(&mut state, &keys, &w, &log.note(15), &Evidence::Nothing, 2),
+            rollback,
             Err(Refusal::Rollback {
                 known: 20,
                 new: 15,
@@ -398,19 +401,17 @@ mod tests {
             })
         ));
         // The same older checkpoint received late, with the lines: covered, no alarm.
-        assert_eq!(
-            add_checkpoint(&mut state, &keys, &w, &log.note(15), &log.lines(0, 20), 2),
-            Ok(Outcome::AlreadyCovered { known: 20 })
-        );
+        let late = add(log.note(15), log.lines(0, 20));
+        assert_eq!(late, Ok(Outcome::AlreadyCovered { known: 20 }));
         // Put back to the first 15 records and going on from there: the lines after 15 are
         // another history, so the known tree is not in them.
         let mut rolled_back = Log::new(5, 30, "a");
         for l in &mut rolled_back.lines[15..] {
             l.extend_from_slice(b" after the rollback");
         }
-        let (note, lines) = (rolled_back.note(18), rolled_back.lines(0, 30));
+        let rollback = add(rolled_back.note(18), rolled_back.lines(0, 30));
         assert!(matches!(
-            add_checkpoint(&mut state, &keys, &w, &note, &lines, 2),
+            rollback,
             Err(Refusal::Rollback {
                 known: 20,
                 new: 18,
@@ -420,73 +421,41 @@ mod tests {
         // Another history under the same key: same first record, different later ones.
         let mut forked = Log::new(5, 30, "a");
         forked.lines[12] = b"altered".to_vec();
-        assert!(matches!(
-            add_checkpoint(
-                &mut state,
-                &keys,
-                &w,
-                &forked.note(25),
-                &forked.lines(20, 25),
-                2
-            ),
-            Err(Refusal::Fork { .. })
-        ));
-        assert!(matches!(
-            add_checkpoint(
-                &mut state,
-                &keys,
-                &w,
-                &forked.note(25),
-                &forked.proof(20, 25),
-                2
-            ),
-            Err(Refusal::Fork { .. })
-        ));
+        for evidence in [forked.lines(20, 25), forked.proof(20, 25)] {
+            assert!(matches!(
+                add(forked.note(25), evidence),
+                Err(Refusal::Fork { .. })
+            ));
+        }
         // Deleted and started again: another first record.
         let restarted = Log::new(5, 30, "b");
-        assert!(matches!(
-            add_checkpoint(
-                &mut state,
-                &keys,
-                &w,
-                &restarted.note(8),
-                &restarted.lines(0, 8),
-                2
-            ),
-            Err(Refusal::Restarted { .. })
-        ));
-        assert!(matches!(
-            add_checkpoint(
-                &mut state,
-                &keys,
-                &w,
-                &restarted.note(28),
-                &restarted.lines(0, 28),
-                2
-            ),
-            Err(Refusal::Restarted { .. })
-        ));
+        for size in [8, 28] {
+            let refused = add(restarted.note(size), restarted.lines(0, size));
+            assert!(matches!(refused, Err(Refusal::Restarted { .. })));
+        }
         let stranger = Log::new(6, 30, "a");
-        assert_eq!(
-            add_checkpoint(
-                &mut state,
-                &keys,
-                &w,
-                &stranger.note(25),
-                &stranger.lines(0, 25),
-                2
-            ),
-            Err(Refusal::UnknownKey)
-        );
+        let refused = add(stranger.note(25), stranger.lines(0, 25));
+        assert_eq!(refused, Err(Refusal::UnknownKey));
+        let refused = add(log.note(25), log.proof(10, 25));
         assert!(matches!(
-            add_checkpoint(&mut state, &keys, &w, &log.note(25), &log.proof(10, 25), 2),
+            refused,
             Err(Refusal::OldSizeMismatch {
                 known: 20,
                 claimed: 10,
                 ..
             })
         ));
-        assert_eq!(state, kept, "nothing refused changed the state");
+        let mut expected = WitnessState::default();
+        add_checkpoint(
+            &mut expected,
+            &keys,
+            &w,
+            &log.note(20),
+            &log.lines(0, 20),
+            2,
+        )
+        .unwrap();
+        assert_eq!(state, expected, "nothing refused changed the state");
     }
 
     #[test]
