@@ -556,6 +556,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn checkpoint_settings() {
+        let with = |vars: &[(&'static str, &'static str)]| {
+            let mut all = vec![("P11AUDIT_MODULE", "/m"), ("P11AUDIT_LOG", "/l")];
+            all.extend_from_slice(vars);
+            cfg(&all)
+        };
+        let key = ("P11AUDIT_CHECKPOINT_KEY", "/k");
+        let c = with(&[key]).unwrap().log.checkpoint.unwrap();
+        assert_eq!(c.key_file, PathBuf::from("/k"));
+        assert_eq!(c.every, DEFAULT_EVERY);
+        let every = |v| with(&[key, ("P11AUDIT_CHECKPOINT_EVERY", v)]);
+        assert_eq!(
+            every("250").unwrap().log.checkpoint.unwrap().every,
+            CheckpointEvery::Records(250)
+        );
+        assert_eq!(
+            every("60s").unwrap().log.checkpoint.unwrap().every,
+            CheckpointEvery::Seconds(60)
+        );
+        for bad in [
+            "0",
+            "0s",
+            "s",
+            "-5",
+            "+5",
+            "5m",
+            "1 0",
+            "99999999999999999999",
+        ] {
+            let e = every(bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { name: "P11AUDIT_CHECKPOINT_EVERY", value, .. } if value == bad),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = with(&[("P11AUDIT_CHECKPOINT_EVERY", "10")]).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::NotSet {
+                name: "P11AUDIT_CHECKPOINT_KEY",
+                ..
+            }
+        ));
+    }
+
     /// A bad value from a configuration file names the file and line it is on; a setting
     /// given twice in the file is refused, naming both lines.
     #[test]
