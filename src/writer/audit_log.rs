@@ -148,6 +148,9 @@ impl AuditLog {
             lost_during_append: 0,
         };
         me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
+        if me.checkpointer.is_some() {
+            me.with_lock(|me| me.refuse_checkpoints_without_tree())?;
+        }
         Ok(me)
     }
 

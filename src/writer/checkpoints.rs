@@ -163,6 +163,18 @@ impl AuditLog {
         Ok(true)
     }
 
+    /// A chain started without a tree cannot have checkpoints: said when the log is opened,
+    /// rather than at the first checkpoint due.
+    pub(super) fn refuse_checkpoints_without_tree(&mut self) -> Result<(), WriterError> {
+        if self.current_state()?.tree.is_some() {
+            return Ok(());
+        }
+        Err(WriterError::CheckpointRefused {
+            log: self.settings.log_path.clone(),
+            why: "the chain has no Merkle tree (it was started without one): unset P11AUDIT_CHECKPOINT_KEY, or start a new chain".into(),
+        })
+    }
+
     /// The checkpoint in `<log>.checkpoint`, if it is one for `origin`.
     fn last_checkpoint_file(&self, origin: &str) -> Option<Checkpoint> {
         let path = checkpoint_path_for(&self.settings.log_path);
@@ -385,6 +397,35 @@ mod tests {
             std::fs::read(&settings.log_path).unwrap(),
             old_log,
             "nothing written"
+        );
+    }
+
+    #[test]
+    fn a_chain_without_a_tree_is_refused_a_checkpoint_key_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, _) = with_checkpoints(dir.path(), DEFAULT_EVERY);
+        let plain = LogSettings {
+            checkpoint: None,
+            ..settings.clone()
+        };
+        let mut log = AuditLog::open(&plain, &who()).unwrap();
+        log.append(&bodies(3), &template()).unwrap();
+        drop(log);
+        // A chain whose states were stored without a tree (both slots' TREE words zero).
+        let state_path = state_path_for(&settings.log_path);
+        let mut bytes = std::fs::read(&state_path).unwrap();
+        for at in layout::TREE {
+            bytes[at..at + 8].copy_from_slice(&0u64.to_ne_bytes());
+        }
+        std::fs::write(&state_path, &bytes).unwrap();
+        AuditLog::open(&plain, &who())
+            .unwrap()
+            .append(&bodies(1), &template())
+            .unwrap();
+        let err = AuditLog::open(&settings, &who()).err().expect("refused");
+        assert!(
+            matches!(err, WriterError::CheckpointRefused { .. }),
+            "{err}"
         );
     }
 
