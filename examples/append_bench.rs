@@ -93,6 +93,7 @@ fn main() {
         log_mode: 0o600,
         sync_always: false,
         rotate_bytes: None,
+        checkpoint: None,
     };
     let mut log = AuditLog::open(&settings, &who).expect("open log");
 

@@ -260,6 +260,7 @@ fn generate(path: &Path, n: u64) -> ChainState {
         log_ino: 0,
         log_size: 0,
         lost_reported: 0,
+        tree: None,
     }
 }
 

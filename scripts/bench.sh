@@ -111,3 +111,9 @@ for threads in sorted({r["threads"] for r in rows}):
         line += f" {calls:.1f} | {logb:.0f} |" if calls is not None else " | |"
         print(line)
 PY
+
+# The Merkle tree of the log and its signed checkpoints, per record (docs/PERFORMANCE.md,
+# "Merkle tree and signed checkpoints"): without a provider, in its own program.
+cargo build --release --example tree_bench >&2
+printf '\n### Merkle tree and signed checkpoints (examples/tree_bench.rs)\n\n'
+target/release/examples/tree_bench "$work" | sed 's/^/- /'

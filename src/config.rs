@@ -3,6 +3,7 @@
 
 use crate::writer::audit_log::LogSettings;
 use crate::writer::auditor::FailurePolicy;
+use crate::writer::checkpoints::{CheckpointEvery, CheckpointSettings, DEFAULT_EVERY};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -151,7 +152,57 @@ const SETTINGS: &[&str] = &[
     "P11AUDIT_LOG_MODE",
     "P11AUDIT_ROTATE_BYTES",
     "P11AUDIT_PEER",
+    "P11AUDIT_CHECKPOINT_KEY",
+    "P11AUDIT_CHECKPOINT_EVERY",
 ];
+
+/// P11AUDIT_CHECKPOINT_KEY and P11AUDIT_CHECKPOINT_EVERY: `N` records or `Ns` seconds, N >= 1.
+fn checkpoint(
+    get: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<CheckpointSettings>, ConfigError> {
+    let every_name = "P11AUDIT_CHECKPOINT_EVERY";
+    let every = get(every_name).filter(|v| !v.is_empty());
+    let Some(key_file) = get("P11AUDIT_CHECKPOINT_KEY").filter(|v| !v.is_empty()) else {
+        return match every {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::NotSet {
+                name: "P11AUDIT_CHECKPOINT_KEY",
+                fix: "P11AUDIT_CHECKPOINT_EVERY is set: set P11AUDIT_CHECKPOINT_KEY to a key made by `p11audit keygen --checkpoint ORIGIN PATH`, or unset both",
+            }),
+        };
+    };
+    let every = match every {
+        None => DEFAULT_EVERY,
+        Some(raw) => {
+            let text = raw.to_string_lossy();
+            let (digits, seconds) = match text.trim().strip_suffix('s') {
+                Some(d) => (d, true),
+                None => (text.trim(), false),
+            };
+            let n = digits
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()));
+            match (n, seconds) {
+                (Some(n), false) => CheckpointEvery::Records(n),
+                (Some(n), true) => CheckpointEvery::Seconds(n),
+                (None, _) => {
+                    return Err(ConfigError::Invalid {
+                        name: every_name,
+                        value: text.into_owned(),
+                        fix: format!(
+                            "use a number of records or of seconds (with an s), e.g. {every_name}=1000 or {every_name}=60s"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    Ok(Some(CheckpointSettings {
+        key_file: PathBuf::from(key_file),
+        every,
+    }))
+}
 
 /// Smallest P11AUDIT_ROTATE_BYTES: a file must hold more than a few records.
 const MIN_ROTATE_BYTES: u64 = 64 << 10;
@@ -410,6 +461,7 @@ impl Config {
                 ("off", PeerMode::Off),
             ],
         )?;
+        let checkpoint = checkpoint(get)?;
         Ok(Config {
             module,
             log: LogSettings {
@@ -418,6 +470,7 @@ impl Config {
                 log_mode,
                 sync_always,
                 rotate_bytes,
+                checkpoint,
             },
             on_failure,
             peer,
@@ -445,6 +498,7 @@ mod tests {
         assert_eq!(c.log.rotate_bytes, None);
         assert_eq!(c.log.log_mode, 0o600);
         assert_eq!(c.log.key_file, None);
+        assert_eq!(c.log.checkpoint, None);
     }
 
     #[test]
@@ -527,6 +581,52 @@ mod tests {
                 "{bad}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn checkpoint_settings() {
+        let with = |vars: &[(&'static str, &'static str)]| {
+            let mut all = vec![("P11AUDIT_MODULE", "/m"), ("P11AUDIT_LOG", "/l")];
+            all.extend_from_slice(vars);
+            cfg(&all)
+        };
+        let key = ("P11AUDIT_CHECKPOINT_KEY", "/k");
+        let c = with(&[key]).unwrap().log.checkpoint.unwrap();
+        assert_eq!(c.key_file, PathBuf::from("/k"));
+        assert_eq!(c.every, DEFAULT_EVERY);
+        let every = |v| with(&[key, ("P11AUDIT_CHECKPOINT_EVERY", v)]);
+        assert_eq!(
+            every("250").unwrap().log.checkpoint.unwrap().every,
+            CheckpointEvery::Records(250)
+        );
+        assert_eq!(
+            every("60s").unwrap().log.checkpoint.unwrap().every,
+            CheckpointEvery::Seconds(60)
+        );
+        for bad in [
+            "0",
+            "0s",
+            "s",
+            "-5",
+            "+5",
+            "5m",
+            "1 0",
+            "99999999999999999999",
+        ] {
+            let e = every(bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { name: "P11AUDIT_CHECKPOINT_EVERY", value, .. } if value == bad),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = with(&[("P11AUDIT_CHECKPOINT_EVERY", "10")]).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::NotSet {
+                name: "P11AUDIT_CHECKPOINT_KEY",
+                ..
+            }
+        ));
     }
 
     /// A bad value from a configuration file names the file and line it is on; a setting

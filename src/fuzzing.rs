@@ -117,6 +117,7 @@ pub fn check_verifier_sealed(data: &[u8]) -> bool {
         log_ino: 1,
         log_size: out.len() as u64,
         lost_reported: 0,
+        tree: None,
     });
     INPUT.with(|(file, path)| {
         file.set_len(0).expect("truncate the fuzz input file");
@@ -254,4 +255,87 @@ pub fn check_decoders_and_encoder(data: &[u8]) {
     assert_eq!(split.mac, mac);
     let v: serde_json::Value = serde_json::from_slice(line).expect("a sealed line is valid JSON");
     assert_eq!(v["seq"], 5);
+}
+
+/// The parsers of what a witness receives from the network and `verify --vkey` reads from a
+/// log (signed notes, checkpoints, keys, tlog-witness request bodies), fed arbitrary text:
+/// none panics, what parses writes back to what parses the same, and the witness decides on
+/// any request without panicking (a note signed by a known key is made from the input too, so
+/// that the decision gets past the signature check).
+pub fn check_checkpoint_parsers(data: &[u8]) {
+    use crate::tlog::checkpoint::Checkpoint;
+    use crate::tlog::note::{SignedNote, SignerKey, VerifierKey, ALG_COSIGNATURE_V1, ALG_ED25519};
+    use crate::tlog::witness::{add_checkpoint, parse_request, Evidence, WitnessState};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(note) = SignedNote::parse(text) {
+        assert_eq!(SignedNote::parse(&note.encode()).as_ref(), Ok(&note));
+    }
+    if let Ok(c) = Checkpoint::parse(text) {
+        assert_eq!(Checkpoint::parse(&c.body()).as_ref(), Ok(&c));
+    }
+    if let Ok(k) = VerifierKey::parse(text) {
+        assert_eq!(VerifierKey::parse(&k.encode()).as_ref(), Ok(&k));
+    }
+    if let Ok(k) = SignerKey::parse(text) {
+        assert_eq!(
+            SignerKey::parse(&k.encode()).map(|k| k.verifier()),
+            Ok(k.verifier())
+        );
+    }
+    let log = SignerKey::from_seed("fuzz.example/log", ALG_ED25519, &[3; 32]).expect("a key");
+    let witness =
+        SignerKey::from_seed("fuzz.example/w", ALG_COSIGNATURE_V1, &[4; 32]).expect("a key");
+    let keys = [log.verifier()];
+    let mut state = WitnessState::default();
+    // A first checkpoint, so that the input's is checked against one.
+    let first = Checkpoint::new(
+        "fuzz.example/log",
+        2,
+        crate::tlog::tree::root_of(&[[1; 32], [2; 32]]),
+    );
+    let first_note = SignedNote {
+        signatures: vec![log.sign_note(&first.body()).expect("signs")],
+        text: first.body(),
+    };
+    add_checkpoint(
+        &mut state,
+        &keys,
+        &witness,
+        &first_note.encode(),
+        &Evidence::Nothing,
+        1,
+    )
+    .expect("the first checkpoint is accepted");
+    if let Ok((evidence, note)) = parse_request(text) {
+        let _ = add_checkpoint(&mut state.clone(), &keys, &witness, &note, &evidence, 2);
+        if let Ok(c) = Checkpoint::parse(&note) {
+            let signed = SignedNote {
+                signatures: vec![log.sign_note(&c.body()).expect("signs")],
+                text: c.body(),
+            };
+            let _ = add_checkpoint(
+                &mut state.clone(),
+                &keys,
+                &witness,
+                &signed.encode(),
+                &evidence,
+                2,
+            );
+        }
+    }
+    let lines = Evidence::Lines(
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| (i as u64, l.as_bytes().to_vec()))
+            .collect(),
+    );
+    if let Ok(c) = Checkpoint::parse(text) {
+        let signed = SignedNote {
+            signatures: vec![log.sign_note(&c.body()).expect("signs")],
+            text: c.body(),
+        };
+        let _ = add_checkpoint(&mut state, &keys, &witness, &signed.encode(), &lines, 3);
+    }
 }

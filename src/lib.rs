@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod os;
 pub mod reader;
 pub mod shim;
+pub mod tlog;
 pub mod writer;
 
 /// Writes one line to stderr and ignores a failure. `eprintln!` panics when stderr is gone (a

@@ -64,3 +64,12 @@ fn verifier_sealed_regressions() {
         );
     }
 }
+
+#[test]
+fn checkpoint_parsers_regressions() {
+    let inputs = corpus("checkpoint_parsers");
+    assert!(inputs.len() > 5, "the checkpoint parsers' corpus is empty");
+    for input in inputs {
+        p11audit::fuzzing::check_checkpoint_parsers(&input);
+    }
+}

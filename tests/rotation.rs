@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::raw::{ok, os_locking_args, Module};
+use common::raw::Module;
 use common::*;
 use serde_json::Value;
 use std::ffi::OsString;
@@ -35,15 +35,7 @@ fn child() {
         return;
     }
     let n: usize = std::env::var(SIGNS_VAR).unwrap().parse().unwrap();
-    let m = Module::shim();
-    ok(m.initialize_rv(Some(os_locking_args())), "C_Initialize");
-    let s = m.open_rw(m.first_slot());
-    let (_, key) = m.generate_ec(s);
-    for _ in 0..n {
-        m.sign_all(s, key, &DATA);
-    }
-    m.close(s);
-    m.finalize();
+    Module::shim_signs(n, &DATA);
 }
 
 fn env_with(fx: &Fixture, conf: &Path, signs: usize) -> Vec<(&'static str, OsString)> {

@@ -583,6 +583,7 @@ fn chain_of_bytes(bodies: &[Vec<u8>]) -> (Vec<Vec<u8>>, ChainState) {
         log_ino: 0,
         log_size: 0,
         lost_reported: 0,
+        tree: None,
     };
     (lines, state)
 }

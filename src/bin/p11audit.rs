@@ -6,12 +6,20 @@ use p11audit::format::chain::{hex_lower, ChainKey};
 use p11audit::format::state::{self, ChainState, StateError};
 use p11audit::reader::report::{render_human, report, ReportOptions};
 use p11audit::reader::show::{show, Filter, ShowError, ShowOptions};
+use p11audit::reader::tree_check::{
+    check_tree, prove, render as render_tree, seq_of, ProveError, TreeIoError, TreeReport,
+};
 use p11audit::reader::verify::render::{
     render_human as render_verify, show_verdict, state_text, StateSource,
 };
-use p11audit::reader::verify::{verify_files, UnreportedLost, VerifyIoError, VerifyOptions};
+use p11audit::reader::verify::{
+    verify_files, UnreportedLost, VerifyIoError, VerifyOptions, VerifyReport,
+};
 use p11audit::reader::{escape, escape_c1_and_del, parse_time_arg, Bound, Period, Progress};
+use p11audit::tlog::note::{SignerKey, VerifierKey, ALG_COSIGNATURE_V1, ALG_ED25519};
+use p11audit::tlog::witness::{add_checkpoint, parse_request, Evidence, Outcome, WitnessState};
 use p11audit::writer::audit_log::state_path_for;
+use p11audit::writer::checkpoints::{checkpoint_path_for, read_note_key};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -63,9 +71,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a new random chain key (K_0) to PATH (mode 0400; never overwrites)
+    /// Write a new random chain key (K_0) to PATH (mode 0400; never overwrites); or, with
+    /// --checkpoint or --witness, an Ed25519 signer key to PATH and its verifier key to PATH.vkey
     #[command(after_help = EXIT_HELP)]
     Keygen {
+        /// Make a checkpoint key for the log named ORIGIN (the checkpoints' origin line and
+        /// the key's name), for P11AUDIT_CHECKPOINT_KEY
+        #[arg(long, value_name = "ORIGIN", conflicts_with = "witness")]
+        checkpoint: Option<String>,
+        /// Make a witness's cosignature/v1 key named NAME, for `p11audit witness --key`
+        #[arg(long, value_name = "NAME")]
+        witness: Option<String>,
         /// Where to create the key file
         #[arg(value_name = "PATH")]
         path: PathBuf,
@@ -75,9 +91,31 @@ enum Command {
     Verify {
         #[command(flatten)]
         chain: ChainArgs,
+        /// Check the log against its signed checkpoints with this verifier key (made by
+        /// `keygen --checkpoint`, PATH.vkey): no K_0 needed. With --key-file too, both checks run
+        #[arg(long, value_name = "VKEY")]
+        vkey: Option<PathBuf>,
         /// Print the report as one JSON object
         #[arg(long)]
         json: bool,
+    },
+    /// Print the consistency proof from the tree of N records to the log's newest checkpoint,
+    /// as a tlog-witness add-checkpoint request body (for `p11audit witness --request`)
+    #[command(after_help = PROVE_HELP)]
+    Prove {
+        /// The size of the tree the witness knows
+        #[arg(long, value_name = "N")]
+        from: u64,
+        /// Log files, oldest first from the chain's first, or a directory holding them
+        #[arg(value_name = "FILE|DIR", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Cosign a log's checkpoint if it is consistent with the newest one accepted for its
+    /// origin; refuse (exit 1) a rollback, a fork, or a deleted and restarted log
+    #[command(after_help = WITNESS_HELP)]
+    Witness {
+        #[command(flatten)]
+        args: WitnessArgs,
     },
     /// Print the calls in a log, one line each (intent and outcome joined), verifying as it reads
     #[command(after_help = SHOW_HELP)]
@@ -124,9 +162,9 @@ enum Command {
 /// The log files and how to verify them: the same for verify, show and report.
 #[derive(Args)]
 struct ChainArgs {
-    /// Key file holding K_0 (64 hex characters)
+    /// Key file holding K_0 (64 hex characters); verify needs it or --vkey
     #[arg(long, value_name = "KEY")]
-    key_file: PathBuf,
+    key_file: Option<PathBuf>,
     /// State file to check the end of the chain against [default: LAST-FILE.state, if it
     /// exists; for a directory, the chain's `<log>.state` in it]
     #[arg(long, value_name = "STATE", conflicts_with = "no_state")]
@@ -155,6 +193,15 @@ impl ChainArgs {
             self.directory_state = self.files.last().and_then(|f| chain_state_beside(f));
         }
         Ok(self)
+    }
+
+    /// `<log>.checkpoint` of the chain: beside its state file for a directory, else beside
+    /// the last file.
+    fn checkpoint_file(&self) -> PathBuf {
+        match &self.directory_state {
+            Some(state) => checkpoint_beside_state(state),
+            None => checkpoint_path_for(self.files.last().expect("clap requires FILE")),
+        }
     }
 }
 
@@ -227,6 +274,29 @@ Exit status:
   3  every record verified, but the end of the chain was not checked (no state file,
      --no-state, or a state file behind the log): the verdict on stderr says which";
 
+const PROVE_HELP: &str = "\
+Reads the log's lines (every file from the chain's first record), finds its newest checkpoint
+(the checkpoint records and LOG.checkpoint) and prints `old N`, the RFC 6962 consistency proof
+from the tree of the first N records to that checkpoint's tree (base64 hashes, one a line), a
+blank line, and the signed checkpoint.
+
+Exit status:
+  0  the proof was printed
+  2  usage error, unreadable file, no checkpoint, N larger than the newest checkpoint";
+
+const WITNESS_HELP: &str = "\
+Accepts the checkpoint only if one of the --log-key keys signed it (its name is the origin), it
+is not smaller than the newest checkpoint accepted for that origin, and it is consistent with
+it: shown by the consistency proof of --request, or by the log lines of --lines. The first
+checkpoint of an origin is accepted on first use. On acceptance the state file is replaced
+first, then the cosignature line (cosignature/v1, c2sp.org/tlog-cosignature) is printed.
+
+Exit status:
+  0  accepted and cosigned
+  1  refused: the reason names the case (rollback, fork, deleted and restarted log, unknown
+     key, old size mismatch, missing lines)
+  2  usage error, unreadable file or key, unreadable state file";
+
 const REPORT_HELP: &str = "\
 Answers, for the period: which keys were used, what for (function, mechanism) and by whom (uid,
 exe), with counts; each key's lifecycle (generated, imported, copied, derived, unwrapped,
@@ -252,6 +322,23 @@ enum Fatal {
     Time { why: String },
     #[error("--since is after --until")]
     SinceAfterUntil,
+    #[error("give --key-file KEY (K_0); verify also takes --vkey VKEY (a checkpoint verifier key), alone or with it")]
+    NoKeyFile,
+    #[error("{name:?} cannot name a key: no spaces and no '+'")]
+    KeyName { name: String },
+    #[error("{}: {source}", .path.display())]
+    InputUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("witness state {}: {why}", .path.display())]
+    WitnessState { path: PathBuf, why: String },
+    #[error("{0}")]
+    Witness(String),
+    #[error(transparent)]
+    Tree(#[from] TreeIoError),
+    #[error("{0}")]
+    Prove(ProveError),
     #[error("cannot get random bytes: {0}")]
     Random(getrandom::Error),
     /// keygen never overwrites: the file may be the only copy of a chain's key.
@@ -309,8 +396,21 @@ enum Fatal {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
-        Command::Verify { chain, json } => chain.expand().and_then(|c| verify(&c, json)),
+        Command::Keygen {
+            checkpoint: None,
+            witness: None,
+            path,
+        } => keygen(&path).map(|()| ExitCode::SUCCESS),
+        Command::Keygen {
+            checkpoint,
+            witness,
+            path,
+        } => keygen_note(checkpoint, witness, &path).map(|()| ExitCode::SUCCESS),
+        Command::Verify { chain, vkey, json } => chain
+            .expand()
+            .and_then(|c| verify(&c, vkey.as_deref(), json)),
+        Command::Prove { from, files } => prove_cmd(&files, from),
+        Command::Witness { args } => witness_cmd(&args),
         Command::Show {
             chain,
             period,
@@ -358,17 +458,62 @@ fn main() -> ExitCode {
 // keygen
 
 fn keygen(path: &Path) -> Result<(), Fatal> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-
     let mut bytes = Zeroizing::new([0u8; 32]);
     getrandom::getrandom(&mut bytes[..]).map_err(Fatal::Random)?;
     let mut text = Zeroizing::new(hex_lower(&bytes[..]));
     text.push('\n');
+    create_key_file(path, text.as_bytes(), 0o400)?;
+    println!(
+        "wrote a new chain key to {}",
+        escape(&path.to_string_lossy())
+    );
+    Ok(())
+}
 
+/// `keygen --checkpoint ORIGIN PATH` or `keygen --witness NAME PATH`: the signer key to PATH
+/// (0400), its verifier key to PATH.vkey (0444); neither is ever overwritten.
+fn keygen_note(
+    checkpoint: Option<String>,
+    witness: Option<String>,
+    path: &Path,
+) -> Result<(), Fatal> {
+    let (name, alg, what) = match (checkpoint, witness) {
+        (Some(origin), _) => (origin, ALG_ED25519, "checkpoint key"),
+        (None, Some(name)) => (name, ALG_COSIGNATURE_V1, "witness key"),
+        (None, None) => unreachable!("plain keygen is handled by its own arm"),
+    };
+    let key = SignerKey::generate(&name, alg).map_err(|_| Fatal::KeyName { name: name.clone() })?;
+    let mut vkey_path = path.as_os_str().to_owned();
+    vkey_path.push(".vkey");
+    let vkey_path = PathBuf::from(vkey_path);
+    if vkey_path.symlink_metadata().is_ok() {
+        return Err(Fatal::KeyFileExists { path: vkey_path });
+    }
+    let mut text = key.encode();
+    text.push('\n');
+    create_key_file(path, text.as_bytes(), 0o400)?;
+    create_key_file(
+        &vkey_path,
+        format!("{}\n", key.verifier().encode()).as_bytes(),
+        0o444,
+    )?;
+    println!(
+        "wrote a new {what} to {} and its verifier key {} to {}",
+        escape(&path.to_string_lossy()),
+        escape(&key.verifier().encode()),
+        escape(&vkey_path.to_string_lossy())
+    );
+    Ok(())
+}
+
+/// Creates `path` (never replacing anything) with exactly `mode` and `bytes`, synced with
+/// its directory; removed again if it could not be written whole.
+fn create_key_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Fatal> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o400)
+        .mode(mode)
         .open(path)
         .map_err(|source| {
             let path = path.to_path_buf();
@@ -379,9 +524,9 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
             }
         })?;
     let written = (|| {
-        // The umask may have removed bits but never adds any; make it exactly 0400.
-        file.set_permissions(std::fs::Permissions::from_mode(0o400))?;
-        file.write_all(text.as_bytes())?;
+        // The umask may have removed bits but never adds any; make it exactly `mode`.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
         file.sync_all()
     })();
     if let Err(source) = written {
@@ -402,10 +547,6 @@ fn keygen(path: &Path) -> Result<(), Fatal> {
             let _ = d.sync_all();
         }
     }
-    println!(
-        "wrote a new chain key to {}",
-        escape(&path.to_string_lossy())
-    );
     Ok(())
 }
 
@@ -488,7 +629,8 @@ fn expand_directories(args: &[PathBuf]) -> Result<Vec<PathBuf>, Fatal> {
 
 /// The key, the state and where it came from, as `chain` asks.
 fn verify_options(chain: &ChainArgs) -> Result<(VerifyOptions, StateSource), Fatal> {
-    let key = read_key(&chain.key_file)?;
+    let key_file = chain.key_file.as_deref().ok_or(Fatal::NoKeyFile)?;
+    let key = read_key(key_file)?;
     let mut counted_lost = None;
     let (state, source) = if chain.no_state {
         (None, StateSource::Disabled)
@@ -533,20 +675,286 @@ fn print(out: &str, what: &'static str) -> Result<(), Fatal> {
     }
 }
 
-fn verify(chain: &ChainArgs, json: bool) -> Result<ExitCode, Fatal> {
-    let (opts, source) = verify_options(chain)?;
-    let report = verify_files(&chain.files, &opts)?;
-
+fn verify(chain: &ChainArgs, vkey: Option<&Path>, json: bool) -> Result<ExitCode, Fatal> {
+    if chain.key_file.is_none() && vkey.is_none() {
+        return Err(Fatal::NoKeyFile);
+    }
+    let tree = match vkey {
+        Some(path) => {
+            let key = read_vkey(path)?;
+            Some(check_tree(
+                &chain.files,
+                Some(&chain.checkpoint_file()),
+                &key,
+            )?)
+        }
+        None => None,
+    };
+    let hmac = match chain.key_file {
+        Some(_) => {
+            let (opts, source) = verify_options(chain)?;
+            Some((verify_files(&chain.files, &opts)?, source))
+        }
+        None => None,
+    };
+    // With K_0 the chain's verdict covers the records after the newest checkpoint too.
+    let exit_status = match (&hmac, &tree) {
+        (_, Some(t)) if t.exit_status == 1 => 1,
+        (Some((r, _)), _) => r.exit_status,
+        (None, Some(t)) => t.exit_status,
+        (None, None) => unreachable!("checked above"),
+    };
     let out = if json {
-        let s = serde_json::to_string(&report).map_err(Fatal::Serialize)?;
+        /// The chain's report with the tree's beside it (`exit_status` covers both).
+        #[derive(serde::Serialize)]
+        struct Both<'a> {
+            #[serde(flatten)]
+            chain: Option<VerifyReport>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tree: Option<&'a TreeReport>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            exit_status: Option<u8>,
+        }
+        let both = match &hmac {
+            Some((r, _)) => {
+                let mut r = r.clone();
+                r.exit_status = exit_status;
+                Both {
+                    chain: Some(r),
+                    tree: tree.as_ref(),
+                    exit_status: None,
+                }
+            }
+            None => Both {
+                chain: None,
+                tree: tree.as_ref(),
+                exit_status: Some(exit_status),
+            },
+        };
+        let s = serde_json::to_string(&both).map_err(Fatal::Serialize)?;
         let mut s = escape_c1_and_del(&s);
         s.push('\n');
         s
     } else {
-        render_verify(&report, &source)
+        let mut s = String::new();
+        if let Some((r, source)) = &hmac {
+            s.push_str(&render_verify(r, source));
+        }
+        if let Some(t) = &tree {
+            s.push_str(&render_tree(t));
+        }
+        s
     };
     print(&out, "report")?;
-    Ok(ExitCode::from(report.exit_status))
+    Ok(ExitCode::from(exit_status))
+}
+
+fn read_vkey(path: &Path) -> Result<VerifierKey, Fatal> {
+    let text = std::fs::read_to_string(path).map_err(|source| Fatal::KeyFileUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    VerifierKey::parse(&text).map_err(|e| Fatal::KeyFileNotAKey {
+        path: path.to_path_buf(),
+        why: format!("{e}: a verifier key is one line NAME+KEYID+KEY, as `keygen --checkpoint` writes to PATH.vkey"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// prove and witness
+
+fn prove_cmd(files: &[PathBuf], from: u64) -> Result<ExitCode, Fatal> {
+    let last_is_dir = files.last().is_some_and(|p| p.is_dir());
+    let files = expand_directories(files)?;
+    let checkpoint = if last_is_dir {
+        files
+            .last()
+            .and_then(|f| chain_state_beside(f))
+            .map(|s| checkpoint_beside_state(&s))
+    } else {
+        files.last().map(|f| checkpoint_path_for(f))
+    };
+    let body = prove(&files, checkpoint.as_deref(), from).map_err(Fatal::Prove)?;
+    print(&body, "proof")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `p11audit witness`'s arguments.
+#[derive(Args)]
+struct WitnessArgs {
+    /// The witness's cosignature key (made by `keygen --witness`)
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// The witness's state file: the newest checkpoint accepted per origin (created if
+    /// missing, replaced atomically before the answer)
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    /// A log's verifier key (PATH.vkey of `keygen --checkpoint`); repeatable
+    #[arg(long = "log-key", value_name = "VKEY", required = true)]
+    log_keys: Vec<PathBuf>,
+    /// A tlog-witness add-checkpoint request body (`old N`, the proof, a blank line, the
+    /// signed checkpoint), as `p11audit prove` prints it; `-` for stdin
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint", "lines"], required_unless_present = "checkpoint")]
+    request: Option<PathBuf>,
+    /// The signed checkpoint (a `<log>.checkpoint` file, or the note of a checkpoint
+    /// record); `-` for stdin
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Log files holding the lines since the last accepted checkpoint (or all of them)
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
+    lines: Vec<PathBuf>,
+}
+
+/// A file named on the command line, or stdin for `-`.
+fn read_input(path: &Path) -> Result<String, Fatal> {
+    let unreadable = |source| Fatal::InputUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(unreadable)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).map_err(unreadable)
+    }
+}
+
+fn witness_cmd(args: &WitnessArgs) -> Result<ExitCode, Fatal> {
+    let key =
+        read_note_key(&args.key, ALG_COSIGNATURE_V1).map_err(|why| Fatal::KeyFileNotAKey {
+            path: args.key.clone(),
+            why,
+        })?;
+    let log_keys = args
+        .log_keys
+        .iter()
+        .map(|p| read_vkey(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (evidence, note) = match (&args.request, &args.checkpoint) {
+        (Some(r), _) => {
+            parse_request(&read_input(r)?).map_err(|e| Fatal::Witness(e.to_string()))?
+        }
+        (None, Some(c)) => {
+            let evidence = if args.lines.is_empty() {
+                Evidence::Nothing
+            } else {
+                Evidence::Lines(lines_with_seqs(&args.lines)?)
+            };
+            (evidence, read_input(c)?)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    // One witness at a time per state file: the decision and the update are one step.
+    let lock_path = {
+        let mut p = args.state.as_os_str().to_owned();
+        p.push(".lock");
+        PathBuf::from(p)
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|source| Fatal::WitnessState {
+            path: lock_path.clone(),
+            why: source.to_string(),
+        })?;
+    let mut state: WitnessState = match std::fs::read_to_string(&args.state) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Fatal::WitnessState {
+            path: args.state.clone(),
+            why: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => WitnessState::default(),
+        Err(e) => {
+            return Err(Fatal::WitnessState {
+                path: args.state.clone(),
+                why: e.to_string(),
+            })
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match add_checkpoint(&mut state, &log_keys, &key, &note, &evidence, now) {
+        Ok(Outcome::Cosigned(cosignature)) => {
+            replace_witness_state(&args.state, &state)?;
+            drop(lock);
+            print(&cosignature.line(), "cosignature")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Outcome::AlreadyCovered { known }) => {
+            eprintln!("p11audit: witness: an older checkpoint, a prefix of the {known} records already cosigned: nothing to cosign");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            eprintln!(
+                "p11audit: witness refused the checkpoint: {}",
+                escape(&refusal.to_string())
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// The lines of `files` with the seq each starts with (lines without one are left out).
+fn lines_with_seqs(files: &[PathBuf]) -> Result<Vec<(u64, Vec<u8>)>, Fatal> {
+    let mut out = Vec::new();
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|source| Fatal::InputUnreadable {
+            path: path.clone(),
+            source,
+        })?;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let Some(line) = line.strip_suffix(b"\n") else {
+                break;
+            };
+            if let Some(seq) = seq_of(line) {
+                out.push((seq, line.to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the witness's state to `STATE.next`, syncs it and renames it over `STATE`.
+fn replace_witness_state(path: &Path, state: &WitnessState) -> Result<(), Fatal> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |source: std::io::Error| Fatal::WitnessState {
+        path: path.to_path_buf(),
+        why: format!("cannot write: {source}"),
+    };
+    let mut next = path.as_os_str().to_owned();
+    next.push(".next");
+    let next = PathBuf::from(next);
+    let _ = std::fs::remove_file(&next);
+    let text = serde_json::to_string_pretty(state).map_err(Fatal::Serialize)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&next)
+        .map_err(failed)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(failed)?;
+    std::fs::rename(&next, path).map_err(failed)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `<log>.checkpoint` for the chain whose state file is `state` (`<log>.state`).
+fn checkpoint_beside_state(state: &Path) -> PathBuf {
+    let text = state.as_os_str().to_string_lossy();
+    let log = text.strip_suffix(".state").unwrap_or(&text);
+    checkpoint_path_for(Path::new(log))
 }
 
 fn show_cmd(chain: &ChainArgs, opts: ShowOptions) -> Result<ExitCode, Fatal> {

@@ -255,6 +255,7 @@ fn event_name(ev: Event) -> &'static str {
         Event::Close => "close",
         Event::Gap => "gap",
         Event::Rotate => "rotate",
+        Event::Checkpoint => "checkpoint",
     }
 }
 
@@ -369,6 +370,9 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
     }
     if let Some(n) = &d.note {
         m.str("note", n);
+    }
+    if let Some(c) = &d.checkpoint {
+        m.str("checkpoint", c);
     }
 }
 
@@ -485,6 +489,7 @@ mod tests {
             renamed_to: Some(s.into()),
             next: Some(s.into()),
             note: Some(s.into()),
+            checkpoint: Some(s.into()),
         };
         r
     }
@@ -521,6 +526,7 @@ mod tests {
             Event::Close,
             Event::Gap,
             Event::Rotate,
+            Event::Checkpoint,
         ] {
             same_as_serde(&Record::new(&who, 3, ev, None));
         }

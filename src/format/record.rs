@@ -45,6 +45,8 @@ pub enum Event {
     /// The last record of a file: the chain goes on in the next file (`next`), and this file is
     /// renamed (`renamed_to`).
     Rotate,
+    /// A signed checkpoint of the tree of the lines before it (`checkpoint`, docs/FORMAT.md §9).
+    Checkpoint,
 }
 
 /// Who wrote a record: fixed for a process (except pid after fork).
@@ -454,6 +456,10 @@ pub struct Detail {
     /// Free-text note for lifecycle events (e.g. why a chain started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Checkpoint records: the signed note (c2sp.org/tlog-checkpoint) of the tree of every line
+    /// before this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl Record {

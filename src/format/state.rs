@@ -8,6 +8,7 @@
 use crate::format::chain::{
     decode_hex_into, hex_lower, is_mac_hex, push_hex_lower, ChainKey, ZERO_MAC_HEX,
 };
+use crate::tlog::tree::Frontier;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -55,6 +56,24 @@ pub mod layout {
     /// reported. It changes with the slot, in the same atomic switch of ACTIVE, so a writer
     /// killed anywhere in an append neither reports the same losses twice nor drops them.
     pub(crate) const REPORTED: [usize; 2] = [528, 536];
+    /// u64 per slot: the size of the Merkle tree of the log (docs/FORMAT.md §9) in that slot's
+    /// state, plus one; 0: the chain has no tree (a chain started without one). It changes
+    /// with the slot, in the same atomic switch of ACTIVE.
+    pub(crate) const TREE: [usize; 2] = [544, 552];
+    /// u64: the tree size of the last checkpoint signed for this chain (0: none). It only grows.
+    pub(crate) const SIGNED_SIZE: usize = 560;
+    /// u64: when that checkpoint was signed, in microseconds since the Unix epoch.
+    pub(crate) const SIGNED_AT: usize = 568;
+    /// Per slot: levels 0 to `TREE_LOW_LEVELS - 1` of the tree's frontier, 32 bytes each (the
+    /// root of the complete subtree of 2^L leaves where bit L of the size is set; unused
+    /// levels hold anything).
+    pub(crate) const TREE_LOW: [usize; 2] = [2048, 2560];
+    pub(crate) const TREE_LOW_LEVELS: usize = 16;
+    /// Levels `TREE_LOW_LEVELS` to 47 of the frontier, shared by both slots: a state update
+    /// that adds fewer than 2^16 leaves writes at most one of them, one the current state does
+    /// not use (the carry of the addition clears the levels below it), so the current state's
+    /// frontier stays whole until the switch of ACTIVE.
+    pub(crate) const TREE_HIGH: usize = 3072;
     pub(crate) const SLOTS: [usize; 2] = [1024, 1536];
     pub(crate) const SLOT_LEN: usize = 512;
 }
@@ -79,8 +98,73 @@ pub fn decode_file(bytes: &[u8]) -> Result<ChainState, StateError> {
     let active = u64_at(bytes, ACTIVE);
     let at = active_slot_offset(active)?;
     let mut state = decode_slot(&bytes[at..at + SLOT_LEN])?;
-    state.lost_reported = u64_at(bytes, REPORTED[(active as usize).min(1)]);
+    let active = (active as usize).min(1);
+    state.lost_reported = u64_at(bytes, REPORTED[active]);
+    state.tree = read_tree(
+        |at, out| out.copy_from_slice(&bytes[at..at + out.len()]),
+        active,
+        state.next_seq,
+    );
     Ok(state)
+}
+
+/// The frontier beside slot `active`, read through `read(offset, buffer)`; None if the chain
+/// has no tree, or if its size is not `next_seq` (a writer without the tree wrote the state).
+pub(crate) fn read_tree(
+    read: impl Fn(usize, &mut [u8]),
+    active: usize,
+    next_seq: u64,
+) -> Option<Box<Frontier>> {
+    use layout::*;
+    let mut word = [0u8; 8];
+    read(TREE[active], &mut word);
+    let size = u64::from_ne_bytes(word).checked_sub(1)?;
+    if size != next_seq {
+        return None;
+    }
+    let mut tree = Box::new(Frontier {
+        size,
+        ..Frontier::default()
+    });
+    for (level, hash) in tree.levels.iter_mut().enumerate() {
+        let at = match level.checked_sub(TREE_LOW_LEVELS) {
+            None => TREE_LOW[active] + 32 * level,
+            Some(high) => TREE_HIGH + 32 * high,
+        };
+        read(at, hash);
+    }
+    Some(tree)
+}
+
+/// The writes that put `tree` beside slot `slot` when `current` is the tree of the current
+/// state: the slot's own levels, and of the shared levels those that `tree` uses and
+/// `current` does not (`layout::TREE_HIGH`). Each is (offset, bytes); the caller writes them
+/// before it switches ACTIVE.
+pub(crate) fn tree_writes(
+    tree: Option<&Frontier>,
+    current_size: Option<u64>,
+    slot: usize,
+) -> Vec<(usize, &[u8])> {
+    use layout::*;
+    let Some(tree) = tree else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(TREE_LOW_LEVELS + 1);
+    for level in 0..TREE_LOW_LEVELS {
+        out.push((TREE_LOW[slot] + 32 * level, &tree.levels[level][..]));
+    }
+    for level in TREE_LOW_LEVELS..tree.levels.len() {
+        let in_new = tree.size >> level & 1 == 1;
+        let same_subtree = current_size
+            .is_some_and(|c| c >> level & 1 == 1 && c >> (level + 1) == tree.size >> (level + 1));
+        if in_new && !same_subtree {
+            out.push((
+                TREE_HIGH + 32 * (level - TREE_LOW_LEVELS),
+                &tree.levels[level][..],
+            ));
+        }
+    }
+    out
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -212,6 +296,11 @@ pub struct ChainState {
     /// Not part of the slot's text: it is kept beside the slot (`layout::REPORTED`), and is 0
     /// in a state decoded from a slot alone.
     pub lost_reported: u64,
+    /// The frontier of the Merkle tree of the chain's lines (its size is `next_seq`); None for
+    /// a chain without a tree. Not part of the slot's text: it is kept beside the slot
+    /// (`layout::TREE`, `TREE_LOW`, `TREE_HIGH`), and is None in a state decoded from a slot
+    /// alone.
+    pub tree: Option<Box<Frontier>>,
 }
 
 /// Why a state file could not be read.
@@ -234,6 +323,7 @@ impl ChainState {
             log_ino,
             log_size,
             lost_reported: 0,
+            tree: Some(Box::default()),
         }
     }
 
@@ -325,6 +415,7 @@ impl ChainState {
             log_ino,
             log_size,
             lost_reported: 0,
+            tree: None,
         })
     }
 }
@@ -337,6 +428,7 @@ mod tests {
     fn encode_decode_round_trip_with_fixed_length() {
         let a = ChainState::genesis(ChainKey::from_bytes([9; 32]), 1, 2, 0);
         let mut b = a.clone();
+        b.tree = None;
         b.next_seq = u64::MAX;
         b.log_size = 123456;
         assert_eq!(a.encode().len(), ENCODED_LEN);
@@ -346,7 +438,8 @@ mod tests {
 
     #[test]
     fn the_verifier_reads_both_versions() {
-        let s = ChainState::genesis(ChainKey::from_bytes([5; 32]), 1, 2, 3);
+        let mut s = ChainState::genesis(ChainKey::from_bytes([5; 32]), 1, 2, 3);
+        s.tree = None;
         assert_eq!(decode_any_version(&s.encode()).unwrap(), s);
         assert_eq!(decode_any_version(&encode_file(Some(&s))).unwrap(), s);
         assert!(decode_file(&s.encode()).is_err(), "writers refuse v1");
@@ -362,6 +455,7 @@ mod tests {
             log_ino: u64::MAX,
             log_size: 99,
             lost_reported: 0,
+            tree: None,
         };
         let mut slot = state.encode();
         assert_eq!(decode_key_line(&slot[KEY_LINE]), Ok(state.key.clone()));

@@ -274,6 +274,28 @@ pub(crate) fn user_name(uid: u32) -> Option<String> {
 /// failing with `AlreadyExists` then. On a file system without that flag, a hard link and an
 /// unlink do the same, also without ever replacing a file.
 pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    let Err(e) = renameat2(from, to, libc::RENAME_NOREPLACE) else {
+        return Ok(());
+    };
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
+/// Swaps the files at `a` and `b` in one step (`renameat2` with `RENAME_EXCHANGE`): both must
+/// exist. Unlike a rename over an existing file, which ext4 makes start writing the renamed
+/// file's data back at once (its `auto_da_alloc` heuristic, milliseconds on a busy disk), an
+/// exchange costs what a rename of a name to a free place costs.
+pub(crate) fn exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+/// `renameat2(from, to, flags)`, both paths relative to the working directory.
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: libc::c_uint) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &std::path::Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
@@ -287,18 +309,12 @@ pub(crate) fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) ->
             from_c.as_ptr(),
             libc::AT_FDCWD,
             to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        _ => Err(e),
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

@@ -18,8 +18,9 @@ pub struct ChainFiles {
     pub skipped: Vec<PathBuf>,
 }
 
-/// The regular files of `dir` that hold records (not `*.state`, not the `*.next` file a
-/// rotation creates, not hidden files, not symbolic links), ordered by the seq of their first
+/// The regular files of `dir` that hold records (not `*.state` or `*.checkpoint`, not the
+/// `*.next` files a rotation or a checkpoint creates, not hidden files, not symbolic links),
+/// ordered by the seq of their first
 /// record, then the current log if it is empty (just rotated: it has a `.state` beside it).
 /// Other empty files and files whose first line is not the start of a record (key files,
 /// notes) are skipped and listed; if one of them should have been part of the chain, the
@@ -31,7 +32,11 @@ pub fn chain_order(dir: &Path) -> io::Result<ChainFiles> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name.ends_with(".state") || name.ends_with(".next") {
+        if name.starts_with('.')
+            || name.ends_with(".state")
+            || name.ends_with(".checkpoint")
+            || name.ends_with(".next")
+        {
             continue;
         }
         if !entry.file_type()?.is_file() {

@@ -21,6 +21,7 @@ mod table;
 #[cfg(test)]
 mod testlog;
 mod text;
+pub mod tree_check;
 pub mod verify;
 mod view;
 

@@ -13,6 +13,7 @@ use crate::format::line::seal_and_evolve_into;
 use crate::format::record::{Event, ProcessIdentity, Record};
 use crate::format::state::{self, layout, ChainState, StateError};
 use crate::os::{Locked, SharedFileMap};
+use crate::writer::checkpoints::{CheckpointSettings, Checkpointer};
 pub use crate::writer::error::{KeyFileError, WriterError};
 pub(crate) use crate::writer::losses::Losses;
 use crate::writer::losses::{gap_body, settle_lost_since, unreported_losses};
@@ -43,6 +44,8 @@ pub struct LogSettings {
     pub sync_always: bool,
     /// Rotate to a new file when an append would take the log past this size.
     pub rotate_bytes: Option<u64>,
+    /// Sign checkpoints of the log's tree (`P11AUDIT_CHECKPOINT_KEY`).
+    pub checkpoint: Option<CheckpointSettings>,
 }
 
 /// Largest tail (bytes past what the state knows) that recovery will read.
@@ -91,6 +94,8 @@ pub struct AuditLog {
     pub(super) log_checked: Option<Instant>,
     /// Offset of `log` up to which this process has reserved disk space (`preallocate`).
     pub(super) reserved_to: u64,
+    /// The checkpoint key, when this writer signs checkpoints.
+    pub(super) checkpointer: Option<Checkpointer>,
     /// Unit tests: the next `fdatasync` fails (after the append's `write`, as with EIO).
     #[cfg(test)]
     pub(super) fail_sync: bool,
@@ -120,6 +125,11 @@ impl AuditLog {
         let log_meta = log
             .metadata()
             .map_err(|e| WriterError::io("stat audit log", log_path, e))?;
+        let checkpointer = settings
+            .checkpoint
+            .as_ref()
+            .map(Checkpointer::open)
+            .transpose()?;
         let shared = map_state_file(&state, &state_path, log_path, log_meta.len())?;
         let mut me = AuditLog {
             settings: settings.clone(),
@@ -131,12 +141,16 @@ impl AuditLog {
             cached: None,
             log_checked: None,
             reserved_to: 0,
+            checkpointer,
             #[cfg(test)]
             fail_sync: false,
             #[cfg(test)]
             lost_during_append: 0,
         };
         me.with_lock(|me| me.start_chain_if_new(who, &log_meta))?;
+        if me.checkpointer.is_some() {
+            me.with_lock(|me| me.refuse_checkpoints_without_tree())?;
+        }
         Ok(me)
     }
 
@@ -233,6 +247,11 @@ impl AuditLog {
         let mut state = state?;
         // `active` is 0 or 1: `active_slot_offset` accepted it.
         state.lost_reported = self.shared.load_u64(layout::REPORTED[active as usize]);
+        state.tree = state::read_tree(
+            |at, out| self.shared.read(at, out),
+            active as usize,
+            state.next_seq,
+        );
         Ok(state)
     }
 
@@ -253,6 +272,12 @@ impl AuditLog {
         text.zeroize();
         self.shared
             .store_u64(layout::REPORTED[new], state.lost_reported);
+        let current_tree = self.shared.load_u64(layout::TREE[old]).checked_sub(1);
+        for (at, bytes) in state::tree_writes(state.tree.as_deref(), current_tree, new) {
+            self.shared.write(at, bytes);
+        }
+        let tree_word = state.tree.as_ref().map_or(0, |t| t.size + 1);
+        self.shared.store_u64(layout::TREE[new], tree_word);
         self.shared.store_u64(layout::ACTIVE, new as u64);
         self.shared.zero(layout::SLOTS[old], layout::SLOT_LEN);
         let fingerprint = state.key.fingerprint();
@@ -313,7 +338,7 @@ impl AuditLog {
         bodies: &[String],
         template: &Record,
     ) -> Result<Appended, WriterError> {
-        self.with_lock(|me| {
+        let (done, checkpoint) = self.with_lock(|me| {
             let recover = me.shared.load_u64(layout::RECOVER) != 0;
             let mut state = me.current_state()?;
             if me.shared.load_u64(layout::ROTATE_SEQ) != 0 {
@@ -337,11 +362,12 @@ impl AuditLog {
             me.losses()
                 .count(std::mem::take(&mut me.lost_during_append));
             if gap.is_none() && bodies.is_empty() {
-                return Ok(Appended {
+                let nothing = Appended {
                     first_seq: state.next_seq,
                     last_seq: state.next_seq.wrapping_sub(1),
                     gap: false,
-                });
+                };
+                return Ok((nothing, None));
             }
             if let Some(limit) = me.settings.rotate_bytes {
                 // Each sealed line adds `v`, `seq`, `prev` and `mac` (about 160 bytes).
@@ -353,12 +379,33 @@ impl AuditLog {
             if gap.is_some() {
                 state.lost_reported = unreported.lost_total;
             }
+            let incoming = bodies.len() as u64 + u64::from(gap.is_some());
+            let checkpoint = me.checkpoint_due(&state, incoming, template.ev == Event::Close)?;
             let done = me.append_locked(state, gap.as_deref(), bodies)?;
             if gap.is_some() {
                 settle_lost_since(&me.shared, &unreported);
             }
-            Ok(done)
-        })
+            // The records are in the log: a checkpoint that fails now is said, not reported
+            // as their failure.
+            let signed = checkpoint
+                .then(|| {
+                    let size = done.last_seq + 1;
+                    me.write_checkpoint(template).map(|note| (note, size))
+                })
+                .transpose()
+                .unwrap_or_else(|e| {
+                    crate::stderr_line(&format!("p11audit: {e}"));
+                    None
+                });
+            Ok((done, signed))
+        })?;
+        // The file is replaced after the lock is released: other writers do not wait for it.
+        if let Some((note, size)) = checkpoint {
+            if let Err(e) = self.replace_checkpoint_file(&note, size) {
+                crate::stderr_line(&format!("p11audit: {e}"));
+            }
+        }
+        Ok(done)
     }
 
     /// The state, or why it cannot be used.
@@ -434,6 +481,7 @@ impl AuditLog {
         self.buf.clear();
         let mut mac = String::with_capacity(64);
         for body in gap.into_iter().chain(bodies.iter().map(String::as_str)) {
+            let line_start = self.buf.len();
             seal_and_evolve_into(
                 &mut self.buf,
                 &mut state.key,
@@ -444,6 +492,13 @@ impl AuditLog {
             );
             std::mem::swap(&mut state.prev_mac, &mut mac);
             state.next_seq += 1;
+            if let Some(tree) = state.tree.as_mut() {
+                // The leaf is the line without its newline.
+                let line = &self.buf[line_start..self.buf.len() - 1];
+                tree.push_line(line).map_err(|_| WriterError::TreeFull {
+                    log: self.settings.log_path.clone(),
+                })?;
+            }
         }
         self.reserve(state.log_size, self.buf.len() as u64);
         // write_all retries EINTR and completes short writes. If it fails partway (ENOSPC after

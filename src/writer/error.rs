@@ -73,6 +73,15 @@ pub enum WriterError {
         source: io::Error,
     },
 
+    #[error("the Merkle tree of audit log {} holds {} records, as many as its frontier can; refusing to log: start a new chain", log.display(), crate::tlog::tree::MAX_SIZE)]
+    TreeFull { log: PathBuf },
+
+    #[error("checkpoint key {} cannot be used (P11AUDIT_CHECKPOINT_KEY): {why}", path.display())]
+    CheckpointKey { path: PathBuf, why: String },
+
+    #[error("refusing to sign a checkpoint of audit log {}: {why}; p11audit never signs two inconsistent checkpoints, and refuses to log until this is resolved: the log and its state were replaced by an older pair, or the log was started again under the same checkpoint key", log.display())]
+    CheckpointRefused { log: PathBuf, why: String },
+
     #[error("internal error while writing")]
     Internal,
 }

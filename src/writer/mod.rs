@@ -5,6 +5,7 @@
 
 pub mod audit_log;
 pub(crate) mod auditor;
+pub mod checkpoints;
 pub mod error;
 mod losses;
 mod open;

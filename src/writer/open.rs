@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use zeroize::Zeroize;
 
 /// `<log>.state`.
 pub fn state_path_for(log_path: &Path) -> PathBuf {
@@ -82,6 +81,15 @@ pub(super) fn file_name(path: &Path) -> String {
 /// the key), must not be readable, writable or executable by group or others, and must hold 64
 /// hex characters.
 pub(crate) fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
+    let text = read_secret_file(path)?;
+    ChainKey::from_hex_text(&text).map_err(|_| KeyFileError::NotAKey {
+        path: path.to_path_buf(),
+    })
+}
+
+/// The text of a file holding a secret key, with the key file's trust checks: a regular file,
+/// owned by this uid or root, with no group or other access. At most 4096 bytes are read.
+pub(crate) fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<String>, KeyFileError> {
     let path_buf = || path.to_path_buf();
     let unreadable = |source| KeyFileError::Unreadable {
         path: path_buf(),
@@ -111,11 +119,15 @@ pub(crate) fn read_key_file(path: &Path) -> Result<ChainKey, KeyFileError> {
             mode: meta.mode() & 0o7777,
         });
     }
-    let mut text = String::new();
-    let read = Read::by_ref(&mut f).take(4096).read_to_string(&mut text);
-    let parsed = read.ok().and_then(|_| ChainKey::from_hex_text(&text).ok());
-    text.zeroize();
-    parsed.ok_or_else(|| KeyFileError::NotAKey { path: path_buf() })
+    let mut text = zeroize::Zeroizing::new(String::new());
+    Read::by_ref(&mut f)
+        .take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => KeyFileError::NotAKey { path: path_buf() },
+            _ => unreadable(e),
+        })?;
+    Ok(text)
 }
 
 /// Sets up the mapping of the state file, under an exclusive `flock` so that only one process

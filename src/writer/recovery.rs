@@ -10,6 +10,9 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::Instant;
 
+/// Most records one state update of a roll-forward covers (see `recover`).
+const ROLL_FORWARD_STEP: usize = 1 << 15;
+
 impl AuditLog {
     /// The slow path: `fstat` the log, refuse one that lost its name, and roll forward over (or
     /// cut) whatever a writer that died holding the lock left past the state.
@@ -25,10 +28,17 @@ impl AuditLog {
                 log: self.settings.log_path.clone(),
             });
         }
-        let before = state.log_size;
-        let state = self.recover(&self.log, state, &meta)?;
-        if state.log_size != before {
-            self.store_state(state.clone());
+        let mut state = state;
+        loop {
+            let before = state.log_size;
+            let more;
+            (state, more) = self.recover(&self.log, state, &meta)?;
+            if state.log_size != before {
+                self.store_state(state.clone());
+            }
+            if !more {
+                break;
+            }
         }
         self.shared.store_u64(layout::RECOVER, 0);
         self.log_checked = Some(Instant::now());
@@ -38,12 +48,17 @@ impl AuditLog {
     /// Checks the log against the state and rolls forward over records a crashed writer wrote
     /// but did not record in the state. A torn last line (an incomplete write) is cut off: it
     /// was never acknowledged to anyone, and appending after it would bury it mid-file.
+    ///
+    /// It rolls forward over at most `ROLL_FORWARD_STEP` records at a time, and says whether
+    /// more are left (the caller stores the state and calls again): the tree's frontier is
+    /// safe in the state file only across updates of fewer than 2^16 records (INTERNALS.md
+    /// §1.1).
     pub(super) fn recover(
         &self,
         log: &File,
         mut state: ChainState,
         meta: &std::fs::Metadata,
-    ) -> Result<ChainState, WriterError> {
+    ) -> Result<(ChainState, bool), WriterError> {
         let log_path = || self.settings.log_path.clone();
         if (meta.dev(), meta.ino()) != (state.log_dev, state.log_ino) {
             return Err(self.not_its_log());
@@ -64,7 +79,7 @@ impl AuditLog {
             });
         }
         if meta.len() == state.log_size {
-            return Ok(state);
+            return Ok((state, false));
         }
         let extra = meta.len() - state.log_size;
         if extra > MAX_RECOVERY_BYTES {
@@ -82,6 +97,7 @@ impl AuditLog {
                 source,
             })?;
         let mut good = 0usize;
+        let mut rolled = 0usize;
         while let Some(nl) = tail[good..].iter().position(|&b| b == b'\n') {
             let line = &tail[good..good + nl];
             let expect_prefix = format!(
@@ -104,8 +120,16 @@ impl AuditLog {
             state.prev_mac = split.mac.to_string();
             state.key.evolve();
             state.next_seq += 1;
+            if let Some(tree) = state.tree.as_mut() {
+                tree.push_line(line)
+                    .map_err(|_| WriterError::TreeFull { log: log_path() })?;
+            }
             state.log_size += nl as u64 + 1;
             good += nl + 1;
+            rolled += 1;
+            if rolled == ROLL_FORWARD_STEP && good < tail.len() {
+                return Ok((state, true));
+            }
         }
         if good < tail.len() {
             // An incomplete last line: remove exactly those bytes.
@@ -113,7 +137,7 @@ impl AuditLog {
                 WriterError::io("remove a torn last line from audit log", log_path(), e)
             })?;
         }
-        Ok(state)
+        Ok((state, false))
     }
 
     /// An append failed after its `write` began: its bytes were never acknowledged to anyone,

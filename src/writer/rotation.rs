@@ -96,10 +96,17 @@ impl AuditLog {
         let meta = old_file
             .metadata()
             .map_err(|e| WriterError::io("stat audit log", &self.settings.log_path, e))?;
-        let before = state.log_size;
-        let state = self.recover(&old_file, state, &meta)?;
-        if state.log_size != before {
-            self.store_state(state.clone());
+        let mut state = state;
+        loop {
+            let before = state.log_size;
+            let more;
+            (state, more) = self.recover(&old_file, state, &meta)?;
+            if state.log_size != before {
+                self.store_state(state.clone());
+            }
+            if !more {
+                break;
+            }
         }
         let at_path = where_found == 0;
         let rotate_seq = self.shared.load_u64(layout::ROTATE_SEQ);

@@ -29,5 +29,6 @@ pub fn log_settings(dir: &Path, key: [u8; 32]) -> LogSettings {
         log_mode: 0o600,
         sync_always: false,
         rotate_bytes: None,
+        checkpoint: None,
     }
 }

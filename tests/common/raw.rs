@@ -323,6 +323,21 @@ impl Module {
         sig
     }
 
+    /// A whole session's work through the shim, as the signing children of the tests do:
+    /// initialize, open a read-write session, make an EC key, sign `data` `n` times
+    /// (`sign_all`), close, finalize.
+    pub fn shim_signs(n: usize, data: &[u8]) {
+        let m = Module::shim();
+        ok(m.initialize_rv(Some(os_locking_args())), "C_Initialize");
+        let s = m.open_rw(m.first_slot());
+        let (_, key) = m.generate_ec(s);
+        for _ in 0..n {
+            m.sign_all(s, key, data);
+        }
+        m.close(s);
+        m.finalize();
+    }
+
     /// ECDSA: VerifyInit (asserted) + Verify (returned).
     pub fn verify(
         &self,

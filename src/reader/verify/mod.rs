@@ -120,7 +120,8 @@ pub struct VerifyReport {
     pub intact: bool,
     /// The first problem, if any.
     pub problem: Option<Problem>,
-    /// True when the last verified record is a `close`.
+    /// True when the last verified record is a `close` (or a `close` followed by `checkpoint`
+    /// records).
     pub closed_cleanly: bool,
     /// Pids with an `attach` and no later `close`, ascending.
     pub unclosed_pids: Vec<u32>,

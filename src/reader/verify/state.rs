@@ -329,6 +329,7 @@ mod tests {
             log_ino: 1,
             log_size: 0,
             lost_reported: 0,
+            tree: None,
         };
         for (what, key) in [
             ("zeros", ChainKey::from_bytes([0; 32])),

@@ -112,7 +112,10 @@ impl Tally {
             }
             _ => {}
         }
-        self.last_ev_close = rec.ev == "close";
+        // The checkpoint a closing process signs follows its `close` record (FORMAT.md §11.3).
+        if rec.ev != "checkpoint" {
+            self.last_ev_close = rec.ev == "close";
+        }
     }
 
     pub(super) fn finish(self) -> Counted {

@@ -68,6 +68,7 @@ impl Chain {
             log_ino: 0,
             log_size: 0,
             lost_reported: 0,
+            tree: None,
         }
     }
     pub(super) fn joined(&self, order: &[usize]) -> Vec<u8> {

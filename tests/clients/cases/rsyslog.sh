@@ -150,6 +150,36 @@ rsyslog_caught_up() {
         { cat "$WORK/verify-copy.out" >&2; fail "$what: p11audit verify rejects the collector's copy (exit $rc)"; }
 }
 
+# The witness at the collector (docs/COLLECTING.md): `p11audit witness` on every checkpoint
+# record of the copy not witnessed yet, in the order received, with the copy's lines as the
+# evidence. Returns the witness's exit status at the first one it does not accept (its message
+# in $WORK/collector/witness.err); WITNESSED is then the number of checkpoint records handled.
+rsyslog_witness_copy() {
+    local n i done=0
+    [[ -f $WORK/collector/witnessed ]] && done=$(cat "$WORK/collector/witnessed")
+    n=$(/usr/bin/python3 - "$COPY" "$WORK/collector/checkpoint" <<'PY'
+import json, sys
+notes = [json.loads(l)["checkpoint"] for l in open(sys.argv[1], encoding="utf-8") if '"ev":"checkpoint"' in l]
+for i, note in enumerate(notes):
+    open("%s.%d" % (sys.argv[2], i), "w", encoding="utf-8").write(note)
+print(len(notes))
+PY
+    )
+    for ((i = done; i < n; i++)); do
+        WITNESSED=$((i + 1))
+        echo "$WITNESSED" >"$WORK/collector/witnessed"
+        "$P11AUDIT_BIN" witness --key "$WORK/collector/witness.key" --state "$WORK/collector/witness.state" \
+            --log-key "$CHECKPOINT_VKEY" --checkpoint "$WORK/collector/checkpoint.$i" --lines "$COPY" \
+            >>"$WORK/collector/cosignatures" 2>"$WORK/collector/witness.err" || return $?
+    done
+    WITNESSED=$n
+}
+
+# The copy holds more checkpoint records than the witness has handled.
+rsyslog_new_checkpoint() {
+    (($(grep -c '"ev":"checkpoint"' "$COPY") > WITNESSED))
+}
+
 # A PyKCS11 client whose records are long and full of escapes: a data object whose label has a
 # quote, a backslash, a tab, a control character and non-ASCII letters, then a template of 60
 # long CKA_APPLICATION values, which SoftHSM refuses (CKR_TEMPLATE_INCONSISTENT) but whose intent
@@ -209,6 +239,13 @@ case_rsyslog() {
     use_token shim
     rsyslog_write_big_client
     mkdir -p "$WORK/host" "$WORK/collector" "$WORK/store"
+    # Signed checkpoints on the host (at every process's close, and every 200 records); the
+    # collector's witness knows their verifier key and has a key of its own.
+    "$P11AUDIT_BIN" keygen --checkpoint host.example/p11audit "$WORK/shim/checkpoint.key" >/dev/null
+    export P11AUDIT_CHECKPOINT_KEY=$WORK/shim/checkpoint.key P11AUDIT_CHECKPOINT_EVERY=200
+    CHECKPOINT_VKEY=$WORK/shim/checkpoint.key.vkey
+    "$P11AUDIT_BIN" keygen --witness collector.example/witness "$WORK/collector/witness.key" >/dev/null
+    WITNESSED=0
 
     # The collector, on a port the kernel just handed out (another one if it is taken meanwhile).
     local port tries
@@ -239,6 +276,12 @@ case_rsyslog() {
     longest=$(LC_ALL=C awk '{ if (length($0) > m) m = length($0) } END { print m }' "$LOG")
     ((longest > 8192)) || fail "no record is longer than 8 KiB (longest $longest bytes)"
     echo "rsyslog: longest record $longest bytes; copy at ${COPY#"$WORK"/}" >&2
+    rsyslog_witness_copy || { cat "$WORK/collector/witness.err" >&2; fail "the collector's witness refused a checkpoint of the first workload"; }
+    ((WITNESSED > 0)) || fail "no checkpoint record reached the collector"
+    echo "rsyslog: the collector's witness cosigned $WITNESSED checkpoint(s)" >&2
+    # The host's log, state and checkpoint as they are now, for the rollback of (e).
+    mkdir "$WORK/backup"
+    cp -p "$LOG" "$LOG.state" "$LOG.checkpoint" "$WORK/backup/"
 
     # (b) One character changed in a middle record of a copy of the collector's file: verify says
     # altered, exit 1.
@@ -314,6 +357,29 @@ case_rsyslog() {
     ((rc == 3)) || { cat "$WORK/verify-sorted.out" >&2; fail "the copy sorted by seq does not verify (exit $rc)"; }
     log_verifies
     log_has '"fn":"C_GenerateKeyPair"' '"label":"rsyslog-ec-4"'
+    # Every checkpoint that arrived, in the order it arrived (an older one received late is a
+    # prefix of what was cosigned: no alarm).
+    rsyslog_witness_copy || { cat "$WORK/collector/witness.err" >&2; fail "the collector's witness refused a checkpoint after the restarts"; }
+    echo "rsyslog: the collector's witness has handled $WITNESSED checkpoint(s)" >&2
+
+    # (e) A rollback on the host: its log, state and checkpoint file put back (in place) to the
+    # copies of (a), then more work. The host's rsyslogd, started afresh (no read positions),
+    # sends the whole log again; the collector's witness refuses the next checkpoint and names
+    # the rollback.
+    rsyslog_stop host TERM
+    local f
+    for f in "$LOG" "$LOG.state" "$LOG.checkpoint"; do
+        cp "$WORK/backup/$(basename "$f")" "$f"
+    done
+    pkcs11-tool --module "$MODULE" --list-objects </dev/null >/dev/null 2>&1
+    rm -f "$WORK/host"/imfile-state:*
+    rsyslog_start host
+    rsyslog_wait_until 30 rsyslog_new_checkpoint || fail "the checkpoint of the rolled-back log did not reach the collector"
+    rc=0
+    rsyslog_witness_copy || rc=$?
+    ((rc == 1)) || { cat "$WORK/collector/witness.err" >&2; fail "the collector's witness did not refuse the rolled-back log's checkpoint (exit $rc)"; }
+    grep -q rollback "$WORK/collector/witness.err" || { cat "$WORK/collector/witness.err" >&2; fail "the witness's refusal does not name the rollback"; }
+    echo "rsyslog: rollback on the host caught at the collector: $(cat "$WORK/collector/witness.err")" >&2
 
     rsyslog_stop host TERM
     rsyslog_stop collector TERM
@@ -329,4 +395,4 @@ case_rsyslog() {
         fail "rsyslogd reported unexpected errors"
     fi
 }
-register rsyslog "rsyslog: imfile + RELP + a disk queue copy the log byte for byte to a collector; the copy verifies, an altered copy fails, and collector and host restarts lose nothing"
+register rsyslog "rsyslog: imfile + RELP + a disk queue copy the log byte for byte to a collector; the copy verifies, an altered copy fails, collector and host restarts lose nothing, and the collector's witness cosigns every checkpoint and catches a rollback on the host"
