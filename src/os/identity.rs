@@ -89,7 +89,7 @@ pub enum PinnedBy {
 
 /// What stdin is, when it is not a client connection. Each is a reason `auto` takes no peer
 /// and `stdin` refuses to start.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NoPeer {
     #[error("stdin is not open")]
     Closed,
@@ -335,8 +335,9 @@ const CAP_SYS_PTRACE: u32 = 19;
 /// client has been read: a serving process holds it only to read its client's `exe`, and
 /// nothing after that (p11-kit's RPC, the provider) should be able to inspect other processes
 /// with it. Returns whether the process had it. Capabilities are per thread: call it where the
-/// serving process is still single-threaded (its first `C_Initialize`), so that threads made
-/// later start without it.
+/// serving process is still single-threaded, so that threads made later start without it (the
+/// shim calls it at the first call into the library, when `p11-kit remote` has just loaded the
+/// module and has not yet read anything from its client).
 pub fn drop_ptrace_capability() -> io::Result<bool> {
     #[repr(C)]
     struct Header {
