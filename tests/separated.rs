@@ -1184,6 +1184,7 @@ fn exercise(way: Way, site: &Site, tmpfs: &Tmpfs, p: &People, ids: [&str; 2]) {
         module_file_works(&server, site, p);
     }
     outsiders_are_refused(&server, site, p);
+    silent_client_leaves_no_capability(&server, p);
     client_killed_mid_call(&server, site, p, &format!("{}ff", ids[0]));
     fails_closed_across_the_rpc(&server, site, tmpfs, p, ids[0]);
     let stderr = server.stop();
@@ -1196,6 +1197,125 @@ fn exercise(way: Way, site: &Site, tmpfs: &Tmpfs, p: &People, ids: [&str; 2]) {
         !said.is_empty() && said.iter().all(|l| l.contains("No space left on device")),
         "{way:?}: p11audit said:\n{stderr}"
     );
+}
+
+/// The `p11-kit remote` processes `server` started (its children), by pid.
+fn serving_processes(server: &Server) -> BTreeSet<u32> {
+    let parent = server.child.id();
+    let mut out = BTreeSet::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if ppid == Some(parent) && exe.as_deref() == Some(Path::new(P11_KIT_REMOTE)) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// `CapEff`, `CapPrm` and `CapAmb` of every thread of `pid`, one line per thread.
+fn thread_capabilities(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let caps: Vec<&str> = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("CapEff") || l.starts_with("CapPrm") || l.starts_with("CapAmb")
+            })
+            .collect();
+        out.push(format!("{}: {}", task.path().display(), caps.join(" ")));
+    }
+    out
+}
+
+/// A client that connects and says nothing (not even p11-kit's handshake) cannot keep its
+/// serving process holding CAP_SYS_PTRACE: the capability is gone once the module is loaded,
+/// before the process reads anything the client sends, in every thread.
+fn silent_client_leaves_no_capability(server: &Server, p: &People) {
+    let before = serving_processes(server);
+    let mut client = as_user(&p.app1, PYTHON)
+        .args([
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect(sys.argv[1])\n\
+             print('connected', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(&server.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the silent client");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    assert_eq!(read_line(&mut out), "connected", "{:?}", server.way);
+    let started = Instant::now();
+    let (serving, loaded) = loop {
+        let new: Vec<u32> = serving_processes(server)
+            .difference(&before)
+            .copied()
+            .collect();
+        if let [pid] = new[..] {
+            let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            if maps.contains("libp11audit.so") {
+                break (pid, started.elapsed());
+            }
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{:?}: no serving process with p11audit loaded for the silent client (new: {new:?})",
+            server.way
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Bit 19 (CAP_SYS_PTRACE) in any of the three sets of any thread.
+    let holds = |lines: &[String]| {
+        lines.iter().any(|l| {
+            l.split_whitespace()
+                .filter_map(|w| u64::from_str_radix(w, 16).ok())
+                .any(|set| set & (1 << 19) != 0)
+        })
+    };
+    loop {
+        let caps = thread_capabilities(serving);
+        assert!(
+            !caps.is_empty(),
+            "{:?}: serving process {serving} is gone",
+            server.way
+        );
+        if !holds(&caps) {
+            break;
+        }
+        assert!(
+            started.elapsed() < loaded + PATIENCE,
+            "{:?}: serving process {serving} still holds CAP_SYS_PTRACE while its client has \
+             sent nothing:\n{}",
+            server.way,
+            caps.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(client.stdin.take());
+    client.wait().expect("wait for the silent client");
 }
 
 /// Without CAP_SYS_PTRACE the peer has no `exe`, and the serving process says why.

@@ -89,7 +89,7 @@ pub enum PinnedBy {
 
 /// What stdin is, when it is not a client connection. Each is a reason `auto` takes no peer
 /// and `stdin` refuses to start.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NoPeer {
     #[error("stdin is not open")]
     Closed,
@@ -127,8 +127,8 @@ pub fn socket_peer(fd: RawFd) -> Result<Peer, NoPeer> {
         return Err(NoPeer::NotConnected);
     }
     let cred = peer_cred(fd)?;
-    let (pidfd, pinned_by) = match peer_pidfd(fd) {
-        Some(pidfd) => (Some(pidfd), PinnedBy::PeerPidfd),
+    let (pin, pinned_by) = match peer_pidfd(fd) {
+        Some(pidfd) => (Pin::Pidfd(pidfd), PinnedBy::PeerPidfd),
         None => (pidfd_open(cred.pid as libc::pid_t), PinnedBy::PidfdOpen),
     };
     let mut peer = Peer {
@@ -140,14 +140,31 @@ pub fn socket_peer(fd: RawFd) -> Result<Peer, NoPeer> {
         exe_error: None,
         pinned_by,
     };
-    read_proc(&mut peer, pidfd.as_ref());
+    read_proc(&mut peer, &pin);
     Ok(peer)
+}
+
+/// What holds the peer's pid to one process while its `/proc` entries are read.
+enum Pin {
+    Pidfd(OwnedFd),
+    /// `pidfd_open` found no process with that pid: the client is gone, and `/proc/<pid>`, if
+    /// it exists, is a later process's.
+    Gone,
+    /// The kernel has no pidfd (before Linux 5.3).
+    Unsupported,
 }
 
 /// Reads the peer's `exe` and login id through an open `/proc/<pid>`, keeping them only if its
 /// pidfd shows the process still alive after the directory was opened: then the directory is
 /// that process's, not a later one's with the same pid.
-fn read_proc(peer: &mut Peer, pidfd: Option<&OwnedFd>) {
+fn read_proc(peer: &mut Peer, pin: &Pin) {
+    if let Pin::Gone = pin {
+        peer.exe_error = Some(format!(
+            "process {} exited before it could be read",
+            peer.pid
+        ));
+        return;
+    }
     let dir = match File::open(format!("/proc/{}", peer.pid)) {
         Ok(d) => d,
         Err(e) => {
@@ -155,16 +172,16 @@ fn read_proc(peer: &mut Peer, pidfd: Option<&OwnedFd>) {
             return;
         }
     };
-    match pidfd {
-        Some(fd) if exited(fd) => {
+    match pin {
+        Pin::Pidfd(fd) if exited(fd) => {
             peer.exe_error = Some(format!(
                 "process {} exited before it could be read",
                 peer.pid
             ));
             return;
         }
-        Some(_) => {}
-        None => {
+        Pin::Pidfd(_) | Pin::Gone => {}
+        Pin::Unsupported => {
             peer.exe_error = Some("this kernel has no pidfd: the pid could not be pinned".into());
         }
     }
@@ -270,11 +287,17 @@ fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
     (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+fn pidfd_open(pid: libc::pid_t) -> Pin {
     // SAFETY: pidfd_open(pid, 0) returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => Pin::Gone,
+            _ => Pin::Unsupported,
+        };
+    }
     // SAFETY: on success the kernel handed us a descriptor we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Pin::Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// A pidfd polls readable once its process has exited.
@@ -335,8 +358,9 @@ const CAP_SYS_PTRACE: u32 = 19;
 /// client has been read: a serving process holds it only to read its client's `exe`, and
 /// nothing after that (p11-kit's RPC, the provider) should be able to inspect other processes
 /// with it. Returns whether the process had it. Capabilities are per thread: call it where the
-/// serving process is still single-threaded (its first `C_Initialize`), so that threads made
-/// later start without it.
+/// serving process is still single-threaded, so that threads made later start without it (the
+/// shim calls it at the first call into the library, when `p11-kit remote` has just loaded the
+/// module and has not yet read anything from its client).
 pub fn drop_ptrace_capability() -> io::Result<bool> {
     #[repr(C)]
     struct Header {
@@ -433,8 +457,11 @@ mod tests {
     fn pidfd_open_pins_the_same_process_as_so_peerpidfd() {
         let (a, _b) = UnixStream::pair().unwrap();
         let cred = peer_cred(a.as_raw_fd()).unwrap();
-        let opened = pidfd_open(cred.pid).expect("pidfd_open (Linux 5.3+)");
-        assert!(!exited(&opened));
+        let opened = pidfd_open(cred.pid);
+        let Pin::Pidfd(fd) = &opened else {
+            panic!("pidfd_open (Linux 5.3+) gave no pidfd");
+        };
+        assert!(!exited(fd));
         let mut peer = Peer {
             pid: cred.pid as u32,
             uid: cred.uid,
@@ -444,16 +471,19 @@ mod tests {
             exe_error: None,
             pinned_by: PinnedBy::PidfdOpen,
         };
-        read_proc(&mut peer, Some(&opened));
+        read_proc(&mut peer, &opened);
         assert_eq!(peer.exe, own_exe());
     }
 
     #[test]
     fn an_exited_peer_lends_no_exe() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pidfd = pidfd_open(child.id() as libc::pid_t).unwrap();
+        let pidfd = pidfd_open(child.id() as libc::pid_t);
         child.wait().unwrap();
-        assert!(exited(&pidfd));
+        let Pin::Pidfd(fd) = &pidfd else {
+            panic!("pidfd_open (Linux 5.3+) gave no pidfd");
+        };
+        assert!(exited(fd));
         let mut peer = Peer {
             pid: child.id(),
             uid: 0,
@@ -463,9 +493,35 @@ mod tests {
             exe_error: None,
             pinned_by: PinnedBy::PidfdOpen,
         };
-        read_proc(&mut peer, Some(&pidfd));
+        read_proc(&mut peer, &pidfd);
         assert_eq!(peer.exe, None);
         assert!(peer.exe_error.is_some());
+    }
+
+    /// Without `SO_PEERPIDFD` (before Linux 6.5), a client that is gone by the time of
+    /// `pidfd_open` lends nothing, even when its pid already belongs to another process of its
+    /// uid (here this test process stands for that one).
+    #[test]
+    fn a_peer_gone_before_pidfd_open_lends_nothing_even_if_its_pid_is_taken() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id() as libc::pid_t;
+        child.wait().unwrap();
+        let pin = pidfd_open(gone);
+        let mut peer = Peer {
+            pid: std::process::id(),
+            // SAFETY: getuid/getgid cannot fail.
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            exe: None,
+            login: LoginId::default(),
+            exe_error: None,
+            pinned_by: PinnedBy::PidfdOpen,
+        };
+        read_proc(&mut peer, &pin);
+        assert_eq!(peer.exe, None);
+        assert_eq!(peer.login, LoginId::default());
+        assert!(peer.exe_error.unwrap().contains("exited"));
+        assert!(matches!(pin, Pin::Gone), "pidfd_open of a reaped pid");
     }
 
     #[test]

@@ -94,13 +94,35 @@ fn config_sources() -> crate::config::Sources {
     }
 }
 
-/// The client this process serves, per `P11AUDIT_PEER`. Read once, when the connection is
-/// first seen: the kernel's credentials cannot change for a connection, and the client may
-/// exit before the last record is written.
+/// The client connection on stdin, read once, at the first call into the library: for
+/// `p11-kit remote`, the `C_GetFunctionList` that follows loading the module, before the RPC
+/// handshake and before the provider is loaded. A serving process holds `CAP_SYS_PTRACE` only to
+/// read its client's `exe`, and gives it up right here, so that neither p11-kit's handling of
+/// the client's messages nor the provider ever runs with it (waiting for the client's
+/// `C_Initialize` would let the client choose how long the capability is held, or never send
+/// it). The kernel's credentials cannot change for a connection, and the client may exit before
+/// the last record is written.
+fn stdin_client() -> &'static Result<crate::os::identity::Peer, crate::os::identity::NoPeer> {
+    static STDIN_CLIENT: OnceLock<Result<crate::os::identity::Peer, crate::os::identity::NoPeer>> =
+        OnceLock::new();
+    STDIN_CLIENT.get_or_init(|| {
+        let peer = crate::os::identity::stdin_peer();
+        if peer.is_ok() {
+            if let Err(e) = crate::os::identity::drop_ptrace_capability() {
+                // The client is read; keeping the capability would be a risk, not a failure to
+                // audit.
+                crate::stderr_line(&format!("p11audit: cannot give up CAP_SYS_PTRACE: {e}"));
+            }
+        }
+        peer
+    })
+}
+
+/// The client this process serves, per `P11AUDIT_PEER` (read by `stdin_client`).
 fn client_peer(mode: PeerMode) -> Result<Option<std::sync::Arc<PeerIdentity>>, ShimError> {
-    let peer = match (mode, crate::os::identity::stdin_peer()) {
+    let peer = match (mode, stdin_client()) {
         (PeerMode::Off, _) | (PeerMode::Auto, Err(_)) => return Ok(None),
-        (PeerMode::Stdin, Err(e)) => return Err(e.into()),
+        (PeerMode::Stdin, Err(e)) => return Err(e.clone().into()),
         (_, Ok(peer)) => peer,
     };
     if let Some(why) = &peer.exe_error {
@@ -108,10 +130,6 @@ fn client_peer(mode: PeerMode) -> Result<Option<std::sync::Arc<PeerIdentity>>, S
             "p11audit: peer pid {} (uid {}): {why}",
             peer.pid, peer.uid
         ));
-    }
-    if let Err(e) = crate::os::identity::drop_ptrace_capability() {
-        // The client is read; keeping the capability would be a risk, not a failure to audit.
-        crate::stderr_line(&format!("p11audit: cannot give up CAP_SYS_PTRACE: {e}"));
     }
     Ok(Some(std::sync::Arc::new(PeerIdentity {
         pid: peer.pid,
@@ -228,6 +246,7 @@ static FUNCTION_LIST_240: ck::CK_FUNCTION_LIST_3_2 =
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut ck::CK_FUNCTION_LIST) -> ck::CK_RV {
     guard(|| {
+        stdin_client();
         let rv = if list.is_null() {
             ck::CKR_ARGUMENTS_BAD
         } else {
@@ -392,6 +411,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     count: *mut ck::CK_ULONG,
 ) -> ck::CK_RV {
     guard(|| {
+        stdin_client();
         let n = interfaces().len() as ck::CK_ULONG;
         let rv = if count.is_null() {
             ck::CKR_ARGUMENTS_BAD
@@ -429,6 +449,7 @@ pub unsafe extern "C" fn C_GetInterface(
     flags: ck::CK_FLAGS,
 ) -> ck::CK_RV {
     guard(|| {
+        stdin_client();
         let mut chosen = None;
         let rv = if interface.is_null() {
             ck::CKR_ARGUMENTS_BAD
