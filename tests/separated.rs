@@ -481,13 +481,20 @@ impl Drop for Server {
     }
 }
 
-/// `setpriv` switching to the service user, with `ambient` capabilities kept across exec.
+/// `setpriv` switching to the service user, with `ambient` capabilities kept across exec and
+/// no other capability possible (the unit's NoNewPrivileges= and CapabilityBoundingSet=).
 fn setpriv_service(service: &User, ambient: &[String]) -> Vec<String> {
     let mut args = vec![
         format!("--reuid={}", service.uid),
         format!("--regid={}", service.gid),
         "--init-groups".to_string(),
+        "--no-new-privs".to_string(),
     ];
+    let mut bounding = "-all".to_string();
+    for cap in ambient {
+        bounding.push_str(&format!(",{cap}"));
+    }
+    args.push(format!("--bounding-set={bounding}"));
     if !ambient.is_empty() {
         args.push(format!("--inh-caps={}", ambient.join(",")));
         args.push(format!("--ambient-caps={}", ambient.join(",")));
