@@ -144,6 +144,10 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(rt) = RUNTIME.get() {
+            let held = rt.context.lock().release_all_length_queries();
+            for record in held {
+                rt.auditor.wait(&record);
+            }
             let rec = call::bare_record(rt, crate::format::record::Event::Outcome, None);
             let _ = rt.auditor.flush(&rec);
         }
