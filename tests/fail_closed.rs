@@ -240,6 +240,35 @@ fn disk_full_scenario(open: bool) {
         );
     }
 
+    // 4. A prepare call and its operation's result: C_SignInit goes ahead (nothing is written
+    // before a prepare call; its outcome waits), and the C_Sign whose outcome cannot be written
+    // is refused with its output wiped, so nothing of the operation reaches the application.
+    lost += pad(&shim, s);
+    ok(
+        shim.sign_init(s, priv_key),
+        "C_SignInit while the disk is full (a prepare call)",
+    );
+    lost += 1; // its outcome, waiting
+    let mut sig_prepared = [SIG_PATTERN; 64];
+    let (rv, len) = shim.sign(s, &data, Some(&mut sig_prepared));
+    lost += 1; // its outcome
+    unchanged("C_SignInit and C_Sign");
+    if open {
+        ok(rv, "C_Sign after a prepare, with P11AUDIT_ON_FAILURE=open");
+        assert_eq!(len, 64);
+    } else {
+        assert_eq!(
+            rv,
+            ck::CKR_GENERAL_ERROR,
+            "C_Sign after a prepare must fail when its outcome cannot be written"
+        );
+        assert!(
+            sig_prepared.iter().all(|&b| b == 0),
+            "C_Sign after a prepare handed out a signature it could not record: {}",
+            hex(&sig_prepared)
+        );
+    }
+
     // Free the space and go on.
     disk.free();
     println!("LINES_AT_FILL={lines_at_fill}");
@@ -443,8 +472,20 @@ fn disk_full(open: bool) {
         .iter()
         .filter(|r| r["fn"] == "C_Sign" && r["out"] == "returned")
         .count();
+    // The signs before the fill and after recovery; the C_SignInit outcomes that waited while
+    // the disk was full are counted in the gap, not in the log.
+    assert_eq!(
+        count("outcome", "C_SignInit"),
+        2,
+        "C_SignInit outcomes: the sign before the fill and the one after recovery"
+    );
+    assert_eq!(
+        count("intent", "C_SignInit"),
+        0,
+        "a prepare call has no intent"
+    );
     if open {
-        // Before the fill, after recovery; the one in between was handed out unrecorded.
+        // Before the fill, after recovery; those in between were handed out unrecorded.
         assert_eq!(returned_signs, 2);
     } else {
         // Nothing of the refused calls is in the log: they did not happen.

@@ -238,7 +238,9 @@ impl<'a> RecView<'a> {
             && self.intent.is_none()
             && self.rv() == Some("CKR_OK")
             && self.session.is_some()
-            && self.function().is_some_and(|f| operation_calls(f).is_some())
+            && self
+                .function()
+                .is_some_and(|f| operation_calls(f).is_some())
     }
 
     /// The outcome of a call that failed: an `rv` other than `CKR_OK`.
@@ -282,7 +284,12 @@ fn operation_calls(init: &str) -> Option<&'static [&'static str]> {
             "C_DigestEncryptUpdate",
             "C_DecryptDigestUpdate",
         ],
-        "C_SignInit" => &["C_Sign", "C_SignUpdate", "C_SignFinal", "C_SignEncryptUpdate"],
+        "C_SignInit" => &[
+            "C_Sign",
+            "C_SignUpdate",
+            "C_SignFinal",
+            "C_SignEncryptUpdate",
+        ],
         "C_VerifyInit" => &[
             "C_Verify",
             "C_VerifyUpdate",
@@ -487,4 +494,3 @@ mod tests {
         }
     }
 }
-

@@ -265,9 +265,9 @@ impl CallContext {
     pub(crate) fn take_length_queries(&mut self, session: u64, function: &'static str) -> u64 {
         let held = self.held_length_queries();
         match held.get(&session) {
-            Some(h) if h.function == function => held
-                .remove(&session)
-                .map_or(0, |h| h.outcomes.len() as u64),
+            Some(h) if h.function == function => {
+                held.remove(&session).map_or(0, |h| h.outcomes.len() as u64)
+            }
             _ => 0,
         }
     }

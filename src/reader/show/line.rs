@@ -135,7 +135,10 @@ pub(super) fn human_line(
         Some(other) => d.push(format!("({})", escape(other))),
     }
     if let Some(n) = main.len_queries {
-        d.push(format!("(after {n} length quer{})", if n == 1 { "y" } else { "ies" }));
+        d.push(format!(
+            "(after {n} length quer{})",
+            if n == 1 { "y" } else { "ies" }
+        ));
     }
     if let Some(c) = main.count {
         d.push(format!("count {c}"));
