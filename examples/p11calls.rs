@@ -335,6 +335,7 @@ fn main() {
                     "median_us": percentile(&lat, 0.5),
                     "p99_us": percentile(&lat, 0.99),
                     "calls_per_op": null,
+                    "records_per_op": null,
                     "log_bytes_per_op": null,
                 })
             );

@@ -195,18 +195,46 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    /// An object the call created: its handle and identity (read from the provider and cached,
-    /// so later use of the key costs no extra call).
+    /// An object the call created with the call's template: its handle and identity (what
+    /// the template does not name read from the provider; cached, so later use of the key
+    /// costs no extra call).
     ///
     /// # Safety
     /// `p` must be NULL or readable.
     pub(crate) unsafe fn created(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
-        if rv == ck::CKR_OK {
-            // SAFETY: per the caller.
-            if let Some(h) = unsafe { args::read(p) } {
-                let identity = self.identity(h);
-                self.detail.created.push(identity);
-            }
+        // SAFETY: per the caller.
+        unsafe { self.created_with(p, rv, false) }
+    }
+
+    /// As `created`, for the private key of C_GenerateKeyPair, made with `template2`.
+    ///
+    /// # Safety
+    /// `p` must be NULL or readable.
+    pub(crate) unsafe fn created_private(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
+        // SAFETY: per the caller.
+        unsafe { self.created_with(p, rv, true) }
+    }
+
+    /// # Safety
+    /// `p` must be NULL or readable.
+    unsafe fn created_with(
+        &mut self,
+        p: *const ck::CK_OBJECT_HANDLE,
+        rv: ck::CK_RV,
+        template2: bool,
+    ) {
+        if rv != ck::CKR_OK {
+            return;
+        }
+        // SAFETY: per the caller.
+        if let Some(h) = unsafe { args::read(p) } {
+            let template = if template2 {
+                &self.detail.template2
+            } else {
+                &self.detail.template
+            };
+            let identity = self.identity_of_new(h, template.as_deref());
+            self.detail.created.push(identity);
         }
     }
 

@@ -364,7 +364,7 @@ pkcs11_functions! {
     }
     C_GenerateKeyPair: Acting (session: H, mech: Mech, pub_template: Attrs, pub_count: Ul, priv_template: Attrs, priv_count: Ul, pub_key: *mut Obj, priv_key: *mut Obj) {
         |c| { c.session(session); c.mechanism(mech); c.template(pub_template, pub_count); c.template2(priv_template, priv_count) }
-        |c, rv| { c.created(pub_key, rv); c.created(priv_key, rv) }
+        |c, rv| { c.created(pub_key, rv); c.created_private(priv_key, rv) }
     }
     // Uses two keys and hands out key material: intent first, outcome before the bytes.
     C_WrapKey: ActingResult (session: H, mech: Mech, wrapping_key: Obj, key: Obj, out: Buf, out_len: UlOut) {
