@@ -278,10 +278,8 @@ pub(super) unsafe fn fetch_identity(
     };
     let mut answers = asked.into_iter();
     for (slot, m) in tmpl.iter_mut().zip(missing) {
-        match (m, answers.next_if(|_| m)) {
-            (true, Some(a)) => slot.ulValueLen = a.ulValueLen,
-            _ => slot.ulValueLen = ck::CK_UNAVAILABLE_INFORMATION,
-        }
+        let answer = if m { answers.next() } else { None };
+        slot.ulValueLen = answer.map_or(ck::CK_UNAVAILABLE_INFORMATION, |a| a.ulValueLen);
     }
     let exists = matches!(
         rv,
