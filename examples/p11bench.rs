@@ -34,6 +34,7 @@ const OPS: &[&str] = &[
     "aes_gcm_1k",
     "find_by_label",
     "aes_keygen_destroy",
+    "aes_keygen_named_destroy",
     "read_key_attributes",
 ];
 
@@ -152,6 +153,25 @@ fn run_op(p11: &Pkcs11, s: &Session, keys: &Keys, op: &str, pin: &AuthPin) {
                 .generate_key(
                     &Mechanism::AesKeyGen,
                     &[
+                        Attribute::Token(false),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Encrypt(true),
+                    ],
+                )
+                .expect("keygen");
+            s.destroy_object(k).expect("destroy");
+        }
+        "aes_keygen_named_destroy" => {
+            // A template that names the new key's class, key type, label and id: p11audit
+            // takes its identity from the template and reads nothing back.
+            let k = s
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(cryptoki::object::KeyType::AES),
+                        Attribute::Label(b"bench-keygen".to_vec()),
+                        Attribute::Id(vec![0x6b, 0x67]),
                         Attribute::Token(false),
                         Attribute::ValueLen(32.into()),
                         Attribute::Encrypt(true),

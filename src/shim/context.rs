@@ -321,6 +321,66 @@ mod tests {
         assert_eq!(c.session_view(2), SessionView::default());
     }
 
+    fn length_query(function: &'static str) -> Record {
+        let who = crate::writer::testing::who();
+        Record::new(
+            &who,
+            1,
+            crate::format::record::Event::Outcome,
+            Some(function),
+        )
+    }
+
+    #[test]
+    fn length_queries_are_counted_by_their_function_or_released() {
+        let mut c = CallContext::default();
+        assert!(c
+            .hold_length_query(1, "C_Sign", length_query("C_Sign"))
+            .is_empty());
+        assert!(c
+            .hold_length_query(1, "C_Sign", length_query("C_Sign"))
+            .is_empty());
+        assert!(c
+            .hold_length_query(2, "C_Encrypt", length_query("C_Encrypt"))
+            .is_empty());
+        // Another session's call, or the same function, releases nothing.
+        assert!(c.release_length_queries_unless(1, "C_Sign").is_empty());
+        assert_eq!(c.take_length_queries(2, "C_Sign"), 0);
+        // The next C_Sign outcome in session 1 counts both.
+        assert_eq!(c.take_length_queries(1, "C_Sign"), 2);
+        assert_eq!(c.take_length_queries(1, "C_Sign"), 0);
+        // Another function in session 2: its length query goes out on its own.
+        let released = c.release_length_queries_unless(2, "C_CloseSession");
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].function, Some("C_Encrypt"));
+        assert!(c.release_all_length_queries().is_empty());
+    }
+
+    #[test]
+    fn held_length_queries_are_bounded_and_released_at_the_end() {
+        let mut c = CallContext::default();
+        let mut released = 0;
+        for _ in 0..=MAX_HELD_LENGTH_QUERIES {
+            released += c
+                .hold_length_query(1, "C_Digest", length_query("C_Digest"))
+                .len();
+        }
+        assert_eq!(
+            released,
+            MAX_HELD_LENGTH_QUERIES + 1,
+            "all go out once too many wait"
+        );
+        c.hold_length_query(1, "C_Digest", length_query("C_Digest"));
+        // A length query of another function in the session lets the held one go.
+        let other = c.hold_length_query(1, "C_Sign", length_query("C_Sign"));
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].function, Some("C_Digest"));
+        c.hold_length_query(3, "C_Encrypt", length_query("C_Encrypt"));
+        let all = c.release_all_length_queries();
+        assert_eq!(all.len(), 2);
+        assert!(c.release_all_length_queries().is_empty());
+    }
+
     #[test]
     fn ops_are_per_session_and_kind_and_cache_is_bounded() {
         let mut c = CallContext::default();

@@ -383,6 +383,73 @@ mod tests {
     use crate::reader::testlog::log;
     use crate::reader::Progress;
 
+    /// An outcome of `f` in session `session` of process `pid`, without intent.
+    fn call(secs: u64, pid: u32, session: u64, f: &str) -> String {
+        crate::reader::testlog::body(
+            secs,
+            pid,
+            0,
+            "outcome",
+            Some(f),
+            &format!(r#","rv":"CKR_OK","dur_us":7,"session":{session}"#),
+        )
+    }
+
+    #[test]
+    fn prepare_outcomes_join_their_operation_or_stand_alone() {
+        let bodies = [
+            call(0, 1, 1, "C_SignInit"),        // 0: joined with 3
+            call(1, 1, 2, "C_FindObjectsInit"), // 1: its session closes first: alone
+            call(2, 2, 1, "C_Sign"),            // 2: another process: on its own
+            call(3, 1, 1, "C_Sign"),            // 3
+            call(4, 1, 2, "C_CloseSession"),    // 4
+            call(5, 1, 1, "C_DigestInit"),      // 5: nothing follows: alone at the end
+        ];
+        let (out, s) = run(&bodies, &ShowOptions::new(Filter::default(), false));
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(
+            lines[0].starts_with("0>3 ")
+                && lines[0].contains(" C_Sign ")
+                && lines[0].contains("after C_SignInit"),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("1 ") && lines[1].contains("C_FindObjectsInit"),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("2 ") && lines[2].contains(" C_Sign "),
+            "{out}"
+        );
+        assert!(
+            lines[3].starts_with("4 ") && lines[3].contains("C_CloseSession"),
+            "{out}"
+        );
+        assert!(
+            lines[4].starts_with("5 ") && lines[4].contains("C_DigestInit"),
+            "{out}"
+        );
+        assert!(!out.contains("NO OUTCOME"), "{out}");
+        assert_eq!(s.without_outcome, 0);
+
+        // json with a filter: the prepare outcome's line, and its operation's in log order.
+        let f = Filter {
+            functions: vec!["C_Sign".into()],
+            ..Default::default()
+        };
+        let (out, _) = run(&bodies, &ShowOptions::new(f, true));
+        let seqs: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [0, 2, 3], "{out}");
+    }
+
     #[test]
     fn waiting_intents_are_bounded_and_given_up_in_order() {
         let bodies = [
