@@ -94,7 +94,7 @@ for threads in sorted({r["threads"] for r in rows}):
     print(f"\n### {threads} thread(s), one session each; medians of {max(r['round'] for r in rows)} alternated rounds\n")
     head = "| operation | direct ops/s | direct median µs |"
     for c in configs[1:]:
-        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct | {c} added µs |"
+        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct | {c}/direct by median | {c} added µs |"
     head += " calls/op | records/op | log bytes/op |"
     print(head)
     print("|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
@@ -111,7 +111,10 @@ for threads in sorted({r["threads"] for r in rows}):
             ratios = [r["ops_per_s"] / x["ops_per_s"] for r in rs for x in d if x["round"] == r["round"]]
             # Added latency: the difference of the medians over the rounds.
             added = med([r["median_us"] for r in rs]) - med([r["median_us"] for r in d])
-            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} | {added:+.1f} |"
+            # The same ratio from median latencies (direct's over this one's, per round): less
+            # moved by the moments a busy machine takes the core away.
+            by_median = [x["median_us"] / r["median_us"] for r in rs for x in d if x["round"] == r["round"]]
+            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} | {med(by_median):.2f} | {added:+.1f} |"
         a = sel("p11audit")
         calls, logb = med([r["calls_per_op"] for r in a]), med([r["log_bytes_per_op"] for r in a])
         recs = med([r.get("records_per_op") for r in a])
