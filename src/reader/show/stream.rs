@@ -414,22 +414,14 @@ mod tests {
                 && lines[0].contains("after C_SignInit"),
             "{out}"
         );
-        assert!(
-            lines[1].starts_with("1 ") && lines[1].contains("C_FindObjectsInit"),
-            "{out}"
-        );
-        assert!(
-            lines[2].starts_with("2 ") && lines[2].contains(" C_Sign "),
-            "{out}"
-        );
-        assert!(
-            lines[3].starts_with("4 ") && lines[3].contains("C_CloseSession"),
-            "{out}"
-        );
-        assert!(
-            lines[4].starts_with("5 ") && lines[4].contains("C_DigestInit"),
-            "{out}"
-        );
+        for (line, (seq, function)) in lines[1..].iter().zip([
+            ("1 ", "C_FindObjectsInit"),
+            ("2 ", " C_Sign "),
+            ("4 ", "C_CloseSession"),
+            ("5 ", "C_DigestInit"),
+        ]) {
+            assert!(line.starts_with(seq) && line.contains(function), "{out}");
+        }
         assert!(!out.contains("NO OUTCOME"), "{out}");
         assert_eq!(s.without_outcome, 0);
 
