@@ -248,6 +248,20 @@ impl<'o, W: Write> Stream<'o, W> {
         self.flush();
     }
 
+    /// Holds record `seq` (an intent, or a prepare outcome) until what it waits for comes.
+    fn hold(&mut self, seq: u64, line: &[u8], prepared: Option<Prepared>) {
+        self.pending += 1;
+        self.held += line.len();
+        self.queue.push_back(Entry {
+            seq,
+            pending: true,
+            text: Vec::new(),
+            intent_line: line.to_vec(),
+            prepared,
+        });
+        self.bound();
+    }
+
     /// Takes in record `seq`, which verified, with its `line`.
     pub(super) fn on_record(&mut self, line: &[u8], seq: u64) {
         if self.opts.json && self.opts.filter.is_empty() {
@@ -273,16 +287,7 @@ impl<'o, W: Write> Stream<'o, W> {
             }
         };
         if view.ev == "intent" {
-            self.pending += 1;
-            self.held += line.len();
-            self.queue.push_back(Entry {
-                seq,
-                pending: true,
-                text: Vec::new(),
-                intent_line: line.to_vec(),
-                prepared: None,
-            });
-            self.bound();
+            self.hold(seq, line, None);
             return;
         }
         if !self.prepared.is_empty() {
@@ -308,20 +313,16 @@ impl<'o, W: Write> Stream<'o, W> {
             if view.is_prepared_operation() {
                 let (pid, session) = (view.pid, view.session.unwrap_or_default());
                 self.prepared.entry((pid, session)).or_default().push(seq);
-                self.pending += 1;
-                self.held += line.len();
-                self.queue.push_back(Entry {
+                let function = view.function().unwrap_or_default().to_string();
+                self.hold(
                     seq,
-                    pending: true,
-                    text: Vec::new(),
-                    intent_line: line.to_vec(),
-                    prepared: Some(Prepared {
+                    line,
+                    Some(Prepared {
                         pid,
                         session,
-                        function: view.function().unwrap_or_default().to_string(),
+                        function,
                     }),
-                });
-                self.bound();
+                );
                 return;
             }
         }
@@ -383,6 +384,17 @@ mod tests {
     use crate::reader::testlog::log;
     use crate::reader::Progress;
 
+    /// The seqs of `show --json`'s lines.
+    fn json_seqs(out: &str) -> Vec<u64> {
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     /// An outcome of `f` in session `session` of process `pid`, without intent.
     fn call(secs: u64, pid: u32, session: u64, f: &str) -> String {
         crate::reader::testlog::body(
@@ -431,14 +443,7 @@ mod tests {
             ..Default::default()
         };
         let (out, _) = run(&bodies, &ShowOptions::new(f, true));
-        let seqs: Vec<u64> = out
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let seqs = json_seqs(&out);
         assert_eq!(seqs, [0, 2, 3], "{out}");
     }
 
@@ -485,14 +490,7 @@ mod tests {
         let (out, s) = run(&bodies, &opts);
         assert_eq!(s.given_up, 3);
         // Every record once, in log order.
-        let seqs: Vec<u64> = out
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let seqs = json_seqs(&out);
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
     }
 
