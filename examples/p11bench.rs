@@ -4,8 +4,9 @@
 //!   p11bench --module PATH --pin PIN [--threads N] [--seconds S] [--op NAME]...
 //!
 //! Each thread opens its own session. For every operation it prints one JSON line:
-//! `{"op","threads","ops","ops_per_s","median_us","p99_us","calls_per_op","log_bytes_per_op"}`.
-//! `calls_per_op` and `log_bytes_per_op` are read from the audit log named by P11AUDIT_LOG when
+//! `{"op","threads","ops","ops_per_s","median_us","p99_us","calls_per_op","records_per_op",
+//! "log_bytes_per_op"}`. `calls_per_op` (outcomes and the length queries they count),
+//! `records_per_op` and `log_bytes_per_op` are read from the audit log named by P11AUDIT_LOG when
 //! it is set (p11audit runs), else they are null. scripts/bench.sh alternates runs and prints
 //! the table in docs/PERFORMANCE.md.
 
@@ -33,6 +34,7 @@ const OPS: &[&str] = &[
     "aes_gcm_1k",
     "find_by_label",
     "aes_keygen_destroy",
+    "aes_keygen_named_destroy",
     "read_key_attributes",
 ];
 
@@ -159,6 +161,25 @@ fn run_op(p11: &Pkcs11, s: &Session, keys: &Keys, op: &str, pin: &AuthPin) {
                 .expect("keygen");
             s.destroy_object(k).expect("destroy");
         }
+        "aes_keygen_named_destroy" => {
+            // A template that names the new key's class, key type, label and id: p11audit
+            // takes its identity from the template and reads nothing back.
+            let k = s
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(cryptoki::object::KeyType::AES),
+                        Attribute::Label(b"bench-keygen".to_vec()),
+                        Attribute::Id(vec![0x6b, 0x67]),
+                        Attribute::Token(false),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Encrypt(true),
+                    ],
+                )
+                .expect("keygen");
+            s.destroy_object(k).expect("destroy");
+        }
         "read_key_attributes" => {
             // What p11audit reads of every new key (its identity): what that costs SoftHSM.
             let attrs = s
@@ -182,16 +203,31 @@ fn log_position(log: Option<&str>) -> Option<u64> {
     log.and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len())
 }
 
-/// Outcome records in the log between two offsets.
-fn outcomes_between(log: &str, from: u64, to: u64) -> u64 {
+/// Calls and records in the log between two offsets: a call is an outcome record, plus the
+/// length queries it counts (`len_queries`).
+fn calls_and_records_between(log: &str, from: u64, to: u64) -> (u64, u64) {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(log).expect("open log");
     f.seek(SeekFrom::Start(from)).expect("seek");
     let mut buf = Vec::new();
     f.take(to - from).read_to_end(&mut buf).expect("read log");
-    buf.split(|&b| b == b'\n')
-        .filter(|l| l.windows(17).any(|w| w == b"\"ev\":\"outcome\",\"f"))
-        .count() as u64
+    let (mut calls, mut records) = (0, 0);
+    for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        records += 1;
+        if !line.windows(17).any(|w| w == b"\"ev\":\"outcome\",\"f") {
+            continue;
+        }
+        calls += 1;
+        let marker = b"\"len_queries\":";
+        if let Some(at) = line.windows(marker.len()).position(|w| w == marker) {
+            let digits = line[at + marker.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            calls += digits;
+        }
+    }
+    (calls, records)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -277,13 +313,15 @@ fn main() {
         let ops = all.len() as u64;
         all.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
         let log_after = log_position(log.as_deref());
-        let (calls_per_op, bytes_per_op) = match (log.as_deref(), log_before, log_after) {
-            (Some(path), Some(b), Some(a)) if ops > 0 => {
-                let calls = outcomes_between(path, b, a) as f64 / ops as f64;
-                (Some(calls), Some((a - b) as f64 / ops as f64))
-            }
-            _ => (None, None),
-        };
+        let (calls_per_op, records_per_op, bytes_per_op) =
+            match (log.as_deref(), log_before, log_after) {
+                (Some(path), Some(b), Some(a)) if ops > 0 => {
+                    let (calls, records) = calls_and_records_between(path, b, a);
+                    let per_op = |n: u64| Some(n as f64 / ops as f64);
+                    (per_op(calls), per_op(records), per_op(a - b))
+                }
+                _ => (None, None, None),
+            };
         println!(
             "{}",
             serde_json::json!({
@@ -294,6 +332,7 @@ fn main() {
                 "median_us": percentile(&all, 0.5),
                 "p99_us": percentile(&all, 0.99),
                 "calls_per_op": calls_per_op,
+                "records_per_op": records_per_op,
                 "log_bytes_per_op": bytes_per_op,
             })
         );

@@ -1,6 +1,6 @@
 //! p11calls: times each PKCS#11 call of an operation separately, against any module, so that
-//! p11audit's overhead can be split by call (the intent before `C_SignInit`, the queued outcome
-//! of a length query, the written outcome of `C_Sign`).
+//! p11audit's overhead can be split by call (the queued outcome of `C_SignInit`, the length
+//! query held for the next `C_Sign`, the written outcome of `C_Sign`).
 //!
 //!   p11calls --module PATH --pin PIN [--threads N] [--seconds S] [--op NAME]...
 //!
@@ -335,6 +335,7 @@ fn main() {
                     "median_us": percentile(&lat, 0.5),
                     "p99_us": percentile(&lat, 0.99),
                     "calls_per_op": null,
+                    "records_per_op": null,
                     "log_bytes_per_op": null,
                 })
             );

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The performance table of docs/PERFORMANCE.md: direct SoftHSM, p11audit in front of SoftHSM,
-# and (when installed) OpenSC's pkcs11-spy, alternated A B C A B C ... ROUNDS times, at 1 and 2
-# threads; medians of the rounds, and the ratio to direct from the same rounds.
+# and OpenSC's pkcs11-spy in front of SoftHSM (installed by scripts/install-deps.sh), alternated
+# A B C A B C ... ROUNDS times, at 1 and 2 threads; medians of the rounds, and the ratio to
+# direct from the same rounds.
 #
 #   scripts/bench.sh [ROUNDS] [SECONDS_PER_OP]        (defaults: 3 rounds, 1 s per op)
 #   P11BENCH_SYNC=always scripts/bench.sh             durable mode for the p11audit runs
@@ -11,10 +12,10 @@
 #                                                      own (examples/p11calls.rs: the init, the
 #                                                      length query, the call) instead of p11bench
 #   P11BENCH_BASELINE=OLD/libp11audit.so ...           another build of p11audit, run as
-#                                                      "baseline" in the same rounds instead of
-#                                                      pkcs11-spy: judges a change on a noisy
-#                                                      machine (build the old commit in a
-#                                                      git worktree)
+#                                                      "baseline" in the same rounds: judges a
+#                                                      change on a noisy machine (build the old
+#                                                      commit in a git worktree)
+#   P11BENCH_NO_SPY=1 ...                              leave pkcs11-spy out (shorter rounds)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
@@ -40,7 +41,12 @@ if [[ -n ${P11BENCH_BASELINE:-} ]]; then
     # A copy: the build may be rebuilt while this runs.
     cp "$P11BENCH_BASELINE" "$work/baseline.so"
     configs+=(baseline)
-elif [[ -f $spy ]]; then
+fi
+if [[ -z ${P11BENCH_NO_SPY:-} ]]; then
+    if [[ ! -f $spy ]]; then
+        echo "bench: $spy is missing (package opensc-pkcs11; scripts/install-deps.sh)" >&2
+        exit 1
+    fi
     configs+=(pkcs11-spy)
 fi
 
@@ -88,8 +94,8 @@ for threads in sorted({r["threads"] for r in rows}):
     print(f"\n### {threads} thread(s), one session each; medians of {max(r['round'] for r in rows)} alternated rounds\n")
     head = "| operation | direct ops/s | direct median µs |"
     for c in configs[1:]:
-        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct | {c} added µs |"
-    head += " calls/op | log bytes/op |"
+        head += f" {c} ops/s | {c} median µs | {c} p99 µs | {c}/direct | {c}/direct by median | {c} added µs |"
+    head += " calls/op | records/op | log bytes/op |"
     print(head)
     print("|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|")
     for op in ops:
@@ -105,10 +111,14 @@ for threads in sorted({r["threads"] for r in rows}):
             ratios = [r["ops_per_s"] / x["ops_per_s"] for r in rs for x in d if x["round"] == r["round"]]
             # Added latency: the difference of the medians over the rounds.
             added = med([r["median_us"] for r in rs]) - med([r["median_us"] for r in d])
-            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} | {added:+.1f} |"
+            # The same ratio from median latencies (direct's over this one's, per round): less
+            # moved by the moments a busy machine takes the core away.
+            by_median = [x["median_us"] / r["median_us"] for r in rs for x in d if x["round"] == r["round"]]
+            line += f" {med([r['ops_per_s'] for r in rs]):,.0f} | {med([r['median_us'] for r in rs]):.1f} | {med([r['p99_us'] for r in rs]):.1f} | {med(ratios):.2f} | {med(by_median):.2f} | {added:+.1f} |"
         a = sel("p11audit")
         calls, logb = med([r["calls_per_op"] for r in a]), med([r["log_bytes_per_op"] for r in a])
-        line += f" {calls:.1f} | {logb:.0f} |" if calls is not None else " | |"
+        recs = med([r.get("records_per_op") for r in a])
+        line += f" {calls:.1f} | {recs:.1f} | {logb:.0f} |" if calls is not None else " | | |"
         print(line)
 PY
 

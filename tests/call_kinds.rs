@@ -14,6 +14,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Acting => "acting",
         Kind::ActingResult => "acting and result",
         Kind::Result => "result",
+        Kind::Prepare => "prepare",
         Kind::GivingUp => "giving-up",
     }
 }

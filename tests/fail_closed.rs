@@ -138,6 +138,35 @@ fn file_len(p: &Path) -> u64 {
 
 // ---- the scenario (child side) --------------------------------------------------------------
 
+/// C_Sign into a 64-byte buffer while the log cannot be written: fail-open hands the signature
+/// out, fail-closed refuses the call and wipes the buffer. Returns the buffer.
+fn sign_while_full(
+    shim: &Module,
+    s: ck::CK_SESSION_HANDLE,
+    data: &[u8],
+    open: bool,
+    what: &str,
+) -> [u8; 64] {
+    let mut sig = [SIG_PATTERN; 64];
+    let (rv, len) = shim.sign(s, data, Some(&mut sig));
+    if open {
+        ok(rv, &format!("{what} with P11AUDIT_ON_FAILURE=open"));
+        assert_eq!(len, 64);
+    } else {
+        assert_eq!(
+            rv,
+            ck::CKR_GENERAL_ERROR,
+            "{what} must fail when its outcome cannot be written"
+        );
+        assert!(
+            sig.iter().all(|&b| b == 0),
+            "{what} handed out a signature it could not record: {}",
+            hex(&sig)
+        );
+    }
+    sig
+}
+
 fn disk_full_scenario(open: bool) {
     let log = PathBuf::from(std::env::var_os("P11AUDIT_LOG").expect("P11AUDIT_LOG"));
     let shim = Module::shim();
@@ -220,25 +249,22 @@ fn disk_full_scenario(open: bool) {
 
     // 3. A result call: C_Sign on the operation started before the disk filled.
     lost += pad(&shim, s);
-    let mut sig_full = [SIG_PATTERN; 64];
-    let (rv, len) = shim.sign(s, &data, Some(&mut sig_full));
+    let sig_full = sign_while_full(&shim, s, &data, open, "C_Sign");
     lost += 1; // its outcome
     unchanged("C_Sign");
-    if open {
-        ok(rv, "C_Sign with P11AUDIT_ON_FAILURE=open");
-        assert_eq!(len, 64);
-    } else {
-        assert_eq!(
-            rv,
-            ck::CKR_GENERAL_ERROR,
-            "C_Sign must fail when its outcome cannot be written"
-        );
-        assert!(
-            sig_full.iter().all(|&b| b == 0),
-            "C_Sign handed out a signature it could not record: {}",
-            hex(&sig_full)
-        );
-    }
+
+    // 4. A prepare call and its operation's result: C_SignInit goes ahead (nothing is written
+    // before a prepare call; its outcome waits), and the C_Sign whose outcome cannot be written
+    // is refused with its output wiped, so nothing of the operation reaches the application.
+    lost += pad(&shim, s);
+    ok(
+        shim.sign_init(s, priv_key),
+        "C_SignInit while the disk is full (a prepare call)",
+    );
+    lost += 1; // its outcome, waiting
+    sign_while_full(&shim, s, &data, open, "C_Sign after a prepare");
+    lost += 1; // its outcome
+    unchanged("C_SignInit and C_Sign");
 
     // Free the space and go on.
     disk.free();
@@ -443,8 +469,20 @@ fn disk_full(open: bool) {
         .iter()
         .filter(|r| r["fn"] == "C_Sign" && r["out"] == "returned")
         .count();
+    // The signs before the fill and after recovery; the C_SignInit outcomes that waited while
+    // the disk was full are counted in the gap, not in the log.
+    assert_eq!(
+        count("outcome", "C_SignInit"),
+        2,
+        "C_SignInit outcomes: the sign before the fill and the one after recovery"
+    );
+    assert_eq!(
+        count("intent", "C_SignInit"),
+        0,
+        "a prepare call has no intent"
+    );
     if open {
-        // Before the fill, after recovery; the one in between was handed out unrecorded.
+        // Before the fill, after recovery; those in between were handed out unrecorded.
         assert_eq!(returned_signs, 2);
     } else {
         // Nothing of the refused calls is in the log: they did not happen.

@@ -614,8 +614,9 @@ fn hostile_bytes_round_trip_and_every_line_stays_json() {
     }
 
     // Find by label; read back; relabel.
-    let fi = find(&records, "C_FindObjectsInit intent", |r| {
-        r["ev"] == "intent" && r["fn"] == "C_FindObjectsInit"
+    // C_FindObjectsInit is a prepare call: its outcome carries the template.
+    let fi = find(&records, "C_FindObjectsInit outcome", |r| {
+        r["ev"] == "outcome" && r["fn"] == "C_FindObjectsInit"
     });
     assert_eq!(
         template_attr(fi, "template", "CKA_LABEL").unwrap()["value"],

@@ -172,25 +172,59 @@ fn json_seqs(args: &[&str]) -> Vec<u64> {
         .collect()
 }
 
-/// The seqs of the calls (intent and outcome together) for which `pick(first, rec)` holds,
+/// The calls of the workload's operations that a prepare call's outcome is joined with.
+fn continues(init: &str, function: &str) -> bool {
+    match init {
+        "C_SignInit" => ["C_Sign", "C_SignUpdate", "C_SignFinal"].contains(&function),
+        "C_VerifyInit" => ["C_Verify", "C_VerifyUpdate", "C_VerifyFinal"].contains(&function),
+        "C_FindObjectsInit" => ["C_FindObjects", "C_FindObjectsFinal"].contains(&function),
+        _ => false,
+    }
+}
+
+/// The seqs of the calls (intent and outcome together, or a prepare outcome and the first call
+/// of its operation in the same process and session) for which `pick(first, rec)` holds,
 /// computed from the parsed log: what `show --json` must print.
 fn expected_seqs(pick: impl Fn(&Value, Option<&Value>) -> bool) -> Vec<u64> {
     let recs = records();
     let by_seq = |s: u64| &recs[s as usize];
     let mut joined: BTreeSet<u64> = BTreeSet::new();
     let mut out = Vec::new();
+    let mut pairs: Vec<(u64, &Value)> = Vec::new();
     for r in &recs {
         if let Some(i) = r.get("intent").and_then(Value::as_u64) {
-            joined.insert(i);
-            if pick(by_seq(i), Some(r)) {
-                out.push(i);
-                out.push(r["seq"].as_u64().unwrap());
-            }
+            pairs.push((i, r));
+        }
+    }
+    for (at, p) in recs.iter().enumerate() {
+        let prepared = p["ev"] == "outcome"
+            && p.get("intent").is_none()
+            && p["rv"] == "CKR_OK"
+            && p["fn"].as_str().is_some_and(|f| f.ends_with("Init"));
+        if !prepared {
+            continue;
+        }
+        let op = recs[at + 1..].iter().find(|r| {
+            r["ev"] == "outcome"
+                && r["pid"] == p["pid"]
+                && r["session"] == p["session"]
+                && continues(p["fn"].as_str().unwrap(), r["fn"].as_str().unwrap_or(""))
+        });
+        if let Some(op) = op {
+            pairs.push((p["seq"].as_u64().unwrap(), op));
+        }
+    }
+    for (i, r) in pairs {
+        joined.insert(i);
+        joined.insert(r["seq"].as_u64().unwrap());
+        if pick(by_seq(i), Some(r)) {
+            out.push(i);
+            out.push(r["seq"].as_u64().unwrap());
         }
     }
     for r in &recs {
         let seq = r["seq"].as_u64().unwrap();
-        if r.get("intent").is_some() || joined.contains(&seq) {
+        if joined.contains(&seq) {
             continue;
         }
         let intent_only = r["ev"] == "intent";
@@ -213,58 +247,49 @@ fn names(v: &Value, label: &str) -> bool {
 #[test]
 fn sign_calls_show_mechanism_key_lengths_rv_and_duration() {
     let lines = show_lines(&["--fn", "C_SignInit", "--fn", "C_Sign"]);
-    let init: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains(" C_SignInit "))
-        .collect();
-    let sign: Vec<&String> = lines.iter().filter(|l| l.contains(" C_Sign ")).collect();
-    assert_eq!(init.len() + sign.len(), lines.len(), "{lines:#?}");
-    // Each C_SignInit is one line: intent and outcome joined ("intent>outcome").
-    assert_eq!(init.len(), SIGNATURES, "{lines:#?}");
+    // Each sign is one line: the C_SignInit outcome (a prepare call) joined with its C_Sign,
+    // whose outcome counts the length query ("init>sign").
+    assert_eq!(lines.len(), SIGNATURES, "{lines:#?}");
     let recs = records();
-    for l in &init {
+    for l in &lines {
         let seq = l.split_whitespace().next().unwrap();
         let (i, o) = seq
             .split_once('>')
             .unwrap_or_else(|| panic!("not joined: {l}"));
         let (i, o): (usize, usize) = (i.parse().unwrap(), o.parse().unwrap());
-        assert_eq!(recs[i]["ev"], "intent");
-        assert_eq!(recs[o]["ev"], "outcome");
-        assert_eq!(recs[o]["intent"].as_u64(), Some(i as u64));
+        assert_eq!(recs[i]["ev"], "outcome");
+        assert_eq!(recs[i]["fn"], "C_SignInit");
+        assert_eq!(recs[o]["fn"], "C_Sign");
+        assert_eq!(recs[o]["len_queries"], 1);
         for want in [
+            " C_Sign ",
+            "after C_SignInit",
             "CKR_OK",
             "mech CKM_ECDSA",
             "key \"sr-sign\" id 5e01 (CKO_PRIVATE_KEY CKK_EC)",
             &format!(" {} ", run().worker),
             "user ",
-        ] {
-            assert!(l.contains(want), "no {want:?} in {l}");
-        }
-        // The duration is the outcome's.
-        let dur = recs[o]["dur_us"].as_u64().unwrap();
-        assert!(l.contains(&p11audit::reader::format_duration(dur)), "{l}");
-    }
-    // C_Sign: a length query and the signature, each with its lengths.
-    assert_eq!(sign.len(), 2 * SIGNATURES, "{lines:#?}");
-    let queries = sign.iter().filter(|l| l.contains("(length query)")).count();
-    assert_eq!(queries, SIGNATURES);
-    for l in &sign {
-        for want in [
-            "CKR_OK",
-            "mech CKM_ECDSA",
-            "key \"sr-sign\"",
             "in 32",
             "out 64",
+            "(after 1 length query)",
         ] {
             assert!(l.contains(want), "no {want:?} in {l}");
         }
-        assert!(l.contains("us ") || l.contains("ms "), "no duration in {l}");
+        // The duration is the C_Sign's.
+        let dur = recs[o]["dur_us"].as_u64().unwrap();
+        assert!(l.contains(&p11audit::reader::format_duration(dur)), "{l}");
     }
 }
 
 #[test]
 fn filters_select_exactly_the_expected_records() {
-    let is_fn = |f: &'static str| move |first: &Value, _: Option<&Value>| first["fn"] == f;
+    // A call is selected by its function, or for a prepare call joined with its operation's
+    // first call, by either function.
+    let is_fn = |f: &'static str| {
+        move |first: &Value, rec: Option<&Value>| {
+            first["fn"] == f || rec.is_some_and(|r| r["fn"] == f)
+        }
+    };
     assert_eq!(
         json_seqs(&["--fn", "C_Sign"]),
         expected_seqs(is_fn("C_Sign"))
@@ -296,7 +321,8 @@ fn filters_select_exactly_the_expected_records() {
 
     let by_key =
         expected_seqs(|f, o| names(f, SIGN_LABEL) || o.is_some_and(|o| names(o, SIGN_LABEL)));
-    assert!(by_key.len() > 3 * SIGNATURES, "{by_key:?}");
+    // The key pair's generation (intent and outcome), and each sign's two records.
+    assert_eq!(by_key.len(), 2 * SIGNATURES + 2, "{by_key:?}");
     assert_eq!(json_seqs(&["--key", SIGN_LABEL]), by_key);
     // The same calls by hex id (both keys of the pair carry it).
     assert_eq!(json_seqs(&["--key", "5E01"]), by_key);
@@ -339,8 +365,9 @@ fn time_filters() {
         recs.len()
     );
     assert!(json_seqs(&["--until", "2000-01-01"]).is_empty());
-    // From the worker's first C_Sign on: no C_Initialize of the worker.
-    let sign = recs.iter().find(|r| r["fn"] == "C_Sign").unwrap();
+    // From the worker's first sign on (its C_SignInit, which starts the joined call): no
+    // C_Initialize of the worker.
+    let sign = recs.iter().find(|r| r["fn"] == "C_SignInit").unwrap();
     let ts = sign["ts"].as_str().unwrap();
     let from = json_seqs(&["--since", ts]);
     assert!(from.contains(&sign["seq"].as_u64().unwrap()));

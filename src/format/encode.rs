@@ -329,6 +329,7 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
     if let Some(o) = d.out {
         m.str("out", output_name(o));
     }
+    m.opt_num("len_queries", d.len_queries);
     m.opt_num("count", d.count);
     if !d.created.is_empty() {
         let out = m.key("created");
@@ -479,6 +480,7 @@ mod tests {
             out_len: Some(u64::MAX),
             sig_len: Some(64),
             out: Some(OutputDisposition::BufferTooSmall),
+            len_queries: Some(2),
             count: Some(3),
             created: vec![Arc::new(obj(8)), Arc::new(obj(9))],
             found: vec![1, 2, 3],

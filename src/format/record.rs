@@ -426,6 +426,10 @@ pub struct Detail {
     pub sig_len: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<OutputDisposition>,
+    /// Length queries (NULL output buffer) of the same function in the same session that came
+    /// just before this call and have no record of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len_queries: Option<u64>,
     /// Objects returned by C_FindObjects, slots by C_GetSlotList, mechanisms by
     /// C_GetMechanismList.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -208,6 +208,8 @@ pub struct RecView<'a> {
     #[serde(borrow, default)]
     pub out: Option<Cow<'a, str>>,
     #[serde(default)]
+    pub len_queries: Option<u64>,
+    #[serde(default)]
     pub count: Option<u64>,
     #[serde(default)]
     pub created: Vec<ObjectIdentity>,
@@ -262,6 +264,20 @@ impl<'a> RecView<'a> {
         self.rv.as_deref()
     }
 
+    /// The outcome of a prepare call (FORMAT.md §5) that started an operation: an *Init's
+    /// outcome with `CKR_OK` and no intent (logs written before *Init calls were prepare ones
+    /// give theirs an intent, and they are joined with it instead). Its operation's calls follow
+    /// in the same process and session ([`continues_operation`]).
+    pub fn is_prepared_operation(&self) -> bool {
+        self.ev == "outcome"
+            && self.intent.is_none()
+            && self.rv() == Some("CKR_OK")
+            && self.session.is_some()
+            && self
+                .function()
+                .is_some_and(|f| operation_calls(f).is_some())
+    }
+
     /// The outcome of a call that failed: an `rv` other than `CKR_OK`.
     pub fn failed(&self) -> bool {
         self.rv().is_some_and(|rv| rv != "CKR_OK")
@@ -294,6 +310,86 @@ impl<'a> RecView<'a> {
             .chain(self.key2.iter())
             .chain(self.created.iter())
     }
+}
+
+/// The calls that go on with the operation the prepare call `init` starts (PKCS#11 2.40 §5.8 to
+/// §5.13, 3.0 §5.13 to §5.16, 3.2 C_VerifySignature*); None if `init` is not a prepare call.
+/// Dual-function updates go on with both of their operations.
+fn operation_calls(init: &str) -> Option<&'static [&'static str]> {
+    Some(match init {
+        "C_EncryptInit" => &[
+            "C_Encrypt",
+            "C_EncryptUpdate",
+            "C_EncryptFinal",
+            "C_DigestEncryptUpdate",
+            "C_SignEncryptUpdate",
+        ],
+        "C_DecryptInit" => &[
+            "C_Decrypt",
+            "C_DecryptUpdate",
+            "C_DecryptFinal",
+            "C_DecryptDigestUpdate",
+            "C_DecryptVerifyUpdate",
+        ],
+        "C_DigestInit" => &[
+            "C_Digest",
+            "C_DigestUpdate",
+            "C_DigestKey",
+            "C_DigestFinal",
+            "C_DigestEncryptUpdate",
+            "C_DecryptDigestUpdate",
+        ],
+        "C_SignInit" => &[
+            "C_Sign",
+            "C_SignUpdate",
+            "C_SignFinal",
+            "C_SignEncryptUpdate",
+        ],
+        "C_VerifyInit" => &[
+            "C_Verify",
+            "C_VerifyUpdate",
+            "C_VerifyFinal",
+            "C_DecryptVerifyUpdate",
+        ],
+        "C_SignRecoverInit" => &["C_SignRecover"],
+        "C_VerifyRecoverInit" => &["C_VerifyRecover"],
+        "C_FindObjectsInit" => &["C_FindObjects", "C_FindObjectsFinal"],
+        "C_MessageEncryptInit" => &[
+            "C_EncryptMessage",
+            "C_EncryptMessageBegin",
+            "C_EncryptMessageNext",
+            "C_MessageEncryptFinal",
+        ],
+        "C_MessageDecryptInit" => &[
+            "C_DecryptMessage",
+            "C_DecryptMessageBegin",
+            "C_DecryptMessageNext",
+            "C_MessageDecryptFinal",
+        ],
+        "C_MessageSignInit" => &[
+            "C_SignMessage",
+            "C_SignMessageBegin",
+            "C_SignMessageNext",
+            "C_MessageSignFinal",
+        ],
+        "C_MessageVerifyInit" => &[
+            "C_VerifyMessage",
+            "C_VerifyMessageBegin",
+            "C_VerifyMessageNext",
+            "C_MessageVerifyFinal",
+        ],
+        "C_VerifySignatureInit" => &[
+            "C_VerifySignature",
+            "C_VerifySignatureUpdate",
+            "C_VerifySignatureFinal",
+        ],
+        _ => return None,
+    })
+}
+
+/// Whether `function` goes on with the operation the prepare call `init` started.
+pub fn continues_operation(init: &str, function: &str) -> bool {
+    operation_calls(init).is_some_and(|calls| calls.contains(&function))
 }
 
 #[cfg(test)]

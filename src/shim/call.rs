@@ -24,6 +24,10 @@ pub enum Kind {
     Acting,
     /// Acting, and also hands out key material: the outcome is written before output is returned.
     ActingResult,
+    /// Starts an operation (an *Init): no intent; its outcome waits for the next write, which
+    /// is normally the operation's own result. It hands nothing out and leaves nothing behind
+    /// but session state, and the result's outcome names the key and mechanism again.
+    Prepare,
     /// Hands something back: the outcome is in the file before the output reaches the caller.
     Result,
     /// Gives something up: goes ahead even when the log fails (the loss is counted).
@@ -191,18 +195,46 @@ impl<'rt> Call<'rt> {
         }
     }
 
-    /// An object the call created: its handle and identity (read from the provider and cached,
-    /// so later use of the key costs no extra call).
+    /// An object the call created with the call's template: its handle and identity (what
+    /// the template does not name read from the provider; cached, so later use of the key
+    /// costs no extra call).
     ///
     /// # Safety
     /// `p` must be NULL or readable.
     pub(crate) unsafe fn created(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
-        if rv == ck::CKR_OK {
-            // SAFETY: per the caller.
-            if let Some(h) = unsafe { args::read(p) } {
-                let identity = self.identity(h);
-                self.detail.created.push(identity);
-            }
+        // SAFETY: per the caller.
+        unsafe { self.created_with(p, rv, false) }
+    }
+
+    /// As `created`, for the private key of C_GenerateKeyPair, made with `template2`.
+    ///
+    /// # Safety
+    /// `p` must be NULL or readable.
+    pub(crate) unsafe fn created_private(&mut self, p: *const ck::CK_OBJECT_HANDLE, rv: ck::CK_RV) {
+        // SAFETY: per the caller.
+        unsafe { self.created_with(p, rv, true) }
+    }
+
+    /// # Safety
+    /// `p` must be NULL or readable.
+    unsafe fn created_with(
+        &mut self,
+        p: *const ck::CK_OBJECT_HANDLE,
+        rv: ck::CK_RV,
+        template2: bool,
+    ) {
+        if rv != ck::CKR_OK {
+            return;
+        }
+        // SAFETY: per the caller.
+        if let Some(h) = unsafe { args::read(p) } {
+            let template = if template2 {
+                &self.detail.template2
+            } else {
+                &self.detail.template
+            };
+            let identity = self.identity_of_new(h, template.as_deref());
+            self.detail.created.push(identity);
         }
     }
 
@@ -246,6 +278,63 @@ impl<'rt> Call<'rt> {
         written
     }
 
+    /// A length query's outcome (NULL output buffer) waits in the session for the next outcome
+    /// of the same function, which counts it (`len_queries`), and None is returned; any other
+    /// outcome of a result call takes the count of those held for it. Calls with an intent
+    /// keep their own outcome: the intent must be answered.
+    fn count_length_queries(&self, mut outcome: Record) -> Option<Record> {
+        let Some(session) = self.session else {
+            return Some(outcome);
+        };
+        if self.kind != Kind::Result || outcome.detail.intent.is_some() {
+            return Some(outcome);
+        }
+        if outcome.detail.out == Some(OutputDisposition::LengthQuery) {
+            let released =
+                self.rt
+                    .context
+                    .lock()
+                    .hold_length_query(session, self.function, outcome);
+            self.release(released);
+            return None;
+        }
+        let counted = self
+            .rt
+            .context
+            .lock()
+            .take_length_queries(session, self.function);
+        if counted > 0 {
+            outcome.detail.len_queries = Some(counted);
+        }
+        Some(outcome)
+    }
+
+    /// Before the call: length queries held in its session for another function go out on
+    /// their own, ahead of this call's records; a call on no session that may end sessions
+    /// (C_CloseAllSessions) lets every held one go.
+    pub(super) fn release_other_length_queries(&self) {
+        let released = match self.session {
+            Some(session) => self
+                .rt
+                .context
+                .lock()
+                .release_length_queries_unless(session, self.function),
+            None if self.kind == Kind::GivingUp => {
+                self.rt.context.lock().release_all_length_queries()
+            }
+            None => return,
+        };
+        self.release(released);
+    }
+
+    /// Queues held length-query outcomes, each as its own record (the context lock is not
+    /// held: the auditor's lock is never taken under it).
+    fn release(&self, released: Vec<Record>) {
+        for record in released {
+            self.rt.auditor.wait(&record);
+        }
+    }
+
     /// Writes (or queues) the outcome and decides what the caller gets.
     pub(super) fn finish(
         &mut self,
@@ -272,6 +361,9 @@ impl<'rt> Call<'rt> {
             outcome.detail.template = None;
             outcome.detail.template2 = None;
         }
+        let Some(outcome) = self.count_length_queries(outcome) else {
+            return rv;
+        };
         let must_write = self.hands_out && matches!(self.kind, Kind::Result | Kind::ActingResult);
         if !must_write {
             self.rt.auditor.wait(&outcome);
@@ -305,6 +397,7 @@ pub(crate) fn run_call(
         };
         let mut call = Call::new(rt, function, kind, for_2x);
         before(&mut call);
+        call.release_other_length_queries();
         let intent = match call.write_intent() {
             Ok(seq) => seq,
             Err(e) => return e.rv(),

@@ -5,7 +5,7 @@
 //! Login state is per token for the whole application (PKCS#11 2.40 §5.6: logging in on one
 //! session logs in all sessions of that token), so it is tracked per slot.
 
-use crate::format::record::{MechanismSummary, ObjectIdentity, TokenRef};
+use crate::format::record::{MechanismSummary, ObjectIdentity, Record, TokenRef};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -75,12 +75,26 @@ struct SlotEntry {
 /// stays bounded however many objects an application touches.
 const MAX_CACHED_KEYS: usize = 4096;
 
+/// At most this many length queries wait in one session; past it they go out on their own.
+const MAX_HELD_LENGTH_QUERIES: usize = 16;
+
+/// The outcomes of length queries (NULL output buffer) of one function in one session that
+/// wait for that function's next outcome, which counts them instead (`len_queries`).
+struct HeldLengthQueries {
+    function: &'static str,
+    outcomes: Vec<Record>,
+}
+
 /// Session, token and key context of one process.
 #[derive(Default)]
 pub(crate) struct CallContext {
     sessions: HashMap<u64, SessionEntry>,
     slots: HashMap<u64, SlotEntry>,
     keys: HashMap<u64, Arc<ObjectIdentity>>,
+    /// Length queries waiting, by session, and the pid that holds them: a forked child drops
+    /// its copy of the parent's (the parent writes them).
+    length_queries: HashMap<u64, HeldLengthQueries>,
+    length_queries_pid: u32,
 }
 
 /// Where a session stands, for a record.
@@ -209,6 +223,83 @@ impl CallContext {
     pub(crate) fn forget_key(&mut self, handle: u64) {
         self.keys.remove(&handle);
     }
+
+    /// The held length queries of this process.
+    fn held_length_queries(&mut self) -> &mut HashMap<u64, HeldLengthQueries> {
+        let pid = crate::os::process::current_pid();
+        if self.length_queries_pid != pid {
+            self.length_queries.clear();
+            self.length_queries_pid = pid;
+        }
+        &mut self.length_queries
+    }
+
+    /// Holds the outcome of a length query of `function` in `session`. Returns the outcomes
+    /// that must now go out on their own: those held for another function, or all of them
+    /// once too many wait.
+    pub(crate) fn hold_length_query(
+        &mut self,
+        session: u64,
+        function: &'static str,
+        outcome: Record,
+    ) -> Vec<Record> {
+        let held = self.held_length_queries();
+        let entry = held.entry(session).or_insert_with(|| HeldLengthQueries {
+            function,
+            outcomes: Vec::new(),
+        });
+        let mut released = Vec::new();
+        if entry.function != function {
+            released = std::mem::take(&mut entry.outcomes);
+            entry.function = function;
+        }
+        entry.outcomes.push(outcome);
+        if entry.outcomes.len() > MAX_HELD_LENGTH_QUERIES {
+            released.append(&mut entry.outcomes);
+        }
+        released
+    }
+
+    /// The number of length queries of `function` held in `session`, which the caller's
+    /// outcome counts: they are dropped.
+    pub(crate) fn take_length_queries(&mut self, session: u64, function: &'static str) -> u64 {
+        let held = self.held_length_queries();
+        match held.get(&session) {
+            Some(h) if h.function == function => {
+                held.remove(&session).map_or(0, |h| h.outcomes.len() as u64)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The length queries held in `session` for a function other than `function`: they get
+    /// no outcome of their own function to count them.
+    pub(crate) fn release_length_queries_unless(
+        &mut self,
+        session: u64,
+        function: &'static str,
+    ) -> Vec<Record> {
+        let held = self.held_length_queries();
+        match held.get(&session) {
+            Some(h) if h.function != function => {
+                held.remove(&session).map_or_else(Vec::new, |h| h.outcomes)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every held length query, in the order they were made (C_Finalize, C_CloseAllSessions,
+    /// exit).
+    pub(crate) fn release_all_length_queries(&mut self) -> Vec<Record> {
+        let mut all: Vec<Record> = self
+            .held_length_queries()
+            .drain()
+            .flat_map(|(_, h)| h.outcomes)
+            .collect();
+        // Timestamps of one process's records, taken as they were made.
+        all.sort_by(|a, b| a.ts.as_str().cmp(b.ts.as_str()));
+        all
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +319,66 @@ mod tests {
         c.session_closed(2);
         assert_eq!(c.slot_view(7).login, Some(LoginState::Public));
         assert_eq!(c.session_view(2), SessionView::default());
+    }
+
+    fn length_query(function: &'static str) -> Record {
+        let who = crate::writer::testing::who();
+        Record::new(
+            &who,
+            1,
+            crate::format::record::Event::Outcome,
+            Some(function),
+        )
+    }
+
+    #[test]
+    fn length_queries_are_counted_by_their_function_or_released() {
+        let mut c = CallContext::default();
+        assert!(c
+            .hold_length_query(1, "C_Sign", length_query("C_Sign"))
+            .is_empty());
+        assert!(c
+            .hold_length_query(1, "C_Sign", length_query("C_Sign"))
+            .is_empty());
+        assert!(c
+            .hold_length_query(2, "C_Encrypt", length_query("C_Encrypt"))
+            .is_empty());
+        // Another session's call, or the same function, releases nothing.
+        assert!(c.release_length_queries_unless(1, "C_Sign").is_empty());
+        assert_eq!(c.take_length_queries(2, "C_Sign"), 0);
+        // The next C_Sign outcome in session 1 counts both.
+        assert_eq!(c.take_length_queries(1, "C_Sign"), 2);
+        assert_eq!(c.take_length_queries(1, "C_Sign"), 0);
+        // Another function in session 2: its length query goes out on its own.
+        let released = c.release_length_queries_unless(2, "C_CloseSession");
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].function, Some("C_Encrypt"));
+        assert!(c.release_all_length_queries().is_empty());
+    }
+
+    #[test]
+    fn held_length_queries_are_bounded_and_released_at_the_end() {
+        let mut c = CallContext::default();
+        let mut released = 0;
+        for _ in 0..=MAX_HELD_LENGTH_QUERIES {
+            released += c
+                .hold_length_query(1, "C_Digest", length_query("C_Digest"))
+                .len();
+        }
+        assert_eq!(
+            released,
+            MAX_HELD_LENGTH_QUERIES + 1,
+            "all go out once too many wait"
+        );
+        c.hold_length_query(1, "C_Digest", length_query("C_Digest"));
+        // A length query of another function in the session lets the held one go.
+        let other = c.hold_length_query(1, "C_Sign", length_query("C_Sign"));
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].function, Some("C_Digest"));
+        c.hold_length_query(3, "C_Encrypt", length_query("C_Encrypt"));
+        let all = c.release_all_length_queries();
+        assert_eq!(all.len(), 2);
+        assert!(c.release_all_length_queries().is_empty());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use super::args;
 use super::call::Call;
 use crate::format::names::user_type_name;
-use crate::format::record::{Bytes, Named, ObjectIdentity, TokenRef};
+use crate::format::record::{
+    AttributeSummary, AttributeValue, Bytes, Named, ObjectIdentity, TokenRef,
+};
 use crate::shim::context::{LoginState, Op};
 use cryptoki_sys as ck;
 use std::sync::Arc;
@@ -79,8 +81,30 @@ impl Call<'_> {
         if let Some(id) = self.rt.context.lock().cached_key(handle as u64) {
             return id.clone();
         }
+        self.complete_identity(ObjectIdentity::handle_only(handle as u64), handle)
+    }
+
+    /// The identity of an object this call made with `template`: class, key type, label and
+    /// id as the template names them (PKCS#11 2.40 §4.4: the object gets the template's
+    /// values), and only what it does not name read from the provider.
+    pub(super) fn identity_of_new(
+        &self,
+        handle: ck::CK_OBJECT_HANDLE,
+        template: Option<&[AttributeSummary]>,
+    ) -> Arc<ObjectIdentity> {
+        let known = identity_from_template(handle as u64, template.unwrap_or_default());
+        self.complete_identity(known, handle)
+    }
+
+    /// `known` with what it lacks read from the provider (nothing is read when it lacks
+    /// nothing), cached if the object exists.
+    fn complete_identity(
+        &self,
+        known: ObjectIdentity,
+        handle: ck::CK_OBJECT_HANDLE,
+    ) -> Arc<ObjectIdentity> {
         let Some(session) = self.session else {
-            return Arc::new(ObjectIdentity::handle_only(handle as u64));
+            return Arc::new(known);
         };
         // SAFETY: fetch_identity passes only buffers it owns.
         let (id, exists) = unsafe {
@@ -88,6 +112,7 @@ impl Call<'_> {
                 self.provider_table,
                 session as ck::CK_SESSION_HANDLE,
                 handle,
+                known,
             )
         };
         let id = Arc::new(id);
@@ -167,8 +192,25 @@ impl Call<'_> {
     }
 }
 
-/// Reads CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL and CKA_ID of `handle` in one call. Returns the
-/// identity and whether the object exists (so the identity may be cached).
+/// Class, key type, label and id of a new object, as far as `template` names them with a
+/// recorded value (a label or id too long to record is not known from it).
+fn identity_from_template(handle: u64, template: &[AttributeSummary]) -> ObjectIdentity {
+    let mut id = ObjectIdentity::handle_only(handle);
+    for a in template {
+        match (a.attr.as_str(), &a.value) {
+            ("CKA_CLASS", Some(AttributeValue::Name(n))) => id.class = Some(n.clone()),
+            ("CKA_KEY_TYPE", Some(AttributeValue::Name(n))) => id.key_type = Some(n.clone()),
+            ("CKA_LABEL", Some(AttributeValue::Bytes(b))) => id.label = Some(b.clone()),
+            ("CKA_ID", Some(AttributeValue::Bytes(b))) => id.id = Some(b.clone()),
+            _ => {}
+        }
+    }
+    id
+}
+
+/// Reads what `known` lacks of CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL and CKA_ID of `handle`, in
+/// one call (none when it lacks nothing). Returns the identity and whether the object exists
+/// (so the identity may be cached).
 ///
 /// # Safety
 /// Calls the provider with buffers owned here.
@@ -176,8 +218,18 @@ pub(super) unsafe fn fetch_identity(
     f: &ck::CK_FUNCTION_LIST_3_2,
     session: ck::CK_SESSION_HANDLE,
     handle: ck::CK_OBJECT_HANDLE,
+    known: ObjectIdentity,
 ) -> (ObjectIdentity, bool) {
-    let mut id = ObjectIdentity::handle_only(handle as u64);
+    let mut id = known;
+    let missing = [
+        id.class.is_none(),
+        id.key_type.is_none(),
+        id.label.is_none(),
+        id.id.is_none(),
+    ];
+    if !missing.contains(&true) {
+        return (id, true);
+    }
     let Some(get) = f.C_GetAttributeValue else {
         return (id, false);
     };
@@ -208,15 +260,27 @@ pub(super) unsafe fn fetch_identity(
             ulValueLen: 256,
         },
     ];
+    // Only the missing attributes are asked for, in the same order.
+    let mut asked: Vec<ck::CK_ATTRIBUTE> = tmpl
+        .iter()
+        .zip(missing)
+        .filter(|(_, m)| *m)
+        .map(|(a, _)| *a)
+        .collect();
     // SAFETY: every pValue points to a buffer of its ulValueLen, owned by this frame.
     let rv = unsafe {
         get(
             session,
             handle,
-            tmpl.as_mut_ptr(),
-            tmpl.len() as ck::CK_ULONG,
+            asked.as_mut_ptr(),
+            asked.len() as ck::CK_ULONG,
         )
     };
+    let mut answers = asked.into_iter();
+    for (slot, m) in tmpl.iter_mut().zip(missing) {
+        let answer = if m { answers.next() } else { None };
+        slot.ulValueLen = answer.map_or(ck::CK_UNAVAILABLE_INFORMATION, |a| a.ulValueLen);
+    }
     let exists = matches!(
         rv,
         ck::CKR_OK

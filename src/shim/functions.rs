@@ -247,7 +247,7 @@ pkcs11_functions! {
     C_SetAttributeValue: Acting (session: H, object: Obj, template: Attrs, count: Ul) {
         |c| { c.session(session); c.key(object); c.template(template, count) } |c, rv| { c.forget_key(object) }
     }
-    C_FindObjectsInit: Acting (session: H, template: Attrs, count: Ul) {
+    C_FindObjectsInit: Prepare (session: H, template: Attrs, count: Ul) {
         |c| { c.session(session); c.template(template, count) } |c, rv| {}
     }
     C_FindObjects: Result (session: H, objects: *mut Obj, max: Ul, found: UlOut) {
@@ -255,7 +255,7 @@ pkcs11_functions! {
         |c, rv| { c.objects_found(objects, max, found, rv) }
     }
     C_FindObjectsFinal: GivingUp (session: H) { |c| { c.session(session) } |c, rv| {} }
-    C_EncryptInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_EncryptInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Encrypt) } |c, rv| {}
     }
     C_Encrypt: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
@@ -269,7 +269,7 @@ pkcs11_functions! {
     C_EncryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Encrypt) } |c, rv| { c.output_final(Some(Op::Encrypt), out, out_len, rv) }
     }
-    C_DecryptInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_DecryptInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Decrypt) } |c, rv| {}
     }
     C_Decrypt: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
@@ -283,7 +283,7 @@ pkcs11_functions! {
     C_DecryptFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Decrypt) } |c, rv| { c.output_final(Some(Op::Decrypt), out, out_len, rv) }
     }
-    C_DigestInit: Acting (session: H, mech: Mech) {
+    C_DigestInit: Prepare (session: H, mech: Mech) {
         |c| { c.session(session); c.mechanism(mech); c.starts(Op::Digest) } |c, rv| {}
     }
     C_Digest: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
@@ -300,7 +300,7 @@ pkcs11_functions! {
     C_DigestFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Digest) } |c, rv| { c.output_final(Some(Op::Digest), out, out_len, rv) }
     }
-    C_SignInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_SignInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Sign) } |c, rv| {}
     }
     C_Sign: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
@@ -313,14 +313,14 @@ pkcs11_functions! {
     C_SignFinal: Result (session: H, out: Buf, out_len: UlOut) {
         |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::Sign) } |c, rv| { c.output_final(Some(Op::Sign), out, out_len, rv) }
     }
-    C_SignRecoverInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_SignRecoverInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::SignRecover) } |c, rv| {}
     }
     C_SignRecover: Result (session: H, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
         |c| { c.output_buffer(out, out_len); c.session(session); c.within(Op::SignRecover); c.in_len(data_len) }
         |c, rv| { c.output_final(Some(Op::SignRecover), out, out_len, rv) }
     }
-    C_VerifyInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_VerifyInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Verify) } |c, rv| {}
     }
     // The verdict is the result: its record is written before the caller learns it.
@@ -335,7 +335,7 @@ pkcs11_functions! {
         |c| { c.session(session); c.within(Op::Verify); c.detail.sig_len = Some(sig_len as u64) }
         |c, rv| { c.verdict(); c.end_op(Op::Verify) }
     }
-    C_VerifyRecoverInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_VerifyRecoverInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::VerifyRecover) } |c, rv| {}
     }
     C_VerifyRecover: Result (session: H, sig: Buf, sig_len: Ul, out: Buf, out_len: UlOut) {
@@ -364,7 +364,7 @@ pkcs11_functions! {
     }
     C_GenerateKeyPair: Acting (session: H, mech: Mech, pub_template: Attrs, pub_count: Ul, priv_template: Attrs, priv_count: Ul, pub_key: *mut Obj, priv_key: *mut Obj) {
         |c| { c.session(session); c.mechanism(mech); c.template(pub_template, pub_count); c.template2(priv_template, priv_count) }
-        |c, rv| { c.created(pub_key, rv); c.created(priv_key, rv) }
+        |c, rv| { c.created(pub_key, rv); c.created_private(priv_key, rv) }
     }
     // Uses two keys and hands out key material: intent first, outcome before the bytes.
     C_WrapKey: ActingResult (session: H, mech: Mech, wrapping_key: Obj, key: Obj, out: Buf, out_len: UlOut) {
@@ -408,7 +408,7 @@ pkcs11_functions! {
     C_SessionCancel: GivingUp (session: H, flags: ck::CK_FLAGS) {
         |c| { c.session(session); c.detail.flags = Some(flags as u64) } |c, rv| { cancelled(c, flags, rv) }
     }
-    C_MessageEncryptInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_MessageEncryptInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageEncrypt) } |c, rv| {}
     }
     C_EncryptMessage: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul, plain: Buf, plain_len: Ul, out: Buf, out_len: UlOut) {
@@ -423,7 +423,7 @@ pkcs11_functions! {
     C_MessageEncryptFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageEncrypt) } |c, rv| { c.end_op(Op::MessageEncrypt) }
     }
-    C_MessageDecryptInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_MessageDecryptInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageDecrypt) } |c, rv| {}
     }
     C_DecryptMessage: Result (session: H, param: *mut c_void, param_len: Ul, aad: Buf, aad_len: Ul, cipher: Buf, cipher_len: Ul, out: Buf, out_len: UlOut) {
@@ -438,7 +438,7 @@ pkcs11_functions! {
     C_MessageDecryptFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageDecrypt) } |c, rv| { c.end_op(Op::MessageDecrypt) }
     }
-    C_MessageSignInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_MessageSignInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageSign) } |c, rv| {}
     }
     C_SignMessage: Result (session: H, param: *mut c_void, param_len: Ul, data: Buf, data_len: Ul, out: Buf, out_len: UlOut) {
@@ -453,7 +453,7 @@ pkcs11_functions! {
     C_MessageSignFinal: GivingUp (session: H) {
         |c| { c.session(session); c.within(Op::MessageSign) } |c, rv| { c.end_op(Op::MessageSign) }
     }
-    C_MessageVerifyInit: Acting (session: H, mech: Mech, key: Obj) {
+    C_MessageVerifyInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::MessageVerify) } |c, rv| {}
     }
     C_VerifyMessage: Result (session: H, param: *mut c_void, param_len: Ul, data: Buf, data_len: Ul, sig: Buf, sig_len: Ul) {
@@ -479,7 +479,7 @@ pkcs11_functions! {
         |c| { c.session(session); c.mechanism(mech); c.key(private_key); c.template(template, count); c.in_len(cipher_len) }
         |c, rv| { c.created(key, rv) }
     }
-    C_VerifySignatureInit: Acting (session: H, mech: Mech, key: Obj, sig: Buf, sig_len: Ul) {
+    C_VerifySignatureInit: Prepare (session: H, mech: Mech, key: Obj, sig: Buf, sig_len: Ul) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.detail.sig_len = Some(sig_len as u64); c.starts(Op::VerifySignature) }
         |c, rv| {}
     }

@@ -106,6 +106,11 @@ pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_
             }
             .rv();
         };
+        // Length queries no outcome will count now go out on their own, before the close.
+        let held = rt.context.lock().release_all_length_queries();
+        for record in held {
+            rt.auditor.wait(&record);
+        }
         let started = Instant::now();
         // Giving up: goes ahead even when the log cannot be written.
         // SAFETY: forwarded as given.

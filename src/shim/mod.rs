@@ -213,6 +213,11 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(rt) = RUNTIME.get() {
+            // Length queries no later call counted go out on their own, before anything else.
+            let held = rt.context.lock().release_all_length_queries();
+            for record in held {
+                rt.auditor.wait(&record);
+            }
             if rt.peer.is_some()
                 && rt.attached_pid.load(std::sync::atomic::Ordering::Relaxed)
                     == crate::os::process::current_pid()

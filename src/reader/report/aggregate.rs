@@ -342,7 +342,10 @@ impl<'o> Aggregator<'o> {
             let Some(agg) = self.key(KeyRef::of(ident, r.pid), r.seq) else {
                 continue;
             };
-            agg.calls += 1;
+            // Length queries counted in this outcome were calls of their own, as they are
+            // when written on their own (FORMAT.md §5).
+            let counted_queries = r.len_queries.unwrap_or(0);
+            agg.calls += 1 + counted_queries;
             if !ok {
                 agg.failed += 1;
             }
@@ -354,6 +357,7 @@ impl<'o> Aggregator<'o> {
             let full = agg.uses.len() >= MAX_ROWS && !agg.uses.contains_key(&use_key);
             if !full {
                 let u = agg.uses.entry(use_key).or_default();
+                u.length_queries += counted_queries;
                 if length_query {
                     u.length_queries += 1;
                 } else if ok {

@@ -168,7 +168,8 @@ impl Who {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyReport {
     pub key: KeyRef,
-    /// Outcomes naming the key (as `key` or `key2`).
+    /// Calls naming the key (as `key` or `key2`), length queries counted in an outcome
+    /// (`len_queries`) included.
     pub calls: u64,
     pub failed: u64,
     pub first_use: Option<String>,

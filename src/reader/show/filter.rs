@@ -53,10 +53,13 @@ impl Filter {
         {
             return false;
         }
+        // A prepare call joined with its operation's first call is selected by either name.
         if !self.functions.is_empty()
-            && !first
-                .function()
-                .is_some_and(|f| self.functions.iter().any(|w| w.eq_ignore_ascii_case(f)))
+            && !intent
+                .into_iter()
+                .chain(rec)
+                .filter_map(RecView::function)
+                .any(|f| self.functions.iter().any(|w| w.eq_ignore_ascii_case(f)))
         {
             return false;
         }

@@ -99,6 +99,13 @@ pub(super) fn human_line(
     if let Some(auid) = who.auid.filter(|&a| a != who.uid) {
         d.push(format!("auid {auid}"));
     }
+    // A prepare call's outcome joined with its operation's first call.
+    if let (Some(p), Some(_)) = (intent.filter(|i| i.ev == "outcome"), rec) {
+        d.push(format!(
+            "after {}",
+            p.function().map_or_else(|| "-".to_string(), escape)
+        ));
+    }
     if let Some(m) = &main.mechanism {
         d.push(format!("mech {}", m.display()));
     }
@@ -137,6 +144,12 @@ pub(super) fn human_line(
         Some("buffer_too_small") => d.push("(buffer too small)".into()),
         Some("returned") | None => {}
         Some(other) => d.push(format!("({})", escape(other))),
+    }
+    if let Some(n) = main.len_queries {
+        d.push(format!(
+            "(after {n} length quer{})",
+            if n == 1 { "y" } else { "ies" }
+        ));
     }
     if let Some(c) = main.count {
         d.push(format!("count {c}"));

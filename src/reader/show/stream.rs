@@ -1,11 +1,13 @@
 //! Show as the records stream past: each call's line written as soon as everything before it is
-//! decided, an intent held until its outcome comes (or is given up on), within bounds.
+//! decided, an intent held until its outcome comes (or is given up on), and a prepare call's
+//! outcome until its operation's first call comes in the same process and session (or the
+//! session ends), within bounds.
 
 use super::line::{header, human_line, unreadable_line, NoOutcome};
 use super::{ShowError, ShowOptions, ShowSummary};
 use crate::reader::verify::VerifyReport;
-use crate::reader::view::RecView;
-use std::collections::VecDeque;
+use crate::reader::view::{continues_operation, RecView};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 
 /// One line of output waiting for the calls before it to be decided.
@@ -16,8 +18,17 @@ struct Entry {
     pending: bool,
     /// What to write once decided (empty: nothing).
     text: Vec<u8>,
-    /// A pending intent's line.
+    /// A pending intent's line, or a pending prepare call's outcome line.
     intent_line: Vec<u8>,
+    /// A pending prepare call's outcome (it waits for its operation, not for an outcome).
+    prepared: Option<Prepared>,
+}
+
+/// A prepare call's outcome waiting for its operation's first call.
+struct Prepared {
+    pid: u32,
+    session: u64,
+    function: String,
 }
 
 /// The lines decided and waiting, and what was written.
@@ -26,8 +37,10 @@ pub(super) struct Stream<'o, W: Write> {
     out: W,
     /// Entries not written yet, in seq order: a waiting intent and everything after it.
     queue: VecDeque<Entry>,
-    /// Intents in the queue waiting for their outcome.
+    /// Intents (and prepare outcomes) in the queue waiting for their outcome (operation).
     pending: usize,
+    /// The seqs of the pending prepare outcomes, by process and session.
+    prepared: HashMap<(u32, u64), Vec<u64>>,
     /// Bytes held in the queue.
     held: usize,
     /// Lines written (with `json`: records), the header apart.
@@ -47,6 +60,7 @@ impl<'o, W: Write> Stream<'o, W> {
             out,
             queue: VecDeque::new(),
             pending: 0,
+            prepared: HashMap::new(),
             held: 0,
             written: 0,
             without_outcome: 0,
@@ -96,6 +110,7 @@ impl<'o, W: Write> Stream<'o, W> {
                 pending: false,
                 text,
                 intent_line: Vec::new(),
+                prepared: None,
             });
         }
     }
@@ -120,8 +135,32 @@ impl<'o, W: Write> Stream<'o, W> {
         let intent_line = std::mem::take(&mut entry.intent_line);
         let seq = entry.seq;
         entry.pending = false;
+        let prepared = entry.prepared.take();
         self.pending -= 1;
         self.held -= intent_line.len();
+        if let Some(p) = prepared {
+            if let Some(seqs) = self.prepared.get_mut(&(p.pid, p.session)) {
+                seqs.retain(|&s| s != seq);
+                if seqs.is_empty() {
+                    self.prepared.remove(&(p.pid, p.session));
+                }
+            }
+            if outcome.is_none() {
+                // No call of its operation came: the prepare outcome is a record on its own.
+                let text = match RecView::parse(&intent_line) {
+                    Ok(pv) if !self.opts.filter.matches(None, Some(&pv)) => Vec::new(),
+                    Ok(_) if self.opts.json => Self::raw(&intent_line),
+                    Ok(pv) => human_line(None, Some(&pv), None).into_bytes(),
+                    Err(e) => {
+                        self.unreadable += 1;
+                        unreadable_line(seq, &e).into_bytes()
+                    }
+                };
+                self.held += text.len();
+                self.queue[idx].text = text;
+                return None;
+            }
+        }
         if missing.is_some() {
             self.without_outcome += 1;
         }
@@ -157,7 +196,8 @@ impl<'o, W: Write> Stream<'o, W> {
         outcome_text
     }
 
-    /// Gives up on the oldest waiting intents while over the bounds.
+    /// Gives up on the oldest waiting intents while over the bounds (a prepare outcome given
+    /// up on is shown on its own).
     fn bound(&mut self) {
         while self.pending > self.opts.max_pending || self.held > self.opts.max_held_bytes {
             let Some(idx) = self.queue.iter().position(|e| e.pending) else {
@@ -166,6 +206,60 @@ impl<'o, W: Write> Stream<'o, W> {
             self.decide(idx, None, Some(NoOutcome::GivenUp));
             self.flush();
         }
+    }
+
+    /// The queue index of the pending prepare outcome whose operation `view` goes on with.
+    fn prepared_for(&self, view: &RecView) -> Option<usize> {
+        let (session, function) = (view.session?, view.function()?);
+        let seqs = self.prepared.get(&(view.pid, session))?;
+        seqs.iter().find_map(|&seq| {
+            let idx = self.queue.binary_search_by_key(&seq, |e| e.seq).ok()?;
+            let p = self.queue[idx].prepared.as_ref()?;
+            continues_operation(&p.function, function).then_some(idx)
+        })
+    }
+
+    /// The pending prepare outcomes `view` ends without their operation: those of its session
+    /// when it closes the session, all of its process's when it closes sessions wholesale or
+    /// detaches. They are shown on their own.
+    fn end_prepared(&mut self, view: &RecView) {
+        let whole_process = matches!(view.function(), Some("C_CloseAllSessions" | "C_Finalize"))
+            || matches!(&*view.ev, "close" | "attach");
+        let ends: Vec<u64> = if whole_process {
+            self.prepared
+                .iter()
+                .filter(|((pid, _), _)| *pid == view.pid)
+                .flat_map(|(_, seqs)| seqs.iter().copied())
+                .collect()
+        } else if view.function() == Some("C_CloseSession") {
+            let Some(session) = view.session else { return };
+            self.prepared
+                .get(&(view.pid, session))
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            return;
+        };
+        for seq in ends {
+            if let Ok(idx) = self.queue.binary_search_by_key(&seq, |e| e.seq) {
+                self.decide(idx, None, None);
+            }
+        }
+        self.flush();
+    }
+
+    /// Holds record `seq` (an intent, or a prepare outcome) until what it waits for comes.
+    fn hold(&mut self, seq: u64, line: &[u8], prepared: Option<Prepared>) {
+        self.pending += 1;
+        self.held += line.len();
+        self.queue.push_back(Entry {
+            seq,
+            pending: true,
+            text: Vec::new(),
+            intent_line: line.to_vec(),
+            prepared,
+        });
+        self.bound();
     }
 
     /// Takes in record `seq`, which verified, with its `line`.
@@ -193,29 +287,43 @@ impl<'o, W: Write> Stream<'o, W> {
             }
         };
         if view.ev == "intent" {
-            self.pending += 1;
-            self.held += line.len();
-            self.queue.push_back(Entry {
-                seq,
-                pending: true,
-                text: Vec::new(),
-                intent_line: line.to_vec(),
-            });
-            self.bound();
+            self.hold(seq, line, None);
             return;
         }
+        if !self.prepared.is_empty() {
+            self.end_prepared(&view);
+        }
         if view.ev == "outcome" {
-            if let Some(i) = view.intent {
-                if let Ok(idx) = self.queue.binary_search_by_key(&i, |e| e.seq) {
-                    if self.queue[idx].pending {
-                        let joined = self.decide(idx, Some((&view, line)), None);
-                        self.flush();
-                        if let Some(outcome_text) = joined {
-                            self.decided(seq, outcome_text);
-                            return;
-                        }
-                    }
+            let joins = match view.intent {
+                Some(i) => self
+                    .queue
+                    .binary_search_by_key(&i, |e| e.seq)
+                    .ok()
+                    .filter(|&idx| self.queue[idx].pending),
+                None => self.prepared_for(&view),
+            };
+            if let Some(idx) = joins {
+                let joined = self.decide(idx, Some((&view, line)), None);
+                self.flush();
+                if let Some(outcome_text) = joined {
+                    self.decided(seq, outcome_text);
+                    return;
                 }
+            }
+            if view.is_prepared_operation() {
+                let (pid, session) = (view.pid, view.session.unwrap_or_default());
+                self.prepared.entry((pid, session)).or_default().push(seq);
+                let function = view.function().unwrap_or_default().to_string();
+                self.hold(
+                    seq,
+                    line,
+                    Some(Prepared {
+                        pid,
+                        session,
+                        function,
+                    }),
+                );
+                return;
             }
         }
         let text = if !self.opts.filter.matches(None, Some(&view)) {
@@ -239,6 +347,7 @@ impl<'o, W: Write> Stream<'o, W> {
             self.decide(idx, None, Some(why));
             self.flush();
         }
+        debug_assert!(self.prepared.is_empty());
         self.flush();
         if self.error.is_none() {
             if let Err(e) = self.out.flush() {
@@ -274,6 +383,69 @@ mod tests {
     use crate::reader::show::{show, Filter, ShowOptions};
     use crate::reader::testlog::log;
     use crate::reader::Progress;
+
+    /// The seqs of `show --json`'s lines.
+    fn json_seqs(out: &str) -> Vec<u64> {
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// An outcome of `f` in session `session` of process `pid`, without intent.
+    fn call(secs: u64, pid: u32, session: u64, f: &str) -> String {
+        crate::reader::testlog::body(
+            secs,
+            pid,
+            0,
+            "outcome",
+            Some(f),
+            &format!(r#","rv":"CKR_OK","dur_us":7,"session":{session}"#),
+        )
+    }
+
+    #[test]
+    fn prepare_outcomes_join_their_operation_or_stand_alone() {
+        let bodies = [
+            call(0, 1, 1, "C_SignInit"),        // 0: joined with 3
+            call(1, 1, 2, "C_FindObjectsInit"), // 1: its session closes first: alone
+            call(2, 2, 1, "C_Sign"),            // 2: another process: on its own
+            call(3, 1, 1, "C_Sign"),            // 3
+            call(4, 1, 2, "C_CloseSession"),    // 4
+            call(5, 1, 1, "C_DigestInit"),      // 5: nothing follows: alone at the end
+        ];
+        let (out, s) = run(&bodies, &ShowOptions::new(Filter::default(), false));
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(
+            lines[0].starts_with("0>3 ")
+                && lines[0].contains(" C_Sign ")
+                && lines[0].contains("after C_SignInit"),
+            "{out}"
+        );
+        for (line, (seq, function)) in lines[1..].iter().zip([
+            ("1 ", "C_FindObjectsInit"),
+            ("2 ", " C_Sign "),
+            ("4 ", "C_CloseSession"),
+            ("5 ", "C_DigestInit"),
+        ]) {
+            assert!(line.starts_with(seq) && line.contains(function), "{out}");
+        }
+        assert!(!out.contains("NO OUTCOME"), "{out}");
+        assert_eq!(s.without_outcome, 0);
+
+        // json with a filter: the prepare outcome's line, and its operation's in log order.
+        let f = Filter {
+            functions: vec!["C_Sign".into()],
+            ..Default::default()
+        };
+        let (out, _) = run(&bodies, &ShowOptions::new(f, true));
+        let seqs = json_seqs(&out);
+        assert_eq!(seqs, [0, 2, 3], "{out}");
+    }
 
     #[test]
     fn waiting_intents_are_bounded_and_given_up_in_order() {
@@ -318,14 +490,7 @@ mod tests {
         let (out, s) = run(&bodies, &opts);
         assert_eq!(s.given_up, 3);
         // Every record once, in log order.
-        let seqs: Vec<u64> = out
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let seqs = json_seqs(&out);
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
     }
 

@@ -209,7 +209,7 @@ case_pkcs11_tool_sign_rsa() {
         cmp -s "$mode.pkcs1.sig" "$mode.again.sig" || fail "$mode: PKCS#1 signatures of the same message differ"
     done
     log_verifies
-    log_has '"ev":"intent"' '"fn":"C_SignInit"' '"mechanism":{"type":"CKM_SHA256_RSA_PKCS"' '"class":"CKO_PRIVATE_KEY","key_type":"CKK_RSA","label":"client-rsa","id":{"hex":"01"}'
+    log_has '"ev":"outcome"' '"fn":"C_SignInit"' '"mechanism":{"type":"CKM_SHA256_RSA_PKCS"' '"class":"CKO_PRIVATE_KEY","key_type":"CKK_RSA","label":"client-rsa","id":{"hex":"01"}'
     log_has '"fn":"C_Sign"' '"mechanism":{"type":"CKM_SHA256_RSA_PKCS"' '"label":"client-rsa"' '"out_len":256' '"out":"returned"'
     log_has '"fn":"C_Sign"' '"mechanism":{"type":"CKM_SHA256_RSA_PKCS_PSS","param_len":24,"params":{"hash":"CKM_SHA256","mgf":"CKG_MGF1_SHA256","salt_len":32}}' '"label":"client-rsa"'
     log_has '"fn":"C_Verify"' '"rv":"CKR_OK"' '"mechanism":{"type":"CKM_SHA256_RSA_PKCS_PSS"' '"class":"CKO_PUBLIC_KEY"' '"sig_len":256'
@@ -244,7 +244,7 @@ case_pkcs11_tool_decrypt() {
     done
     same_output direct.oaep256.rv shim.oaep256.rv
     log_verifies
-    log_has '"ev":"intent"' '"fn":"C_DecryptInit"' '"mechanism":{"type":"CKM_RSA_PKCS"' '"label":"client-rsa","id":{"hex":"01"}'
+    log_has '"ev":"outcome"' '"fn":"C_DecryptInit"' '"mechanism":{"type":"CKM_RSA_PKCS"' '"label":"client-rsa","id":{"hex":"01"}'
     log_has '"fn":"C_Decrypt"' '"rv":"CKR_OK"' '"mechanism":{"type":"CKM_RSA_PKCS"' '"in_len":256' '"out":"returned"'
     log_has '"fn":"C_Decrypt"' '"rv":"CKR_OK"' '"params":{"hash":"CKM_SHA_1","mgf":"CKG_MGF1_SHA1","source_len":0}' '"label":"client-rsa"' '"out":"returned"'
     log_has '"ev":"outcome"' '"fn":"C_DecryptInit"' '"rv":"CKR_ARGUMENTS_BAD"' '"params":{"hash":"CKM_SHA256","mgf":"CKG_MGF1_SHA256","source_len":0}'
@@ -278,7 +278,7 @@ case_pkcs11_tool_aes() {
     done
     log_verifies
     log_has '"ev":"outcome"' '"fn":"C_GenerateKey"' '"label":"client-aes","id":{"hex":"03"}'
-    log_has '"ev":"intent"' '"fn":"C_EncryptInit"' '"mechanism":{"type":"CKM_AES_CBC","param_len":16}' '"key_type":"CKK_AES","label":"client-aes","id":{"hex":"03"}'
+    log_has '"ev":"outcome"' '"fn":"C_EncryptInit"' '"mechanism":{"type":"CKM_AES_CBC","param_len":16}' '"key_type":"CKK_AES","label":"client-aes","id":{"hex":"03"}'
     log_has '"fn":"C_DecryptInit"' '"mechanism":{"type":"CKM_AES_CBC","param_len":16}' '"label":"client-aes"'
     log_has '"fn":"C_EncryptFinal"' '"label":"client-aes-imported"'
     log_has '"fn":"C_DecryptUpdate"' '"label":"client-aes"' '"in_len":'
@@ -302,7 +302,7 @@ case_pkcs11_tool_hash_random() {
     done
     cmp -s direct.random shim.random && fail "direct and shim produced the same random bytes"
     log_verifies
-    log_has '"ev":"intent"' '"fn":"C_DigestInit"' '"mechanism":{"type":"CKM_SHA256"}'
+    log_has '"ev":"outcome"' '"fn":"C_DigestInit"' '"mechanism":{"type":"CKM_SHA256"}'
     log_has '"fn":"C_DigestUpdate"' '"rv":"CKR_OK"' '"mechanism":{"type":"CKM_SHA256"}' "\"in_len\":$(stat -c %s shim.data)"
     log_has '"fn":"C_DigestFinal"' '"rv":"CKR_OK"' '"mechanism":{"type":"CKM_SHA256"}' '"out_len":32' '"out":"returned"'
     log_has '"fn":"C_GenerateRandom"' '"rv":"CKR_OK"' '"out_len":48' '"out":"returned"'

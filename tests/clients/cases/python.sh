@@ -7,8 +7,8 @@
 #   loaded and initialized, so the copy runs in PyKCS11's session (and, through the shim, is
 #   audited like any other call).
 # - PyKCS11 asks for every output length first (a C_Sign/C_Encrypt/C_Decrypt with a NULL
-#   buffer), so each crypto call shows up in the log twice: "out":"length_query", then
-#   "out":"returned".
+#   buffer): each crypto call's outcome says "out":"returned" and counts that length query
+#   ("len_queries":1).
 # - SoftHSM 2.6 has no CKM_ECDSA_SHA256: the script digests on the token (CKM_SHA256) and signs
 #   the digest with CKM_ECDSA.
 
@@ -234,7 +234,7 @@ PY
     log_has '"fn":"C_Encrypt"' '"CKM_AES_GCM"' '"iv_len":12' '"label":"py-aes-imported"' '"out":"returned"'
     log_has '"fn":"C_Digest"' '"CKM_SHA256"' '"out":"returned"'
     log_has '"fn":"C_GenerateRandom"' '"out_len":32' '"rv":"CKR_OK"'
-    log_has '"ev":"intent"' '"fn":"C_FindObjectsInit"' '{"type":"CKA_LABEL","len":5,"value":"py-ec"}'
+    log_has '"ev":"outcome"' '"fn":"C_FindObjectsInit"' '{"type":"CKA_LABEL","len":5,"value":"py-ec"}'
     # The imported AES key: its value is type and length only.
     log_has '"ev":"intent"' '"fn":"C_CreateObject"' '"value":"py-aes-imported"' '{"type":"CKA_VALUE","len":32}'
     log_has '"ev":"outcome"' '"fn":"C_CopyObject"' '"key":{' '"label":"py-data"}' '"created":[{' '"label":"py-data-copy"}'
