@@ -518,7 +518,10 @@ pub fn session_p256_pair(
 
 /// `p11audit --version`'s version: `(major.minor, full)`, e.g. `("0.1", "0.1.0")`.
 pub fn p11audit_version() -> (String, String) {
-    let out = run_ok(Command::new(p11audit_bin()).arg("--version"), "p11audit --version");
+    let out = run_ok(
+        Command::new(p11audit_bin()).arg("--version"),
+        "p11audit --version",
+    );
     let text = String::from_utf8(out.stdout).expect("UTF-8");
     let full = text
         .trim()
@@ -560,7 +563,10 @@ pub fn check_library_identity(direct: &mut Value, through: &mut Value) {
     let own = (json!(format!("p11audit {full}")), json!(major_minor));
     let direct_ids = take_library_identity(direct);
     let through_ids = take_library_identity(through);
-    assert!(!through_ids.is_empty(), "no C_GetInfo answer through p11audit");
+    assert!(
+        !through_ids.is_empty(),
+        "no C_GetInfo answer through p11audit"
+    );
     assert_eq!(direct_ids.len(), through_ids.len(), "C_GetInfo answers");
     for (d, t) in direct_ids.iter().zip(&through_ids) {
         assert_eq!(*t, own, "C_GetInfo through p11audit names p11audit");
