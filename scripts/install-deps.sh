@@ -25,6 +25,12 @@
 #   xxd                       hex to bytes in the client cases
 #   rsyslog, rsyslog-relp     central collection (case rsyslog): imfile, omrelp/imrelp; the case
 #                             runs its own rsyslogd processes, not the system's
+#   the Debian package (scripts/package.sh, tests/package.rs):
+#   dpkg-dev                  dpkg-architecture: the multiarch directory of the module
+#   lintian                   reviews the package
+#   man-db                    man -l renders the man page
+#   systemd                   systemd-sysusers and systemd-tmpfiles (the package's postinst),
+#                             systemd-analyze verify for the units
 set -euo pipefail
 
 packages=(
@@ -49,6 +55,10 @@ packages=(
     xxd
     rsyslog
     rsyslog-relp
+    dpkg-dev
+    lintian
+    man-db
+    systemd
 )
 
 installed() {
