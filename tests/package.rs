@@ -5,8 +5,9 @@
 //!   (tmpfiles.d); the p11-kit module file only as an example, so p11-kit users are untouched;
 //! - unconfigured, the module refuses C_Initialize with a line naming /etc/p11audit.conf;
 //! - configured through /etc/p11audit.conf alone (no P11AUDIT_* variable anywhere), pkcs11-tool
-//!   and p11tool (GnuTLS) drive SoftHSM through the installed module as the p11audit user, and
-//!   /usr/bin/p11audit verifies the log they wrote;
+//!   and p11tool (GnuTLS) drive SoftHSM through the installed module as the p11audit user,
+//!   p11-kit loads it through the example module file (left out while it cannot initialize),
+//!   and /usr/bin/p11audit verifies the log they wrote;
 //! - `p11audit --version`, the package version and C_GetInfo agree with Cargo.toml;
 //! - `man -l` renders the page, bash loads the completion, `systemd-analyze verify` accepts
 //!   every unit the package ships;
@@ -34,8 +35,9 @@ const CONFFILE: &str = "/etc/p11audit.conf";
 const LOG_DIR: &str = "/var/log/p11audit";
 const USERS: &[&str] = &["p11audit"];
 const GROUPS: &[&str] = &["p11audit", "p11audit-clients", "p11audit-auditors"];
-/// lintian tags left, and why (README, "Install the package"): the package has no published
-/// maintainer address yet, and it is built locally, not uploaded to Debian.
+/// lintian tags left, and why: the package has no published maintainer address yet (the
+/// Maintainer field and the changelog's signature use the reserved domain `invalid`), and it is
+/// built locally, not uploaded to Debian, so its first changelog entry closes no ITP bug.
 const LINTIAN_ACCEPTED: &str =
     "bogus-mail-host,bogus-mail-host-in-debian-changelog,initial-upload-closes-no-bugs";
 
@@ -458,6 +460,29 @@ fn debian_package_installs_works_and_purges() {
     let home = work.path();
     let softhsm_conf = new_token(&home.join("token"));
     let key = home.join("chain.key");
+    // The example p11-kit module file, enabled for the p11audit user alone (p11-kit reads
+    // $HOME/.config/pkcs11; `user-config: only` leaves the system's module files out, so
+    // SoftHSM's token can be reached only through p11audit there).
+    let p11kit = home.join(".config/pkcs11");
+    fs::create_dir_all(p11kit.join("modules")).expect("mkdir");
+    fs::write(p11kit.join("pkcs11.conf"), "user-config: only\n").expect("pkcs11.conf");
+    fs::copy(
+        "/usr/share/doc/p11audit/examples/p11audit.module",
+        p11kit.join("modules/p11audit.module"),
+    )
+    .expect("copy the example module file");
+    let list_modules = || {
+        let out = as_p11audit("p11-kit", home, &softhsm_conf)
+            .arg("list-modules")
+            .output()
+            .expect("p11-kit list-modules");
+        assert!(
+            out.status.success(),
+            "p11-kit list-modules with p11audit's example module file:\n{}",
+            text(&out)
+        );
+        out
+    };
     run_ok(
         Command::new("chown")
             .args(["-R", "p11audit:p11audit"])
@@ -476,6 +501,19 @@ fn debian_package_installs_works_and_purges() {
             "p11audit: P11AUDIT_MODULE is not set: set it to the real PKCS#11 module, e.g. \
              P11AUDIT_MODULE=/usr/lib/softhsm/libsofthsm2.so (nor is it set in /etc/p11audit.conf)"
         ),
+        "{}",
+        text(&out)
+    );
+
+    // A module that cannot initialize does not break p11-kit: it leaves it out and says why.
+    let out = list_modules();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("p11audit-c-test"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("p11audit: P11AUDIT_MODULE is not set"),
         "{}",
         text(&out)
     );
@@ -568,6 +606,18 @@ fn debian_package_installs_works_and_purges() {
         text(&out)
     );
     assert!(text(&out).contains("p11audit-c-test"), "{}", text(&out));
+
+    // Through the example p11-kit module file: p11-kit sees p11audit (its C_GetInfo) and the
+    // token behind it.
+    let out = list_modules();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("library-description: p11audit {version}"),
+        format!("library-version: {major_minor}"),
+        "token: p11audit-c-test".to_string(),
+    ] {
+        assert!(listed.contains(&line), "no {line:?} in:\n{}", text(&out));
+    }
 
     // The log: the auditors' group (setgid directory, mode 0640), and it verifies with the
     // installed program.
