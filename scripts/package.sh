@@ -27,10 +27,10 @@ rm -rf "$stage"
 mkdir -p "$stage/$triplet/pkcs11"
 cp "$target/release/libp11audit.so" "$stage/$triplet/pkcs11/"
 
-# Man pages and shell completions (a debug build of the generator: the test suite has built
-# the examples already).
+# Man pages and shell completions. The generator is built with the release profile, beside
+# the package's build, so that the debug build the test suite runs with is left as it is.
 rm -rf target/package
-cargo run --quiet --locked --example gen_docs -- target/package
+cargo run --quiet --locked --release --example gen_docs -- target/package
 
 # Debian requires a changelog: one entry naming this version, dated by the last commit.
 pkgid=$(cargo pkgid --locked)   # path+file:///...#p11audit@0.1.0, or ...#0.1.0
