@@ -37,6 +37,10 @@
  *                        for applications that cannot set environment
  *                        variables; variables set in the environment win.
  *
+ * When the environment sets none of these, the settings come from
+ * /etc/p11audit.conf if it exists (owned by root, not writable by group or
+ * others).
+ *
  * In setuid and setgid programs (AT_SECURE) the environment is ignored and the
  * settings come only from /etc/p11audit.conf (owned by root, not writable by
  * group or others). See docs/CONFIG.md.

@@ -41,6 +41,11 @@
 #   dbus                      dbus-daemon for the private session bus
 #   opencryptoki              pkcsslotd, pkcsconf, and the pkcs11/libopencryptoki.so link
 #   libopencryptoki0          the module itself and its soft token (libpkcs11_sw.so)
+#   the Debian package (scripts/package.sh, tests/package.rs):
+#   dpkg-dev                  dpkg-architecture: the multiarch directory of the module
+#   lintian                   reviews the package
+#   man-db                    man -l renders the man page
+#   (systemd, above, also gives the package's postinst systemd-sysusers and systemd-tmpfiles)
 set -euo pipefail
 
 packages=(
@@ -77,6 +82,9 @@ packages=(
     dbus
     opencryptoki
     libopencryptoki0
+    dpkg-dev
+    lintian
+    man-db
 )
 
 installed() {

@@ -80,6 +80,13 @@ pub(crate) enum ConfigError {
     /// A setuid or setgid program without its configuration file.
     #[error("this is a setuid or setgid program, so P11AUDIT_* environment variables are ignored: put the settings in {} (owned by root, not writable by group or others)", .path.display())]
     SecureFileMissing { path: PathBuf },
+    /// A required setting is in neither the environment nor the configuration file that was
+    /// read: a user who looks only at the environment would not know the file was read.
+    #[error("{error} (nor is it set in {})", .path.display())]
+    NotSetInFile {
+        error: Box<ConfigError>,
+        path: PathBuf,
+    },
     /// `error` is about the setting `name`, which was taken from line `line` of the
     /// configuration file `path`: a user who looks only at the environment would not find the
     /// bad value there.
@@ -247,7 +254,10 @@ fn rotate_bytes(get: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<u64>, C
     }
 }
 
-/// The configuration file a setuid or setgid program must use.
+/// The system's configuration file: the only settings a setuid or setgid program reads, and
+/// those of any other process whose environment sets no P11AUDIT_* variable (an application
+/// that loads the module from a p11-kit module file or a path in its own configuration, with
+/// no way to set its environment). The Debian package installs it, with every line commented.
 pub const SECURE_CONFIG_FILE: &str = "/etc/p11audit.conf";
 
 /// Where settings come from.
@@ -257,6 +267,16 @@ pub(crate) struct Sources {
     pub(crate) secure: bool,
     /// `SECURE_CONFIG_FILE`, or another path in tests.
     pub(crate) secure_file: PathBuf,
+}
+
+/// Whether the environment sets any setting or names a configuration file: if it does, the
+/// process is configured by its environment alone, never mixed with the system's file unless
+/// `P11AUDIT_CONFIG` names it.
+fn environment_configures(env: &dyn Fn(&str) -> Option<OsString>) -> bool {
+    SETTINGS
+        .iter()
+        .chain(&["P11AUDIT_CONFIG"])
+        .any(|name| env(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// Parses `NAME=value` lines (blank lines and `#` comments allowed) into settings, with the
@@ -367,6 +387,10 @@ impl Settings {
                 path: file.path.clone(),
                 line,
             },
+            None if matches!(error, ConfigError::NotSet { .. }) => ConfigError::NotSetInFile {
+                error: Box::new(error),
+                path: file.path.clone(),
+            },
             None => error,
         }
     }
@@ -374,7 +398,9 @@ impl Settings {
 
 impl Config {
     /// Reads the configuration: in a setuid/setgid process only `/etc/p11audit.conf`; else
-    /// the environment, on top of the file named by `P11AUDIT_CONFIG` if that is set.
+    /// the environment, on top of the file named by `P11AUDIT_CONFIG` if that is set; else,
+    /// when the environment sets no P11AUDIT_* variable at all, `/etc/p11audit.conf` if it
+    /// exists.
     pub(crate) fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let settings = Config::settings(sources)?;
         Config::from_lookup(&|name| settings.get(name)).map_err(|e| settings.locate(e))
@@ -406,6 +432,13 @@ impl Config {
         }
         let file = match std::env::var_os("P11AUDIT_CONFIG").filter(|v| !v.is_empty()) {
             Some(path) => Some(read_config_file(Path::new(&path), false)?),
+            // The system's file decides what every process loading the module does, so it is
+            // held to the setuid rule: root's, and writable by no one else.
+            None if !environment_configures(&|n| std::env::var_os(n))
+                && sources.secure_file.exists() =>
+            {
+                Some(read_config_file(&sources.secure_file, true)?)
+            }
             None => None,
         };
         Ok(Settings {
@@ -755,6 +788,57 @@ mod tests {
         assert!(
             matches!(&e, ConfigError::NotRootOwned { path } if *path == file),
             "{e:?}"
+        );
+    }
+
+    /// The system's file applies only when no setting and no P11AUDIT_CONFIG is in the
+    /// environment; an empty value counts as unset, and other P11AUDIT_ names are not settings.
+    #[test]
+    fn system_file_only_without_settings_in_the_environment() {
+        let env = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, OsString)> = vars
+                .iter()
+                .map(|(n, v)| (n.to_string(), OsString::from(v)))
+                .collect();
+            move |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        };
+        assert!(!environment_configures(&env(&[])));
+        assert!(!environment_configures(&env(&[("P11AUDIT_LOG", "")])));
+        assert!(!environment_configures(&env(&[(
+            "P11AUDIT_TEST_KRYOPTIC",
+            "/k.so"
+        )])));
+        assert!(environment_configures(&env(&[("P11AUDIT_CONFIG", "/c")])));
+        for name in SETTINGS {
+            assert!(environment_configures(&env(&[(name, "x")])), "{name}");
+        }
+    }
+
+    /// A required setting missing from the file that was read names the file, so that a
+    /// user who sets nothing learns where p11audit looked.
+    #[test]
+    fn missing_setting_names_the_file_read() {
+        let path = Path::new("/etc/p11audit.conf");
+        let settings = Settings {
+            use_environment: false,
+            file: Some(ConfigFile {
+                path: path.to_path_buf(),
+                settings: parse_config_lines("# P11AUDIT_MODULE=\n", path).unwrap(),
+            }),
+        };
+        let e = Config::from_lookup(&|n| settings.get(n))
+            .map_err(|e| settings.locate(e))
+            .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::NotSetInFile { error, path: at }
+                if at == path && matches!(**error, ConfigError::NotSet { name: "P11AUDIT_MODULE", .. })),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("P11AUDIT_MODULE is not set: ")
+                && e.to_string()
+                    .ends_with(" (nor is it set in /etc/p11audit.conf)"),
+            "{e}"
         );
     }
 

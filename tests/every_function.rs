@@ -152,6 +152,40 @@ fn short(v: &Value) -> String {
 }
 
 /// Differences between the direct and the shimmed run, one line each.
+/// C_GetInfo's `libraryDescription` and `libraryVersion` name p11audit through the shim
+/// (README, "Versions") and SoftHSM directly: checked on every C_GetInfo answer, then taken out
+/// so that the rest of each answer is compared like any other call's.
+fn library_identity_checked(direct: &mut [Recorded], shim: &mut [Recorded]) {
+    let (major_minor, full) = p11audit_version();
+    let mut checked = 0;
+    for (d, s) in direct.iter_mut().zip(shim.iter_mut()) {
+        if d.function != "C_GetInfo" || s.function != "C_GetInfo" {
+            continue;
+        }
+        for (key, own) in [
+            ("description", format!("p11audit {full}")),
+            ("library", major_minor.clone()),
+        ] {
+            let taken = |r: &mut Recorded| {
+                r.value
+                    .get_mut("out")
+                    .and_then(|o| o.as_object_mut())
+                    .and_then(|o| o.remove(key))
+            };
+            match (taken(d), taken(s)) {
+                (Some(dv), Some(sv)) => {
+                    assert_eq!(sv, own, "C_GetInfo's {key} through the shim [{}]", s.step);
+                    assert_ne!(dv, own, "SoftHSM's own C_GetInfo {key} [{}]", d.step);
+                    checked += 1;
+                }
+                (None, None) => {}
+                (dv, sv) => panic!("C_GetInfo {key} [{}]: direct {dv:?}, shim {sv:?}", d.step),
+            }
+        }
+    }
+    assert!(checked >= 2, "no C_GetInfo answer with a library identity");
+}
+
 fn differences(direct: &[Recorded], shim: &[Recorded]) -> Vec<String> {
     let mut diffs = Vec::new();
     for (i, (d, s)) in direct.iter().zip(shim).enumerate() {
@@ -213,8 +247,9 @@ fn every_function_matches_softhsm_and_is_logged() {
     let lib = shim_library();
     let direct_fx = Fixture::new();
     let shim_fx = Fixture::new();
-    let direct = run_driver(&direct_fx, std::path::Path::new(SOFTHSM), "direct");
-    let shim = run_driver(&shim_fx, &lib, "shim");
+    let mut direct = run_driver(&direct_fx, std::path::Path::new(SOFTHSM), "direct");
+    let mut shim = run_driver(&shim_fx, &lib, "shim");
+    library_identity_checked(&mut direct, &mut shim);
     eprintln!(
         "every_function: {} calls; return values from SoftHSM directly:\n{}",
         direct.len(),

@@ -443,6 +443,11 @@ fn softhsm_negotiation_driver() {
         "SoftHSM 2.6.1 is a 2.40 module"
     );
     assert_eq!(padded(&info.manufacturerID), "SoftHSM");
+    // The library the application loaded is p11audit: its description and version.
+    let (major_minor, full) = p11audit_version();
+    assert_eq!(padded(&info.libraryDescription), format!("p11audit {full}"));
+    let lv = info.libraryVersion;
+    assert_eq!(format!("{}.{}", lv.major, lv.minor), major_minor);
 
     let mut slots: CK_ULONG = 0;
     // SAFETY: a length query.
@@ -965,20 +970,21 @@ fn opensc_3_0_through_the_shim_matches_direct() {
     );
     let fx = Fixture::new();
     let shim = shim_library();
-    let direct = run_driver(
+    let mut direct = run_driver(
         "opensc_driver",
         Path::new(OPENSC),
         &[],
         fx.dir.path(),
         "opensc-direct",
     );
-    let through = run_driver(
+    let mut through = run_driver(
         "opensc_driver",
         &shim,
         &env_for(&fx, OPENSC),
         fx.dir.path(),
         "opensc-shim",
     );
+    check_library_identity(&mut direct, &mut through);
 
     // OpenSC is a 3.0 module, and the shim offers what it offers.
     let info = &direct["facts"]["info"];

@@ -1487,18 +1487,19 @@ fn runs() -> Option<&'static Runs> {
             let shim = shim_library();
             let direct_conf = kryoptic_conf(&fx.dir.path().join("kryoptic-direct"));
             let shim_conf = kryoptic_conf(&fx.dir.path().join("kryoptic-shim"));
-            let direct = run_driver(
+            let mut direct = run_driver(
                 &kryoptic,
                 &env_for(&fx, &direct_conf, None),
                 fx.dir.path(),
                 "kryoptic-direct",
             );
-            let through = run_driver(
+            let mut through = run_driver(
                 &shim,
                 &env_for(&fx, &shim_conf, Some(&kryoptic)),
                 fx.dir.path(),
                 "kryoptic-shim",
             );
+            check_library_identity(&mut direct, &mut through);
             (direct, through)
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {

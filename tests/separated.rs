@@ -49,8 +49,9 @@ const P11_KIT_PROXY: &str = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so";
 const PKCS11_TOOL: &str = "/usr/bin/pkcs11-tool";
 /// Debian's python3, by its path: the test users cannot use one under root's home (pyenv).
 const PYTHON: &str = "/usr/bin/python3";
-/// Where the shipped unit expects the library; the test gives it the one just built.
-const UNIT_LIBRARY: &str = "/usr/lib/p11audit/libp11audit.so";
+/// The module the shipped unit names (p11-kit loads it from its module directory); the test
+/// gives it the one just built.
+const UNIT_LIBRARY: &str = "libp11audit.so";
 /// The label `common::new_token` gives the token.
 const TOKEN_LABEL: &str = "p11audit-c-test";
 /// The longest wait for anything the servers do.

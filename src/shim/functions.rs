@@ -131,6 +131,52 @@ unsafe fn counted(c: &mut Call, count: *const ck::CK_ULONG, rv: ck::CK_RV) {
     }
 }
 
+/// `major.minor` of a decimal `CARGO_PKG_VERSION_*` (checked at compile time).
+const fn version_part(digits: &str) -> u8 {
+    let digits = digits.as_bytes();
+    let mut value: u32 = 0;
+    let mut i = 0;
+    while i < digits.len() {
+        assert!(digits[i].is_ascii_digit() && value <= 25);
+        value = value * 10 + (digits[i] - b'0') as u32;
+        i += 1;
+    }
+    assert!(!digits.is_empty() && value <= 255);
+    value as u8
+}
+
+/// p11audit's version as CK_INFO carries it; `p11audit --version` prints the same package
+/// version from Cargo.toml.
+pub(crate) const LIBRARY_VERSION: ck::CK_VERSION = ck::CK_VERSION {
+    major: version_part(env!("CARGO_PKG_VERSION_MAJOR")),
+    minor: version_part(env!("CARGO_PKG_VERSION_MINOR")),
+};
+
+/// `libraryDescription` of C_GetInfo: the name and the full version (CK_VERSION has no
+/// patch level).
+pub(crate) const LIBRARY_DESCRIPTION: &str = concat!("p11audit ", env!("CARGO_PKG_VERSION"));
+
+/// C_GetInfo describes the library the application loaded, which is p11audit: its
+/// `libraryDescription` and `libraryVersion` are p11audit's (as p11-kit's proxy answers with
+/// its own). `cryptokiVersion`, `manufacturerID` and `flags` stay the provider's: the first is
+/// the interface the call went through (PKCS#11 3.0 §5.4: it differs per table for OpenSC),
+/// and applications tell providers apart by the manufacturer to work around their quirks.
+///
+/// # Safety
+/// `info` must be NULL or point to a writable CK_INFO.
+unsafe fn library_identity(info: *mut ck::CK_INFO) {
+    // SAFETY: per the caller.
+    let Some(info) = (unsafe { info.as_mut() }) else {
+        return;
+    };
+    let mut description = [b' '; 32];
+    let text = LIBRARY_DESCRIPTION.as_bytes();
+    let len = text.len().min(description.len());
+    description[..len].copy_from_slice(&text[..len]);
+    info.libraryDescription = description;
+    info.libraryVersion = LIBRARY_VERSION;
+}
+
 /// C_SessionCancel (PKCS#11 3.0 §5.6): the operations named by `flags` are over. Only on
 /// CKR_OK: a provider may return CKR_OPERATION_CANCEL_FAILED having cancelled some of them,
 /// and then it is not known which.
@@ -165,7 +211,12 @@ fn object_handle(c: &mut Call, h: Obj) {
 pkcs11_functions! {
     C_Initialize: Acting (init_args: *mut c_void) { custom_per_table lifecycle::c_initialize }
     C_Finalize: GivingUp (reserved: *mut c_void) { custom_per_table lifecycle::c_finalize }
-    C_GetInfo: Informational (info: *mut ck::CK_INFO) { |c| {} |c, rv| {} }
+    C_GetInfo: Informational (info: *mut ck::CK_INFO) { |c| {} |c, rv| {
+        if rv == ck::CKR_OK {
+            // SAFETY: the provider accepted `info` as a CK_INFO it could write.
+            unsafe { library_identity(info) }
+        }
+    } }
     C_GetFunctionList: Informational (list: *mut *mut ck::CK_FUNCTION_LIST) { custom super::C_GetFunctionList }
     C_GetSlotList: Informational (token_present: ck::CK_BBOOL, slots: *mut ck::CK_SLOT_ID, count: UlOut) {
         |c| {} |c, rv| { counted(c, count, rv) }

@@ -39,6 +39,29 @@ fail() {
     exit 1
 }
 
+# library_named MODE FILE: C_GetInfo's libraryDescription and libraryVersion, as the clients
+# print them, name p11audit through the shim ("p11audit VERSION" and its major.minor, the
+# version `p11audit --version` prints: README, "Versions") and the provider directly. Checks
+# that in FILE, then writes LIBRARY and VERSION in their place, so that the rest of the output
+# compares between the modes.
+library_named() {
+    local mode=$1 file=$2 full major_minor named=no
+    full=$("$P11AUDIT_BIN" --version)
+    full=${full#p11audit }
+    major_minor=${full%.*}
+    if grep -Eq "(Description: |library-description: |^Library +)p11audit $full( |\(|\$)" "$file" &&
+        grep -Eq "(Library Version: |library-version: |\(ver )$major_minor(\)| *\$)" "$file"; then
+        named=yes
+    fi
+    case $mode/$named in
+    shim/no) fail "shim: C_GetInfo does not name p11audit $full: $(cat "$file")" ;;
+    direct/yes) fail "direct: the provider's C_GetInfo names p11audit" ;;
+    esac
+    sed -i -E -e 's/^( *(Description|library-description): ).*/\1LIBRARY/' \
+        -e 's/^( *(Library Version|library-version): ).*/\1VERSION/' \
+        -e 's/^(Library +).* \(ver [0-9.]+\)$/\1LIBRARY (ver VERSION)/' "$file"
+}
+
 # use_token MODE: a fresh SoftHSM token in $WORK/MODE, and MODULE pointing at SoftHSM (direct)
 # or at p11audit in front of it (shim), with the audit log at $WORK/shim/audit.jsonl.
 use_token() {

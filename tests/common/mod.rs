@@ -5,7 +5,7 @@
 
 pub mod raw;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -514,4 +514,62 @@ pub fn session_p256_pair(
         ],
     )
     .expect("generate EC key pair")
+}
+
+/// `p11audit --version`'s version: `(major.minor, full)`, e.g. `("0.1", "0.1.0")`.
+pub fn p11audit_version() -> (String, String) {
+    let out = run_ok(
+        Command::new(p11audit_bin()).arg("--version"),
+        "p11audit --version",
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let full = text
+        .trim()
+        .strip_prefix("p11audit ")
+        .unwrap_or_else(|| panic!("p11audit --version: {text:?}"))
+        .to_string();
+    let major_minor = full.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+    (major_minor, full)
+}
+
+/// Takes `libraryDescription` and `libraryVersion` out of every C_GetInfo answer (an object
+/// with them) in `result`, a driver's JSON, and returns them as `(description, version)`.
+pub fn take_library_identity(result: &mut Value) -> Vec<(Value, Value)> {
+    let mut taken = Vec::new();
+    fn walk(v: &mut Value, taken: &mut Vec<(Value, Value)>) {
+        match v {
+            Value::Object(map) => {
+                if let (Some(d), Some(l)) = (
+                    map.remove("libraryDescription"),
+                    map.remove("libraryVersion"),
+                ) {
+                    taken.push((d, l));
+                }
+                map.values_mut().for_each(|v| walk(v, taken));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, taken)),
+            _ => {}
+        }
+    }
+    walk(result, &mut taken);
+    taken
+}
+
+/// C_GetInfo through p11audit names p11audit, at the version `p11audit --version` prints,
+/// where the provider named itself: checked on the two runs' answers, which are then taken
+/// out so that the rest (cryptokiVersion, manufacturerID, flags) can be compared as equal.
+pub fn check_library_identity(direct: &mut Value, through: &mut Value) {
+    let (major_minor, full) = p11audit_version();
+    let own = (json!(format!("p11audit {full}")), json!(major_minor));
+    let direct_ids = take_library_identity(direct);
+    let through_ids = take_library_identity(through);
+    assert!(
+        !through_ids.is_empty(),
+        "no C_GetInfo answer through p11audit"
+    );
+    assert_eq!(direct_ids.len(), through_ids.len(), "C_GetInfo answers");
+    for (d, t) in direct_ids.iter().zip(&through_ids) {
+        assert_eq!(*t, own, "C_GetInfo through p11audit names p11audit");
+        assert_ne!(d.0, own.0, "the provider's own C_GetInfo");
+    }
 }

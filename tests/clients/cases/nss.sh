@@ -79,6 +79,7 @@ case_nss() {
         } >"$mode.result" 2>&1 || { cat "$mode.result" >&2; fail "$mode: the certificate does not check with OpenSSL"; }
         sed -e "s|$MODULE|MODULE|" -e 's/0x[0-9a-f]\{4,\}/0xN/g' -e 's/Serial Number: [0-9a-f]*/Serial Number: N/' \
             -e '/uri: pkcs11:library/d' -e '/library-version/d' "$mode.modutil" >>"$mode.result"
+        library_named "$mode" "$mode.result"
     done
     cat shim.result >&2
     same_output direct.result shim.result

@@ -92,6 +92,7 @@ case_p11_kit_proxy() {
         grep -qx "token: $P11KIT_MODULE_PATH" "$mode.modules" || fail "$mode: p11-kit does not list the module file"
         grep -q 'token: p11audit-clients' "$mode.modules" || fail "$mode: p11-kit does not see the token"
         sed 1d "$mode.modules" | p11kit_normalize >"$mode.out"
+        library_named "$mode" "$mode.out"
         {
             p11kit_tool --list-slots
             p11kit_tool --list-mechanisms

@@ -92,6 +92,7 @@ case_pkcs11_tool_info() {
             echo "-- objects after login"
             p11t --login --pin "$USER_PIN" --list-objects
         } 2>"$mode.err" | p11t_normalize >"$mode.out"
+        library_named "$mode" "$mode.out"
         grep -q 'token label *: p11audit-clients' "$mode.out" || fail "$mode: token not listed"
         grep -q '^ *ECDSA-KEY-PAIR-GEN' "$mode.out" || fail "$mode: mechanisms not listed"
     done
