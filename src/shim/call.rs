@@ -100,6 +100,10 @@ pub(crate) struct Call<'rt> {
     pub(super) attribute_buffers: Vec<(*mut u8, ck::CK_ULONG)>,
     /// The outcome hands something to the application, so it must be in the file first.
     pub(super) hands_out: bool,
+    /// The call opened, closed or logged in or out of a session, or reinitialized a token: the
+    /// session's slot, token and login state are read again for its outcome. Any other call
+    /// leaves them as they were read before it (`Call::session`).
+    pub(super) changes_session_view: bool,
 }
 
 impl<'rt> Call<'rt> {
@@ -116,6 +120,7 @@ impl<'rt> Call<'rt> {
             output_capacity: None,
             attribute_buffers: Vec::new(),
             hands_out: false,
+            changes_session_view: false,
         }
     }
 
@@ -254,6 +259,7 @@ impl<'rt> Call<'rt> {
         // SAFETY: per the caller.
         if let Some(h) = unsafe { args::read(session) } {
             self.rt.context.lock().session_opened(h as u64, slot as u64);
+            self.changes_session_view = true;
             self.session = Some(h as u64);
             self.detail.session = Some(h as u64);
         }
@@ -351,7 +357,9 @@ impl<'rt> Call<'rt> {
                 self.rt.context.lock().start_op(session, op, ctx);
             }
         }
-        self.refresh_session_view();
+        if self.changes_session_view {
+            self.refresh_session_view();
+        }
         let mut outcome = self.take_record(Event::Outcome);
         outcome.detail.rv = Some(rv_named(rv));
         outcome.detail.dur_us = Some(started.elapsed().as_micros() as u64);

@@ -4,9 +4,15 @@
 //!
 //! Login state is per token for the whole application (PKCS#11 2.40 §5.6: logging in on one
 //! session logs in all sessions of that token), so it is tracked per slot.
+//!
+//! The maps are keyed by handles and slot ids, and use FxHash rather than SipHash, which exists
+//! to resist keys chosen to collide. No key here comes from anyone who could gain by that: every
+//! entry is made for a handle the provider handed out or accepted (a session it opened, an
+//! object it answered for, a length query it answered CKR_OK), and both the provider and the
+//! application run in this process, where they could slow its calls down in simpler ways.
 
 use crate::format::record::{MechanismSummary, ObjectIdentity, Record, TokenRef};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// The kinds of operation a session can have active at once.
@@ -88,12 +94,12 @@ struct HeldLengthQueries {
 /// Session, token and key context of one process.
 #[derive(Default)]
 pub(crate) struct CallContext {
-    sessions: HashMap<u64, SessionEntry>,
-    slots: HashMap<u64, SlotEntry>,
-    keys: HashMap<u64, Arc<ObjectIdentity>>,
+    sessions: FxHashMap<u64, SessionEntry>,
+    slots: FxHashMap<u64, SlotEntry>,
+    keys: FxHashMap<u64, Arc<ObjectIdentity>>,
     /// Length queries waiting, by session, and the pid that holds them: a forked child drops
     /// its copy of the parent's (the parent writes them).
-    length_queries: HashMap<u64, HeldLengthQueries>,
+    length_queries: FxHashMap<u64, HeldLengthQueries>,
     length_queries_pid: u32,
 }
 
@@ -225,7 +231,7 @@ impl CallContext {
     }
 
     /// The held length queries of this process.
-    fn held_length_queries(&mut self) -> &mut HashMap<u64, HeldLengthQueries> {
+    fn held_length_queries(&mut self) -> &mut FxHashMap<u64, HeldLengthQueries> {
         let pid = crate::os::process::current_pid();
         if self.length_queries_pid != pid {
             self.length_queries.clear();
@@ -246,7 +252,10 @@ impl CallContext {
         let held = self.held_length_queries();
         let entry = held.entry(session).or_insert_with(|| HeldLengthQueries {
             function,
-            outcomes: Vec::new(),
+            // Room for one (the usual count): a Record is about 660 bytes, and Vec's first
+            // growth to 4 of them would be a request that makes glibc's malloc consolidate its
+            // free chunks, once per operation.
+            outcomes: Vec::with_capacity(1),
         });
         let mut released = Vec::new();
         if entry.function != function {

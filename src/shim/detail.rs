@@ -21,7 +21,8 @@ pub(super) fn token_ref(info: &ck::CK_TOKEN_INFO) -> TokenRef {
 }
 
 impl Call<'_> {
-    /// The call acts on `session`: records the session, its slot, token and login state.
+    /// The call acts on `session`: records the session, its slot, token and login state as they
+    /// are before the call (read again after it only if the call changes them).
     pub(crate) fn session(&mut self, session: ck::CK_SESSION_HANDLE) {
         let session = session as u64;
         self.session = Some(session);
@@ -169,21 +170,25 @@ impl Call<'_> {
     }
 
     pub(crate) fn session_closed(&mut self, session: ck::CK_SESSION_HANDLE) {
+        self.changes_session_view = true;
         self.rt.context.lock().session_closed(session as u64);
     }
 
     pub(crate) fn all_sessions_closed(&mut self, slot: ck::CK_SLOT_ID) {
+        self.changes_session_view = true;
         self.rt.context.lock().all_sessions_closed(slot as u64);
     }
 
     /// C_InitToken succeeded: the token's label, objects and logins are new.
     pub(crate) fn token_reinitialized(&mut self, slot: ck::CK_SLOT_ID) {
+        self.changes_session_view = true;
         let mut ctx = self.rt.context.lock();
         ctx.set_token(slot as u64, None);
         ctx.set_login(slot as u64, LoginState::Public);
     }
 
     pub(crate) fn set_login(&mut self, state: LoginState) {
+        self.changes_session_view = true;
         let Some(session) = self.session else { return };
         let mut ctx = self.rt.context.lock();
         if let Some(slot) = ctx.slot_of(session) {
