@@ -72,16 +72,6 @@ fn reachable_dir() -> tempfile::TempDir {
     dir
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
 /// `cmd` as `nobody:nogroup`, with no supplementary groups.
 fn as_nobody(program: &str) -> Command {
     let mut cmd = Command::new("setpriv");

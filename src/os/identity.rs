@@ -214,20 +214,31 @@ fn read_proc(peer: &mut Peer, pin: &Pin) {
     }
 }
 
-fn sockopt_int(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int-sized option into an int, with its length.
+/// A `SOL_SOCKET` option whose value is the plain-data type `T`, starting from `init`.
+fn sockopt<T: Copy>(fd: RawFd, opt: libc::c_int, init: T) -> io::Result<T> {
+    let mut v = init;
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `v`, a `T` of that size; every option
+    // read here (SO_DOMAIN, SO_TYPE, SO_PEERCRED, SO_PEERPIDFD) is an int or a struct ucred,
+    // plain data for which any bytes are a value.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
             opt,
-            (&mut v as *mut libc::c_int).cast(),
+            (&mut v as *mut T).cast(),
             &mut len,
         )
     };
-    (rc == 0).then_some(v)
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sockopt_int(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    sockopt(fd, opt, 0).ok()
 }
 
 /// A listening socket also answers SO_PEERCRED (with its own creator's credentials): only
@@ -243,25 +254,13 @@ fn connected(fd: RawFd) -> bool {
 }
 
 fn peer_cred(fd: RawFd) -> Result<libc::ucred, NoPeer> {
-    let mut cred = libc::ucred {
+    let none = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a struct ucred of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(NoPeer::Unreadable(io::Error::last_os_error().to_string()));
-    }
+    let cred =
+        sockopt(fd, libc::SO_PEERCRED, none).map_err(|e| NoPeer::Unreadable(e.to_string()))?;
     // An unconnected (listening or never connected) socket has no peer: pid 0.
     if cred.pid <= 0 {
         return Err(NoPeer::NotConnected);
@@ -271,20 +270,9 @@ fn peer_cred(fd: RawFd) -> Result<libc::ucred, NoPeer> {
 
 /// `SO_PEERPIDFD`: `None` where the kernel does not have it (ENOPROTOOPT before 6.5).
 fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_PEERPIDFD returns a new descriptor as an int.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    // SAFETY: on success the kernel handed us a descriptor we now own.
-    (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
+    let pidfd: libc::c_int = sockopt(fd, libc::SO_PEERPIDFD, -1).ok()?;
+    // SAFETY: on success the kernel handed us a new descriptor, which we now own.
+    (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
 fn pidfd_open(pid: libc::pid_t) -> Pin {

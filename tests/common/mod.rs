@@ -573,3 +573,16 @@ pub fn check_library_identity(direct: &mut Value, through: &mut Value) {
         assert_ne!(d.0, own.0, "the provider's own C_GetInfo");
     }
 }
+
+/// `chown`, failing the test with the path if it fails.
+pub fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// `chmod`, failing the test with the path if it fails.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
