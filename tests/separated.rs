@@ -1439,7 +1439,8 @@ fn who_can_open_what(site: &Site, p: &People) {
     let out = verify(&[]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("state file"),
+        String::from_utf8_lossy(&out.stderr).contains("state file")
+            && String::from_utf8_lossy(&out.stderr).contains("use --no-state"),
         "{}",
         output_text(&out)
     );

@@ -142,7 +142,7 @@ enum Fatal {
     /// The file is text but not a key; `why` says what a key file must hold.
     #[error("key file {}: {why}", .path.display())]
     KeyFileNotAKey { path: PathBuf, why: String },
-    #[error("state file {}: {source}", .path.display())]
+    #[error("state file {}: {source}{}", .path.display(), state_access_hint(source))]
     StateFileUnreadable {
         path: PathBuf,
         source: std::io::Error,
@@ -169,6 +169,17 @@ enum Fatal {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+/// The state file is the writer's alone (it holds the chain's current key): a reader who may
+/// not open it, such as an auditor of the separated deployment, verifies without it.
+fn state_access_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (only the log's writer may read it: use --no-state to verify every record without \
+         checking the end of the chain against it)"
+    } else {
+        ""
+    }
 }
 
 fn main() -> ExitCode {
