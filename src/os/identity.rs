@@ -73,18 +73,20 @@ pub struct Peer {
     pub login: LoginId,
     /// Why `exe` and `login` are missing or may not be the peer's, for one warning line.
     pub exe_error: Option<String>,
-    /// How the pid was pinned.
-    pub pinned_by: PinnedBy,
 }
 
-/// How the peer's pid was tied to one process while its `/proc` entries were read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PinnedBy {
-    /// `SO_PEERPIDFD` (Linux 6.5 and later): a pidfd of the very process that connected.
-    PeerPidfd,
-    /// `pidfd_open(pid)` right after `SO_PEERCRED` (Linux 5.3 and later, e.g. Debian 12's 6.1):
-    /// exact unless the client exited and its pid was reused in between.
-    PidfdOpen,
+impl Peer {
+    /// The kernel's credentials of the peer, before its `/proc` entries are read.
+    fn from_cred(pid: u32, uid: u32, gid: u32) -> Peer {
+        Peer {
+            pid,
+            uid,
+            gid,
+            exe: None,
+            login: LoginId::default(),
+            exe_error: None,
+        }
+    }
 }
 
 /// What stdin is, when it is not a client connection. Each is a reason `auto` takes no peer
@@ -127,19 +129,14 @@ pub fn socket_peer(fd: RawFd) -> Result<Peer, NoPeer> {
         return Err(NoPeer::NotConnected);
     }
     let cred = peer_cred(fd)?;
-    let (pin, pinned_by) = match peer_pidfd(fd) {
-        Some(pidfd) => (Pin::Pidfd(pidfd), PinnedBy::PeerPidfd),
-        None => (pidfd_open(cred.pid as libc::pid_t), PinnedBy::PidfdOpen),
+    // SO_PEERPIDFD (Linux 6.5 and later) is a pidfd of the very process that connected;
+    // pidfd_open right after SO_PEERCRED (Linux 5.3 and later, e.g. Debian 12's 6.1) is exact
+    // unless the client exited and its pid was reused in between.
+    let pin = match peer_pidfd(fd) {
+        Some(pidfd) => Pin::Pidfd(pidfd),
+        None => pidfd_open(cred.pid as libc::pid_t),
     };
-    let mut peer = Peer {
-        pid: cred.pid as u32,
-        uid: cred.uid,
-        gid: cred.gid,
-        exe: None,
-        login: LoginId::default(),
-        exe_error: None,
-        pinned_by,
-    };
+    let mut peer = Peer::from_cred(cred.pid as u32, cred.uid, cred.gid);
     read_proc(&mut peer, &pin);
     Ok(peer)
 }
@@ -158,11 +155,10 @@ enum Pin {
 /// pidfd shows the process still alive after the directory was opened: then the directory is
 /// that process's, not a later one's with the same pid.
 fn read_proc(peer: &mut Peer, pin: &Pin) {
+    let exited_message =
+        |peer: &Peer| format!("process {} exited before it could be read", peer.pid);
     if let Pin::Gone = pin {
-        peer.exe_error = Some(format!(
-            "process {} exited before it could be read",
-            peer.pid
-        ));
+        peer.exe_error = Some(exited_message(peer));
         return;
     }
     let dir = match File::open(format!("/proc/{}", peer.pid)) {
@@ -174,16 +170,13 @@ fn read_proc(peer: &mut Peer, pin: &Pin) {
     };
     match pin {
         Pin::Pidfd(fd) if exited(fd) => {
-            peer.exe_error = Some(format!(
-                "process {} exited before it could be read",
-                peer.pid
-            ));
+            peer.exe_error = Some(exited_message(peer));
             return;
         }
-        Pin::Pidfd(_) | Pin::Gone => {}
         Pin::Unsupported => {
             peer.exe_error = Some("this kernel has no pidfd: the pid could not be pinned".into());
         }
+        Pin::Pidfd(_) | Pin::Gone => {}
     }
     // The process's owner: a pid reused by another user's process must not lend its exe.
     if let Ok(meta) = dir.metadata() {
@@ -450,15 +443,7 @@ mod tests {
             panic!("pidfd_open (Linux 5.3+) gave no pidfd");
         };
         assert!(!exited(fd));
-        let mut peer = Peer {
-            pid: cred.pid as u32,
-            uid: cred.uid,
-            gid: cred.gid,
-            exe: None,
-            login: LoginId::default(),
-            exe_error: None,
-            pinned_by: PinnedBy::PidfdOpen,
-        };
+        let mut peer = Peer::from_cred(cred.pid as u32, cred.uid, cred.gid);
         read_proc(&mut peer, &opened);
         assert_eq!(peer.exe, own_exe());
     }
@@ -472,15 +457,7 @@ mod tests {
             panic!("pidfd_open (Linux 5.3+) gave no pidfd");
         };
         assert!(exited(fd));
-        let mut peer = Peer {
-            pid: child.id(),
-            uid: 0,
-            gid: 0,
-            exe: None,
-            login: LoginId::default(),
-            exe_error: None,
-            pinned_by: PinnedBy::PidfdOpen,
-        };
+        let mut peer = Peer::from_cred(child.id(), 0, 0);
         read_proc(&mut peer, &pidfd);
         assert_eq!(peer.exe, None);
         assert!(peer.exe_error.is_some());
@@ -495,16 +472,9 @@ mod tests {
         let gone = child.id() as libc::pid_t;
         child.wait().unwrap();
         let pin = pidfd_open(gone);
-        let mut peer = Peer {
-            pid: std::process::id(),
-            // SAFETY: getuid/getgid cannot fail.
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
-            exe: None,
-            login: LoginId::default(),
-            exe_error: None,
-            pinned_by: PinnedBy::PidfdOpen,
-        };
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut peer = Peer::from_cred(std::process::id(), uid, gid);
         read_proc(&mut peer, &pin);
         assert_eq!(peer.exe, None);
         assert_eq!(peer.login, LoginId::default());
