@@ -41,28 +41,11 @@ fn cannot_run() -> Option<String> {
     if !Path::new(PYTHON).is_file() {
         return Some(format!("{PYTHON} is not installed"));
     }
-    for tool in ["setpriv", "pkcs11-tool"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+    missing_command(&["setpriv", "pkcs11-tool"])
 }
 
 fn runnable(test: &str) -> bool {
-    match cannot_run() {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{test} cannot run in CI: {why}"),
-        Some(why) => {
-            eprintln!("{test} SKIPPED: {why}");
-            false
-        }
-    }
+    runnable_unless(test, cannot_run())
 }
 
 /// A fresh directory that `nobody` can reach (mode 0755, under /tmp).

@@ -49,13 +49,6 @@ fn cannot_run(why: &str) {
     eprintln!("package test SKIPPED: {why}");
 }
 
-fn command_exists(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",

@@ -73,7 +73,7 @@ fn cannot_run() -> Option<String> {
             return Some(format!("{file} is not installed"));
         }
     }
-    for tool in [
+    if let Some(why) = missing_command(&[
         "useradd",
         "userdel",
         "groupadd",
@@ -82,15 +82,8 @@ fn cannot_run() -> Option<String> {
         "p11-kit",
         "systemd-socket-activate",
         "openssl",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
+    ]) {
+        return Some(why);
     }
     let pykcs11 = Command::new(PYTHON)
         .args(["-c", "import PyKCS11"])
@@ -104,14 +97,7 @@ fn cannot_run() -> Option<String> {
 }
 
 fn runnable(test: &str) -> bool {
-    match cannot_run() {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{test} cannot run in CI: {why}"),
-        Some(why) => {
-            eprintln!("{test} SKIPPED: {why}");
-            false
-        }
-    }
+    runnable_unless(test, cannot_run())
 }
 
 // ---- users and groups ------------------------------------------------------------------------
@@ -1577,17 +1563,10 @@ fn separated_mode() {
 /// only (not root, not a running systemd).
 #[test]
 fn shipped_units_pass_systemd_analyze() {
-    let found = Command::new("sh")
-        .args(["-c", "command -v systemd-analyze"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        let why = "systemd-analyze is not installed";
-        if std::env::var_os("CI").is_some() {
-            panic!("shipped_units_pass_systemd_analyze cannot run in CI: {why}");
-        }
-        eprintln!("shipped_units_pass_systemd_analyze SKIPPED: {why}");
+    if !runnable_unless(
+        "shipped_units_pass_systemd_analyze",
+        missing_command(&["systemd-analyze"]),
+    ) {
         return;
     }
     let deploy = manifest_dir().join("deploy");

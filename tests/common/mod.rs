@@ -586,3 +586,33 @@ pub fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
+
+/// Whether `name` is a command the shell finds on PATH.
+pub fn command_exists(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The first of `names` that is not a command, as the reason a test cannot run.
+pub fn missing_command(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find(|n| !command_exists(n))
+        .map(|n| format!("{n} is not installed"))
+}
+
+/// Whether the test `test` can run, given why it cannot (`None`: it can). Under CI (CI set)
+/// every test must run, so a reason fails the test; elsewhere it prints `TEST SKIPPED: why` and
+/// the caller returns without checking anything.
+pub fn runnable_unless(test: &str, why_not: Option<String>) -> bool {
+    match why_not {
+        None => true,
+        Some(why) if std::env::var_os("CI").is_some() => panic!("{test} cannot run in CI: {why}"),
+        Some(why) => {
+            eprintln!("{test} SKIPPED: {why}");
+            false
+        }
+    }
+}
