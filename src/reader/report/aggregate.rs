@@ -448,7 +448,8 @@ impl<'o> Aggregator<'o> {
             self.pin_locked += 1;
         }
         let who = r.who();
-        let k = (who.uid, who.pid, who.exe_bytes(), user_type, rv.to_string());
+        let exe = who.exe_bytes();
+        let k = (who.uid, who.pid, exe.clone(), user_type, rv.to_string());
         let room = self.failed.len() < MAX_AGGREGATES;
         match self.failed.get_mut(&k) {
             Some(f) => {
@@ -468,7 +469,7 @@ impl<'o> Aggregator<'o> {
             None => self.limit("failed-login groups"),
         }
         if let Some(t) = parse_ts(&r.ts) {
-            self.burst(("pid", who.pid), Some(&who.exe_bytes()), t);
+            self.burst(("pid", who.pid), Some(&exe), t);
             self.burst(("uid", who.uid), None, t);
         }
     }

@@ -150,12 +150,13 @@ pub struct Who {
 impl Who {
     /// The process and call of record `r`.
     pub(super) fn of(r: &RecView) -> Self {
+        let who = r.who();
         Who {
             seq: r.seq,
             ts: r.ts.to_string(),
-            pid: r.who().pid,
-            uid: r.who().uid,
-            exe: r.who().exe_bytes(),
+            pid: who.pid,
+            uid: who.uid,
+            exe: who.exe_bytes(),
             function: r.function.as_deref().map(str::to_string),
             mechanism: r
                 .mechanism
