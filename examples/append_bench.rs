@@ -8,6 +8,9 @@
 //! appends of several sizes to a growing file with and without space reserved ahead, and, for
 //! comparison, stores through a shared mapping of the file (which p11audit does not use).
 
+#[path = "common/median.rs"]
+mod median;
+use median::median_ns;
 use p11audit::format::chain::ChainKey;
 use p11audit::format::record::{
     Bytes, Event, MechanismSummary, Named, ObjectIdentity, ProcessIdentity, Record, TokenRef,
@@ -15,19 +18,6 @@ use p11audit::format::record::{
 use p11audit::writer::audit_log::{AuditLog, LogSettings};
 use std::sync::Arc;
 use std::time::Instant;
-
-fn median_ns<T>(mut f: impl FnMut() -> T, n: usize) -> f64 {
-    let mut batches = Vec::new();
-    for _ in 0..25 {
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(f());
-        }
-        batches.push(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    batches.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    batches[batches.len() / 2]
-}
 
 fn typical(who: &ProcessIdentity) -> Record {
     let mut r = Record::new(who, 1234, Event::Outcome, Some("C_Sign"));

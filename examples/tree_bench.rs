@@ -8,6 +8,9 @@
 //! checkpoint key and with a checkpoint after every append: the difference is what one
 //! checkpoint costs, which the default spreads over 1000 records.
 
+#[path = "common/median.rs"]
+mod median;
+use median::median_ns;
 use p11audit::format::record::{Event, ProcessIdentity, Record};
 use p11audit::tlog::checkpoint::Checkpoint;
 use p11audit::tlog::note::{SignerKey, ALG_ED25519};
@@ -17,20 +20,6 @@ use p11audit::writer::checkpoints::{CheckpointEvery, CheckpointSettings};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
-
-fn median_ns<T>(mut f: impl FnMut() -> T, n: usize) -> f64 {
-    let mut batches = Vec::new();
-    for _ in 0..25 {
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(f());
-        }
-        batches.push(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    batches.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    batches[batches.len() / 2]
-}
 
 fn owner_only(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
