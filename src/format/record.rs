@@ -485,21 +485,14 @@ impl Record {
     }
 
     /// A record of the audit trail itself (`gap`, `rotate`) by the same process and thread
-    /// as `self`, at the same time: no function, no detail.
+    /// as `self`, at the same time: no function, no detail. Every member of who wrote it is
+    /// `self`'s (written out, a member added to the identity could be forgotten here).
     pub(crate) fn bookkeeping(&self, ev: Event) -> Record {
         Record {
-            ts: self.ts,
-            host: self.host.clone(),
-            pid: self.pid,
-            tid: self.tid,
-            uid: self.uid,
-            exe: self.exe.clone(),
-            auid: self.auid,
-            ses: self.ses,
-            peer: self.peer.clone(),
             ev,
             function: None,
             detail: Detail::default(),
+            ..self.clone()
         }
     }
 }
