@@ -204,7 +204,7 @@ fn log_position(log: Option<&str>) -> Option<u64> {
 }
 
 /// Calls and records in the log between two offsets: a call is an outcome record, plus the
-/// length queries it counts (`len_queries`).
+/// length queries it counts (`len_queries`) and the init it tells (`init`).
 fn calls_and_records_between(log: &str, from: u64, to: u64) -> (u64, u64) {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(log).expect("open log");
@@ -218,6 +218,9 @@ fn calls_and_records_between(log: &str, from: u64, to: u64) -> (u64, u64) {
             continue;
         }
         calls += 1;
+        if line.windows(8).any(|w| w == b"\"init\":{") {
+            calls += 1;
+        }
         let marker = b"\"len_queries\":";
         if let Some(at) = line.windows(marker.len()).position(|w| w == marker) {
             let digits = line[at + marker.len()..]

@@ -1,6 +1,6 @@
 //! p11calls: times each PKCS#11 call of an operation separately, against any module, so that
-//! p11audit's overhead can be split by call (the queued outcome of `C_SignInit`, the length
-//! query held for the next `C_Sign`, the written outcome of `C_Sign`).
+//! p11audit's overhead can be split by call (the held outcome of `C_SignInit`, the length
+//! query held for the next `C_Sign`, the written outcome of `C_Sign` that tells both).
 //!
 //!   p11calls --module PATH --pin PIN [--threads N] [--seconds S] [--op NAME]...
 //!

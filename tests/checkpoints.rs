@@ -139,7 +139,7 @@ fn checkpoint_records(log: &Path) -> Vec<(u64, u64)> {
 #[test]
 fn a_covered_line_altered_removed_or_reordered_fails_without_k0() {
     let s = Signed::new("10");
-    s.sign(12, &[]);
+    s.sign(24, &[]);
     let cps = checkpoint_records(&s.fx.log);
     assert!(cps.len() >= 4, "checkpoints every 10 records: {cps:?}");
     assert!(cps.iter().all(|(seq, size)| seq == size), "{cps:?}");
@@ -323,7 +323,7 @@ fn the_witness_refuses_a_deleted_and_restarted_log() {
 fn one_tree_across_rotated_files() {
     let s = Signed::new("50");
     s.sign(
-        120,
+        200,
         &[("P11AUDIT_ROTATE_BYTES", (64u64 << 10).to_string().into())],
     );
     let files: Vec<_> = fs::read_dir(s.fx.dir.path())

@@ -469,12 +469,20 @@ fn disk_full(open: bool) {
         .iter()
         .filter(|r| r["fn"] == "C_Sign" && r["out"] == "returned")
         .count();
-    // The signs before the fill and after recovery; the C_SignInit outcomes that waited while
-    // the disk was full are counted in the gap, not in the log.
+    // The signs before the fill and after recovery, each C_SignInit told in its C_Sign outcome;
+    // those of the signs while the disk was full are counted in the gap, not in the log.
+    let told_inits = records
+        .iter()
+        .filter(|r| r["fn"] == "C_Sign" && r["init"]["fn"] == "C_SignInit")
+        .count();
+    assert_eq!(
+        told_inits, 2,
+        "C_SignInit told: the sign before the fill and the one after recovery"
+    );
     assert_eq!(
         count("outcome", "C_SignInit"),
-        2,
-        "C_SignInit outcomes: the sign before the fill and the one after recovery"
+        0,
+        "every C_SignInit was told in its C_Sign outcome"
     );
     assert_eq!(
         count("intent", "C_SignInit"),

@@ -605,26 +605,24 @@ fn hostile_bytes_round_trip_and_every_line_stays_json() {
         template_attr(pair, "template2", "CKA_ID").unwrap()["value"],
         logged_hex(KEY_ID)
     );
-    for f in ["C_SignInit", "C_Sign"] {
-        let r = find(&records, f, |r| {
-            r["fn"] == f && r["key"]["handle"] == h["ec_priv"]
-        });
-        assert_eq!(r["key"]["label"], logged_hex(BIN_KEY_LABEL), "{f}: {r}");
-        assert_eq!(r["key"]["id"], logged_hex(KEY_ID), "{f}: {r}");
-    }
+    // The C_Sign outcome tells its C_SignInit (`init`) and names the key it was given.
+    let r = find(&records, "C_Sign telling C_SignInit", |r| {
+        r["fn"] == "C_Sign" && r["init"]["fn"] == "C_SignInit" && r["key"]["handle"] == h["ec_priv"]
+    });
+    assert_eq!(r["key"]["label"], logged_hex(BIN_KEY_LABEL), "{r}");
+    assert_eq!(r["key"]["id"], logged_hex(KEY_ID), "{r}");
 
     // Find by label; read back; relabel.
-    // C_FindObjectsInit is a prepare call: its outcome carries the template.
-    let fi = find(&records, "C_FindObjectsInit outcome", |r| {
-        r["ev"] == "outcome" && r["fn"] == "C_FindObjectsInit"
-    });
+    // C_FindObjectsInit is a prepare call: the C_FindObjects outcome tells it, template included.
+    let fo = find(
+        &records,
+        "C_FindObjects outcome telling C_FindObjectsInit",
+        |r| r["fn"] == "C_FindObjects" && r["init"]["fn"] == "C_FindObjectsInit",
+    );
     assert_eq!(
-        template_attr(fi, "template", "CKA_LABEL").unwrap()["value"],
+        template_attr(&fo["init"], "template", "CKA_LABEL").unwrap()["value"],
         TEXT_LABEL
     );
-    let fo = find(&records, "C_FindObjects outcome", |r| {
-        r["fn"] == "C_FindObjects"
-    });
     let found: Vec<&Value> = fo["found"].as_array().unwrap().iter().collect();
     assert!(
         found.contains(&&h["data_text"]) && found.contains(&&h["aes"]),

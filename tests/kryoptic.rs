@@ -1413,12 +1413,13 @@ fn contains(actual: &Value, expected: &Value) -> bool {
 /// For each call made while the shim could log, in order, its outcome record (same function
 /// and return value). A length query counted in the next outcome of its function
 /// (`len_queries`, FORMAT.md §5) has no record of its own: it gets one made from the record
-/// that counts it, with `"out":"length_query"`, no `out_len` and `counted_in` that record's seq.
+/// that counts it, with `"out":"length_query"`, no `out_len` and `counted_in` that record's seq;
+/// an init told in its operation's first outcome gets one too (`outcomes_with_told_inits`).
 fn find_call_records(records: &[Value], calls: &[Value]) -> Vec<(Value, Value)> {
     let mut outcomes: Vec<Value> = Vec::new();
-    for r in records
+    for r in outcomes_with_told_inits(records)
         .iter()
-        .filter(|r| r["ev"] == "outcome" && r["fn"].is_string() && r["note"] != EARLY_NOTE)
+        .filter(|r| r["fn"].is_string() && r["note"] != EARLY_NOTE)
     {
         for _ in 0..r["len_queries"].as_u64().unwrap_or(0) {
             let mut counted = r.clone();

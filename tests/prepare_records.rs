@@ -1,9 +1,9 @@
 //! The records of an operation started by a prepare call (docs/FORMAT.md §5), through the built
-//! shim in front of SoftHSM: a single-part ECDSA sign with its length query is two records, the
-//! `C_SignInit` outcome (no intent) and the `C_Sign` outcome that counts the length query; a
-//! length query that no outcome of its function follows gets its own record, also when the
-//! process exits without `C_Finalize`; `show` joins the `C_SignInit` outcome with its `C_Sign`
-//! and `report` counts the length queries either way.
+//! shim in front of SoftHSM: a single-part ECDSA sign with its length query is one record, the
+//! `C_Sign` outcome that tells the `C_SignInit` (`init`) and counts the length query; an init or
+//! a length query that no outcome of its operation or function follows gets its own record, also
+//! when the process exits without `C_Finalize`; `show` shows the `C_SignInit` with its `C_Sign`
+//! and `report` counts the inits and length queries either way.
 
 mod common;
 
@@ -33,7 +33,19 @@ fn child_signs() {
     ok(shim.session_state(s).0, "C_GetSessionInfo");
     let mut sig = vec![0u8; need as usize];
     ok(shim.sign(s, &data, Some(&mut sig)).0, "C_Sign");
-    // 3. A length query, then the process exits.
+    // 3. A search ended before any result was asked for: the final tells its init.
+    // SAFETY: an empty template (NULL, 0) and a session of this module.
+    unsafe {
+        ok(
+            (shim.f.C_FindObjectsInit.unwrap())(s, std::ptr::null_mut(), 0),
+            "C_FindObjectsInit",
+        );
+        ok(
+            (shim.f.C_FindObjectsFinal.unwrap())(s),
+            "C_FindObjectsFinal",
+        );
+    }
+    // 4. A length query, then the process exits.
     ok(shim.sign_init(s, priv_key), "C_SignInit");
     ok(shim.sign(s, &data, None).0, "C_Sign (length)");
     print_marked("SIGNED=", &"true");
@@ -51,11 +63,14 @@ fn brief(r: &Value) -> String {
             s.push_str(&format!(" {member}={v}"));
         }
     }
+    if let Some(init) = r["init"]["fn"].as_str() {
+        s.push_str(&format!(" init={init}"));
+    }
     s
 }
 
 #[test]
-fn a_sign_is_two_records_and_length_queries_are_counted_or_kept() {
+fn a_sign_is_one_record_and_inits_and_length_queries_are_told_or_kept() {
     if is_role(ROLE) {
         return;
     }
@@ -76,7 +91,13 @@ fn a_sign_is_two_records_and_length_queries_are_counted_or_kept() {
         .filter(|(r, _)| {
             matches!(
                 r["fn"].as_str(),
-                Some("C_SignInit" | "C_Sign" | "C_GetSessionInfo")
+                Some(
+                    "C_SignInit"
+                        | "C_Sign"
+                        | "C_GetSessionInfo"
+                        | "C_FindObjectsInit"
+                        | "C_FindObjectsFinal"
+                )
             )
         })
         .map(|(r, l)| (brief(r), l.len() + 1))
@@ -85,46 +106,51 @@ fn a_sign_is_two_records_and_length_queries_are_counted_or_kept() {
     assert_eq!(
         briefs,
         [
-            // 1. Two records: the prepare outcome, and the result counting the length query.
-            "outcome C_SignInit",
-            "outcome C_Sign out=\"returned\" len_queries=1",
-            // 2. Another function came first: the length query has its own record.
+            // 1. One record: the result, telling the init and counting the length query.
+            "outcome C_Sign out=\"returned\" len_queries=1 init=C_SignInit",
+            // 2. Another function came first: the init and the length query have their own
+            //    records.
             "outcome C_SignInit",
             "outcome C_Sign out=\"length_query\"",
             "outcome C_GetSessionInfo",
             "outcome C_Sign out=\"returned\"",
-            // 3. At exit, without C_Finalize.
+            // 3. The search's final tells its init.
+            "outcome C_FindObjectsFinal init=C_FindObjectsInit",
+            // 4. At exit, without C_Finalize.
             "outcome C_SignInit",
             "outcome C_Sign out=\"length_query\"",
         ],
         "{text}"
     );
-    // The first sign's two records follow each other (one write), and name the same key.
-    let first_init = records
-        .iter()
-        .position(|r| r["fn"] == "C_SignInit")
-        .unwrap();
-    let (init, sign) = (&records[first_init], &records[first_init + 1]);
-    assert_eq!(sign["fn"], "C_Sign", "{text}");
+    // The first sign's record names the key and mechanism the init was given, as the inits
+    // with records of their own do (the same key each time), and the init's own time and
+    // duration.
+    let sign = records.iter().find(|r| r["fn"] == "C_Sign").unwrap();
+    let init = records.iter().find(|r| r["fn"] == "C_SignInit").unwrap();
     assert_eq!(init["key"], sign["key"], "{text}");
     assert_eq!(init["mechanism"], sign["mechanism"], "{text}");
+    assert_eq!(sign["key"]["class"], "CKO_PRIVATE_KEY", "{text}");
+    let told = &sign["init"];
+    assert!(
+        told["ts"].as_str().unwrap() <= sign["ts"].as_str().unwrap(),
+        "{told}"
+    );
+    assert!(told["dur_us"].is_u64(), "{told}");
+    assert!(told.get("tid").is_none(), "the same thread: {told}");
     eprintln!(
-        "one ECDSA sign with its length query: 2 records, {} bytes",
-        sign_path[0].1 + sign_path[1].1
+        "one ECDSA sign with its length query: 1 record, {} bytes",
+        sign_path[0].1
     );
 
-    // show: the prepare outcome joined with its operation's call.
+    // show: the init shown with its operation's call, at the init's time.
     let show = p11audit_on_log("show", &fx.key, &[], &fx.log);
     let show = String::from_utf8_lossy(&show.stdout).into_owned();
-    let joined = format!(
-        "{}>{}",
-        init["seq"].as_u64().unwrap(),
-        sign["seq"].as_u64().unwrap()
-    );
+    let seq = sign["seq"].as_u64().unwrap().to_string();
     let line = show
         .lines()
-        .find(|l| l.starts_with(&joined))
-        .unwrap_or_else(|| panic!("no line {joined} in:\n{show}"));
+        .find(|l| l.split_whitespace().next() == Some(&seq))
+        .unwrap_or_else(|| panic!("no line {seq} in:\n{show}"));
+    assert!(line.contains(told["ts"].as_str().unwrap()), "{line}");
     assert!(
         line.contains("C_Sign ") && line.contains("after C_SignInit"),
         "{line}"
@@ -158,6 +184,12 @@ fn a_sign_is_two_records_and_length_queries_are_counted_or_kept() {
         .unwrap_or_else(|| panic!("no C_Sign use in {report}"));
     assert_eq!(sign_use["length_queries"], 3, "{sign_use}");
     assert_eq!(sign_use["ok"], 2, "{sign_use}");
+    // Three inits, one told in a C_Sign outcome and two with records of their own.
+    let init_use = uses
+        .iter()
+        .find(|u| u["function"] == "C_SignInit")
+        .unwrap_or_else(|| panic!("no C_SignInit use in {report}"));
+    assert_eq!(init_use["ok"], 3, "{init_use}");
 }
 
 /// Every object with a `length_queries` member (the report's key uses).

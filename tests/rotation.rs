@@ -228,7 +228,7 @@ fn log_files_get_the_mode_asked_for_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let fx = Fixture::new();
-    let mut env = env_with(&fx, &fx.softhsm_conf, 60);
+    let mut env = env_with(&fx, &fx.softhsm_conf, 120);
     env.push(("P11AUDIT_LOG_MODE", "0640".into()));
     let mut cmd = child_command(CHILD, ROLE_VAR, "sign", &env);
     // SAFETY: umask is async-signal-safe and touches nothing else.
@@ -243,7 +243,7 @@ fn log_files_get_the_mode_asked_for_whatever_the_umask() {
     let files = files_in_order(&fx);
     assert!(
         files.len() >= 2,
-        "60 signs at a 64 KiB limit rotate: {files:?}"
+        "120 signs at a 64 KiB limit rotate: {files:?}"
     );
     for f in &files {
         let mode = fs::metadata(f).unwrap().permissions().mode() & 0o7777;

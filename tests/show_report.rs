@@ -247,20 +247,21 @@ fn names(v: &Value, label: &str) -> bool {
 #[test]
 fn sign_calls_show_mechanism_key_lengths_rv_and_duration() {
     let lines = show_lines(&["--fn", "C_SignInit", "--fn", "C_Sign"]);
-    // Each sign is one line: the C_SignInit outcome (a prepare call) joined with its C_Sign,
-    // whose outcome counts the length query ("init>sign").
+    // Each sign is one line and one record: the C_Sign outcome, which tells its C_SignInit (a
+    // prepare call) and counts the length query. Either name selects it.
     assert_eq!(lines.len(), SIGNATURES, "{lines:#?}");
+    assert_eq!(show_lines(&["--fn", "C_SignInit"]), lines);
     let recs = records();
     for l in &lines {
         let seq = l.split_whitespace().next().unwrap();
-        let (i, o) = seq
-            .split_once('>')
-            .unwrap_or_else(|| panic!("not joined: {l}"));
-        let (i, o): (usize, usize) = (i.parse().unwrap(), o.parse().unwrap());
-        assert_eq!(recs[i]["ev"], "outcome");
-        assert_eq!(recs[i]["fn"], "C_SignInit");
+        let o: usize = seq
+            .parse()
+            .unwrap_or_else(|_| panic!("not one record: {l}"));
         assert_eq!(recs[o]["fn"], "C_Sign");
+        assert_eq!(recs[o]["init"]["fn"], "C_SignInit");
         assert_eq!(recs[o]["len_queries"], 1);
+        // The line starts at the init.
+        assert!(l.contains(recs[o]["init"]["ts"].as_str().unwrap()), "{l}");
         for want in [
             " C_Sign ",
             "after C_SignInit",
@@ -284,12 +285,16 @@ fn sign_calls_show_mechanism_key_lengths_rv_and_duration() {
 #[test]
 fn filters_select_exactly_the_expected_records() {
     // A call is selected by its function, or for a prepare call joined with its operation's
-    // first call, by either function.
+    // first call or told in it, by either function.
     let is_fn = |f: &'static str| {
         move |first: &Value, rec: Option<&Value>| {
-            first["fn"] == f || rec.is_some_and(|r| r["fn"] == f)
+            first["fn"] == f || rec.is_some_and(|r| r["fn"] == f || r["init"]["fn"] == f)
         }
     };
+    assert_eq!(
+        json_seqs(&["--fn", "C_SignInit"]),
+        expected_seqs(is_fn("C_SignInit"))
+    );
     assert_eq!(
         json_seqs(&["--fn", "C_Sign"]),
         expected_seqs(is_fn("C_Sign"))
@@ -321,8 +326,8 @@ fn filters_select_exactly_the_expected_records() {
 
     let by_key =
         expected_seqs(|f, o| names(f, SIGN_LABEL) || o.is_some_and(|o| names(o, SIGN_LABEL)));
-    // The key pair's generation (intent and outcome), and each sign's two records.
-    assert_eq!(by_key.len(), 2 * SIGNATURES + 2, "{by_key:?}");
+    // The key pair's generation (intent and outcome), and each sign's record.
+    assert_eq!(by_key.len(), SIGNATURES + 2, "{by_key:?}");
     assert_eq!(json_seqs(&["--key", SIGN_LABEL]), by_key);
     // The same calls by hex id (both keys of the pair carry it).
     assert_eq!(json_seqs(&["--key", "5E01"]), by_key);
@@ -365,10 +370,13 @@ fn time_filters() {
         recs.len()
     );
     assert!(json_seqs(&["--until", "2000-01-01"]).is_empty());
-    // From the worker's first sign on (its C_SignInit, which starts the joined call): no
+    // From the worker's first sign on (its C_SignInit, which starts the call): no
     // C_Initialize of the worker.
-    let sign = recs.iter().find(|r| r["fn"] == "C_SignInit").unwrap();
-    let ts = sign["ts"].as_str().unwrap();
+    let sign = recs
+        .iter()
+        .find(|r| r["init"]["fn"] == "C_SignInit")
+        .unwrap();
+    let ts = sign["init"]["ts"].as_str().unwrap();
     let from = json_seqs(&["--since", ts]);
     assert!(from.contains(&sign["seq"].as_u64().unwrap()));
     assert!(!from.contains(&0));

@@ -1147,13 +1147,18 @@ fn shim_log_verifies() {
 #[test]
 fn log_tells_the_story_of_signing() {
     let recs = records();
-    // The RSA PKCS#1 v1.5 key: C_SignInit is a prepare call, with no intent; its outcome names
-    // the key and mechanism.
+    // The RSA PKCS#1 v1.5 key: C_SignInit is a prepare call, with no intent; its outcome, or
+    // the outcome that tells it (`init`), names the key and mechanism.
     assert!(
         fn_ev(&recs, "C_SignInit", "intent").is_empty(),
         "a prepare call has no intent"
     );
-    let init_outcomes: Vec<_> = fn_ev(&recs, "C_SignInit", "outcome")
+    assert!(
+        recs.iter().any(|r| r["init"]["fn"] == "C_SignInit"),
+        "no C_SignInit told in its operation's first outcome"
+    );
+    let with_inits = outcomes_with_told_inits(&recs);
+    let init_outcomes: Vec<_> = fn_ev(&with_inits, "C_SignInit", "outcome")
         .into_iter()
         .filter(|r| *mech(r) == "CKM_SHA256_RSA_PKCS")
         .collect();
@@ -1496,9 +1501,11 @@ fn close_session_records_name_their_token() {
 #[test]
 fn log_summarizes_mechanism_parameters_without_their_bytes() {
     let recs = records();
+    // Every call's outcome, also an init told in its operation's first outcome.
+    let calls = outcomes_with_told_inits(&recs);
     let text = log_text();
 
-    let pss: Vec<_> = recs
+    let pss: Vec<_> = calls
         .iter()
         .filter(|r| *mech(r) == "CKM_SHA256_RSA_PKCS_PSS")
         .collect();
@@ -1514,7 +1521,7 @@ fn log_summarizes_mechanism_parameters_without_their_bytes() {
         .iter()
         .any(|r| r["fn"] == "C_SignInit" && r["key"]["label"] == "wf-rsa"));
 
-    let gcm: Vec<_> = recs.iter().filter(|r| *mech(r) == "CKM_AES_GCM").collect();
+    let gcm: Vec<_> = calls.iter().filter(|r| *mech(r) == "CKM_AES_GCM").collect();
     assert!(gcm.len() >= 10, "{gcm:?}");
     for r in &gcm {
         let m = &r["mechanism"];

@@ -8,7 +8,7 @@
 
 use crate::format::chain::push_hex_lower_str;
 use crate::format::record::{
-    AttributeSummary, AttributeValue, Bytes, Detail, Event, MechanismSummary, Named,
+    AttributeSummary, AttributeValue, Bytes, Detail, Event, FoldedInit, MechanismSummary, Named,
     ObjectIdentity, OutputDisposition, ParamValue, PeerIdentity, Record, TokenRef,
 };
 
@@ -290,6 +290,19 @@ pub(crate) fn push_record(out: &mut String, r: &Record) {
     m.close();
 }
 
+fn push_folded_init(out: &mut String, init: &FoldedInit) {
+    let mut m = Members::open(out);
+    m.str("fn", init.function);
+    m.str("ts", &init.ts);
+    m.opt_num("tid", init.tid);
+    m.num("dur_us", init.dur_us);
+    if let Some(t) = &init.template {
+        push_template(m.key("template"), t);
+    }
+    m.opt_num("sig_len", init.sig_len);
+    m.close();
+}
+
 fn push_detail(m: &mut Members<'_>, d: &Detail) {
     if let Some(rv) = &d.rv {
         m.str("rv", &rv.0);
@@ -330,6 +343,9 @@ fn push_detail(m: &mut Members<'_>, d: &Detail) {
         m.str("out", output_name(o));
     }
     m.opt_num("len_queries", d.len_queries);
+    if let Some(init) = &d.init {
+        push_folded_init(m.key("init"), init);
+    }
     m.opt_num("count", d.count);
     if !d.created.is_empty() {
         let out = m.key("created");
@@ -481,6 +497,14 @@ mod tests {
             sig_len: Some(64),
             out: Some(OutputDisposition::BufferTooSmall),
             len_queries: Some(2),
+            init: Some(Box::new(FoldedInit {
+                function: "C_FindObjectsInit",
+                ts: r.ts,
+                tid: Some(9),
+                dur_us: 4,
+                template: Some(attrs.clone()),
+                sig_len: Some(64),
+            })),
             count: Some(3),
             created: vec![Arc::new(obj(8)), Arc::new(obj(9))],
             found: vec![1, 2, 3],

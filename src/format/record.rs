@@ -356,6 +356,26 @@ pub enum OutputDisposition {
     Withheld,
 }
 
+/// A prepare call (an *Init that returned CKR_OK) told inside the first outcome of the operation
+/// it started. Only what the outcome does not already say: the outcome's session, token, login,
+/// mechanism and key are the ones the init was given, since the operation keeps them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FoldedInit {
+    #[serde(rename = "fn")]
+    pub function: &'static str,
+    pub ts: Timestamp,
+    /// Only when another thread made the init than the call whose record this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u64>,
+    pub dur_us: u64,
+    /// C_FindObjectsInit's search template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Vec<AttributeSummary>>,
+    /// C_VerifySignatureInit's signature length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig_len: Option<u64>,
+}
+
 /// One audit record, before sealing. Members are written in declaration order.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -430,6 +450,10 @@ pub struct Detail {
     /// just before this call and have no record of their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub len_queries: Option<u64>,
+    /// The successful *Init that started this call's operation in the same session, when this
+    /// is the operation's first outcome: the init has no record of its own (FORMAT.md §5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<Box<FoldedInit>>,
     /// Objects returned by C_FindObjects, slots by C_GetSlotList, mechanisms by
     /// C_GetMechanismList.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -209,6 +209,9 @@ pub struct RecView<'a> {
     pub out: Option<Cow<'a, str>>,
     #[serde(default)]
     pub len_queries: Option<u64>,
+    /// The init that started this call's operation, told in its first outcome.
+    #[serde(borrow, default)]
+    pub init: Option<InitView<'a>>,
     #[serde(default)]
     pub count: Option<u64>,
     #[serde(default)]
@@ -221,6 +224,16 @@ pub struct RecView<'a> {
     pub since: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub note: Option<Cow<'a, str>>,
+}
+
+/// A prepare call told in its operation's first outcome (`init`): it returned CKR_OK, in the
+/// outcome's session, with the outcome's mechanism and key.
+#[derive(Debug, Deserialize)]
+pub struct InitView<'a> {
+    #[serde(rename = "fn", borrow)]
+    pub function: Cow<'a, str>,
+    #[serde(borrow)]
+    pub ts: Cow<'a, str>,
 }
 
 /// Who acted on a record, as show and report name them.

@@ -5,7 +5,7 @@ use super::error::guard;
 use super::error::ShimError;
 use super::{args, Runtime};
 use crate::format::names::rv_name;
-use crate::format::record::{Detail, Event, Named, OutputDisposition, Record};
+use crate::format::record::{Detail, Event, FoldedInit, Named, OutputDisposition, Record};
 use crate::shim::context::{Op, OpContext};
 use crate::writer::auditor::FailurePolicy;
 use cryptoki_sys as ck;
@@ -76,6 +76,15 @@ pub(crate) fn write_intent_or_refuse(
     }
 }
 
+/// How an outcome waits in its session (`Call::waits_in_session`).
+#[derive(Clone, Copy)]
+enum HeldAs {
+    /// A successful init of the operation, until the operation's first outcome tells it.
+    Init(Op),
+    /// A length query, until the next outcome of its function counts it.
+    LengthQuery,
+}
+
 /// The call being audited.
 pub(crate) struct Call<'rt> {
     pub(crate) rt: &'rt Runtime,
@@ -88,6 +97,8 @@ pub(crate) struct Call<'rt> {
     pub(super) session: Option<u64>,
     /// Operation started by this call (an *Init), remembered if it succeeds.
     pub(super) starts: Option<Op>,
+    /// Operation this call continues (`Call::within`).
+    pub(super) within: Option<Op>,
     /// Output regions to wipe if the outcome must be written and cannot be.
     pub(super) outputs: Vec<(*mut u8, usize)>,
     /// The application's output buffer and its size, as it passed them (before the call; no
@@ -116,6 +127,7 @@ impl<'rt> Call<'rt> {
             detail: Detail::default(),
             session: None,
             starts: None,
+            within: None,
             outputs: Vec::new(),
             output_capacity: None,
             attribute_buffers: Vec::new(),
@@ -284,25 +296,49 @@ impl<'rt> Call<'rt> {
         written
     }
 
-    /// A length query's outcome (NULL output buffer) waits in the session for the next outcome
-    /// of the same function, which counts it (`len_queries`), and None is returned; any other
-    /// outcome of a result call takes the count of those held for it. Calls with an intent
-    /// keep their own outcome: the intent must be answered.
-    fn count_length_queries(&self, mut outcome: Record) -> Option<Record> {
+    /// Where the outcome waits instead of being written, if it does. A successful init's
+    /// outcome waits in its session for the first outcome of the operation it started, which
+    /// tells it (`init`). A length query's outcome (NULL output buffer) waits in the session
+    /// for the next outcome of the same function, which counts it (`len_queries`). Calls with
+    /// an intent keep their own outcome: the intent must be answered.
+    fn waits_in_session(&self, outcome: &Record, rv: ck::CK_RV) -> Option<(u64, HeldAs)> {
+        let session = self.session?;
+        if outcome.detail.intent.is_some() {
+            return None;
+        }
+        match (self.kind, self.starts) {
+            (Kind::Prepare, Some(op)) if rv == ck::CKR_OK => Some((session, HeldAs::Init(op))),
+            (Kind::Result, _) if outcome.detail.out == Some(OutputDisposition::LengthQuery) => {
+                Some((session, HeldAs::LengthQuery))
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps `outcome` in its session (`waits_in_session`); what must go out on its own
+    /// instead is queued.
+    fn hold(&self, session: u64, held_as: HeldAs, outcome: Record) {
+        let released = {
+            let mut context = self.rt.context.lock();
+            match held_as {
+                HeldAs::Init(op) => context
+                    .hold_init(session, op, outcome)
+                    .into_iter()
+                    .collect(),
+                HeldAs::LengthQuery => context.hold_length_query(session, self.function, outcome),
+            }
+        };
+        self.release(released);
+    }
+
+    /// An outcome of a result call counts the length queries its session holds for its
+    /// function.
+    fn count_length_queries(&self, outcome: &mut Record) {
         let Some(session) = self.session else {
-            return Some(outcome);
+            return;
         };
         if self.kind != Kind::Result || outcome.detail.intent.is_some() {
-            return Some(outcome);
-        }
-        if outcome.detail.out == Some(OutputDisposition::LengthQuery) {
-            let released =
-                self.rt
-                    .context
-                    .lock()
-                    .hold_length_query(session, self.function, outcome);
-            self.release(released);
-            return None;
+            return;
         }
         let counted = self
             .rt
@@ -312,29 +348,55 @@ impl<'rt> Call<'rt> {
         if counted > 0 {
             outcome.detail.len_queries = Some(counted);
         }
-        Some(outcome)
     }
 
-    /// Before the call: length queries held in its session for another function go out on
-    /// their own, ahead of this call's records; a call on no session that may end sessions
-    /// (C_CloseAllSessions) lets every held one go.
-    pub(super) fn release_other_length_queries(&self) {
+    /// The first outcome of an operation, with no intent before it, tells the init held for
+    /// the operation in its session, if any.
+    fn tell_init(&self, outcome: &mut Record) {
+        let (Some(op), Some(session), None) = (self.within, self.session, outcome.detail.intent)
+        else {
+            return;
+        };
+        let Some(init) = self.rt.context.lock().take_init(session, op) else {
+            return;
+        };
+        let mut detail = init.detail;
+        outcome.detail.init = Some(Box::new(FoldedInit {
+            function: init.function.unwrap_or_default(),
+            ts: init.ts,
+            tid: (init.tid != outcome.tid).then_some(init.tid),
+            dur_us: detail.dur_us.unwrap_or_default(),
+            template: detail.template.take(),
+            sig_len: detail.sig_len,
+        }));
+    }
+
+    /// Before the call: what its session holds that this call's outcome will not tell goes out
+    /// on its own, ahead of this call's records: length queries of another function, and an
+    /// init unless this call continues its operation with no intent of its own (an intent
+    /// goes to the file before the call, so an init told after it would be out of order). A
+    /// call on no session that may end sessions (C_CloseAllSessions) lets everything go.
+    pub(super) fn release_held_for_others(&self) {
         let released = match self.session {
-            Some(session) => self
-                .rt
-                .context
-                .lock()
-                .release_length_queries_unless(session, self.function),
-            None if self.kind == Kind::GivingUp => {
-                self.rt.context.lock().release_all_length_queries()
+            Some(session) => {
+                let continues = self.within.filter(|_| !self.kind.writes_intent());
+                let mut context = self.rt.context.lock();
+                let init = context.release_init_unless(session, continues);
+                let queries = context.release_length_queries_unless(session, self.function);
+                drop(context);
+                if let Some(init) = init {
+                    self.rt.auditor.wait(&init);
+                }
+                queries
             }
+            None if self.kind == Kind::GivingUp => self.rt.context.lock().release_all_held(),
             None => return,
         };
         self.release(released);
     }
 
-    /// Queues held length-query outcomes, each as its own record (the context lock is not
-    /// held: the auditor's lock is never taken under it).
+    /// Queues held outcomes, each as its own record (the context lock is not held: the
+    /// auditor's lock is never taken under it).
     fn release(&self, released: Vec<Record>) {
         for record in released {
             self.rt.auditor.wait(&record);
@@ -369,9 +431,12 @@ impl<'rt> Call<'rt> {
             outcome.detail.template = None;
             outcome.detail.template2 = None;
         }
-        let Some(outcome) = self.count_length_queries(outcome) else {
+        if let Some((session, held_as)) = self.waits_in_session(&outcome, rv) {
+            self.hold(session, held_as, outcome);
             return rv;
-        };
+        }
+        self.count_length_queries(&mut outcome);
+        self.tell_init(&mut outcome);
         let must_write = self.hands_out && matches!(self.kind, Kind::Result | Kind::ActingResult);
         if !must_write {
             self.rt.auditor.wait(&outcome);
@@ -405,7 +470,7 @@ pub(crate) fn run_call(
         };
         let mut call = Call::new(rt, function, kind, for_2x);
         before(&mut call);
-        call.release_other_length_queries();
+        call.release_held_for_others();
         let intent = match call.write_intent() {
             Ok(seq) => seq,
             Err(e) => return e.rv(),

@@ -91,16 +91,24 @@ struct HeldLengthQueries {
     outcomes: Vec<Record>,
 }
 
+/// The outcome of a successful *Init (a prepare call), held in its session for the first outcome
+/// of the operation it started, which tells it (`init`) instead of a record of its own.
+struct HeldInit {
+    op: Op,
+    outcome: Record,
+}
+
 /// Session, token and key context of one process.
 #[derive(Default)]
 pub(crate) struct CallContext {
     sessions: FxHashMap<u64, SessionEntry>,
     slots: FxHashMap<u64, SlotEntry>,
     keys: FxHashMap<u64, Arc<ObjectIdentity>>,
-    /// Length queries waiting, by session, and the pid that holds them: a forked child drops
-    /// its copy of the parent's (the parent writes them).
+    /// Length queries and inits waiting, by session, and the pid that holds them: a forked
+    /// child drops its copy of the parent's (the parent writes them).
     length_queries: FxHashMap<u64, HeldLengthQueries>,
-    length_queries_pid: u32,
+    inits: FxHashMap<u64, HeldInit>,
+    held_pid: u32,
 }
 
 /// Where a session stands, for a record.
@@ -230,14 +238,58 @@ impl CallContext {
         self.keys.remove(&handle);
     }
 
+    /// Drops what a parent process held, in a forked child.
+    fn forget_parents_held(&mut self) {
+        let pid = crate::os::process::current_pid();
+        if self.held_pid != pid {
+            self.length_queries.clear();
+            self.inits.clear();
+            self.held_pid = pid;
+        }
+    }
+
     /// The held length queries of this process.
     fn held_length_queries(&mut self) -> &mut FxHashMap<u64, HeldLengthQueries> {
-        let pid = crate::os::process::current_pid();
-        if self.length_queries_pid != pid {
-            self.length_queries.clear();
-            self.length_queries_pid = pid;
-        }
+        self.forget_parents_held();
         &mut self.length_queries
+    }
+
+    /// The held inits of this process.
+    fn held_inits(&mut self) -> &mut FxHashMap<u64, HeldInit> {
+        self.forget_parents_held();
+        &mut self.inits
+    }
+
+    /// Holds the outcome of a successful init of `op` in `session`. Returns an init still held
+    /// there, which must now go out on its own (the caller releases it before the call; this
+    /// only guards against losing one).
+    pub(crate) fn hold_init(&mut self, session: u64, op: Op, outcome: Record) -> Option<Record> {
+        self.held_inits()
+            .insert(session, HeldInit { op, outcome })
+            .map(|h| h.outcome)
+    }
+
+    /// The init held in `session` for `op`, which the caller's outcome tells.
+    pub(crate) fn take_init(&mut self, session: u64, op: Op) -> Option<Record> {
+        let inits = self.held_inits();
+        match inits.get(&session) {
+            Some(h) if h.op == op => inits.remove(&session).map(|h| h.outcome),
+            _ => None,
+        }
+    }
+
+    /// The init held in `session` unless the call about to be made continues its operation
+    /// (`continues`): it gets no outcome of its operation to tell it.
+    pub(crate) fn release_init_unless(
+        &mut self,
+        session: u64,
+        continues: Option<Op>,
+    ) -> Option<Record> {
+        let inits = self.held_inits();
+        match inits.get(&session) {
+            Some(h) if Some(h.op) != continues => inits.remove(&session).map(|h| h.outcome),
+            _ => None,
+        }
     }
 
     /// Holds the outcome of a length query of `function` in `session`. Returns the outcomes
@@ -297,14 +349,16 @@ impl CallContext {
         }
     }
 
-    /// Every held length query, in the order they were made (C_Finalize, C_CloseAllSessions,
-    /// exit).
-    pub(crate) fn release_all_length_queries(&mut self) -> Vec<Record> {
-        let mut all: Vec<Record> = self
-            .held_length_queries()
-            .drain()
-            .flat_map(|(_, h)| h.outcomes)
-            .collect();
+    /// Every held init and length query, in the order they were made (C_Finalize,
+    /// C_CloseAllSessions, exit).
+    pub(crate) fn release_all_held(&mut self) -> Vec<Record> {
+        // An init comes before the length queries of its operation, also within one µs.
+        let mut all: Vec<Record> = self.held_inits().drain().map(|(_, h)| h.outcome).collect();
+        all.extend(
+            self.held_length_queries()
+                .drain()
+                .flat_map(|(_, h)| h.outcomes),
+        );
         // Timestamps of one process's records, taken as they were made.
         all.sort_by(|a, b| a.ts.as_str().cmp(b.ts.as_str()));
         all
@@ -362,7 +416,34 @@ mod tests {
         let released = c.release_length_queries_unless(2, "C_CloseSession");
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].function, Some("C_Encrypt"));
-        assert!(c.release_all_length_queries().is_empty());
+        assert!(c.release_all_held().is_empty());
+    }
+
+    #[test]
+    fn an_init_is_told_by_its_operation_or_released_before_the_rest() {
+        let mut c = CallContext::default();
+        assert!(c
+            .hold_init(1, Op::Sign, length_query("C_SignInit"))
+            .is_none());
+        // A call that continues the operation keeps it held; another operation takes nothing.
+        assert!(c.release_init_unless(1, Some(Op::Sign)).is_none());
+        assert!(c.take_init(1, Op::Verify).is_none());
+        assert!(c.take_init(2, Op::Sign).is_none());
+        let told = c.take_init(1, Op::Sign).expect("held for its operation");
+        assert_eq!(told.function, Some("C_SignInit"));
+        assert!(c.take_init(1, Op::Sign).is_none(), "told once");
+        // Any other call in the session lets it go.
+        c.hold_init(1, Op::Find, length_query("C_FindObjectsInit"));
+        assert!(c.release_init_unless(2, None).is_none());
+        let released = c.release_init_unless(1, None).expect("released");
+        assert_eq!(released.function, Some("C_FindObjectsInit"));
+        // At the end, an init goes out before the length queries held after it.
+        c.hold_init(3, Op::Digest, length_query("C_DigestInit"));
+        c.hold_length_query(3, "C_Digest", length_query("C_Digest"));
+        let all = c.release_all_held();
+        let functions: Vec<_> = all.iter().map(|r| r.function).collect();
+        assert_eq!(functions, [Some("C_DigestInit"), Some("C_Digest")]);
+        assert!(c.release_all_held().is_empty());
     }
 
     #[test]
@@ -385,9 +466,9 @@ mod tests {
         assert_eq!(other.len(), 1);
         assert_eq!(other[0].function, Some("C_Digest"));
         c.hold_length_query(3, "C_Encrypt", length_query("C_Encrypt"));
-        let all = c.release_all_length_queries();
+        let all = c.release_all_held();
         assert_eq!(all.len(), 2);
-        assert!(c.release_all_length_queries().is_empty());
+        assert!(c.release_all_held().is_empty());
     }
 
     #[test]

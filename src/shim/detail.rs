@@ -145,8 +145,10 @@ impl Call<'_> {
         self.starts = Some(op);
     }
 
-    /// This call belongs to `op`: its record carries the operation's mechanism and key.
+    /// This call belongs to `op`: its record carries the operation's mechanism and key, and,
+    /// as the operation's first outcome, the init held for it.
     pub(crate) fn within(&mut self, op: Op) {
+        self.within = Some(op);
         let Some(session) = self.session else { return };
         if let Some(ctx) = self.rt.context.lock().op(session, op) {
             self.detail.mechanism = ctx.mechanism.clone();

@@ -299,13 +299,13 @@ pkcs11_functions! {
         |c| { c.session(session); c.key(object); c.template(template, count) } |c, rv| { c.forget_key(object) }
     }
     C_FindObjectsInit: Prepare (session: H, template: Attrs, count: Ul) {
-        |c| { c.session(session); c.template(template, count) } |c, rv| {}
+        |c| { c.session(session); c.template(template, count); c.starts(Op::Find) } |c, rv| {}
     }
     C_FindObjects: Result (session: H, objects: *mut Obj, max: Ul, found: UlOut) {
-        |c| { c.given_buffer(objects.cast(), (max as usize).saturating_mul(std::mem::size_of::<Obj>())); c.session(session) }
+        |c| { c.given_buffer(objects.cast(), (max as usize).saturating_mul(std::mem::size_of::<Obj>())); c.session(session); c.within(Op::Find) }
         |c, rv| { c.objects_found(objects, max, found, rv) }
     }
-    C_FindObjectsFinal: GivingUp (session: H) { |c| { c.session(session) } |c, rv| {} }
+    C_FindObjectsFinal: GivingUp (session: H) { |c| { c.session(session); c.within(Op::Find) } |c, rv| { c.end_op(Op::Find) } }
     C_EncryptInit: Prepare (session: H, mech: Mech, key: Obj) {
         |c| { c.session(session); c.mechanism(mech); c.key(key); c.starts(Op::Encrypt) } |c, rv| {}
     }

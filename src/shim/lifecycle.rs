@@ -106,8 +106,9 @@ pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_
             }
             .rv();
         };
-        // Length queries no outcome will count now go out on their own, before the close.
-        let held = rt.context.lock().release_all_length_queries();
+        // Inits and length queries no outcome will tell now go out on their own, before the
+        // close.
+        let held = rt.context.lock().release_all_held();
         for record in held {
             rt.auditor.wait(&record);
         }

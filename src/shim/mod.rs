@@ -213,8 +213,9 @@ pub(crate) fn runtime_or_init() -> Result<&'static Runtime, ShimError> {
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(rt) = RUNTIME.get() {
-            // Length queries no later call counted go out on their own, before anything else.
-            let held = rt.context.lock().release_all_length_queries();
+            // Inits and length queries no later outcome told go out on their own, before
+            // anything else.
+            let held = rt.context.lock().release_all_held();
             for record in held {
                 rt.auditor.wait(&record);
             }

@@ -330,6 +330,38 @@ pub fn parse_records(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The outcome records in log order, with the outcome an init told in its operation's first
+/// outcome (`init`, docs/FORMAT.md §5) would have had as a record of its own put just before
+/// that outcome: its function, `"rv":"CKR_OK"`, its time and duration, the template or
+/// signature length it tells, the outcome's session, mechanism and key, and `told_in` the
+/// outcome's seq.
+pub fn outcomes_with_told_inits(records: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| r["ev"] == "outcome") {
+        if let Some(init) = r["init"].as_object() {
+            let mut told = json!({"ev": "outcome", "rv": "CKR_OK", "told_in": r["seq"]});
+            for member in [
+                "pid", "tid", "uid", "exe", "slot", "token", "session", "login",
+            ] {
+                if let Some(v) = r.get(member) {
+                    told[member] = v.clone();
+                }
+            }
+            for member in ["mechanism", "key"] {
+                if let Some(v) = r.get(member) {
+                    told[member] = v.clone();
+                }
+            }
+            for (member, v) in init {
+                told[member] = v.clone();
+            }
+            out.push(told);
+        }
+        out.push(r.clone());
+    }
+    out
+}
+
 /// A fresh token, chain key and log path in a temporary directory.
 pub struct Fixture {
     pub dir: tempfile::TempDir,

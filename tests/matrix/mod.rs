@@ -19,7 +19,9 @@ pub mod daemon;
 
 use crate::common::raw::{attr, attr_bytes, load_function_list, mech, os_locking_args, rv_name};
 use crate::common::raw::{FALSE, TRUE};
-use crate::common::{check_chain, hex, print_marked, shim_library, Fixture};
+use crate::common::{
+    check_chain, hex, outcomes_with_told_inits, print_marked, shim_library, Fixture,
+};
 use cryptoki_sys::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -863,7 +865,7 @@ pub fn key_naming_problems(records: &[Value], through: &Value) -> Vec<String> {
     if keys.is_empty() {
         problems.push("the run made no key".to_string());
     }
-    let outcomes: Vec<&Value> = records.iter().filter(|r| r["ev"] == "outcome").collect();
+    let outcomes = outcomes_with_told_inits(records);
     let names = |identity: &Value, key: &Value| {
         ["handle", "class", "key_type", "label", "id"]
             .iter()
@@ -949,9 +951,9 @@ pub fn missing_program(programs: &[&str]) -> Option<String> {
 /// the same function counts it (`len_queries`, FORMAT.md §6); one released on its own (another
 /// call came first) is an outcome with `"out":"length_query"`.
 pub fn unrecorded_calls(records: &[Value], through: &Value) -> Vec<String> {
-    let outcomes: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["ev"] == "outcome" && r["fn"].is_string())
+    let outcomes: Vec<Value> = outcomes_with_told_inits(records)
+        .into_iter()
+        .filter(|r| r["fn"].is_string())
         .collect();
     let mut at = 0;
     let mut problems = Vec::new();
@@ -975,7 +977,7 @@ pub fn unrecorded_calls(records: &[Value], through: &Value) -> Vec<String> {
                 .position(|r| r["fn"] == c["fn"] && r["rv"] == c["rv"])
             {
                 Some(pos) => {
-                    let r = outcomes[at + pos];
+                    let r = &outcomes[at + pos];
                     at += pos + 1;
                     let waiting = held.get(&function).copied().unwrap_or(0);
                     if waiting > 0 && r["out"] == "length_query" {

@@ -338,23 +338,37 @@ impl<'o> Aggregator<'o> {
                 .as_ref()
                 .map(|k| (k, format!("{function} ({})", key2_role(function)))),
         ];
-        for (ident, what) in uses.into_iter().flatten() {
+        for (i, used) in uses.into_iter().enumerate() {
+            let Some((ident, what)) = used else {
+                continue;
+            };
             let Some(agg) = self.key(KeyRef::of(ident, r.pid), r.seq) else {
                 continue;
             };
-            // Length queries counted in this outcome were calls of their own, as they are
-            // when written on their own (FORMAT.md §5).
+            // Length queries counted in this outcome, and the init it tells (which used the
+            // operation's key, `key`), were calls of their own, as they are when written on
+            // their own (FORMAT.md §5).
             let counted_queries = r.len_queries.unwrap_or(0);
-            agg.calls += 1 + counted_queries;
+            let init = r.init.as_ref().filter(|_| i == 0);
+            agg.calls += 1 + counted_queries + u64::from(init.is_some());
             if !ok {
                 agg.failed += 1;
             }
             if agg.first_use.is_none() {
-                agg.first_use = Some(r.ts.to_string());
+                let began = init.map_or(&r.ts, |init| &init.ts);
+                agg.first_use = Some(began.to_string());
             }
             agg.last_use = Some(r.ts.to_string());
+            let mut full = false;
+            if let Some(init) = init {
+                let init_key = (init.function.to_string(), mech.clone());
+                full = agg.uses.len() >= MAX_ROWS && !agg.uses.contains_key(&init_key);
+                if !full {
+                    agg.uses.entry(init_key).or_default().ok += 1;
+                }
+            }
             let use_key = (what, mech.clone());
-            let full = agg.uses.len() >= MAX_ROWS && !agg.uses.contains_key(&use_key);
+            full |= agg.uses.len() >= MAX_ROWS && !agg.uses.contains_key(&use_key);
             if !full {
                 let u = agg.uses.entry(use_key).or_default();
                 u.length_queries += counted_queries;

@@ -170,7 +170,7 @@ impl Who {
 pub struct KeyReport {
     pub key: KeyRef,
     /// Calls naming the key (as `key` or `key2`), length queries counted in an outcome
-    /// (`len_queries`) included.
+    /// (`len_queries`) and inits told in one (`init`) included.
     pub calls: u64,
     pub failed: u64,
     pub first_use: Option<String>,

@@ -53,12 +53,14 @@ impl Filter {
         {
             return false;
         }
-        // A prepare call joined with its operation's first call is selected by either name.
+        // A prepare call joined with its operation's first call, or told in it, is selected by
+        // either name.
         if !self.functions.is_empty()
             && !intent
                 .into_iter()
                 .chain(rec)
-                .filter_map(RecView::function)
+                .flat_map(|r| [r.function(), r.init.as_ref().map(|i| &*i.function)])
+                .flatten()
                 .any(|f| self.functions.iter().any(|w| w.eq_ignore_ascii_case(f)))
         {
             return false;

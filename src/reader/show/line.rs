@@ -99,12 +99,14 @@ pub(super) fn human_line(
     if let Some(auid) = who.auid.filter(|&a| a != who.uid) {
         d.push(format!("auid {auid}"));
     }
-    // A prepare call's outcome joined with its operation's first call.
+    // A prepare call's outcome joined with its operation's first call, or told in it.
     if let (Some(p), Some(_)) = (intent.filter(|i| i.ev == "outcome"), rec) {
         d.push(format!(
             "after {}",
             p.function().map_or_else(|| "-".to_string(), escape)
         ));
+    } else if let Some(init) = &main.init {
+        d.push(format!("after {}", escape(&init.function)));
     }
     if let Some(m) = &main.mechanism {
         d.push(format!("mech {}", m.display()));
@@ -181,9 +183,14 @@ pub(super) fn human_line(
         ),
         None => {}
     }
+    // The call began with its init, as when the init is a record of its own.
+    let began = match (intent, &main.init) {
+        (None, Some(init)) => &init.ts,
+        _ => &first.ts,
+    };
     row(
         &seq,
-        &escape(&first.ts),
+        &escape(began),
         &who.pid.to_string(),
         &who.uid.to_string(),
         &who.exe_text(),
