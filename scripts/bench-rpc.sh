@@ -103,16 +103,20 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: statistics.median(xs) if xs else None
 ops = list(dict.fromkeys(r["op"] for r in rows))
 print(f"\n### 1 thread; medians of {max(r['round'] for r in rows)} alternated rounds\n")
-print("| operation | direct ops/s | RPC ops/s | RPC/direct | RPC + p11audit ops/s | RPC + p11audit/direct | p11audit's share of the RPC path | added µs |")
-print("|---|---|---|---|---|---|---|---|")
+print("| operation | direct ops/s | RPC ops/s | RPC median µs | RPC/direct | RPC + p11audit ops/s | RPC + p11audit/direct | p11audit's share of the RPC path | the same by median latency | added µs |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for op in ops:
     sel = lambda c: [r for r in rows if r["op"] == op and r["config"] == c]
     d, rpc, aud = sel("direct"), sel("rpc"), sel("rpc-p11audit")
     per_round = lambda a, b: med([x["ops_per_s"] / y["ops_per_s"] for x in a for y in b if x["round"] == y["round"]])
     # p11audit's share: how much slower the RPC path is with p11audit than without, per round.
     share = 1 / per_round(aud, rpc) - 1
+    # The same from median latencies, per round: less moved by the moments the machine takes a
+    # core away from one of the two processes.
+    share_by_median = med([x["median_us"] / y["median_us"] for x in aud for y in rpc if x["round"] == y["round"]]) - 1
     added = med([r["median_us"] for r in aud]) - med([r["median_us"] for r in rpc])
     print(f"| {op} | {med([r['ops_per_s'] for r in d]):,.0f} | {med([r['ops_per_s'] for r in rpc]):,.0f} | "
+          f"{med([r['median_us'] for r in rpc]):.1f} | "
           f"{per_round(rpc, d):.2f} | {med([r['ops_per_s'] for r in aud]):,.0f} | {per_round(aud, d):.2f} | "
-          f"{share:+.1%} | {added:+.1f} |")
+          f"{share:+.1%} | {share_by_median:+.1%} | {added:+.1f} |")
 PY
