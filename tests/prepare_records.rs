@@ -2,7 +2,8 @@
 //! shim in front of SoftHSM: a single-part ECDSA sign with its length query is one record, the
 //! `C_Sign` outcome that tells the `C_SignInit` (`init`) and counts the length query; an init or
 //! a length query that no outcome of its operation or function follows gets its own record, also
-//! when the process exits without `C_Finalize`; `show` shows the `C_SignInit` with its `C_Sign`
+//! when the process exits without `C_Finalize`, and so does an init whose sign finds the token's
+//! login changed; `show` shows the `C_SignInit` with its `C_Sign`
 //! and `report` counts the inits and length queries either way.
 
 mod common;
@@ -45,7 +46,15 @@ fn child_signs() {
             "C_FindObjectsFinal",
         );
     }
-    // 4. A length query, then the process exits.
+    // 4. The token is logged out (through another session) between the init and the sign: the
+    //    sign's record would name another login state, so the init gets its own record.
+    let other = shim.open_rw(shim.first_slot());
+    ok(shim.login(s), "C_Login");
+    ok(shim.sign_init(s, priv_key), "C_SignInit");
+    shim.logout(other);
+    let (rv, _) = shim.sign(s, &data, Some(&mut sig));
+    print_marked("LOGGED_OUT_SIGN=", &rv);
+    // 5. A length query, then the process exits.
     ok(shim.sign_init(s, priv_key), "C_SignInit");
     ok(shim.sign(s, &data, None).0, "C_Sign (length)");
     print_marked("SIGNED=", &"true");
@@ -103,6 +112,16 @@ fn a_sign_is_one_record_and_inits_and_length_queries_are_told_or_kept() {
         .map(|(r, l)| (brief(r), l.len() + 1))
         .collect();
     let briefs: Vec<&str> = sign_path.iter().map(|(b, _)| b.as_str()).collect();
+    // What SoftHSM answers a sign with a private key once the token is logged out.
+    let logged_out_rv: u64 = run
+        .marked_json("LOGGED_OUT_SIGN=", "the logged-out sign's rv")
+        .as_u64()
+        .unwrap();
+    let logged_out_sign = if logged_out_rv == 0 {
+        "outcome C_Sign out=\"returned\"".to_string()
+    } else {
+        "outcome C_Sign".to_string()
+    };
     assert_eq!(
         briefs,
         [
@@ -116,7 +135,10 @@ fn a_sign_is_one_record_and_inits_and_length_queries_are_told_or_kept() {
             "outcome C_Sign out=\"returned\"",
             // 3. The search's final tells its init.
             "outcome C_FindObjectsFinal init=C_FindObjectsInit",
-            // 4. At exit, without C_Finalize.
+            // 4. The login changed between the init and the sign.
+            "outcome C_SignInit",
+            logged_out_sign.as_str(),
+            // 5. At exit, without C_Finalize.
             "outcome C_SignInit",
             "outcome C_Sign out=\"length_query\"",
         ],
@@ -164,12 +186,13 @@ fn a_sign_is_one_record_and_inits_and_length_queries_are_told_or_kept() {
             .count(),
         "a C_SignInit shown on its own:\n{show}"
     );
-    // ... and the one whose operation never returned a result is shown with its length query.
+    // ... one line for each of the four signs, the one whose operation never returned a result
+    // with its length query.
     assert_eq!(
         show.lines()
             .filter(|l| l.contains("after C_SignInit"))
             .count(),
-        3,
+        4,
         "{show}"
     );
 
@@ -183,13 +206,14 @@ fn a_sign_is_one_record_and_inits_and_length_queries_are_told_or_kept() {
         .find(|u| u["function"] == "C_Sign")
         .unwrap_or_else(|| panic!("no C_Sign use in {report}"));
     assert_eq!(sign_use["length_queries"], 3, "{sign_use}");
-    assert_eq!(sign_use["ok"], 2, "{sign_use}");
-    // Three inits, one told in a C_Sign outcome and two with records of their own.
+    let signed = if logged_out_rv == 0 { 3 } else { 2 };
+    assert_eq!(sign_use["ok"], signed, "{sign_use}");
+    // Four inits, one told in a C_Sign outcome and three with records of their own.
     let init_use = uses
         .iter()
         .find(|u| u["function"] == "C_SignInit")
         .unwrap_or_else(|| panic!("no C_SignInit use in {report}"));
-    assert_eq!(init_use["ok"], 3, "{init_use}");
+    assert_eq!(init_use["ok"], 4, "{init_use}");
 }
 
 /// Every object with a `length_queries` member (the report's key uses).

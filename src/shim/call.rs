@@ -24,9 +24,10 @@ pub enum Kind {
     Acting,
     /// Acting, and also hands out key material: the outcome is written before output is returned.
     ActingResult,
-    /// Starts an operation (an *Init): no intent; its outcome waits for the next write, which
-    /// is normally the operation's own result. It hands nothing out and leaves nothing behind
-    /// but session state, and the result's outcome names the key and mechanism again.
+    /// Starts an operation (an *Init): no intent; when it succeeds, the operation's first
+    /// outcome tells it, else its outcome waits for the next write. It hands nothing out and
+    /// leaves nothing behind but session state, and the result's outcome names the key and
+    /// mechanism again.
     Prepare,
     /// Hands something back: the outcome is in the file before the output reaches the caller.
     Result,
@@ -270,7 +271,12 @@ impl<'rt> Call<'rt> {
         }
         // SAFETY: per the caller.
         if let Some(h) = unsafe { args::read(session) } {
-            self.rt.context.lock().session_opened(h as u64, slot as u64);
+            let stale = {
+                let mut context = self.rt.context.lock();
+                context.session_opened(h as u64, slot as u64);
+                context.release_session_held(h as u64)
+            };
+            self.release(stale);
             self.changes_session_view = true;
             self.session = Some(h as u64);
             self.detail.session = Some(h as u64);
@@ -296,18 +302,19 @@ impl<'rt> Call<'rt> {
         written
     }
 
-    /// Where the outcome waits instead of being written, if it does. A successful init's
-    /// outcome waits in its session for the first outcome of the operation it started, which
-    /// tells it (`init`). A length query's outcome (NULL output buffer) waits in the session
-    /// for the next outcome of the same function, which counts it (`len_queries`). Calls with
-    /// an intent keep their own outcome: the intent must be answered.
-    fn waits_in_session(&self, outcome: &Record, rv: ck::CK_RV) -> Option<(u64, HeldAs)> {
+    /// Where the outcome waits instead of being written, if it does. The outcome of an init
+    /// that started its operation (`op_started`) waits in its session for the first outcome of
+    /// that operation, which tells it (`init`). A length query's outcome (NULL output buffer)
+    /// waits in the session for the next outcome of the same function, which counts it
+    /// (`len_queries`). Calls with an intent keep their own outcome: the intent must be
+    /// answered.
+    fn waits_in_session(&self, outcome: &Record, op_started: bool) -> Option<(u64, HeldAs)> {
         let session = self.session?;
         if outcome.detail.intent.is_some() {
             return None;
         }
         match (self.kind, self.starts) {
-            (Kind::Prepare, Some(op)) if rv == ck::CKR_OK => Some((session, HeldAs::Init(op))),
+            (Kind::Prepare, Some(op)) if op_started => Some((session, HeldAs::Init(op))),
             (Kind::Result, _) if outcome.detail.out == Some(OutputDisposition::LengthQuery) => {
                 Some((session, HeldAs::LengthQuery))
             }
@@ -316,7 +323,8 @@ impl<'rt> Call<'rt> {
     }
 
     /// Keeps `outcome` in its session (`waits_in_session`); what must go out on its own
-    /// instead is queued.
+    /// instead is queued. Length queries let go (too many held) take the session's init with
+    /// them, ahead of them: it came first.
     fn hold(&self, session: u64, held_as: HeldAs, outcome: Record) {
         let released = {
             let mut context = self.rt.context.lock();
@@ -325,7 +333,15 @@ impl<'rt> Call<'rt> {
                     .hold_init(session, op, outcome)
                     .into_iter()
                     .collect(),
-                HeldAs::LengthQuery => context.hold_length_query(session, self.function, outcome),
+                HeldAs::LengthQuery => {
+                    let queries = context.hold_length_query(session, self.function, outcome);
+                    if queries.is_empty() {
+                        queries
+                    } else {
+                        let init = context.release_init_unless(session, None);
+                        init.into_iter().chain(queries).collect()
+                    }
+                }
             }
         };
         self.release(released);
@@ -351,7 +367,9 @@ impl<'rt> Call<'rt> {
     }
 
     /// The first outcome of an operation, with no intent before it, tells the init held for
-    /// the operation in its session, if any.
+    /// the operation in its session, if any: only when the outcome names the slot, login,
+    /// mechanism and key the init's record would have (the same `Arc`s, which the operation
+    /// keeps), so that telling it loses nothing. Otherwise the init goes out on its own, ahead.
     fn tell_init(&self, outcome: &mut Record) {
         let (Some(op), Some(session), None) = (self.within, self.session, outcome.detail.intent)
         else {
@@ -360,6 +378,22 @@ impl<'rt> Call<'rt> {
         let Some(init) = self.rt.context.lock().take_init(session, op) else {
             return;
         };
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let (mine, its) = (&outcome.detail, &init.detail);
+        let told_whole = same(&mine.mechanism, &its.mechanism)
+            && same(&mine.key, &its.key)
+            && mine.slot == its.slot
+            && mine.login == its.login;
+        if !told_whole {
+            self.rt.auditor.wait(&init);
+            return;
+        }
         let mut detail = init.detail;
         outcome.detail.init = Some(Box::new(FoldedInit {
             function: init.function.unwrap_or_default(),
@@ -381,8 +415,13 @@ impl<'rt> Call<'rt> {
             Some(session) => {
                 let continues = self.within.filter(|_| !self.kind.writes_intent());
                 let mut context = self.rt.context.lock();
-                let init = context.release_init_unless(session, continues);
+                let mut init = context.release_init_unless(session, continues);
                 let queries = context.release_length_queries_unless(session, self.function);
+                if init.is_none() && !queries.is_empty() {
+                    // The init came before them: it goes first, not after them in a later
+                    // outcome.
+                    init = context.release_init_unless(session, None);
+                }
                 drop(context);
                 if let Some(init) = init {
                     self.rt.auditor.wait(&init);
@@ -410,13 +449,14 @@ impl<'rt> Call<'rt> {
         started: Instant,
         intent: Option<u64>,
     ) -> ck::CK_RV {
+        let mut op_started = false;
         if rv == ck::CKR_OK {
             if let (Some(op), Some(session)) = (self.starts, self.session) {
                 let ctx = OpContext {
                     mechanism: self.detail.mechanism.clone(),
                     key: self.detail.key.clone(),
                 };
-                self.rt.context.lock().start_op(session, op, ctx);
+                op_started = self.rt.context.lock().start_op(session, op, ctx);
             }
         }
         if self.changes_session_view {
@@ -431,7 +471,7 @@ impl<'rt> Call<'rt> {
             outcome.detail.template = None;
             outcome.detail.template2 = None;
         }
-        if let Some((session, held_as)) = self.waits_in_session(&outcome, rv) {
+        if let Some((session, held_as)) = self.waits_in_session(&outcome, op_started) {
             self.hold(session, held_as, outcome);
             return rv;
         }
@@ -508,6 +548,11 @@ fn record_internal_failure(
     session: Option<u64>,
 ) {
     let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // An init held for the session goes first, on its own: this record tells nothing.
+        let held = session.and_then(|s| rt.context.lock().release_init_unless(s, None));
+        if let Some(init) = held {
+            rt.auditor.wait(&init);
+        }
         let mut outcome = timed_outcome(rt, function, rv, started);
         outcome.detail.intent = intent;
         outcome.detail.session = session;

@@ -120,8 +120,13 @@ pub(crate) struct SessionView {
 }
 
 impl CallContext {
-    pub(crate) fn clear(&mut self) {
+    /// Forgets everything (the provider starts afresh), and gives back the held inits and
+    /// length queries, which must go out on their own.
+    #[must_use]
+    pub(crate) fn clear(&mut self) -> Vec<Record> {
+        let held = self.release_all_held();
         *self = CallContext::default();
+        held
     }
 
     pub(crate) fn session_opened(&mut self, session: u64, slot: u64) {
@@ -204,9 +209,15 @@ impl CallContext {
         }
     }
 
-    pub(crate) fn start_op(&mut self, session: u64, op: Op, ctx: OpContext) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.ops[op.index()] = Some(ctx);
+    /// Remembers the operation's mechanism and key for the session's later calls; false when
+    /// the session is not one this context knows.
+    pub(crate) fn start_op(&mut self, session: u64, op: Op, ctx: OpContext) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.ops[op.index()] = Some(ctx);
+                true
+            }
+            None => false,
         }
     }
 
@@ -347,6 +358,21 @@ impl CallContext {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// What is held for `session`, in the order it was made: a new session with the handle of
+    /// one this context did not see close must not tell or count it.
+    pub(crate) fn release_session_held(&mut self, session: u64) -> Vec<Record> {
+        let mut held: Vec<Record> = self
+            .held_inits()
+            .remove(&session)
+            .map(|h| h.outcome)
+            .into_iter()
+            .collect();
+        if let Some(queries) = self.held_length_queries().remove(&session) {
+            held.extend(queries.outcomes);
+        }
+        held
     }
 
     /// Every held init and length query, in the order they were made (C_Finalize,

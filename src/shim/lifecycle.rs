@@ -86,7 +86,11 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
             // The provider starts afresh (in a forked child too): the sessions, logins and
             // operations p11audit knew of are gone. Not before it answered: a refused
             // C_Initialize (CKR_CRYPTOKI_ALREADY_INITIALIZED) leaves them all as they were.
-            rt.context.lock().clear();
+            // What was held for them goes out on its own.
+            let held = rt.context.lock().clear();
+            for record in held {
+                rt.auditor.wait(&record);
+            }
         }
         let mut outcome = timed_outcome(rt, "C_Initialize", rv, started);
         outcome.detail.intent = intent_seq;
@@ -118,7 +122,11 @@ pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_
         let rv = unsafe { fin(reserved) };
         let outcome = timed_outcome(rt, "C_Finalize", rv, started);
         if rv == ck::CKR_OK {
-            rt.context.lock().clear();
+            // Held by another thread since the release above.
+            let held = rt.context.lock().clear();
+            for record in held {
+                rt.auditor.wait(&record);
+            }
             rt.auditor.wait(&outcome);
             let close = bare_record(rt, Event::Close, Some("C_Finalize"));
             // If it cannot be written, the failed append counted it for the next gap record.

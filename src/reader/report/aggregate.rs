@@ -384,7 +384,9 @@ impl<'o> Aggregator<'o> {
             let user_key = (who.uid, who.exe_bytes());
             let full_users = agg.users.len() >= MAX_ROWS && !agg.users.contains_key(&user_key);
             if !full_users {
-                *agg.users.entry(user_key).or_default() += 1;
+                // The same calls as `calls`: the length queries and init it tells too.
+                *agg.users.entry(user_key).or_default() +=
+                    1 + counted_queries + u64::from(init.is_some());
             }
             if full || full_users {
                 self.limit("rows per key");

@@ -39,7 +39,12 @@ impl Filter {
         let Some(first) = intent.or(rec) else {
             return false;
         };
-        if !self.period.contains(&first.ts) {
+        // A call that tells its init began with it, as when the init is a record of its own.
+        let began = match (intent, rec.and_then(|r| r.init.as_ref())) {
+            (None, Some(init)) => &init.ts,
+            _ => &first.ts,
+        };
+        if !self.period.contains(began) {
             return false;
         }
         // A client's records are selected by the client's pid and uid, and by the serving

@@ -105,7 +105,8 @@ pub(super) fn human_line(
             "after {}",
             p.function().map_or_else(|| "-".to_string(), escape)
         ));
-    } else if let Some(init) = &main.init {
+    }
+    if let Some(init) = &main.init {
         d.push(format!("after {}", escape(&init.function)));
     }
     if let Some(m) = &main.mechanism {

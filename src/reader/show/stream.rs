@@ -300,6 +300,15 @@ impl<'o, W: Write> Stream<'o, W> {
                     .binary_search_by_key(&i, |e| e.seq)
                     .ok()
                     .filter(|&idx| self.queue[idx].pending),
+                // It tells its own init: a pending prepare outcome of its operation (one
+                // released on its own, then cancelled) is shown on its own.
+                None if view.init.is_some() => {
+                    if let Some(idx) = self.prepared_for(&view) {
+                        self.decide(idx, None, None);
+                        self.flush();
+                    }
+                    None
+                }
                 None => self.prepared_for(&view),
             };
             if let Some(idx) = joins {
