@@ -220,8 +220,10 @@ impl<'o, W: Write> Stream<'o, W> {
     }
 
     /// The pending prepare outcomes `view` ends without their operation: those of its session
-    /// when it closes the session, all of its process's when it closes sessions wholesale or
-    /// detaches. They are shown on their own.
+    /// when it closes the session or cancels its operations (`C_SessionCancel`), the one of
+    /// the same `*Init` when it is a new one in that session (the operation it started is
+    /// over), all of its process's when it closes sessions wholesale or detaches. They are
+    /// shown on their own.
     fn end_prepared(&mut self, view: &RecView) {
         let whole_process = matches!(view.function(), Some("C_CloseAllSessions" | "C_Finalize"))
             || matches!(&*view.ev, "close" | "attach");
@@ -231,12 +233,29 @@ impl<'o, W: Write> Stream<'o, W> {
                 .filter(|((pid, _), _)| *pid == view.pid)
                 .flat_map(|(_, seqs)| seqs.iter().copied())
                 .collect()
-        } else if view.function() == Some("C_CloseSession") {
+        } else if matches!(view.function(), Some("C_CloseSession" | "C_SessionCancel")) {
             let Some(session) = view.session else { return };
             self.prepared
                 .get(&(view.pid, session))
                 .cloned()
                 .unwrap_or_default()
+        } else if view.is_prepared_operation() {
+            let (Some(session), Some(function)) = (view.session, view.function()) else {
+                return;
+            };
+            let Some(seqs) = self.prepared.get(&(view.pid, session)) else {
+                return;
+            };
+            seqs.iter()
+                .copied()
+                .filter(|&seq| {
+                    self.queue
+                        .binary_search_by_key(&seq, |e| e.seq)
+                        .ok()
+                        .and_then(|idx| self.queue[idx].prepared.as_ref())
+                        .is_some_and(|p| p.function == function)
+                })
+                .collect()
         } else {
             return;
         };
@@ -454,6 +473,40 @@ mod tests {
         let (out, _) = run(&bodies, &ShowOptions::new(f, true));
         let seqs = json_seqs(&out);
         assert_eq!(seqs, [0, 2, 3], "{out}");
+    }
+
+    #[test]
+    fn a_cancel_a_new_init_or_a_told_init_ends_a_pending_prepare_outcome() {
+        let told = crate::reader::testlog::body(
+            5,
+            1,
+            0,
+            "outcome",
+            Some("C_Sign"),
+            r#","rv":"CKR_OK","dur_us":7,"session":3,"init":{"fn":"C_SignInit","ts":"2026-01-01T00:00:04.000000Z","dur_us":3}"#,
+        );
+        let bodies = [
+            call(0, 1, 1, "C_SignInit"),      // 0: cancelled: alone
+            call(1, 1, 1, "C_SessionCancel"), // 1
+            call(1, 1, 1, "C_Sign"),          // 2: not of the cancelled operation: alone
+            call(2, 1, 2, "C_DigestInit"),    // 3: a new C_DigestInit follows: alone
+            call(3, 1, 2, "C_DigestInit"),    // 4: joined with 5
+            call(4, 1, 2, "C_Digest"),        // 5
+            call(4, 1, 3, "C_SignInit"),      // 6: its operation's outcome tells another: alone
+            told,                             // 7: tells its own init
+        ];
+        let (out, _) = run(&bodies, &ShowOptions::new(Filter::default(), false));
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        let firsts: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(firsts, ["0", "1", "2", "3", "4>5", "6", "7"], "{out}");
+        assert!(lines[6].contains("after C_SignInit"), "{out}");
+        assert!(
+            lines[6].contains("00:00:04.000000Z"),
+            "the init's time: {out}"
+        );
     }
 
     #[test]
