@@ -236,6 +236,17 @@ pub struct InitView<'a> {
     pub ts: Cow<'a, str>,
 }
 
+/// When the call made of `intent` and `rec` (its outcome, or a record on its own) began: its
+/// first record's time, or for an outcome that tells its init (`init`), the init's, as when
+/// the init is a record of its own. At least one of them is present.
+pub fn call_began<'r>(intent: Option<&'r RecView>, rec: Option<&'r RecView>) -> &'r str {
+    match (intent, rec) {
+        (Some(i), _) => &i.ts,
+        (None, Some(r)) => r.init.as_ref().map_or(&r.ts, |init| &init.ts),
+        (None, None) => "",
+    }
+}
+
 /// Who acted on a record, as show and report name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Who<'r> {

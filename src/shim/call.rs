@@ -276,7 +276,7 @@ impl<'rt> Call<'rt> {
                 context.session_opened(h as u64, slot as u64);
                 context.release_session_held(h as u64)
             };
-            self.release(stale);
+            self.rt.auditor.wait_each(stale);
             self.changes_session_view = true;
             self.session = Some(h as u64);
             self.detail.session = Some(h as u64);
@@ -323,8 +323,7 @@ impl<'rt> Call<'rt> {
     }
 
     /// Keeps `outcome` in its session (`waits_in_session`); what must go out on its own
-    /// instead is queued. Length queries let go (too many held) take the session's init with
-    /// them, ahead of them: it came first.
+    /// instead is queued.
     fn hold(&self, session: u64, held_as: HeldAs, outcome: Record) {
         let released = {
             let mut context = self.rt.context.lock();
@@ -333,18 +332,10 @@ impl<'rt> Call<'rt> {
                     .hold_init(session, op, outcome)
                     .into_iter()
                     .collect(),
-                HeldAs::LengthQuery => {
-                    let queries = context.hold_length_query(session, self.function, outcome);
-                    if queries.is_empty() {
-                        queries
-                    } else {
-                        let init = context.release_init_unless(session, None);
-                        init.into_iter().chain(queries).collect()
-                    }
-                }
+                HeldAs::LengthQuery => context.hold_length_query(session, self.function, outcome),
             }
         };
-        self.release(released);
+        self.rt.auditor.wait_each(released);
     }
 
     /// An outcome of a result call counts the length queries its session holds for its
@@ -415,13 +406,8 @@ impl<'rt> Call<'rt> {
             Some(session) => {
                 let continues = self.within.filter(|_| !self.kind.writes_intent());
                 let mut context = self.rt.context.lock();
-                let mut init = context.release_init_unless(session, continues);
+                let init = context.release_init_unless(session, continues);
                 let queries = context.release_length_queries_unless(session, self.function);
-                if init.is_none() && !queries.is_empty() {
-                    // The init came before them: it goes first, not after them in a later
-                    // outcome.
-                    init = context.release_init_unless(session, None);
-                }
                 drop(context);
                 if let Some(init) = init {
                     self.rt.auditor.wait(&init);
@@ -431,15 +417,7 @@ impl<'rt> Call<'rt> {
             None if self.kind == Kind::GivingUp => self.rt.context.lock().release_all_held(),
             None => return,
         };
-        self.release(released);
-    }
-
-    /// Queues held outcomes, each as its own record (the context lock is not held: the
-    /// auditor's lock is never taken under it).
-    fn release(&self, released: Vec<Record>) {
-        for record in released {
-            self.rt.auditor.wait(&record);
-        }
+        self.rt.auditor.wait_each(released);
     }
 
     /// Writes (or queues) the outcome and decides what the caller gets.

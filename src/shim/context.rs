@@ -329,7 +329,7 @@ impl CallContext {
         if entry.outcomes.len() > MAX_HELD_LENGTH_QUERIES {
             released.append(&mut entry.outcomes);
         }
-        released
+        self.with_init_ahead(session, released)
     }
 
     /// The number of length queries of `function` held in `session`, which the caller's
@@ -352,12 +352,25 @@ impl CallContext {
         function: &'static str,
     ) -> Vec<Record> {
         let held = self.held_length_queries();
-        match held.get(&session) {
+        let released = match held.get(&session) {
             Some(h) if h.function != function => {
                 held.remove(&session).map_or_else(Vec::new, |h| h.outcomes)
             }
             _ => Vec::new(),
+        };
+        self.with_init_ahead(session, released)
+    }
+
+    /// Length queries of `session` that go out on their own take the session's held init
+    /// with them, ahead: it was made before them, and a later outcome telling it would put it
+    /// after them in the log.
+    fn with_init_ahead(&mut self, session: u64, mut queries: Vec<Record>) -> Vec<Record> {
+        if !queries.is_empty() {
+            if let Some(init) = self.release_init_unless(session, None) {
+                queries.insert(0, init);
+            }
         }
+        queries
     }
 
     /// What is held for `session`, in the order it was made: a new session with the handle of
@@ -463,6 +476,13 @@ mod tests {
         assert!(c.release_init_unless(2, None).is_none());
         let released = c.release_init_unless(1, None).expect("released");
         assert_eq!(released.function, Some("C_FindObjectsInit"));
+        // Length queries let go take the session's init with them, ahead.
+        c.hold_init(2, Op::Sign, length_query("C_SignInit"));
+        c.hold_length_query(2, "C_Sign", length_query("C_Sign"));
+        let released = c.release_length_queries_unless(2, "C_GetSessionInfo");
+        let functions: Vec<_> = released.iter().map(|r| r.function).collect();
+        assert_eq!(functions, [Some("C_SignInit"), Some("C_Sign")]);
+        assert!(c.take_init(2, Op::Sign).is_none(), "let go with them");
         // At the end, an init goes out before the length queries held after it.
         c.hold_init(3, Op::Digest, length_query("C_DigestInit"));
         c.hold_length_query(3, "C_Digest", length_query("C_Digest"));

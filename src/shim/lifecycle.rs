@@ -88,9 +88,7 @@ pub(crate) unsafe extern "C" fn c_initialize<const FOR_2X: bool>(
             // C_Initialize (CKR_CRYPTOKI_ALREADY_INITIALIZED) leaves them all as they were.
             // What was held for them goes out on its own.
             let held = rt.context.lock().clear();
-            for record in held {
-                rt.auditor.wait(&record);
-            }
+            rt.auditor.wait_each(held);
         }
         let mut outcome = timed_outcome(rt, "C_Initialize", rv, started);
         outcome.detail.intent = intent_seq;
@@ -113,9 +111,7 @@ pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_
         // Inits and length queries no outcome will tell now go out on their own, before the
         // close.
         let held = rt.context.lock().release_all_held();
-        for record in held {
-            rt.auditor.wait(&record);
-        }
+        rt.auditor.wait_each(held);
         let started = Instant::now();
         // Giving up: goes ahead even when the log cannot be written.
         // SAFETY: forwarded as given.
@@ -124,9 +120,7 @@ pub(crate) unsafe extern "C" fn c_finalize<const FOR_2X: bool>(reserved: *mut c_
         if rv == ck::CKR_OK {
             // Held by another thread since the release above.
             let held = rt.context.lock().clear();
-            for record in held {
-                rt.auditor.wait(&record);
-            }
+            rt.auditor.wait_each(held);
             rt.auditor.wait(&outcome);
             let close = bare_record(rt, Event::Close, Some("C_Finalize"));
             // If it cannot be written, the failed append counted it for the next gap record.

@@ -216,9 +216,7 @@ extern "C" fn flush_at_exit() {
             // Inits and length queries no later outcome told go out on their own, before
             // anything else.
             let held = rt.context.lock().release_all_held();
-            for record in held {
-                rt.auditor.wait(&record);
-            }
+            rt.auditor.wait_each(held);
             if rt.peer.is_some()
                 && rt.attached_pid.load(std::sync::atomic::Ordering::Relaxed)
                     == crate::os::process::current_pid()

@@ -157,6 +157,15 @@ impl Auditor {
         }
     }
 
+    /// Queues `records` in their order, each as `wait` does. The shim calls it with records it
+    /// took from its call context after letting the context's lock go: the auditor's lock is
+    /// never taken under it.
+    pub fn wait_each(&self, records: Vec<Record>) {
+        for record in &records {
+            self.wait(record);
+        }
+    }
+
     /// Writes `record` (after everything queued before it) and returns its seq once it is in
     /// the file.
     pub fn write(&self, record: &Record) -> Result<u64, NotRecorded> {

@@ -1,13 +1,14 @@
 //! Which calls show selects: by when the call started, process, user, function, result,
 //! failure, and the objects it names.
 
-use crate::reader::view::{key_matches, RecView};
+use crate::reader::view::{call_began, key_matches, RecView};
 use crate::reader::Period;
 
 /// Which calls to show. Empty lists select everything; all given conditions must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// The call started (its first record's `ts`) in this period.
+    /// The call started in this period (`call_began`: its first record's `ts`, or its told
+    /// init's).
     pub period: Period,
     pub pids: Vec<u32>,
     pub uids: Vec<u32>,
@@ -39,12 +40,7 @@ impl Filter {
         let Some(first) = intent.or(rec) else {
             return false;
         };
-        // A call that tells its init began with it, as when the init is a record of its own.
-        let began = match (intent, rec.and_then(|r| r.init.as_ref())) {
-            (None, Some(init)) => &init.ts,
-            _ => &first.ts,
-        };
-        if !self.period.contains(began) {
+        if !self.period.contains(call_began(intent, rec)) {
             return false;
         }
         // A client's records are selected by the client's pid and uid, and by the serving

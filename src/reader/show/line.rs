@@ -3,7 +3,7 @@
 
 use crate::reader::format_duration;
 use crate::reader::text::{escape, quote};
-use crate::reader::view::{exe_text, ForPeople, RecView};
+use crate::reader::view::{call_began, exe_text, ForPeople, RecView};
 
 /// The header of the human output.
 pub(super) fn header() -> String {
@@ -184,14 +184,9 @@ pub(super) fn human_line(
         ),
         None => {}
     }
-    // The call began with its init, as when the init is a record of its own.
-    let began = match (intent, &main.init) {
-        (None, Some(init)) => &init.ts,
-        _ => &first.ts,
-    };
     row(
         &seq,
-        &escape(began),
+        &escape(call_began(intent, rec)),
         &who.pid.to_string(),
         &who.uid.to_string(),
         &who.exe_text(),
