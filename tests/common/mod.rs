@@ -341,13 +341,17 @@ pub fn outcomes_with_told_inits(records: &[Value]) -> Vec<Value> {
         if let Some(init) = r["init"].as_object() {
             let mut told = json!({"ev": "outcome", "rv": "CKR_OK", "told_in": r["seq"]});
             for member in [
-                "pid", "tid", "uid", "exe", "slot", "token", "session", "login",
+                "pid",
+                "tid",
+                "uid",
+                "exe",
+                "slot",
+                "token",
+                "session",
+                "login",
+                "mechanism",
+                "key",
             ] {
-                if let Some(v) = r.get(member) {
-                    told[member] = v.clone();
-                }
-            }
-            for member in ["mechanism", "key"] {
                 if let Some(v) = r.get(member) {
                     told[member] = v.clone();
                 }
